@@ -97,8 +97,8 @@ class Device(StrictModel):
     technology: Technology
     g_min: float = Field(ge=0, description="lowest programmable conductance, siemens")
     g_max: float = Field(gt=0, description="highest programmable conductance, siemens")
-    levels: int | None = Field(default=None, ge=2, le=1 << 16, description="programmable levels per cell")
-    bits_per_cell: int | None = Field(default=None, ge=1, le=16)
+    levels: int | None = Field(default=None, ge=2, le=1 << 24, description="programmable levels per cell")
+    bits_per_cell: int | None = Field(default=None, ge=1, le=24)
     programming_noise: ProgrammingNoise = Field(default_factory=ProgrammingNoise)
     read_noise: float = Field(default=0.0, ge=0, le=1, description="sigma of one read, as a fraction of the cell's conductance")
     drift: Drift = Field(default_factory=Drift)
@@ -172,7 +172,7 @@ class InputEncoding(StrictModel):
     """
 
     scheme: Literal["bit_serial", "dac"] = "dac"
-    bits: int = Field(default=8, ge=1, le=16, description="input precision, sign included")
+    bits: int = Field(default=8, ge=1, le=24, description="input precision, sign included")
     bits_per_pulse: int = Field(default=1, ge=1, le=16)
     range: Literal["per_vector_max", "calibrated"] = "per_vector_max"
     dac: Cost = Field(default_factory=Cost, description="one row driven for one read (DAC or word-line driver)")
@@ -202,7 +202,7 @@ class ADC(StrictModel):
       calibration data (:func:`cimflow.calibrate`); per_array_max until calibrated.
     """
 
-    bits: int = Field(ge=1, le=16)
+    bits: int = Field(ge=1, le=24, description="resolution; 24 is float32-exact (no quantization)")
     columns_per_adc: int = Field(default=1, ge=1)
     range: Literal["fixed", "per_array_max", "percentile"] = "per_array_max"
     full_scale: float = Field(default=1.0, gt=0, le=1)
@@ -238,7 +238,7 @@ class ArraySpec(StrictModel):
     weight_encoding: WeightEncoding = Field(default_factory=WeightEncoding)
     input_encoding: InputEncoding = Field(default_factory=InputEncoding)
     adc: ADC | None = None
-    weight_bits: int | None = Field(default=None, ge=1, le=16, description="digital CIM: weight precision, sign included")
+    weight_bits: int | None = Field(default=None, ge=1, le=24, description="digital CIM: weight precision, sign included")
     weight_scaling: Literal["per_column", "per_layer"] = "per_column"
     wire_resistance: float = Field(default=0.0, ge=0, description="ohms per cell segment of word and bit line (IR drop)")
     max_active_rows: int | None = Field(default=None, ge=1, description="rows that may be driven in one read (None: all)")

@@ -1,0 +1,52 @@
+"""The verbs users call, re-exported from ``cimflow``.
+
+Wherever a verb takes a chip it accepts a preset name, a YAML path or a
+:class:`cimflow.chip.Chip`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from torch import nn
+
+from cimflow.chip import Chip, resolve_chip
+from cimflow.sim import calibrate_model, convert_model, drift_model, program_model
+from cimflow.units import parse_duration
+
+
+def load_chip(chip: Chip | str | Path) -> Chip:
+    """A validated chip from a preset name, a YAML path or a Chip."""
+    return resolve_chip(chip)
+
+
+def convert(
+    model: nn.Module, chip: Chip | str | Path, overrides: Mapping[Any, Any] | None = None,
+    allow_host: bool = False, inplace: bool = False,
+) -> nn.Module:
+    """Return a copy of ``model`` whose Linear/Conv1d/Conv2d layers run on ``chip``'s arrays.
+
+    ``overrides`` maps layer names, globs, ``"re:<regex>"`` or module types to
+    ``"digital"``, ``"host"``, an array kind of the chip, or another chip. The conversion
+    report (mapped and host layers) is at ``model._cimflow_report``. Program the result
+    with :func:`program` before running it.
+    """
+    converted, _ = convert_model(model, chip, overrides=overrides, allow_host=allow_host, inplace=inplace)
+    return converted
+
+
+def program(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Program chip instance ``seed``: programming noise, stuck cells and drift exponents
+    are sampled once and cached; read noise is drawn on every forward."""
+    return program_model(model, seed)
+
+
+def drift(model: nn.Module, t: float | str) -> nn.Module:
+    """Age a programmed model to ``t`` after programming: seconds, or a string like ``"1d"``."""
+    return drift_model(model, parse_duration(t))
+
+
+def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
+    """Calibrate input ranges and percentile ADC ranges on a few batches of data."""
+    return calibrate_model(model, batches)

@@ -1,0 +1,75 @@
+"""Tiling a logical weight matrix (in_features x out_features) onto rows x cols arrays."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from cimflow.chip.spec import ArraySpec
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """How one weight matrix (in_features x out_features) is cut into arrays.
+
+    Inputs fill arrays ``rows`` at a time (``row_tiles``); outputs fill arrays
+    ``weight_columns`` at a time (``col_tiles``). Within an array, rows are driven in
+    groups of at most ``rows_per_read`` (the chip's active-row limit); each group is a
+    separate read whose partial sums the ADC digitizes. The simulator lays the input out
+    as ``read_groups`` groups of ``group_rows`` (zero-padded).
+    """
+
+    in_features: int
+    out_features: int
+    rows: int
+    weight_columns: int
+    rows_per_read: int
+
+    @property
+    def row_tiles(self) -> int:
+        return math.ceil(self.in_features / self.rows)
+
+    @property
+    def col_tiles(self) -> int:
+        return math.ceil(self.out_features / self.weight_columns)
+
+    @property
+    def arrays(self) -> int:
+        return self.row_tiles * self.col_tiles
+
+    @property
+    def group_rows(self) -> int:
+        """Rows in one separately digitized read group."""
+        return min(self.rows, self.rows_per_read)
+
+    @property
+    def contiguous(self) -> bool:
+        """Groups are consecutive blocks of ``group_rows`` inputs (rows divisible by the group)."""
+        return self.rows % self.group_rows == 0
+
+    def group_sizes(self) -> list[int]:
+        """Inputs in each read group, in order."""
+        sizes = []
+        for t in range(self.row_tiles):
+            in_tile = min(self.rows, self.in_features - t * self.rows)
+            full, rest = divmod(in_tile, self.group_rows)
+            sizes += [self.group_rows] * full + ([rest] if rest else [])
+        return sizes
+
+    @property
+    def read_groups(self) -> int:
+        return len(self.group_sizes())
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of the allocated weight cells that hold a weight."""
+        return (self.in_features * self.out_features) / (self.arrays * self.rows * self.weight_columns)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tile_grid(in_features: int, out_features: int, spec: ArraySpec) -> TileGrid:
+    """Tile an (in_features x out_features) matrix onto arrays of ``spec``."""
+    rows_per_read = spec.max_active_rows or spec.rows
+    return TileGrid(in_features, out_features, spec.rows, spec.weight_columns, rows_per_read)

@@ -1,0 +1,391 @@
+"""The crossbar engine: one weight matrix programmed onto arrays and read.
+
+A :class:`CrossbarEngine` turns a weight matrix (in_features x out_features, rows of the
+crossbar first) into a chip instance's programmed conductances, and computes
+``y = x @ W`` the way the arrays do: per-vector input scaling, DAC or bit-serial input
+planes, an analog partial sum per read group and weight slice, read noise sampled on the
+column sums (equal in distribution to per-cell read noise, see :meth:`_read_noise`),
+the ADC, and the digital shift-add. Digital-CIM arrays compute the exact integer matmul.
+
+Fast by statistical equivalence (DESIGN.md): conductances are programmed once and the
+effective normalized weights cached; all tiles, slices and input planes are one batched
+matmul; nothing loops over tiles in Python.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cimflow.chip.spec import ArraySpec
+from cimflow.errors import SimulationError
+from cimflow.mapping import TileGrid, encode_weights, tile_grid, weight_scales
+from cimflow.physics import (
+    adc_quantize,
+    apply_drift,
+    apply_stuck_at,
+    dac_quantize,
+    generator_for,
+    ir_drop_attenuate,
+    ir_drop_path_cells,
+    program_conductances,
+    quantize_symmetric,
+    sample_drift_exponents,
+    sample_stuck_mask,
+)
+
+_EPS = 1e-12
+
+
+@dataclass
+class ReadStats:
+    """Activation statistics gathered while simulating (the cost model's data-dependent inputs)."""
+
+    vectors: int = 0  # input vectors seen (MVMs)
+    reads: int = 0  # array reads (vectors x pulses x read groups, before column tiles)
+    nonzero_inputs: int = 0  # non-zero input elements after the DAC
+    input_elements: int = 0
+    bit_density_sum: float = 0.0  # sum over pulses of the fraction of active rows
+    pulses: int = 0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["input_density"] = self.nonzero_inputs / self.input_elements if self.input_elements else 0.0
+        d["mean_pulse_density"] = self.bit_density_sum / self.pulses if self.pulses else 0.0
+        return d
+
+
+class CrossbarEngine(torch.nn.Module):
+    """State and arithmetic of one weight matrix on one array kind.
+
+    Buffers are non-persistent: they follow ``.to(device)`` but stay out of the
+    ``state_dict`` (which holds only the owning layer's ordinary parameters).
+    """
+
+    def __init__(self, spec: ArraySpec, in_features: int, out_features: int, name: str = "") -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = name
+        self.grid: TileGrid = tile_grid(in_features, out_features, spec)
+        self.seed: int | None = None
+        self.t_seconds: float = spec.device.drift.t0_s
+        self.read_noise_mode = "exact"
+        self.collect_stats = False
+        self.stats = ReadStats()
+        self._calibrating = False
+        self._calib_inputs: list[torch.Tensor] = []
+        self._calib_psums: list[torch.Tensor] = []
+        self._weight_version: tuple[int, int] | None = None
+        self._read_gen: torch.Generator | None = None
+        self.input_range: float | None = None  # calibrated input range (input_encoding.range == "calibrated")
+        for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range", "w_scale", "adc_range_calibrated"):
+            self.register_buffer(name_, None, persistent=False)
+        sizes = self.grid.group_sizes()
+        self._gather_index: torch.Tensor | None = None
+        if not self.grid.contiguous:
+            idx, start = [], 0
+            for size in sizes:
+                idx += list(range(start, start + size)) + [in_features] * (self.grid.group_rows - size)
+                start += size
+            self._gather_index = torch.tensor(idx, dtype=torch.long)
+
+    # ------------------------------------------------------------------ programming
+    @property
+    def programmed(self) -> bool:
+        return self.w_eff is not None
+
+    @property
+    def is_digital(self) -> bool:
+        return self.spec.kind == "digital"
+
+    def _grouped(self, m: torch.Tensor) -> torch.Tensor:
+        """Lay an (in, ...) tensor out as (read_groups, group_rows, ...), zero-padded."""
+        g, gr = self.grid.read_groups, self.grid.group_rows
+        if self._gather_index is None:
+            pad = g * gr - m.shape[0]
+            if pad:
+                m = torch.cat([m, m.new_zeros((pad,) + tuple(m.shape[1:]))])
+            return m.reshape((g, gr) + tuple(m.shape[1:]))
+        m = torch.cat([m, m.new_zeros((1,) + tuple(m.shape[1:]))])
+        return m[self._gather_index.to(m.device)].reshape((g, gr) + tuple(m.shape[1:]))
+
+    def _col_tile_expand(self, per_tile: torch.Tensor) -> torch.Tensor:
+        """Expand a (..., col_tiles) tensor to (..., out) (each column takes its array's value)."""
+        wc = self.grid.weight_columns
+        return per_tile.repeat_interleave(wc, dim=-1)[..., : self.grid.out_features]
+
+    def _col_tile_max(self, per_col: torch.Tensor) -> torch.Tensor:
+        """Max over the columns of each array: (..., out) -> (..., out), constant per array."""
+        out, wc = self.grid.out_features, self.grid.weight_columns
+        pad = self.grid.col_tiles * wc - out
+        if pad:
+            per_col = torch.cat([per_col, per_col.new_zeros(per_col.shape[:-1] + (pad,))], dim=-1)
+        tiles = per_col.reshape(per_col.shape[:-1] + (self.grid.col_tiles, wc)).amax(dim=-1)
+        return self._col_tile_expand(tiles)
+
+    def program(self, weight_in_out: torch.Tensor, seed: int) -> None:
+        """Program a chip instance: sample programming noise, stuck cells and drift exponents
+        once (seeded by (seed, layer name, purpose)) and cache the effective weights."""
+        w = weight_in_out.detach()
+        self.seed = int(seed)
+        self._read_gen = None
+        dev = self.spec.device
+        self.w_scale = weight_scales(w, self.spec.weight_scaling)
+        w_norm = w / self.w_scale
+        if self.is_digital:
+            bits = self.spec.weight_bits or 8
+            self.w_eff = quantize_symmetric(w_norm, bits, 1.0).unsqueeze(0)
+            self.t_seconds = dev.drift.t0_s
+            return
+        targets = encode_weights(w_norm, self.spec, self.grid.col_tiles)
+        pos = torch.stack(targets.positive)
+        neg = torch.stack(targets.negative)
+        if targets.reference_per_col_tile:
+            neg = self._col_tile_expand(neg)
+        shape = pos.shape
+        coeffs = dev.programming_noise.coefficients
+
+        def one_side(target: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+            g = program_conductances(target, dev.g_max, coeffs, generator_for(seed, self.name, "program", side, device=w.device))
+            mask = sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, generator_for(seed, self.name, "stuck", side, device=w.device), device=w.device)
+            g = apply_stuck_at(g, mask, dev.g_min, dev.g_max)
+            nu = sample_drift_exponents(shape, dev.drift.nu_mean, dev.drift.nu_std, generator_for(seed, self.name, "drift", side, device=w.device), device=w.device)
+            return g, nu
+
+        if targets.reference_per_col_tile:
+            # one reference cell per (row, array), shared by the array's columns
+            ref_target = torch.stack(targets.negative)
+            g_ref, nu_ref = one_side(ref_target, "ref")
+            self.g_neg, self.nu_neg = self._col_tile_expand(g_ref), self._col_tile_expand(nu_ref)
+            self.g_pos, self.nu_pos = one_side(pos, "pos")
+        else:
+            self.g_pos, self.nu_pos = one_side(pos, "pos")
+            self.g_neg, self.nu_neg = one_side(neg, "neg")
+        self.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
+        self.denominator = targets.denominator
+        if self.spec.wire_resistance > 0:
+            self.path_pos, self.path_neg = self._ir_paths(w.device)
+        self.t_seconds = dev.drift.t0_s
+        self._refresh(set_adc_range=True)
+
+    def _ir_paths(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Wire segments in series with each weight's two cells, shape (in, out)."""
+        rows, cols = self.spec.rows, self.spec.cols
+        paths = ir_drop_path_cells(rows, cols, device=device)
+        r = torch.arange(self.grid.in_features, device=device) % rows
+        c = torch.arange(self.grid.out_features, device=device) % self.grid.weight_columns
+        scheme = self.spec.weight_encoding.scheme
+        if scheme == "offset":
+            pos_col, neg_col = c, torch.full_like(c, cols - 1)
+        else:
+            pos_col, neg_col = 2 * c, 2 * c + 1
+        return paths[r][:, pos_col.clamp_max(cols - 1)], paths[r][:, neg_col.clamp_max(cols - 1)]
+
+    def _conductances_now(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t, t0 = self.t_seconds, self.spec.device.drift.t0_s
+        g_pos = apply_drift(self.g_pos, self.nu_pos, t, t0)
+        g_neg = apply_drift(self.g_neg, self.nu_neg, t, t0)
+        if self.path_pos is not None:
+            r = self.spec.wire_resistance
+            g_pos, g_neg = ir_drop_attenuate(g_pos, self.path_pos, r), ir_drop_attenuate(g_neg, self.path_neg, r)
+        return g_pos, g_neg
+
+    def _refresh(self, set_adc_range: bool = False) -> None:
+        """Recompute the cached effective weights (and read-noise variances) at ``t_seconds``."""
+        g_pos, g_neg = self._conductances_now()
+        w_eff = (g_pos - g_neg) / self.denominator  # (S, in, out), normalized
+        self.w_eff = self._grouped(w_eff.permute(1, 0, 2)).permute(2, 0, 1, 3).contiguous()  # (S, G, gr, out)
+        rel = self.spec.device.read_noise
+        if rel > 0:
+            var = (rel / self.denominator) ** 2 * (g_pos.square() + g_neg.square())
+            var = self._grouped(var.permute(1, 0, 2)).permute(2, 0, 1, 3)  # (S, G, gr, out)
+            self.read_var = var.contiguous() if self.read_noise_mode == "exact" else var.mean(dim=2, keepdim=True).contiguous()
+        else:
+            self.read_var = None
+        if set_adc_range:
+            self.adc_range = self._initial_adc_range()
+
+    def _initial_adc_range(self) -> torch.Tensor:
+        """ADC full scale per (slice, read group, column), constant within an array."""
+        adc = self.spec.adc
+        assert adc is not None
+        if adc.range == "fixed":
+            return torch.full(self.w_eff.shape[:2] + (1, self.grid.out_features), adc.full_scale * self.grid.group_rows, dtype=self.w_eff.dtype, device=self.w_eff.device)
+        col_sum = self.w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
+        rng = self._col_tile_max(col_sum).unsqueeze(2)
+        if adc.range == "percentile" and self.adc_range_calibrated is not None:
+            rng = self.adc_range_calibrated
+        return rng.clamp_min(_EPS)
+
+    def set_time(self, t_seconds: float) -> None:
+        """Move this instance to ``t_seconds`` after programming (drift), keeping its ADC ranges."""
+        if not self.programmed:
+            raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed) first")
+        self.t_seconds = float(t_seconds)
+        if not self.is_digital:
+            self._refresh()
+
+    def set_read_noise_mode(self, mode: str) -> None:
+        if mode not in ("exact", "column_mean"):
+            raise SimulationError(f"read_noise_mode must be 'exact' or 'column_mean', got {mode!r}")
+        self.read_noise_mode = mode
+        if self.programmed and not self.is_digital:
+            self._refresh()
+
+    # ------------------------------------------------------------------ reading
+    def _input_scale(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.spec.input_encoding
+        if enc.range == "calibrated" and self.input_range is not None:
+            return torch.as_tensor(self.input_range, dtype=x.dtype, device=x.device)
+        return x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
+
+    def _input_planes(self, x_q: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """Split DAC-quantized inputs in [-1, 1] into pulses: (P, N, in) and their weights."""
+        enc = self.spec.input_encoding
+        if enc.scheme == "dac" or enc.pulses == 1:
+            return x_q.unsqueeze(0), [1.0]
+        levels = (1 << (enc.bits - 1)) - 1
+        mag = torch.round(x_q.detach().abs() * levels)
+        sign = torch.sign(x_q)
+        base = 1 << enc.bits_per_pulse
+        planes, weights = [], []
+        for p in range(enc.pulses):
+            digit = torch.remainder(torch.div(mag, base**p, rounding_mode="floor"), base)
+            planes.append(sign * digit / (base - 1))
+            weights.append(base**p * (base - 1) / levels)
+        stacked = torch.stack(planes)
+        if x_q.requires_grad:
+            # straight-through: each pulse carries 1/(P w_p) of the input's gradient, so the
+            # shift-added sum passes it through unchanged
+            share = 1.0 / (len(weights) * torch.tensor(weights, dtype=x_q.dtype, device=x_q.device)).view(-1, 1, 1)
+            stacked = stacked + (x_q - x_q.detach()).unsqueeze(0) * share
+        return stacked, weights
+
+    def forward(self, x: torch.Tensor, weight_in_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``y = x @ W`` on the arrays. ``x``: (N, in). ``weight_in_out``: the live weight, used
+        for straight-through gradients when autograd needs them."""
+        if not self.programmed:
+            raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed=...) first")
+        scale_x = self._input_scale(x)
+        enc = self.spec.input_encoding
+        x_q = dac_quantize(x / scale_x, enc.bits, 1.0)
+        w_eff = self.w_eff
+        if weight_in_out is not None and weight_in_out.requires_grad and torch.is_grad_enabled():
+            live = weight_in_out / self.w_scale
+            if self.is_digital:
+                w_eff = live.unsqueeze(0) + (w_eff - live.unsqueeze(0)).detach()
+            else:
+                grouped = self._grouped(live).unsqueeze(0)
+                w_eff = grouped + (w_eff - grouped).detach() if w_eff.shape[0] == 1 else w_eff + (grouped - grouped.detach())
+        if self.collect_stats:
+            self._record_stats(x_q)
+        if self.is_digital:
+            y = x_q @ w_eff[0]
+        else:
+            y = self._analog(x_q, w_eff)
+        return y * scale_x * self.w_scale
+
+    def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
+        planes, plane_w = self._input_planes(x_q)  # (P, N, in)
+        n = x_q.shape[0]
+        s_count, g, gr, out = w_eff.shape
+        p_count = planes.shape[0]
+        adc = self.spec.adc
+        if p_count == 1 and s_count == 1 and g == 1:
+            xg = planes[0]
+            if xg.shape[-1] != gr:
+                xg = torch.nn.functional.pad(xg, (0, gr - xg.shape[-1]))
+            psum = (xg @ w_eff[0, 0]).view(1, 1, 1, n, out)
+            xg = xg.view(1, 1, 1, n, gr)
+        else:
+            xg = self._grouped(planes.permute(2, 0, 1))  # (G, gr, P, N)
+            xg = xg.permute(2, 0, 3, 1).unsqueeze(1)  # (P, 1, G, N, gr)
+            psum = torch.matmul(xg, w_eff.unsqueeze(0))  # (P, S, G, N, out)
+        if self._calibrating:
+            a = psum.detach().abs().permute(1, 2, 0, 3, 4)  # (S, G, P, N, out)
+            self._calib_psums.append(a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1]))
+        if self.read_var is not None:
+            psum = psum + self._read_noise(xg.detach(), psum.shape)
+        q = adc_quantize(psum, adc.bits, self.adc_range.unsqueeze(0))
+        coef = self.significance.view(1, -1, 1, 1, 1)
+        if p_count > 1:
+            coef = coef * torch.tensor(plane_w, dtype=q.dtype, device=q.device).view(-1, 1, 1, 1, 1)
+        if q.shape[0] * q.shape[1] * q.shape[2] == 1:
+            return q[0, 0, 0] * coef.reshape(())
+        return (q * coef).sum(dim=(0, 1, 2))
+
+    def _read_noise(self, xg: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Per-read noise on each column sum.
+
+        Per-cell read noise ``G (1 + r N(0,1))`` makes a column sum Gaussian with variance
+        ``sum_i x_i^2 r^2 (G+_i^2 + G-_i^2)`` given the inputs: sampling that on the sum is
+        equal in distribution and costs one draw per column instead of one per cell.
+        ``exact`` computes the variance with a second matmul; ``column_mean`` uses the
+        column's mean cell variance times ``sum_i x_i^2`` (exact when a column's cells share
+        one conductance, an approximation otherwise, and cheaper).
+        """
+        sq = xg.square()
+        if self.read_noise_mode == "exact":
+            var = torch.matmul(sq, self.read_var.unsqueeze(0))
+        else:
+            var = sq.sum(dim=-1, keepdim=True) * self.read_var.unsqueeze(0)
+        if self._read_gen is None or self._read_gen.device != var.device:
+            self._read_gen = generator_for(self.seed or 0, self.name, "read", device=var.device)
+        noise = torch.randn(shape, generator=self._read_gen, device=var.device, dtype=var.dtype)
+        return noise.mul_(var.sqrt_())
+
+    def _record_stats(self, x_q: torch.Tensor) -> None:
+        st = self.stats
+        n = x_q.shape[0]
+        st.vectors += n
+        nz = int((x_q != 0).sum())
+        st.nonzero_inputs += nz
+        st.input_elements += x_q.numel()
+        pulses = self.spec.input_encoding.pulses if not self.is_digital else max(self.spec.input_encoding.bits - 1, 1)
+        st.pulses += n * pulses
+        st.reads += n * pulses * self.grid.read_groups
+        st.bit_density_sum += n * pulses * (nz / max(x_q.numel(), 1))
+
+    # ------------------------------------------------------------------ calibration
+    def begin_calibration(self) -> None:
+        self._calibrating = True
+        self._calib_psums = []
+        self._calib_inputs = []
+
+    def record_input(self, x: torch.Tensor) -> None:
+        if self._calibrating:
+            self._calib_inputs.append(x.detach().abs().amax(dim=-1))
+
+    def end_calibration(self) -> None:
+        """Set calibrated input range and percentile ADC ranges from what was recorded."""
+        self._calibrating = False
+        enc, adc = self.spec.input_encoding, self.spec.adc
+        if enc.range == "calibrated" and self._calib_inputs:
+            self.input_range = float(torch.cat(self._calib_inputs).amax().clamp_min(_EPS))
+        if adc is not None and adc.range == "percentile" and self._calib_psums:
+            # per (slice, group, column): percentile over vectors and pulses, then max per array
+            allp = torch.cat(self._calib_psums, dim=2)  # (S, G, reads, out)
+            k = min(int(math.ceil(adc.percentile / 100.0 * allp.shape[2])), allp.shape[2]) - 1
+            q = allp.sort(dim=2).values[:, :, max(k, 0), :]
+            self.adc_range_calibrated = self._col_tile_max(q).unsqueeze(2).clamp_min(_EPS)
+            self.adc_range = self.adc_range_calibrated
+        self._calib_inputs, self._calib_psums = [], []
+
+    def adc_error_bound(self) -> torch.Tensor:
+        """Largest ADC error on an in-range partial sum (normalized units), per (S, G, 1, out)."""
+        bits = self.spec.adc.bits
+        return self.adc_range / (2 * ((1 << (bits - 1)) - 1)) if bits > 1 else self.adc_range
+
+
+def arrays_needed(spec: ArraySpec, in_features: int, out_features: int) -> int:
+    """Arrays one (in x out) weight matrix occupies on ``spec``."""
+    return tile_grid(in_features, out_features, spec).arrays
+
+
+def input_pulses(spec: ArraySpec) -> int:
+    return spec.input_encoding.pulses if spec.kind == "analog" else max(spec.input_encoding.bits - 1, 1)
+
+
+__all__ = ["CrossbarEngine", "ReadStats", "arrays_needed", "input_pulses"]

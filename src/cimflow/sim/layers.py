@@ -1,0 +1,123 @@
+"""CIM layers: drop-in replacements for nn.Linear, nn.Conv1d and nn.Conv2d.
+
+Each keeps its ordinary ``weight`` and ``bias`` parameters under the same names as the
+layer it replaces (so ``state_dict`` keys, ``torch.save``, optimizers and ``.to(device)``
+keep working) and owns a :class:`~cimflow.sim.engine.CrossbarEngine` that holds the
+programmed chip instance. Bias is added in digital.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimflow.chip.spec import ArraySpec
+from cimflow.sim.engine import CrossbarEngine
+
+
+class CIMLayer(nn.Module):
+    """Common part of the CIM layers: the engine, programming and drift."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_engine(self, spec: ArraySpec, array_kind: str, in_features: int, out_features: int, name: str) -> None:
+        self.array_kind = array_kind
+        self.layer_name = name
+        self.engine = CrossbarEngine(spec, in_features, out_features, name=name)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The weight as the crossbar holds it: (in_features, out_features)."""
+        return self.weight.reshape(self.weight.shape[0], -1).t()
+
+    def program(self, seed: int) -> None:
+        self.engine.program(self.weight_matrix(), seed)
+        self.engine._weight_version = self.weight._version
+
+    def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self.engine.programmed and self.engine._weight_version != self.weight._version:
+            # the weights changed since programming (an optimizer step): program again,
+            # same instance seed, at the same time after programming
+            t = self.engine.t_seconds
+            self.program(self.engine.seed or 0)
+            if t != self.engine.t_seconds:
+                self.engine.set_time(t)
+        self.engine.record_input(x2d)
+        return self.engine(x2d, self.weight_matrix())
+
+    def extra_repr(self) -> str:
+        g = self.engine.grid
+        return f"{super().extra_repr()}, array={self.array_kind!r}, tiles={g.row_tiles}x{g.col_tiles}"
+
+
+class CIMLinear(CIMLayer):
+    """``nn.Linear`` computed on CIM arrays."""
+
+    def __init__(self, linear: nn.Linear, spec: ArraySpec, array_kind: str, name: str = "") -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self._init_engine(spec, array_kind, self.in_features, self.out_features, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        y = self.mvm(x.reshape(-1, self.in_features))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        g = self.engine.grid
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, array={self.array_kind!r}, tiles={g.row_tiles}x{g.col_tiles}"
+
+
+class CIMConv(CIMLayer):
+    """``nn.Conv1d`` / ``nn.Conv2d`` computed on CIM arrays as an im2col MVM (groups=1)."""
+
+    def __init__(self, conv: nn.Conv1d | nn.Conv2d, spec: ArraySpec, array_kind: str, name: str = "") -> None:
+        super().__init__()
+        self.dims = 1 if isinstance(conv, nn.Conv1d) else 2
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
+        self.padding, self.padding_mode = conv.padding, conv.padding_mode
+        self._reversed_padding = getattr(conv, "_reversed_padding_repeated_twice", None)
+        self.weight = conv.weight
+        self.bias = conv.bias
+        in_features = self.weight[0].numel()
+        self._init_engine(spec, array_kind, in_features, self.out_channels, name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeeze = self.dims == 1
+        if squeeze:
+            x = x.unsqueeze(-2)
+        k = self.kernel_size if self.dims == 2 else (1, self.kernel_size[0])
+        stride = self.stride if self.dims == 2 else (1, self.stride[0])
+        dilation = self.dilation if self.dims == 2 else (1, self.dilation[0])
+        if isinstance(self.padding, str):  # 'same' / 'valid'
+            pad = [0, 0] if self.padding == "valid" else [d * (kk - 1) // 2 for d, kk in zip(dilation, k)]
+            if self.padding == "same":
+                total = [d * (kk - 1) for d, kk in zip(dilation, k)]
+                x = F.pad(x, (pad[1], total[1] - pad[1], pad[0], total[0] - pad[0]))
+            padding = (0, 0)
+        elif self.padding_mode != "zeros":
+            p = self.padding if self.dims == 2 else (0, self.padding[0])
+            x = F.pad(x, (p[1], p[1], p[0], p[0]), mode=self.padding_mode)
+            padding = (0, 0)
+        else:
+            padding = self.padding if self.dims == 2 else (0, self.padding[0])
+        n, _, h, w = x.shape
+        cols = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)  # (N, C*kh*kw, L)
+        ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+        wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        y = self.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(n, ho * wo, self.out_channels).transpose(1, 2).reshape(n, self.out_channels, ho, wo)
+        return y.squeeze(-2) if squeeze else y
+
+    def extra_repr(self) -> str:
+        g = self.engine.grid
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"array={self.array_kind!r}, tiles={g.row_tiles}x{g.col_tiles}")
