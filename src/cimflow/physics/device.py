@@ -43,7 +43,7 @@ def sample_drift_exponents(
 ) -> torch.Tensor:
     """Per-cell drift exponents nu ~ N(nu_mean, nu_std), clipped at 0 (sampled once per programming)."""
     if nu_std == 0:
-        return torch.full(tuple(shape), float(nu_mean), device=device, dtype=dtype)
+        return torch.full(tuple(shape), max(float(nu_mean), 0.0), device=device, dtype=dtype)
     nu = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * nu_std + nu_mean
     return nu.clamp_min(0.0)
 

@@ -201,7 +201,11 @@ class CrossbarEngine(torch.nn.Module):
         if rel > 0:
             var = (rel / self.denominator) ** 2 * (g_pos.square() + g_neg.square())
             var = self._grouped(var.permute(1, 0, 2)).permute(2, 0, 1, 3)  # (S, G, gr, out)
-            self.read_var = var.contiguous() if self.read_noise_mode == "exact" else var.mean(dim=2, keepdim=True).contiguous()
+            if self.read_noise_mode == "exact":
+                self.read_var = var.contiguous()
+            else:  # mean over the rows each group really holds (padding carries no cell)
+                sizes = torch.tensor(self.grid.group_sizes(), dtype=var.dtype, device=var.device).view(1, -1, 1, 1)
+                self.read_var = (var.sum(dim=2, keepdim=True) / sizes).contiguous()
         else:
             self.read_var = None
         if set_adc_range:
@@ -316,6 +320,13 @@ class CrossbarEngine(torch.nn.Module):
             return q[0, 0, 0] * coef.reshape(())
         return (q * coef).sum(dim=(0, 1, 2))
 
+    def _read_noise_variance(self, xg: torch.Tensor) -> torch.Tensor:
+        """Variance of each column sum's read noise for inputs ``xg`` (P, 1, G, N, gr)."""
+        sq = xg.square()
+        if self.read_noise_mode == "exact":
+            return torch.matmul(sq, self.read_var.unsqueeze(0))
+        return sq.sum(dim=-1, keepdim=True) * self.read_var.unsqueeze(0)
+
     def _read_noise(self, xg: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """Per-read noise on each column sum.
 
@@ -326,11 +337,7 @@ class CrossbarEngine(torch.nn.Module):
         column's mean cell variance times ``sum_i x_i^2`` (exact when a column's cells share
         one conductance, an approximation otherwise, and cheaper).
         """
-        sq = xg.square()
-        if self.read_noise_mode == "exact":
-            var = torch.matmul(sq, self.read_var.unsqueeze(0))
-        else:
-            var = sq.sum(dim=-1, keepdim=True) * self.read_var.unsqueeze(0)
+        var = self._read_noise_variance(xg)
         if self._read_gen is None or self._read_gen.device != var.device:
             self._read_gen = generator_for(self.seed or 0, self.name, "read", device=var.device)
         noise = torch.randn(shape, generator=self._read_gen, device=var.device, dtype=var.dtype)

@@ -82,7 +82,8 @@ class CIMConv(CIMLayer):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.kernel_size, self.stride, self.dilation = conv.kernel_size, conv.stride, conv.dilation
         self.padding, self.padding_mode = conv.padding, conv.padding_mode
-        self._reversed_padding = getattr(conv, "_reversed_padding_repeated_twice", None)
+        # F.pad order (last dim first), as nn.ConvNd computes it for every padding form
+        self._pad = tuple(int(p) for p in conv._reversed_padding_repeated_twice)
         self.weight = conv.weight
         self.bias = conv.bias
         in_features = self.weight[0].numel()
@@ -95,22 +96,12 @@ class CIMConv(CIMLayer):
         k = self.kernel_size if self.dims == 2 else (1, self.kernel_size[0])
         stride = self.stride if self.dims == 2 else (1, self.stride[0])
         dilation = self.dilation if self.dims == 2 else (1, self.dilation[0])
-        if isinstance(self.padding, str):  # 'same' / 'valid'
-            pad = [0, 0] if self.padding == "valid" else [d * (kk - 1) // 2 for d, kk in zip(dilation, k)]
-            if self.padding == "same":
-                total = [d * (kk - 1) for d, kk in zip(dilation, k)]
-                x = F.pad(x, (pad[1], total[1] - pad[1], pad[0], total[0] - pad[0]))
-            padding = (0, 0)
-        elif self.padding_mode != "zeros":
-            p = self.padding if self.dims == 2 else (0, self.padding[0])
-            x = F.pad(x, (p[1], p[1], p[0], p[0]), mode=self.padding_mode)
-            padding = (0, 0)
-        else:
-            padding = self.padding if self.dims == 2 else (0, self.padding[0])
+        if any(self._pad):
+            x = F.pad(x, self._pad, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
         n, _, h, w = x.shape
-        cols = F.unfold(x, k, dilation=dilation, padding=padding, stride=stride)  # (N, C*kh*kw, L)
-        ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
-        wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
+        ho = (h - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+        wo = (w - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
         y = self.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
         if self.bias is not None:
             y = y + self.bias

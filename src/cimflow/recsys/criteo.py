@@ -1,0 +1,271 @@
+"""Criteo display-advertising TSV: a streaming reader and a writer of synthetic files.
+
+The format (Criteo Kaggle ``train.txt``, Criteo 1TB ``day_N``): one sample per line,
+40 tab-separated fields::
+
+    label  I1 ... I13  C1 ... C26
+
+``label`` is 0 or 1; ``I1..I13`` are integers (counts; may be negative, may be empty
+= missing); ``C1..C26`` are categorical values hashed to 8 hex digits (may be empty =
+missing).
+
+Transformations of the reader (those of the DLRM reference preprocessing):
+integers → ``log(1 + max(x, 0))`` (missing → 0); categoricals → ``int(hex, 16) mod
+table_size`` of their feature; a missing categorical is an *empty bag* (it contributes a
+zero embedding to the sum pooling).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from cimflow.errors import DataError
+from cimflow.recsys.jagged import JaggedFeatures
+
+if TYPE_CHECKING:
+    from cimflow.recsys.data import RecDataset
+
+__all__ = [
+    "CRITEO_INTEGER_FEATURES",
+    "CRITEO_CATEGORICAL_FEATURES",
+    "CRITEO_DENSE_NAMES",
+    "CRITEO_SPARSE_KEYS",
+    "CriteoRecords",
+    "iter_criteo_tsv",
+    "read_criteo_tsv",
+    "write_criteo_tsv",
+]
+
+CRITEO_INTEGER_FEATURES = 13
+CRITEO_CATEGORICAL_FEATURES = 26
+_FIELDS = 1 + CRITEO_INTEGER_FEATURES + CRITEO_CATEGORICAL_FEATURES
+CRITEO_DENSE_NAMES = [f"I{i}" for i in range(1, CRITEO_INTEGER_FEATURES + 1)]
+CRITEO_SPARSE_KEYS = [f"C{i}" for i in range(1, CRITEO_CATEGORICAL_FEATURES + 1)]
+
+_INTEGER = re.compile(r"-?[0-9]+")
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="ascii", errors="replace", newline="")
+    return open(path, encoding="ascii", errors="replace", newline="")
+
+
+def _table_sizes(table_sizes: int | Sequence[int]) -> list[int]:
+    sizes = [int(table_sizes)] * CRITEO_CATEGORICAL_FEATURES if isinstance(table_sizes, int) else list(table_sizes)
+    if len(sizes) != CRITEO_CATEGORICAL_FEATURES or min(sizes) < 1:
+        raise DataError(
+            f"Criteo needs {CRITEO_CATEGORICAL_FEATURES} table sizes >= 1 (or one int for all), got {table_sizes!r}"
+        )
+    return sizes
+
+
+class _Chunk:
+    """Rows parsed so far, column-major, before conversion to tensors."""
+
+    def __init__(self) -> None:
+        self.labels: list[int] = []
+        self.integers: list[list[int]] = [[] for _ in range(CRITEO_INTEGER_FEATURES)]
+        self.categoricals: list[list[int]] = [[] for _ in range(CRITEO_CATEGORICAL_FEATURES)]
+        self.cat_lengths: list[list[int]] = [[] for _ in range(CRITEO_CATEGORICAL_FEATURES)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _parse_line(line: str, line_number: int, path: Path, sizes: list[int], chunk: _Chunk) -> None:
+    text = line.rstrip("\r\n")
+    fields = text.split("\t")
+    if len(fields) != _FIELDS:
+        raise DataError(
+            f"{path}:{line_number}: expected {_FIELDS} tab-separated fields (label, "
+            f"{CRITEO_INTEGER_FEATURES} integers, {CRITEO_CATEGORICAL_FEATURES} categoricals), found "
+            f"{len(fields)}; the line is malformed or truncated"
+        )
+    label = fields[0]
+    if label not in ("0", "1"):
+        raise DataError(f"{path}:{line_number}: label must be 0 or 1, got {label!r}")
+    parsed_ints: list[int] = []
+    for j in range(CRITEO_INTEGER_FEATURES):
+        raw = fields[1 + j]
+        if raw == "":
+            parsed_ints.append(0)
+        elif _INTEGER.fullmatch(raw):
+            parsed_ints.append(max(int(raw), 0))
+        else:
+            raise DataError(
+                f"{path}:{line_number}: integer feature I{j + 1} must be an integer or empty, got {raw!r}"
+            )
+    parsed_cats: list[int | None] = []
+    for j in range(CRITEO_CATEGORICAL_FEATURES):
+        raw = fields[1 + CRITEO_INTEGER_FEATURES + j]
+        if raw == "":
+            parsed_cats.append(None)
+        elif _HEX8.fullmatch(raw):
+            parsed_cats.append(int(raw, 16) % sizes[j])
+        else:
+            raise DataError(
+                f"{path}:{line_number}: categorical feature C{j + 1} must be 8 hex digits or empty, got {raw!r}"
+            )
+    # only append once the whole line is valid
+    chunk.labels.append(int(label))
+    for j, value in enumerate(parsed_ints):
+        chunk.integers[j].append(value)
+    for j, index in enumerate(parsed_cats):
+        if index is None:
+            chunk.cat_lengths[j].append(0)
+        else:
+            chunk.categoricals[j].append(index)
+            chunk.cat_lengths[j].append(1)
+
+
+def _to_tensors(chunk: _Chunk) -> tuple[torch.Tensor, JaggedFeatures, torch.Tensor]:
+    integers = np.array(chunk.integers, dtype=np.float64).T.reshape(len(chunk), CRITEO_INTEGER_FEATURES)
+    dense = torch.from_numpy(np.log1p(integers).astype(np.float32))
+    values = torch.tensor([v for col in chunk.categoricals for v in col], dtype=torch.int64)
+    lengths = torch.tensor([n for col in chunk.cat_lengths for n in col], dtype=torch.int64)
+    sparse = JaggedFeatures(list(CRITEO_SPARSE_KEYS), values, lengths=lengths)
+    labels = torch.tensor(chunk.labels, dtype=torch.float32)
+    return dense, sparse, labels
+
+
+def iter_criteo_tsv(
+    path: str | Path,
+    table_sizes: int | Sequence[int],
+    batch_size: int = 8192,
+    max_rows: int | None = None,
+) -> Iterator[tuple[torch.Tensor, JaggedFeatures, torch.Tensor]]:
+    """Stream a Criteo TSV file (plain or ``.gz``) in batches.
+
+    Yields ``(dense [b, 13] float32, sparse JaggedFeatures (keys C1..C26), labels [b])``;
+    see the module docstring for the transformations. Empty lines are skipped.
+
+    Args:
+        path: the file.
+        table_sizes: rows of each categorical feature's table (26 ints, or one for all).
+        batch_size: samples per yielded batch (the last may be smaller).
+        max_rows: stop after this many samples.
+
+    Raises:
+        DataError: missing file, or a malformed line, with ``path:line`` (1-based): wrong
+            number of fields (e.g. a truncated last line), a label other than 0/1, a
+            non-integer integer field, a categorical that is not 8 hex digits.
+    """
+    path = Path(path)
+    sizes = _table_sizes(table_sizes)
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if not path.is_file():
+        raise DataError(f"Criteo file {path} does not exist")
+    chunk = _Chunk()
+    rows = 0
+    with _open_text(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if max_rows is not None and rows >= max_rows:
+                break
+            if not line.strip("\r\n"):
+                continue
+            _parse_line(line, line_number, path, sizes, chunk)
+            rows += 1
+            if len(chunk) == batch_size:
+                yield _to_tensors(chunk)
+                chunk = _Chunk()
+    if len(chunk):
+        yield _to_tensors(chunk)
+
+
+def read_criteo_tsv(
+    path: str | Path, table_sizes: int | Sequence[int], max_rows: int | None = None
+) -> RecDataset:
+    """The whole file (or its first ``max_rows`` samples) as a :class:`RecDataset`."""
+    from cimflow.recsys.data import RecDataset
+
+    sizes = _table_sizes(table_sizes)
+    parts = list(iter_criteo_tsv(path, sizes, batch_size=65536, max_rows=max_rows))
+    if not parts:
+        raise DataError(f"Criteo file {path} holds no samples")
+    dense = torch.cat([p[0] for p in parts])
+    labels = torch.cat([p[2] for p in parts])
+    # re-assemble key-major jagged features across chunks
+    per_key = [[] for _ in range(CRITEO_CATEGORICAL_FEATURES)]
+    for _, sparse, _ in parts:
+        for k, pair in enumerate(sparse.per_feature()):
+            per_key[k].append(pair)
+    values, lengths = [], []
+    for chunks in per_key:
+        for v, o in chunks:
+            values.append(v)
+            lengths.append(o[1:] - o[:-1])
+    sparse = JaggedFeatures(list(CRITEO_SPARSE_KEYS), torch.cat(values), lengths=torch.cat(lengths))
+    return RecDataset(dense, sparse, labels, sizes, list(CRITEO_DENSE_NAMES), name=f"criteo:{Path(path).name}")
+
+
+@dataclass(frozen=True)
+class CriteoRecords:
+    """What :func:`write_criteo_tsv` wrote, to check a reader against.
+
+    Attributes:
+        labels: ``[n]`` int64, 0/1.
+        integers: ``[n, 13]`` int64 raw values (0 where missing).
+        integer_present: ``[n, 13]`` bool, False where the field was left empty.
+        categoricals: ``[n, 26]`` int64, the 32-bit value of the 8-hex-digit string.
+        categorical_present: ``[n, 26]`` bool, False where the field was left empty.
+    """
+
+    labels: np.ndarray
+    integers: np.ndarray
+    integer_present: np.ndarray
+    categoricals: np.ndarray
+    categorical_present: np.ndarray
+
+    def expected_dense(self) -> np.ndarray:
+        """The reader's dense output: ``log(1 + max(x, 0))``, 0 where missing, float32."""
+        values = np.where(self.integer_present, np.maximum(self.integers, 0), 0)
+        return np.log1p(values.astype(np.float64)).astype(np.float32)
+
+
+def write_criteo_tsv(
+    path: str | Path, n: int, seed: int = 0, missing_rate: float = 0.1, click_rate: float = 0.25
+) -> CriteoRecords:
+    """Write ``n`` synthetic samples in the exact Criteo TSV format; return what was written.
+
+    Integers are heavy-tailed counts (some negative in I2, as in the real data);
+    categoricals come from a small, skewed vocabulary per feature, written as lowercase
+    8-hex-digit strings. Each integer/categorical is empty with probability
+    ``missing_rate``; labels are Bernoulli(``click_rate``). Seeded: same seed, same file.
+    """
+    if n < 0 or not (0 <= missing_rate < 1) or not (0 <= click_rate <= 1):
+        raise DataError(f"need n >= 0, 0 <= missing_rate < 1, 0 <= click_rate <= 1; got {n}, {missing_rate}, {click_rate}")
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < click_rate).astype(np.int64)
+    integers = np.floor(rng.pareto(1.5, size=(n, CRITEO_INTEGER_FEATURES)) * 3).astype(np.int64)
+    integers[:, 1] -= rng.integers(0, 3, size=n)  # I2 takes small negative values too
+    integer_present = rng.random((n, CRITEO_INTEGER_FEATURES)) >= missing_rate
+    vocabularies = rng.integers(0, 2**32, size=(CRITEO_CATEGORICAL_FEATURES, 64), dtype=np.int64)
+    picks = np.minimum(np.floor(rng.pareto(1.0, size=(n, CRITEO_CATEGORICAL_FEATURES))).astype(np.int64), 63)
+    categoricals = vocabularies[np.arange(CRITEO_CATEGORICAL_FEATURES)[None, :], picks]
+    categorical_present = rng.random((n, CRITEO_CATEGORICAL_FEATURES)) >= missing_rate
+    with open(path, "w", encoding="ascii", newline="\n") as handle:
+        for i in range(n):
+            ints = [str(integers[i, j]) if integer_present[i, j] else "" for j in range(CRITEO_INTEGER_FEATURES)]
+            cats = [
+                f"{categoricals[i, j]:08x}" if categorical_present[i, j] else ""
+                for j in range(CRITEO_CATEGORICAL_FEATURES)
+            ]
+            handle.write("\t".join([str(labels[i]), *ints, *cats]) + "\n")
+    return CriteoRecords(
+        labels=labels,
+        integers=np.where(integer_present, integers, 0),
+        integer_present=integer_present,
+        categoricals=categoricals,
+        categorical_present=categorical_present,
+    )
