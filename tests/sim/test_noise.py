@@ -126,5 +126,5 @@ def test_ir_drop_attenuates_far_cells_more():
     g = 100e-6
     # row 63 (next to the sense amplifier), logical column 0 -> physical column 0: 1 + 1 segments
     expected = 1.0 / (1 + g * 2.0 * 2)
-    assert abs(float(w[0, 31]) - 1.0 / (1 + g * 2.0 * (62 + 64))) < 1e-5  # row 0, physical column 62
+    assert abs(float(w[0, 31]) - 1.0 / (1 + g * 2.0 * (63 + 64))) < 1e-5  # row 0, physical column 62: 63 + 64 segments
     assert abs(float(w[63, 0]) - expected) < 1e-5
