@@ -62,8 +62,24 @@ def _format_validation_error(err: ValidationError, origin: str, root: yaml.Node 
     return "invalid chip description: " + "; ".join(parts)
 
 
+def _refuse_duplicate_keys(node: yaml.Node | None, origin: str) -> None:
+    """The safe loader silently keeps the last of two equal keys: refuse them instead."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key, value in node.value:
+            if getattr(key, "value", None) in seen:
+                raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: key {key.value!r} appears twice in one block; keep one")
+            seen.add(getattr(key, "value", None))
+            _refuse_duplicate_keys(value, origin)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, origin)
+
+
 def chip_from_dict(data: Any, origin: str = "<dict>", root: yaml.Node | None = None) -> Chip:
     """Validate a plain mapping as a :class:`Chip`; errors name ``origin`` and the field path."""
+    if data is None:
+        raise ChipSpecError(f"{origin}: the chip description is empty; see `cimflow chips show ideal` for a complete example")
     if not isinstance(data, dict):
         raise ChipSpecError(f"{origin}: a chip description must be a mapping of keys to values, got {type(data).__name__}")
     try:
@@ -82,6 +98,7 @@ def load_chip_yaml(text: str, origin: str = "<string>") -> Chip:
         where = f"{origin}:{mark.line + 1}" if mark is not None else origin
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ChipSpecError(f"{where}: malformed YAML ({problem}); fix the syntax and try again") from None
+    _refuse_duplicate_keys(root, origin)
     return chip_from_dict(data, origin, root)
 
 

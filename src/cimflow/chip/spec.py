@@ -21,7 +21,7 @@ Technology = Literal["rram", "pcm", "sram", "nor_flash", "mram", "fefet"]
 class StrictModel(BaseModel):
     """Base of every spec model: unknown keys refused, assignments validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Cost(StrictModel):
@@ -195,15 +195,16 @@ class ADC(StrictModel):
     """The converter that digitizes each array column's partial sum.
 
     ``range``:
-    - ``fixed``: full scale = ``full_scale`` x rows, in units of one fully-on cell
-      driven at full input (1.0 covers every possible partial sum);
+    - ``fixed``: full scale = ``full_scale`` x the rows driven in one read
+      (``max_active_rows``, else ``rows``), in units of one fully-on cell driven at full
+      input (1.0 covers every possible partial sum);
     - ``per_array_max``: the largest partial sum the programmed array can produce;
     - ``percentile``: the ``percentile``-th percentile of |partial sums| seen on
       calibration data (:func:`cimflow.calibrate`); per_array_max until calibrated.
     """
 
     bits: int = Field(ge=1, le=24, description="resolution; 24 is float32-exact (no quantization)")
-    columns_per_adc: int = Field(default=1, ge=1)
+    columns_per_adc: int = Field(default=1, ge=1, description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
     range: Literal["fixed", "per_array_max", "percentile"] = "per_array_max"
     full_scale: float = Field(default=1.0, gt=0, le=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
@@ -259,6 +260,8 @@ class ArraySpec(StrictModel):
         if self.weight_encoding.scheme == "differential" or self.weight_encoding.scheme == "bit_sliced":
             if self.cols < 2:
                 raise ValueError("differential and bit-sliced encodings need at least 2 columns")
+        if self.adc is not None and self.adc.columns_per_adc > self.cols:
+            raise ValueError(f"adc.columns_per_adc ({self.adc.columns_per_adc}) cannot exceed cols ({self.cols})")
         if self.max_active_rows is not None and self.max_active_rows > self.rows:
             raise ValueError(f"max_active_rows ({self.max_active_rows}) cannot exceed rows ({self.rows})")
         return self
@@ -365,14 +368,16 @@ class Chip(StrictModel):
         if not self.arrays:
             raise ValueError("a chip needs at least one array kind under 'arrays'")
         known = sorted(self.arrays)
-        for role, kind in (("mvm", self.roles.mvm), ("embedding", self.roles.embedding), ("digital", self.roles.digital)):
-            if kind is not None and kind not in self.arrays:
-                raise ValueError(f"roles.{role} names array kind {kind!r}, but the chip has only {known}")
-        if self.roles.digital is not None and self.arrays[self.roles.digital].kind != "digital":
-            raise ValueError(f"roles.digital must name a digital array kind; {self.roles.digital!r} is analog")
         for kind in self.cores.arrays:
             if kind not in self.arrays:
                 raise ValueError(f"cores.arrays names array kind {kind!r}, but the chip has only {known}")
+        for role, kind in (("mvm", self.roles.mvm), ("embedding", self.roles.embedding), ("digital", self.roles.digital)):
+            if kind is not None and kind not in self.arrays:
+                raise ValueError(f"roles.{role} names array kind {kind!r}, but the chip has only {known}")
+            if kind is not None and kind not in self.cores.arrays:
+                raise ValueError(f"roles.{role} names array kind {kind!r}, but cores.arrays places none on the chip")
+        if self.roles.digital is not None and self.arrays[self.roles.digital].kind != "digital":
+            raise ValueError(f"roles.digital must name a digital array kind; {self.roles.digital!r} is analog")
         return self
 
     def array(self, kind: str) -> ArraySpec:

@@ -39,13 +39,13 @@ class TileGrid:
 
     @property
     def group_rows(self) -> int:
-        """Rows in one separately digitized read group."""
-        return min(self.rows, self.rows_per_read)
+        """Rows in the largest separately digitized read group."""
+        return min(self.rows, self.rows_per_read, self.in_features)
 
     @property
     def contiguous(self) -> bool:
-        """Groups are consecutive blocks of ``group_rows`` inputs (rows divisible by the group)."""
-        return self.rows % self.group_rows == 0
+        """Groups are consecutive blocks of ``group_rows`` inputs (one tile, or rows divisible by the group)."""
+        return self.row_tiles == 1 or self.rows % self.group_rows == 0
 
     def group_sizes(self) -> list[int]:
         """Inputs in each read group, in order."""
