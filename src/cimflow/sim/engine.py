@@ -275,11 +275,14 @@ class CrossbarEngine(torch.nn.Module):
         for straight-through gradients when autograd needs them."""
         if not self.programmed:
             raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed=...) first")
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (weight_in_out is not None and weight_in_out.requires_grad))
+        if not needs_grad and not self._calibrating and (self.is_digital or self.w_eff.shape[:2] == (1, 1)) and self._input_planes_count() == 1:
+            return self._forward_single_read(x)
         scale_x = self._input_scale(x)
         enc = self.spec.input_encoding
         x_q = dac_quantize(x / scale_x, enc.bits, 1.0)
         w_eff = self.w_eff
-        if weight_in_out is not None and weight_in_out.requires_grad and torch.is_grad_enabled():
+        if needs_grad and weight_in_out is not None and weight_in_out.requires_grad:
             live = weight_in_out / self.w_scale
             if self.is_digital:
                 w_eff = live.unsqueeze(0) + (w_eff - live.unsqueeze(0)).detach()
@@ -293,6 +296,46 @@ class CrossbarEngine(torch.nn.Module):
         else:
             y = self._analog(x_q, w_eff)
         return y * scale_x * self.w_scale
+
+    def _input_planes_count(self) -> int:
+        return 1 if self.is_digital else self.spec.input_encoding.pulses
+
+    @torch.no_grad()
+    def _forward_single_read(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference fast path for one read per vector (one slice, one read group, one pulse):
+        the same arithmetic as the general path, kept in integer DAC codes and fused in place.
+        """
+        steps_in = float((1 << (self.spec.input_encoding.bits - 1)) - 1) if self.spec.input_encoding.bits > 1 else 1.0
+        scale_x = self._input_scale(x)
+        if self.spec.input_encoding.bits > 1:
+            xi = (x * (steps_in / scale_x)).clamp_(-steps_in, steps_in).round_()  # DAC codes
+        else:
+            xi = torch.sign(x)
+        if self.collect_stats:
+            self._record_stats(xi)
+        w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
+        if xi.shape[-1] != w.shape[0]:
+            xi = torch.nn.functional.pad(xi, (0, w.shape[0] - xi.shape[-1]))
+        acc = xi @ w  # partial sums in DAC-code units
+        out_scale = self.w_scale / steps_in
+        if not self.is_digital:
+            if self.read_var is not None:
+                xg = xi.view(1, 1, 1, *xi.shape)
+                var = self._read_noise_variance(xg).view_as(acc)
+                if self._read_gen is None or self._read_gen.device != acc.device:
+                    self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
+                noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
+                acc.addcmul_(noise, var.sqrt_())
+            bits = self.spec.adc.bits
+            rng = self.adc_range[0, 0, 0] * steps_in  # full scale in DAC-code units, (out,)
+            if bits > 1:
+                steps_adc = float((1 << (bits - 1)) - 1)
+                acc.mul_(steps_adc / rng).clamp_(-steps_adc, steps_adc).round_()
+                out_scale = out_scale * rng / steps_adc
+            else:
+                acc = torch.sign(acc)
+                out_scale = out_scale * rng
+        return acc.mul_(out_scale).mul_(scale_x)
 
     def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
         planes, plane_w = self._input_planes(x_q)  # (P, N, in)
