@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 from torch import nn
 
 from cimflow.chip import Chip, resolve_chip
+from cimflow.compile.pipeline import compile_model
+from cimflow.compile.plan import Plan
 from cimflow.sim import calibrate_model, convert_model, drift_model, program_model
 from cimflow.units import parse_duration
 
@@ -21,16 +23,38 @@ def load_chip(chip: Chip | str | Path) -> Chip:
     return resolve_chip(chip)
 
 
+def compile(  # noqa: A001 - the verb users know
+    model: nn.Module, chip: Chip | str | Path, example_inputs: Any = None, rules: Mapping[Any, Any] | None = None,
+    mode: str = "pipelined", replicate: bool = True,
+) -> Plan:
+    """Compile ``model`` onto ``chip``: capture (torch.fx, module traversal as a fallback),
+    partition across arrays, the digital unit and the host, tile, replicate, place and
+    schedule. ``rules`` map names, globs, ``"re:<regex>"``, ``"type:<Type>"`` or module
+    types to ``"digital"``, ``"host"``, ``"digital_unit"`` or an array kind of the chip."""
+    return compile_model(model, chip, example_inputs, rules=rules, mode=mode, replicate=replicate)
+
+
+def simulate(plan: Plan, model: nn.Module, seed: int = 0, t: float | str | None = None, allow_host: bool = False) -> nn.Module:
+    """Execute ``plan`` on ``model``: a programmed CIM model (chip instance ``seed``, aged to
+    ``t`` after programming when given) whose layers run where the plan puts them."""
+    converted, _ = convert_model(model, plan.chip, plan=plan, allow_host=allow_host)
+    program_model(converted, seed)
+    if t is not None:
+        drift_model(converted, parse_duration(t))
+    return converted
+
+
 def convert(
     model: nn.Module, chip: Chip | str | Path, overrides: Mapping[Any, Any] | None = None,
     allow_host: bool = False, inplace: bool = False,
 ) -> nn.Module:
-    """Return a copy of ``model`` whose Linear/Conv1d/Conv2d layers run on ``chip``'s arrays.
+    """Return a copy of ``model`` whose Linear/Conv1d/Conv2d layers run on ``chip``'s arrays:
+    compile (placement only, ``overrides`` as rules) and execute the plan.
 
     ``overrides`` maps layer names, globs, ``"re:<regex>"`` or module types to
     ``"digital"``, ``"host"``, an array kind of the chip, or another chip. The conversion
-    report (mapped and host layers) is at ``model._cimflow_report``. Program the result
-    with :func:`program` before running it.
+    report (mapped and host layers) is at ``model._cimflow_report``, the plan at
+    ``model._cimflow_plan``. Program the result with :func:`program` before running it.
     """
     converted, _ = convert_model(model, chip, overrides=overrides, allow_host=allow_host, inplace=inplace)
     return converted

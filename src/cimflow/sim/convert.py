@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -14,6 +12,9 @@ from torch import nn
 
 from cimflow.chip.io import resolve_chip
 from cimflow.chip.spec import Chip
+from cimflow.compile.pipeline import compile_model
+from cimflow.compile.plan import Plan
+from cimflow.compile.rules import DIGITAL, DIGITAL_UNIT, HOST, matching_rule
 from cimflow.errors import ChipSpecError, MappingError, SimulationError
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
 
@@ -25,22 +26,6 @@ VECTOR_LAYERS = (
     nn.InstanceNorm2d, nn.PReLU, nn.RMSNorm,
 )
 
-HOST = "host"
-DIGITAL = "digital"
-
-
-@dataclass
-class LayerTarget:
-    """Where one layer goes: an array kind of a chip, or the host."""
-
-    chip: Chip | None
-    array_kind: str | None
-
-    @property
-    def on_host(self) -> bool:
-        return self.chip is None
-
-
 @dataclass
 class ConversionReport:
     """What :func:`convert_model` did: mapped layers, host layers and why."""
@@ -49,43 +34,27 @@ class ConversionReport:
     host: dict[str, str] = field(default_factory=dict)  # layer name -> reason
 
 
-def _matches(key: Any, name: str, module: nn.Module) -> bool:
-    if isinstance(key, type):
-        return isinstance(module, key)
-    if not isinstance(key, str):
-        raise MappingError(f"override keys must be a layer name, a glob pattern, 're:<regex>' or a module type; got {key!r}")
-    if key.startswith("re:"):
-        return re.fullmatch(key[3:], name) is not None
-    return key == name or fnmatch.fnmatchcase(name, key)
+def _type_names(module: nn.Module) -> tuple[str, ...]:
+    return tuple(cls.__name__ for cls in type(module).__mro__)
 
 
-def _resolve_target(value: Any, chip: Chip, name: str) -> LayerTarget:
-    if value is None or value == HOST or value == "keep":
-        return LayerTarget(None, None)
-    if value == DIGITAL:
-        if chip.roles.digital is None:
-            raise MappingError(f"layer {name!r}: override 'digital' needs a digital CIM array, and chip {chip.name!r} has none (roles.digital); use 'host' to keep it in float")
-        return LayerTarget(chip, chip.roles.digital)
-    if isinstance(value, str) and value in chip.arrays:
-        return LayerTarget(chip, value)
-    try:
-        other = resolve_chip(value)
-    except ChipSpecError as err:
-        raise MappingError(
-            f"layer {name!r}: override {value!r} is not 'host', 'digital', an array kind of {chip.name!r} "
-            f"({', '.join(sorted(chip.arrays))}) or a chip ({err})"
-        ) from None
-    return LayerTarget(other, other.roles.mvm)
-
-
-def _target_for(name: str, module: nn.Module, chip: Chip, overrides: Mapping[Any, Any]) -> LayerTarget:
-    chosen = None
-    for key, value in overrides.items():  # the last matching rule wins, like CSS
-        if _matches(key, name, module):
-            chosen = (value,)
-    if chosen is not None:
-        return _resolve_target(chosen[0], chip, name)
-    return LayerTarget(chip, chip.roles.mvm)
+def _split_overrides(overrides: Mapping[Any, Any], chip: Chip) -> tuple[dict, dict]:
+    """Overrides the plan can express (host, digital, an array kind of ``chip``) and those
+    that send a layer to another chip (applied on top of the plan)."""
+    plan_rules, foreign = {}, {}
+    for key, value in overrides.items():
+        if value in (None, HOST, "keep", DIGITAL, DIGITAL_UNIT) or (isinstance(value, str) and value in chip.arrays):
+            plan_rules[key] = value
+        else:
+            try:
+                other = resolve_chip(value)
+            except ChipSpecError as err:
+                raise MappingError(
+                    f"override {key!r}: {value!r} is not 'host', 'digital', an array kind of {chip.name!r} "
+                    f"({', '.join(sorted(chip.arrays))}) or a chip ({err})"
+                ) from None
+            foreign[key] = other
+    return plan_rules, foreign
 
 
 def _unsupported_reason(module: nn.Module) -> str | None:
@@ -103,20 +72,27 @@ def _unsupported_reason(module: nn.Module) -> str | None:
 
 def convert_model(
     model: nn.Module, chip: Chip | str, overrides: Mapping[Any, Any] | None = None,
-    allow_host: bool = False, inplace: bool = False,
+    allow_host: bool = False, inplace: bool = False, plan: Plan | None = None,
 ) -> tuple[nn.Module, ConversionReport]:
-    """Replace every nn.Linear / nn.Conv1d / nn.Conv2d by its CIM layer on ``chip``.
+    """Execute a plan: replace every nn.Linear / nn.Conv1d / nn.Conv2d the plan puts on
+    arrays by its CIM layer.
 
-    ``overrides`` maps a layer name, a glob (``"features.*"``), ``"re:<regex>"`` or a module
-    type to ``"digital"`` (the chip's digital CIM arrays), ``"host"`` (keep in float on the
-    host), an array kind of the chip, or another chip (preset name, YAML path, Chip). Layers
-    that hold a weight matrix cimflow cannot map are refused with a :class:`MappingError`
-    unless ``allow_host`` is true; then they stay on the host and the report lists them.
+    Without ``plan``, the model is compiled for ``chip`` first (placement only, no example
+    inputs), with ``overrides`` as placement rules: a layer name, a glob
+    (``"features.*"``), ``"re:<regex>"`` or a module type mapped to ``"digital"`` (the
+    chip's digital CIM arrays), ``"host"`` (keep in float), an array kind of the chip -
+    or another chip (preset name, YAML path, Chip), which sends the layer to that chip's
+    MVM arrays. Layers that hold a weight matrix cimflow cannot map are refused with a
+    :class:`MappingError` unless ``allow_host`` is true; then they stay on the host and
+    the report lists them.
     """
     if not isinstance(model, nn.Module):
         raise MappingError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
-    base_chip = resolve_chip(chip)
-    overrides = dict(overrides or {})
+    base_chip = plan.chip if plan is not None else resolve_chip(chip)
+    plan_rules, foreign = _split_overrides(dict(overrides or {}), base_chip)
+    if plan is None:
+        plan = compile_model(model, base_chip, rules=plan_rules, replicate=False)
+    on_arrays = plan.module_targets()
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport()
@@ -125,25 +101,32 @@ def convert_model(
     for name, module in model.named_modules():
         if isinstance(module, CIMLayer):
             raise MappingError(f"layer {name!r} is already a CIM layer: convert the original float model")
+        types = _type_names(module)
+        host_rule = matching_rule(plan_rules, name, types)
+        on_host_by_rule = host_rule is not None and host_rule[1] in (None, HOST, "keep")
         reason = _unsupported_reason(module)
-        target = _target_for(name, module, base_chip, overrides) if isinstance(module, MAPPABLE) or reason else None
         if reason is not None:
-            if target is not None and target.on_host:
+            if on_host_by_rule:
                 report.host[name] = f"{type(module).__name__}: host by override"
                 continue
             refused.append(f"{name} ({reason})")
             report.host[name] = reason
             continue
-        if target is None:
+        if not isinstance(module, MAPPABLE):
             continue
-        if target.on_host:
-            report.host[name] = f"{type(module).__name__}: host by override"
+        foreign_rule = matching_rule(foreign, name, types) if foreign else None
+        if foreign_rule is not None:
+            target_chip, kind = foreign_rule[1], foreign_rule[1].roles.mvm
+        elif name in on_arrays:
+            target_chip, kind = base_chip, on_arrays[name]
+        else:
+            report.host[name] = f"{type(module).__name__}: " + ("host by override" if on_host_by_rule else plan.op(name).reason)
             continue
-        spec = target.chip.array(target.array_kind)
-        layer = CIMLinear(module, spec, target.array_kind, name) if isinstance(module, nn.Linear) else CIMConv(module, spec, target.array_kind, name)
-        layer.chip_name = target.chip.name
+        spec = target_chip.array(kind)
+        layer = CIMLinear(module, spec, kind, name) if isinstance(module, nn.Linear) else CIMConv(module, spec, kind, name)
+        layer.chip_name = target_chip.name
         replacements.append((name, layer))
-        report.mapped[name] = f"{target.chip.name}:{target.array_kind}"
+        report.mapped[name] = f"{target_chip.name}:{kind}"
     if refused and not allow_host:
         raise MappingError(
             "cannot map these layers onto the chip: " + "; ".join(refused)
@@ -154,6 +137,7 @@ def convert_model(
     for name, layer in replacements:
         _set_submodule(model, name, layer)
     model._cimflow_report = report  # type: ignore[attr-defined]
+    model._cimflow_plan = plan  # type: ignore[attr-defined]
     return model, report
 
 

@@ -1,0 +1,1 @@
+"""Compiler: capture a model, partition it across substrates, map, place and schedule it into a Plan."""

@@ -1,0 +1,1 @@
+"""Reports: terminal tables, JSON and HTML. Reports read results; they never recompute them."""
