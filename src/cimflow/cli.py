@@ -27,6 +27,8 @@ app = typer.Typer(
 chips_app = typer.Typer(help="List the shipped chip presets, or show one (preset or YAML file).\n\nExample: cimflow chips show pcm-hermes-like")
 app.add_typer(chips_app, name="chips")
 console = Console()
+if not console.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
+    console = Console(width=160)
 
 
 @chips_app.callback(invoke_without_command=True)
@@ -65,6 +67,51 @@ def chips_show(
         typer.echo(chip_to_yaml(spec), nl=False)
 
 
+def _parse_rules(rules: list[str]) -> dict[str, str]:
+    parsed = {}
+    for rule in rules:
+        key, sep, target = rule.partition("=")
+        if not sep or not key or not target:
+            raise CimflowError(f"--rule {rule!r}: write PATTERN=TARGET, e.g. --rule 'fc3=digital' or --rule 'type:Conv2d=host'")
+        parsed[key] = target
+    return parsed
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Path = typer.Argument(..., help="a Python file exposing model() and example_inputs(), a torch.export .pt2, or an ONNX file"),
+    chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
+    rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (name, glob, re:REGEX or type:Type = digital | host | digital_unit | ARRAY_KIND); repeatable"),
+    mode: str = typer.Option("pipelined", "--mode", help="pipelined | layer_by_layer"),
+    explain: bool = typer.Option(False, "--explain", help="show why each op went where, with source locations, and list host ops"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the plan as JSON"),
+) -> None:
+    """Compile a model onto a chip and print the plan.
+
+    Example: cimflow compile examples/mlp_model.py --chip pcm-hermes-like --rule 'fc3=digital' --explain --out plan.json
+    """
+    from cimflow.api import compile as compile_model
+    from cimflow.compile.capture import load_model_file
+    from cimflow.report.plan_table import print_plan
+
+    module, example_inputs = load_model_file(model)
+    plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule), mode=mode)
+    plan.model_name = model.stem
+    print_plan(plan, console, explain=explain)
+    if explain:
+        host = [o for o in plan.ops if o.kind == "host"]
+        console.print("operators on the host (unknown to cimflow): " + (", ".join(f"{o.name} [{o.op_type}] at {o.source_location}" for o in host) if host else "none"))
+    if out is not None:
+        _atomic_write(out, plan.to_json())
+        console.print(f"wrote {out}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @app.command("run")
 def run(
     out: Path = typer.Option(Path("report.json"), "--out", help="where to write the JSON report"),
@@ -78,7 +125,7 @@ def run(
     from cimflow.demo import run_digits_demo
 
     result = run_digits_demo(instances=instances, seed=seed, console=console)
-    out.write_text(json.dumps(result, indent=2))
+    _atomic_write(out, json.dumps(result, indent=2))
     console.print(f"wrote {out}")
 
 
