@@ -15,6 +15,7 @@ from cimflow.chip import Chip, resolve_chip
 from cimflow.compile.pipeline import compile_model
 from cimflow.compile.plan import Plan
 from cimflow.sim import calibrate_model, convert_model, drift_model, program_model
+from cimflow.sim.sensitivity import SensitivityResult, partition_by_sensitivity
 from cimflow.units import parse_duration
 
 
