@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -c constraints.txt torch
 	$(BIN)/pip install -c constraints.txt -e ".[dev]"
+	# MovieLens-100k ships inside recbole's wheel; its dependencies are not needed (and would pull CUDA torch)
+	$(BIN)/pip install --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -197,6 +197,8 @@ class MovieLensSplits:
         split: ``"random"`` or ``"time"``.
         seed: seed of the random split.
         interactions: for each split, the row numbers in ``ml-100k.inter`` (0-based).
+        dense_mean, dense_std: the training-split statistics used to z-score the dense
+            columns (raw = z * std + mean).
     """
 
     train: RecDataset
@@ -205,6 +207,8 @@ class MovieLensSplits:
     split: str
     seed: int
     interactions: dict[str, np.ndarray]
+    dense_mean: np.ndarray
+    dense_std: np.ndarray
 
     @property
     def table_sizes(self) -> list[int]:
@@ -371,4 +375,6 @@ def load_movielens_100k(
         split=split,
         seed=seed,
         interactions=rows,
+        dense_mean=mean,
+        dense_std=std,
     )

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 _EXACT_HARMONIC_TERMS = 1_000_000
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 # ------------------------------------------------------------------------- Zipf sampling

@@ -123,7 +123,7 @@ class TrainSettings:
     batch_size: int = 512
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
-    embedding_weight_decay: float = 1e-5
+    embedding_weight_decay: float = 1e-2
     patience: int = 2
 
 
@@ -306,7 +306,7 @@ def train_movielens_dlrm(
     cache_dir: str | Path | None = None,
     split: str = "random",
     settings: TrainSettings | None = None,
-    threads: int | None = 2,
+    threads: int | None = 1,
 ) -> tuple[DLRM, TrainMetrics]:
     """Train (or load from the cache) a DLRM on MovieLens-100k; return it and its metrics.
 

@@ -1,0 +1,81 @@
+"""Recommendation workloads: DLRM-style models, datasets and the CPU baseline.
+
+This package is a workload, not hardware: it knows nothing of CIM (no imports of
+``cimflow.chip``, ``physics``, ``mapping``, ``compile``, ``sim`` or ``cost``).
+
+* :mod:`~cimflow.recsys.jagged` — :class:`JaggedFeatures`, KeyedJaggedTensor-like bags.
+* :mod:`~cimflow.recsys.models` — :class:`DLRMConfig`, :class:`DLRM` (dot or DCNv2),
+  the :func:`criteo_kaggle` and :func:`mlperf_dlrm_v2` shapes, :func:`fx_trace`.
+* :mod:`~cimflow.recsys.data` — :class:`RecDataset`, MovieLens-100k (from the recbole
+  wheel), the Criteo TSV reader/writer, the synthetic Zipf generator, access profiles.
+* :mod:`~cimflow.recsys.train` — :func:`train_movielens_dlrm`, :func:`evaluate_auc`,
+  :func:`roc_auc`.
+* :mod:`~cimflow.recsys.baseline` — :func:`measure_cpu_baseline`.
+"""
+
+from cimflow.recsys.baseline import PRESET_CPU_POWER_W, BatchMeasurement, CpuBaseline, measure_cpu_baseline
+from cimflow.recsys.criteo import CriteoRecords, iter_criteo_tsv, read_criteo_tsv, write_criteo_tsv
+from cimflow.recsys.data import MovieLensSplits, RecDataset, load_movielens_100k, movielens_100k_dir
+from cimflow.recsys.jagged import JaggedFeatures
+from cimflow.recsys.models import (
+    CRITEO_KAGGLE_TABLE_SIZES,
+    MLPERF_DLRM_V2_POOLING_FACTORS,
+    MLPERF_DLRM_V2_TABLE_SIZES,
+    DLRM,
+    DLRMConfig,
+    criteo_kaggle,
+    fx_trace,
+    mlperf_dlrm_v2,
+)
+from cimflow.recsys.synthetic import (
+    AccessProfile,
+    RowPermutation,
+    SyntheticCriteo,
+    measure_access,
+    sample_zipf_ranks,
+    zipf_hit_fraction,
+)
+from cimflow.recsys.train import (
+    TrainMetrics,
+    TrainSettings,
+    evaluate_auc,
+    roc_auc,
+    train_dlrm,
+    train_movielens_dlrm,
+)
+
+__all__ = [
+    "AccessProfile",
+    "BatchMeasurement",
+    "CRITEO_KAGGLE_TABLE_SIZES",
+    "CpuBaseline",
+    "CriteoRecords",
+    "DLRM",
+    "DLRMConfig",
+    "JaggedFeatures",
+    "MLPERF_DLRM_V2_POOLING_FACTORS",
+    "MLPERF_DLRM_V2_TABLE_SIZES",
+    "MovieLensSplits",
+    "PRESET_CPU_POWER_W",
+    "RecDataset",
+    "RowPermutation",
+    "SyntheticCriteo",
+    "TrainMetrics",
+    "TrainSettings",
+    "criteo_kaggle",
+    "evaluate_auc",
+    "fx_trace",
+    "iter_criteo_tsv",
+    "load_movielens_100k",
+    "measure_access",
+    "measure_cpu_baseline",
+    "mlperf_dlrm_v2",
+    "movielens_100k_dir",
+    "read_criteo_tsv",
+    "roc_auc",
+    "sample_zipf_ranks",
+    "train_dlrm",
+    "train_movielens_dlrm",
+    "write_criteo_tsv",
+    "zipf_hit_fraction",
+]
