@@ -1,10 +1,11 @@
 """CIM modules that execute a mapping: crossbar engine, CIM layers, whole-model transforms."""
 
 from cimflow.sim.convert import ConversionReport, calibrate_model, cim_layers, convert_model, drift_model, program_model
+from cimflow.sim.embedding import CIMEmbeddingBag, HashedTable, TensorTable
 from cimflow.sim.engine import CrossbarEngine, ReadStats
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
 
 __all__ = [
-    "CIMConv", "CIMLayer", "CIMLinear", "ConversionReport", "CrossbarEngine", "ReadStats",
+    "CIMConv", "CIMEmbeddingBag", "CIMLayer", "HashedTable", "TensorTable", "CIMLinear", "ConversionReport", "CrossbarEngine", "ReadStats",
     "calibrate_model", "cim_layers", "convert_model", "drift_model", "program_model",
 ]

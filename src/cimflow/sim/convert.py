@@ -16,10 +16,12 @@ from cimflow.compile.pipeline import compile_model
 from cimflow.compile.plan import Plan
 from cimflow.compile.rules import DIGITAL, DIGITAL_UNIT, HOST, matching_rule
 from cimflow.errors import ChipSpecError, MappingError, SimulationError
+from cimflow.sim.embedding import CIMEmbeddingBag
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
 
 #: Layers cimflow maps onto arrays.
-MAPPABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+MATRIX_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+MAPPABLE = MATRIX_LAYERS + (nn.Embedding, nn.EmbeddingBag)
 #: Parameterized layers that are vector operations (run on the digital unit, never refused).
 VECTOR_LAYERS = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
@@ -60,6 +62,8 @@ def _split_overrides(overrides: Mapping[Any, Any], chip: Chip) -> tuple[dict, di
 def _unsupported_reason(module: nn.Module) -> str | None:
     if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups != 1:
         return f"grouped convolution (groups={module.groups}) is not mapped yet"
+    if isinstance(module, nn.EmbeddingBag) and module.mode not in ("sum", "mean"):
+        return f"EmbeddingBag mode {module.mode!r} cannot be pooled in an array (sum or mean only)"
     if isinstance(module, MAPPABLE):
         return None
     if isinstance(module, VECTOR_LAYERS):
@@ -73,6 +77,7 @@ def _unsupported_reason(module: nn.Module) -> str | None:
 def convert_model(
     model: nn.Module, chip: Chip | str, overrides: Mapping[Any, Any] | None = None,
     allow_host: bool = False, inplace: bool = False, plan: Plan | None = None,
+    hot_rows: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, ConversionReport]:
     """Execute a plan: replace every nn.Linear / nn.Conv1d / nn.Conv2d the plan puts on
     arrays by its CIM layer.
@@ -82,7 +87,8 @@ def convert_model(
     (``"features.*"``), ``"re:<regex>"`` or a module type mapped to ``"digital"`` (the
     chip's digital CIM arrays), ``"host"`` (keep in float), an array kind of the chip -
     or another chip (preset name, YAML path, Chip), which sends the layer to that chip's
-    MVM arrays. Layers that hold a weight matrix cimflow cannot map are refused with a
+    MVM arrays. ``hot_rows`` maps an embedding layer's name to the row ids served exactly
+    from the digital tier (see :mod:`cimflow.compile.tiers`). Layers that hold a weight matrix cimflow cannot map are refused with a
     :class:`MappingError` unless ``allow_host`` is true; then they stay on the host and
     the report lists them.
     """
@@ -99,7 +105,7 @@ def convert_model(
     refused = []
     replacements: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if isinstance(module, CIMLayer):
+        if isinstance(module, (CIMLayer, CIMEmbeddingBag)):
             raise MappingError(f"layer {name!r} is already a CIM layer: convert the original float model")
         types = _type_names(module)
         host_rule = matching_rule(plan_rules, name, types)
@@ -123,7 +129,12 @@ def convert_model(
             report.host[name] = f"{type(module).__name__}: " + ("host by override" if on_host_by_rule else plan.op(name).reason)
             continue
         spec = target_chip.array(kind)
-        layer = CIMLinear(module, spec, kind, name) if isinstance(module, nn.Linear) else CIMConv(module, spec, kind, name)
+        if isinstance(module, nn.Linear):
+            layer = CIMLinear(module, spec, kind, name)
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            layer = CIMEmbeddingBag(module, spec, kind, name, hot_rows=(hot_rows or {}).get(name))
+        else:
+            layer = CIMConv(module, spec, kind, name)
         layer.chip_name = target_chip.name
         replacements.append((name, layer))
         report.mapped[name] = f"{target_chip.name}:{kind}"
@@ -149,9 +160,9 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def cim_layers(model: nn.Module) -> list[tuple[str, CIMLayer]]:
-    """The CIM layers of a converted model, by name."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, CIMLayer)]
+def cim_layers(model: nn.Module) -> list[tuple[str, CIMLayer | CIMEmbeddingBag]]:
+    """The CIM layers (matrix layers and embedding tables) of a converted model, by name."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (CIMLayer, CIMEmbeddingBag))]
 
 
 def _require_converted(model: nn.Module) -> list[tuple[str, CIMLayer]]:
@@ -176,7 +187,7 @@ def drift_model(model: nn.Module, t_seconds: float) -> nn.Module:
     """Move a programmed instance to ``t_seconds`` after programming."""
     with torch.no_grad():
         for _, layer in _require_converted(model):
-            layer.engine.set_time(t_seconds)
+            layer.set_time(t_seconds)
     return model
 
 
@@ -186,7 +197,7 @@ def calibrate_model(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     Each batch is passed to the model as ``model(*batch)`` if it is a tuple or list, else
     ``model(batch)``. Layers whose chip asks for neither mode are unaffected.
     """
-    layers = _require_converted(model)
+    layers = [(n, m) for n, m in _require_converted(model) if isinstance(m, CIMLayer)]
     for _, layer in layers:
         if not layer.engine.programmed:
             raise SimulationError("program the model (cimflow.program) before calibrating it")

@@ -35,6 +35,10 @@ class CIMLayer(nn.Module):
         self.engine.program(self.weight_matrix(), seed)
         self.engine._weight_version = self.weight._version
 
+    def set_time(self, t_seconds: float) -> None:
+        """Age this layer's chip instance to ``t_seconds`` after programming."""
+        self.engine.set_time(t_seconds)
+
     def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.engine.programmed and self.engine._weight_version != self.weight._version:
             # the weights changed since programming (an optimizer step): program again,

@@ -16,7 +16,7 @@ from cimflow.chip.spec import Chip
 from cimflow.compile.pipeline import compile_model
 from cimflow.compile.rules import DIGITAL, HOST
 from cimflow.errors import CompileError
-from cimflow.sim.convert import convert_model, program_model
+from cimflow.sim.convert import convert_model, drift_model, program_model
 
 Metric = Callable[[nn.Module], float]
 
@@ -97,9 +97,7 @@ def partition_by_sensitivity(
         for seed in seeds:
             program_model(cim, seed)
             if t is not None:
-                for _, layer in cim.named_modules():
-                    if hasattr(layer, "engine"):
-                        layer.engine.set_time(t)
+                drift_model(cim, t)
             scores.append(metric(cim))
         return reference - sum(scores) / len(scores)
 

@@ -1,0 +1,340 @@
+"""Embedding tables in CIM arrays: sum-pooling as an in-array multi-row read.
+
+A table mapped onto arrays stores its rows as conductances. Pooling a bag is one analog
+MVM: the bag's rows are driven together and the column currents are the pooled vector,
+digitized by the ADC. An array may drive at most ``max_active_rows`` rows at once, so a
+bag with more rows in one array takes several reads, each digitized, then accumulated in
+digital. Rows of a *hot tier* (SRAM / digital lookup) are read exactly and added in digital.
+
+Programming noise, stuck cells and drift exponents of every cell come from a
+counter-based hash of (seed, table, row, cell, purpose) (:mod:`cimflow.physics.hashing`):
+a table of 10^8 rows never has a noisy copy. Small tables are programmed once and cached
+(the same values the hash gives), which makes them fast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from cimflow.chip.spec import ArraySpec
+from cimflow.errors import DataError, SimulationError
+from cimflow.mapping import encode_weights
+from cimflow.physics import adc_quantize, apply_drift, generator_for, programming_sigma, quantize_symmetric
+from cimflow.physics.hashing import hash_normal, hash_uniform
+
+#: Tables with at most this many cells are programmed once and cached.
+CACHE_CELLS = 1 << 24
+
+
+class TableSource(Protocol):
+    """Where a table's float values come from (a parameter, a memory map, a hash)."""
+
+    num_embeddings: int
+    embedding_dim: int
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor: ...
+
+    def column_scale(self) -> torch.Tensor: ...
+
+
+class TensorTable:
+    """Rows of an in-memory or memory-mapped (``torch.from_numpy(np.memmap)``) tensor; the
+    column scale is computed in chunks, never copying the table."""
+
+    def __init__(self, tensor: torch.Tensor, chunk_rows: int = 1 << 20) -> None:
+        if tensor.dim() != 2:
+            raise DataError(f"an embedding table must be 2-D (rows x dim), got shape {tuple(tensor.shape)}")
+        self.tensor = tensor
+        self.num_embeddings, self.embedding_dim = int(tensor.shape[0]), int(tensor.shape[1])
+        self.chunk_rows = chunk_rows
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tensor.detach()[idx].float()
+
+    def column_scale(self) -> torch.Tensor:
+        scale = torch.zeros(self.embedding_dim)
+        for start in range(0, self.num_embeddings, self.chunk_rows):
+            chunk = self.tensor.detach()[start : start + self.chunk_rows].float().abs().amax(dim=0)
+            scale = torch.maximum(scale, chunk.cpu())
+        return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+class HashedTable:
+    """A table described by shape only: row r, column c holds ``scale * (2u - 1)`` with u a
+    hashed uniform of (seed, r, c). Nothing is allocated until rows are read."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, seed: int = 0, scale: float = 0.01, name: str = "table") -> None:
+        if num_embeddings < 1 or embedding_dim < 1:
+            raise DataError(f"a table needs at least one row and one column, got {num_embeddings} x {embedding_dim}")
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.seed, self.scale, self.name = seed, float(scale), name
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        counters = idx.to(torch.int64).unsqueeze(1) * self.embedding_dim + torch.arange(self.embedding_dim, device=idx.device)
+        return self.scale * (2.0 * hash_uniform(counters, self.seed, self.name, "values") - 1.0)
+
+    def column_scale(self) -> torch.Tensor:
+        return torch.full((self.embedding_dim,), self.scale)
+
+
+class _ParameterTable(TensorTable):
+    """The owning module's ``weight`` parameter (read live, so optimizers keep working)."""
+
+    def __init__(self, owner: "CIMEmbeddingBag") -> None:
+        self.owner = owner
+        self.num_embeddings, self.embedding_dim = owner.num_embeddings, owner.embedding_dim
+        self.chunk_rows = 1 << 20
+
+    @property
+    def tensor(self) -> torch.Tensor:  # type: ignore[override]
+        return self.owner.weight
+
+
+class CIMEmbeddingBag(nn.Module):
+    """``nn.EmbeddingBag`` (mode sum or mean) or ``nn.Embedding`` whose table lives in arrays.
+
+    ``weight`` stays an ordinary parameter (when the table is in memory). ``hot_rows``
+    (sorted row ids) are served exactly from a digital tier.
+    """
+
+    def __init__(self, source: nn.EmbeddingBag | nn.Embedding | TableSource, spec: ArraySpec, array_kind: str, name: str = "",
+                 hot_rows: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.spec, self.array_kind, self.layer_name = spec, array_kind, name
+        self.is_bag = isinstance(source, nn.EmbeddingBag)
+        if isinstance(source, (nn.EmbeddingBag, nn.Embedding)):
+            if self.is_bag and source.mode not in ("sum", "mean"):
+                raise SimulationError(f"embedding bag {name!r}: mode {source.mode!r} cannot be pooled in an array (sum or mean only); keep it on the host")
+            self.mode = source.mode if self.is_bag else "sum"
+            self.include_last_offset = bool(getattr(source, "include_last_offset", False))
+            self.padding_idx = source.padding_idx
+            self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
+            self.weight = source.weight
+            self.table: TableSource = _ParameterTable(self)
+        else:
+            self.is_bag, self.mode, self.include_last_offset, self.padding_idx = True, "sum", True, None
+            self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
+            self.table = source
+        self.seed: int | None = None
+        self.t_seconds = spec.device.drift.t0_s
+        self.register_buffer("hot_rows", None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values, persistent=False)
+        for buf in ("w_scale", "g_pos", "g_neg", "nu_pos", "nu_neg", "w_cache", "var_cache"):
+            self.register_buffer(buf, None, persistent=False)
+        self._read_gen: torch.Generator | None = None
+        self.adc_range_calibrated: float | None = None
+        self.collect_stats = False
+        self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
+
+    # ----------------------------------------------------------------- programming
+    @property
+    def group_rows(self) -> int:
+        return min(self.spec.rows, self.spec.max_active_rows or self.spec.rows)
+
+    @property
+    def cells(self) -> int:
+        return self.num_embeddings * self.embedding_dim * self.spec.cells_per_weight
+
+    def program(self, seed: int) -> None:
+        self.seed = int(seed)
+        self._read_gen = None
+        self.t_seconds = self.spec.device.drift.t0_s
+        self.w_scale = self.table.column_scale().to(self._device())
+        self.w_cache = self.var_cache = self.g_pos = None
+        if self.cells <= CACHE_CELLS:
+            idx = torch.arange(self.num_embeddings, device=self._device())
+            self.g_pos, self.g_neg, self.nu_pos, self.nu_neg = self._programmed(idx)
+            self._refresh_cache()
+        self._version = self._weight_version()
+
+    def _device(self) -> torch.device:
+        w = getattr(self, "weight", None)
+        return w.device if isinstance(w, torch.Tensor) and w.device.type != "meta" else torch.device("cpu")
+
+    def _weight_version(self) -> int | None:
+        w = getattr(self, "weight", None)
+        return w._version if isinstance(w, torch.Tensor) else None
+
+    def set_time(self, t_seconds: float) -> None:
+        if self.seed is None:
+            raise SimulationError(f"embedding {self.layer_name!r} is not programmed: call cimflow.program(model, seed) first")
+        self.t_seconds = float(t_seconds)
+        if self.g_pos is not None:
+            self._refresh_cache()
+
+    def _programmed(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Programmed conductances (S, n, dim) and drift exponents of rows ``idx``, from the hash."""
+        dev, spec = self.spec.device, self.spec
+        w = (self.table.rows(idx).to(self.w_scale.device) / self.w_scale).clamp(-1, 1)
+        if spec.kind == "digital":
+            q = quantize_symmetric(w, spec.weight_bits or 8, 1.0).unsqueeze(0)
+            return q, torch.zeros_like(q), torch.zeros_like(q), torch.zeros_like(q)
+        targets = encode_weights(w, spec, 1)
+        pos, neg = torch.stack(targets.positive), torch.stack(targets.negative)
+        if targets.reference_per_col_tile:
+            neg = neg.expand(-1, -1, self.embedding_dim)
+        s_count, n, d = pos.shape
+        cell = (idx.to(torch.int64).view(1, n, 1) * s_count + torch.arange(s_count, device=idx.device).view(-1, 1, 1)) * d + torch.arange(d, device=idx.device).view(1, 1, -1)
+        out = []
+        for side, target in (("pos", pos), ("neg", neg)):
+            seed, table = self.seed or 0, self.layer_name
+            g = target
+            if not dev.programming_noise.is_zero:
+                g = (target + programming_sigma(target, dev.g_max, dev.programming_noise.coefficients) * hash_normal(cell, seed, table, side, "program")).clamp_min(0.0)
+            if dev.stuck_on_rate or dev.stuck_off_rate:
+                u = hash_uniform(cell, seed, table, side, "stuck")
+                g = torch.where(u < dev.stuck_on_rate, torch.full_like(g, dev.g_max), g)
+                g = torch.where((u >= dev.stuck_on_rate) & (u < dev.stuck_on_rate + dev.stuck_off_rate), torch.full_like(g, dev.g_min), g)
+            if dev.drift.nu_std > 0:
+                nu = (dev.drift.nu_mean + dev.drift.nu_std * hash_normal(cell, seed, table, side, "drift")).clamp_min(0.0)
+            else:
+                nu = torch.full_like(g, max(dev.drift.nu_mean, 0.0))
+            out.append((g, nu))
+        self._significance = torch.tensor(targets.significance)
+        self._denominator = targets.denominator
+        return out[0][0], out[1][0], out[0][1], out[1][1]
+
+    def _effective(self, g_pos, g_neg, nu_pos, nu_neg) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalized effective weights (S, n, dim) and per-cell read-noise variance at ``t_seconds``."""
+        if self.spec.kind == "digital":
+            return g_pos, None
+        t0 = self.spec.device.drift.t0_s
+        gp, gn = apply_drift(g_pos, nu_pos, self.t_seconds, t0), apply_drift(g_neg, nu_neg, self.t_seconds, t0)
+        w = (gp - gn) / self._denominator
+        rel = self.spec.device.read_noise
+        var = rel**2 * ((gp / self._denominator).square() + (gn / self._denominator).square()) if rel > 0 else None
+        return w, var
+
+    def _refresh_cache(self) -> None:
+        w, var = self._effective(self.g_pos, self.g_neg, self.nu_pos, self.nu_neg)
+        self.w_cache = w.permute(1, 0, 2).contiguous()  # (rows, S, dim)
+        self.var_cache = None if var is None else var.permute(1, 0, 2).contiguous()
+
+    def _rows_effective(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, S, dim) effective weights and variances of the rows ``idx``."""
+        if self.w_cache is not None:
+            return self.w_cache[idx], None if self.var_cache is None else self.var_cache[idx]
+        w, var = self._effective(*self._programmed(idx))
+        return w.permute(1, 0, 2), None if var is None else var.permute(1, 0, 2)
+
+    # ----------------------------------------------------------------- reading
+    def _flatten(self, input: torch.Tensor, offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Flat indices, the bag of each index, and the number of bags."""
+        if not self.is_bag or input.dim() == 2:
+            if offsets is not None and input.dim() == 2:
+                raise DataError(f"embedding {self.layer_name!r}: offsets must be None when the input is 2-D")
+            shape = input.shape if not self.is_bag else input.shape[:1]
+            per = 1 if not self.is_bag else input.shape[1]
+            flat = input.reshape(-1)
+            bags = torch.arange(flat.numel(), device=flat.device) // per
+            self._out_shape = tuple(shape)
+            return flat, bags, int(math.prod(shape)) if shape else 1
+        if offsets is None:
+            raise DataError(f"embedding bag {self.layer_name!r}: a 1-D input needs offsets")
+        offsets = offsets.to(torch.int64)
+        if offsets.numel() == 0 or int(offsets[0]) != 0 or bool((offsets[1:] < offsets[:-1]).any()) or int(offsets[-1]) > input.numel():
+            raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the {input.numel()} indices")
+        ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
+        n_bags = ends.numel() - 1
+        lengths = ends[1:] - ends[:-1]
+        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), lengths)
+        self._out_shape = (n_bags,)
+        return input[: int(ends[-1])], bags, n_bags
+
+    def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None, per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if self.seed is None:
+            raise SimulationError(f"embedding {self.layer_name!r} is not programmed: call cimflow.program(model, seed=...) first")
+        if per_sample_weights is not None:
+            raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; keep this table on the host")
+        if self._version is not None and self._weight_version() != self._version:
+            t = self.t_seconds
+            self.program(self.seed)
+            if t != self.t_seconds:
+                self.set_time(t)
+        idx, bags, n_bags = self._flatten(input, offsets)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
+            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows (0..{self.num_embeddings - 1})")
+        if self.padding_idx is not None:
+            keep = idx != self.padding_idx
+            idx, bags = idx[keep], bags[keep]
+        with torch.no_grad():
+            pooled = self._pool(idx, bags, n_bags)
+        if self.mode == "mean":
+            counts = torch.bincount(bags, minlength=n_bags).clamp_min(1).to(pooled.dtype).unsqueeze(1)
+            pooled = pooled / counts
+        w = getattr(self, "weight", None)
+        if isinstance(w, nn.Parameter) and w.requires_grad and torch.is_grad_enabled():
+            # straight-through: the gradient of the exact pooling reaches the table
+            exact = torch.zeros(n_bags, self.embedding_dim, dtype=w.dtype, device=w.device).index_add(0, bags, w[idx])
+            if self.mode == "mean":
+                exact = exact / counts
+            pooled = exact + (pooled - exact).detach()
+        return pooled.reshape(*self._out_shape, self.embedding_dim)
+
+    def _pool(self, idx: torch.Tensor, bags: torch.Tensor, n_bags: int) -> torch.Tensor:
+        out = torch.zeros(n_bags, self.embedding_dim, device=self.w_scale.device)
+        if self.collect_stats:
+            self.stats["bags"] += n_bags
+            self.stats["lookups"] += int(idx.numel())
+        if idx.numel() == 0:
+            return out
+        if self.hot_rows is not None and self.hot_rows.numel():
+            pos = torch.searchsorted(self.hot_rows, idx).clamp_max(self.hot_rows.numel() - 1)
+            hot = self.hot_rows[pos] == idx
+            if bool(hot.any()):
+                out.index_add_(0, bags[hot], self.table.rows(idx[hot]).to(out.dtype))
+                if self.collect_stats:
+                    self.stats["hot_lookups"] += int(hot.sum())
+                idx, bags = idx[~hot], bags[~hot]
+            if idx.numel() == 0:
+                return out
+        w, var = self._rows_effective(idx)  # (n, S, dim)
+        if self.spec.kind == "digital":
+            return out.index_add_(0, bags, w[:, 0]) * self.w_scale
+        # one read per (bag, array, chunk of group_rows rows)
+        arrays = idx // self.spec.rows
+        key = bags * (self.num_embeddings // self.spec.rows + 1) + arrays
+        order = torch.sort(key, stable=True).indices
+        key_sorted = key[order]
+        first = torch.ones_like(key_sorted, dtype=torch.bool)
+        first[1:] = key_sorted[1:] != key_sorted[:-1]
+        group_start = torch.cummax(torch.where(first, torch.arange(key_sorted.numel(), device=key.device), torch.zeros_like(key_sorted)), 0).values
+        chunk = (torch.arange(key_sorted.numel(), device=key.device) - group_start) // self.group_rows
+        new_read = first | (chunk != torch.cat([chunk.new_tensor([-1]), chunk[:-1]]))
+        read_id_sorted = torch.cumsum(new_read.to(torch.int64), 0) - 1
+        read_id = torch.empty_like(read_id_sorted)
+        read_id[order] = read_id_sorted
+        n_reads = int(read_id_sorted[-1]) + 1
+        s_count = w.shape[1]
+        psum = torch.zeros(n_reads, s_count, self.embedding_dim, dtype=w.dtype, device=w.device).index_add_(0, read_id, w)
+        if var is not None:
+            v = torch.zeros_like(psum).index_add_(0, read_id, var)
+            if self._read_gen is None or self._read_gen.device != psum.device:
+                self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
+            psum = psum + torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype) * v.sqrt()
+        q = adc_quantize(psum, self.spec.adc.bits, self.adc_range)
+        per_read = (q * self._significance.to(q.device).view(1, -1, 1)).sum(dim=1)
+        read_bag = torch.zeros(n_reads, dtype=torch.int64, device=bags.device)
+        read_bag[read_id] = bags
+        if self.collect_stats:
+            self.stats["reads"] += n_reads
+        return out.index_add_(0, read_bag, per_read * self.w_scale)
+
+    @property
+    def adc_range(self) -> float:
+        """ADC full scale in cell units: ``full_scale x group_rows`` (fixed), the largest
+        sum ``group_rows`` rows can give (per_array_max), or the calibrated percentile."""
+        adc = self.spec.adc
+        if adc.range == "fixed":
+            return adc.full_scale * self.group_rows
+        if adc.range == "percentile" and self.adc_range_calibrated is not None:
+            return self.adc_range_calibrated
+        return float(self.group_rows)
+
+    def extra_repr(self) -> str:
+        hot = 0 if self.hot_rows is None else self.hot_rows.numel()
+        return f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, array={self.array_kind!r}, hot_rows={hot}"
