@@ -1,0 +1,1 @@
+"""Cost model: event counting, energy/latency/area, macro-level validation, host baselines."""
