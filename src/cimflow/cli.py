@@ -112,6 +112,74 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate macros imc_macros.csv --out results.json")
+app.add_typer(validate_app, name="validate")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None or x != x else f"{100 * x:.1f} %"
+
+
+@validate_app.command("macros")
+def validate_macros_cmd(
+    csv: Path = typer.Argument(..., help="a CSV in the schema of shared/data/imc_macros.csv"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the summary and per-row results as JSON"),
+) -> None:
+    """Predict TOPS/W and TOPS/mm2 (1-bit normalized) of every macro from its design parameters alone.
+
+    Example: cimflow validate macros ../shared/data/imc_macros.csv --out results.json
+    """
+    from cimflow.cost.macros import validate_macros
+
+    result = validate_macros(csv)
+    table = Table(title=f"macro validation: {csv.name} ({result.n_rows} rows, {result.n_skipped} skipped for TOPS/W)")
+    for col in ("index", "title", "pred TOPS/W", "reported", "pred TOPS/mm2", "reported "):
+        table.add_column(col, justify="left" if col in ("index", "title") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    for row in result.rows:
+        table.add_row(str(row["index"]), str(row.get("title", ""))[:48], fmt(row["predicted_tops_w"]), fmt(row["reported_tops_w"]),
+                      fmt(row["predicted_tops_mm2"]), fmt(row["reported_tops_mm2"]))
+    console.print(table)
+    console.print(f"TOPS/W: median abs error {_pct(result.median_abs_err_tops_w)}, p90 {_pct(result.p90_abs_err_tops_w)} over {result.n_scored_tops_w} rows; "
+                  f"TOPS/mm2: median {_pct(result.median_abs_err_tops_mm2)}, p90 {_pct(result.p90_abs_err_tops_mm2)} over {result.n_scored_tops_mm2} rows")
+    if out is not None:
+        _atomic_write(out, json.dumps(result.to_json(), indent=1))
+        console.print(f"wrote {out}")
+
+
+@validate_app.command("calibrate")
+def validate_calibrate_cmd(
+    csv: Path = typer.Argument(..., help="a CSV in the schema of shared/data/imc_macros.csv"),
+    k: int = typer.Option(5, "--k", min=2, help="folds (grouped by paper)"),
+    seed: int = typer.Option(0, "--seed"),
+    save: Optional[Path] = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the calibration result as JSON"),
+) -> None:
+    """Fit the macro model's constants and report k-fold cross-validated error.
+
+    Example: cimflow validate calibrate ../shared/data/imc_macros.csv --k 5 --seed 0 --save src/cimflow/cost/macro_constants.json
+    """
+    from cimflow.cost.macros import calibrate, save_constants
+
+    result = calibrate(csv, k=k, seed=seed)
+    table = Table(title=f"calibration on {csv.name}: {len(result.constants.values())} constants, {k}-fold CV grouped by paper (seed {seed})")
+    table.add_column("metric")
+    table.add_column("held-out median", justify="right")
+    table.add_column("held-out p90", justify="right")
+    table.add_column("in-sample median", justify="right")
+    table.add_row("TOPS/W", _pct(result.cv_median_abs_err_tops_w), _pct(result.cv_p90_abs_err_tops_w), _pct(result.fit_median_abs_err_tops_w))
+    table.add_row("TOPS/mm2", _pct(result.cv_median_abs_err_tops_mm2), _pct(result.cv_p90_abs_err_tops_mm2), _pct(result.fit_median_abs_err_tops_mm2))
+    console.print(table)
+    for name, value in result.constants.values().items():
+        console.print(f"  {name} = {value:.6g}")
+    if save is not None:
+        save_constants(result.constants, save)
+        console.print(f"wrote constants to {save}")
+    if out is not None:
+        _atomic_write(out, json.dumps(result.to_json(), indent=1, default=str))
+        console.print(f"wrote {out}")
+
+
 @app.command("run")
 def run(
     out: Path = typer.Option(Path("report.json"), "--out", help="where to write the JSON report"),
