@@ -327,13 +327,15 @@ class CIMEmbeddingBag(nn.Module):
     @property
     def adc_range(self) -> float:
         """ADC full scale in cell units: ``full_scale x group_rows`` (fixed), the largest
-        sum ``group_rows`` rows can give (per_array_max), or the calibrated percentile."""
+        sum ``group_rows`` rows can give (per_array_max), or the calibrated percentile
+        (not calibrated yet for tables: per_array_max until it is)."""
         adc = self.spec.adc
+        rows = self.group_rows if self.is_bag else 1  # a plain Embedding reads one row at a time
         if adc.range == "fixed":
-            return adc.full_scale * self.group_rows
+            return adc.full_scale * rows
         if adc.range == "percentile" and self.adc_range_calibrated is not None:
             return self.adc_range_calibrated
-        return float(self.group_rows)
+        return float(rows)
 
     def extra_repr(self) -> str:
         hot = 0 if self.hot_rows is None else self.hot_rows.numel()
