@@ -46,7 +46,7 @@ def test_embedding_and_2d_bags():
     assert torch.allclose(cim(x), emb(x), atol=1e-5)
     bag = nn.Sequential(nn.EmbeddingBag(100, 8, mode="sum"))
     cimb = cimflow.program(cimflow.convert(bag, "ideal"), 0)
-    assert torch.allclose(cimb(x), bag(x), atol=1e-5)
+    assert torch.allclose(cimb(x), bag(x), atol=2e-4)  # 24-bit ADC over a 256-row range
 
 
 def test_active_row_limit_splits_reads_per_array():
