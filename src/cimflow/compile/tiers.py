@@ -1,0 +1,149 @@
+"""Hot/cold placement of embedding rows across the chip's memory tiers.
+
+From measured access frequencies, the hottest rows (over all tables) go to the fastest
+tier, the next to the dense non-volatile arrays, the rest to DRAM when the chip has one:
+
+- ``sram``: the chip's digital-CIM arrays left over after the plan's MLPs (exact lookups);
+- ``arrays``: the embedding array kind (in-array pooling, with the device's non-idealities);
+- ``dram``: off-chip memory, when the chip describes one (exact lookups, DRAM energy).
+
+Each tier's capacity in rows comes from the chip description. A table that does not fit
+in any combination of tiers is a :class:`~cimflow.errors.CompileError` with the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from cimflow.chip.spec import Chip
+from cimflow.compile.plan import ARRAY, Plan
+from cimflow.errors import CompileError
+
+SRAM, ARRAYS, DRAM = "sram", "arrays", "dram"
+TIERS = (SRAM, ARRAYS, DRAM)
+
+
+@dataclass
+class TableAccess:
+    """Measured accesses of one table: row ids and their hit counts (rows never seen are
+    colder than any seen row)."""
+
+    name: str
+    rows: int
+    dim: int
+    row_ids: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def total_hits(self) -> int:
+        return int(self.counts.sum())
+
+
+@dataclass
+class TablePlacement:
+    """Where one table's rows live: explicit hot row ids, counts per tier, and the fraction
+    of the measured lookups each tier serves."""
+
+    table: str
+    rows: int
+    dim: int
+    hot_rows: torch.Tensor
+    placement: dict[str, int] = field(default_factory=dict)
+    hit_fraction: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"table": self.table, "rows": self.rows, "dim": self.dim, "placement": dict(self.placement), "hit_fraction": dict(self.hit_fraction)}
+
+
+def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve_sram_for_plan: bool = True) -> dict[str, int]:
+    """Rows of width ``dim`` each tier can hold, from the chip description."""
+    caps = dict.fromkeys(TIERS, 0)
+    emb = chip.array(chip.embedding_kind)
+    if emb.kind == "analog":
+        per_array = emb.rows * max(1, emb.weight_columns // dim) if dim <= emb.weight_columns else emb.rows // -(-dim // emb.weight_columns)
+        used = 0
+        if plan is not None:
+            used = sum(o.arrays * o.replication for o in plan.ops if o.substrate == ARRAY and o.array_kind == chip.embedding_kind and o.op_type not in ("Embedding", "EmbeddingBag"))
+        caps[ARRAYS] = max(chip.arrays_on_chip(chip.embedding_kind) - used, 0) * per_array
+    if chip.roles.digital is not None:
+        dig = chip.arrays[chip.roles.digital]
+        spare = chip.arrays_on_chip(chip.roles.digital)
+        if plan is not None and reserve_sram_for_plan:
+            spare -= sum(o.arrays * o.replication for o in plan.ops if o.substrate == ARRAY and o.array_kind == chip.roles.digital)
+        bits = max(spare, 0) * dig.rows * dig.cols
+        caps[SRAM] = bits // (dim * (dig.weight_bits or 8))
+    if chip.dram is not None and chip.dram.capacity_bytes:
+        caps[DRAM] = chip.dram.capacity_bytes // (dim * 4)
+    return caps
+
+
+def place_tables(accesses: Sequence[TableAccess], chip: Chip, plan: Plan | None = None,
+                 capacities: Mapping[str, int] | None = None) -> list[TablePlacement]:
+    """Greedy hottest-first placement over all tables (all tables share the tiers).
+
+    ``capacities`` (rows per tier) overrides the chip-derived ones. Rows never seen in the
+    access sample are placed after every seen row, in the cheapest tier that has room.
+    """
+    if not accesses:
+        return []
+    dims = {a.dim for a in accesses}
+    if len(dims) != 1 and capacities is None:
+        raise CompileError(f"tables of different widths {sorted(dims)}: give capacities per tier explicitly")
+    caps = dict(capacities) if capacities is not None else tier_capacities_rows(chip, accesses[0].dim, plan)
+    left = {t: int(caps.get(t, 0)) for t in TIERS}
+    # every seen row of every table, hottest first
+    table_of = torch.cat([torch.full((a.row_ids.numel(),), i, dtype=torch.int64) for i, a in enumerate(accesses)])
+    ids = torch.cat([a.row_ids.to(torch.int64) for a in accesses])
+    counts = torch.cat([a.counts.to(torch.float64) for a in accesses])
+    order = torch.argsort(counts, descending=True, stable=True)
+    placed = [dict.fromkeys(TIERS, 0) for _ in accesses]
+    hits = [dict.fromkeys(TIERS, 0.0) for _ in accesses]
+    hot: list[list[torch.Tensor]] = [[] for _ in accesses]
+    start = 0
+    for tier in TIERS:
+        take = min(left[tier], order.numel() - start)
+        if take <= 0:
+            continue
+        chosen = order[start : start + take]
+        for i in range(len(accesses)):
+            mine = chosen[table_of[chosen] == i]
+            placed[i][tier] += mine.numel()
+            hits[i][tier] += float(counts[mine].sum())
+            if tier == SRAM:
+                hot[i].append(ids[mine])
+        left[tier] -= take
+        start += take
+    if start < order.numel():
+        raise CompileError(f"the tables do not fit: {order.numel() - start} frequently used rows are left after every tier is full (capacity in rows: {caps})")
+    # rows never seen: fill what remains, cheapest tier last
+    result = []
+    for i, a in enumerate(accesses):
+        unseen = a.rows - int(a.row_ids.numel())
+        for tier in (ARRAYS, DRAM, SRAM):
+            take = min(left[tier], unseen)
+            placed[i][tier] += take
+            left[tier] -= take
+            unseen -= take
+        if unseen > 0:
+            raise CompileError(
+                f"table {a.name!r} ({a.rows:,} rows x {a.dim}) does not fit: {unseen:,} rows are left after every tier is full "
+                f"(capacity in rows: {', '.join(f'{t} {int(caps.get(t, 0)):,}' for t in TIERS)}); add a DRAM tier to the chip or use a bigger chip"
+            )
+        total = max(a.total_hits, 1)
+        result.append(TablePlacement(
+            table=a.name, rows=a.rows, dim=a.dim,
+            hot_rows=torch.cat(hot[i]).sort().values if hot[i] else torch.empty(0, dtype=torch.int64),
+            placement={t: n for t, n in placed[i].items() if n},
+            hit_fraction={t: h / total for t, h in hits[i].items() if h},
+        ))
+    return result
+
+
+def count_accesses(name: str, rows: int, dim: int, indices: Sequence[torch.Tensor]) -> TableAccess:
+    """Exact hit counts of one table over index batches (memory ~ distinct rows seen)."""
+    flat = torch.cat([torch.as_tensor(i, dtype=torch.int64).reshape(-1) for i in indices]) if indices else torch.empty(0, dtype=torch.int64)
+    ids, counts = torch.unique(flat, return_counts=True)
+    return TableAccess(name, rows, dim, ids, counts)
