@@ -182,19 +182,36 @@ def validate_calibrate_cmd(
 
 @app.command("run")
 def run(
-    out: Path = typer.Option(Path("report.json"), "--out", help="where to write the JSON report"),
-    instances: int = typer.Option(3, "--instances", min=1, help="chip instances (seeds) per preset"),
+    chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
+    instances: int = typer.Option(5, "--instances", min=1, help="chip instances (programming seeds)"),
+    times: str = typer.Option("1s,1d", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
+    batch: int = typer.Option(64, "--batch", min=1, help="batch for the cost estimate and the CPU comparison"),
+    host_watts: Optional[float] = typer.Option(None, "--host-watts", help="CPU power in watts (default: RAPL when readable, else the preset)"),
+    out: Path = typer.Option(Path("report.json"), "--out", help="JSON report"),
+    html: Optional[Path] = typer.Option(Path("report.html"), "--html", help="HTML report"),
     seed: int = typer.Option(0, "--seed"),
+    workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
 ) -> None:
-    """The main job on built-in defaults.
+    """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
+    accuracy over chip instances and time, QPS and QPS/W against this CPU.
 
-    Example: cimflow run --instances 3
+    Example: cimflow run --instances 5 --times 1s,1d
     """
-    from cimflow.demo import run_digits_demo
+    if workload == "digits":
+        from cimflow.jobs.digits import run_digits_demo
 
-    result = run_digits_demo(instances=instances, seed=seed, console=console)
-    _atomic_write(out, json.dumps(result, indent=2))
-    console.print(f"wrote {out}")
+        result = run_digits_demo(instances=instances, seed=seed, console=console)
+        _atomic_write(out, json.dumps(result, indent=2))
+        console.print(f"wrote {out}")
+        return
+    if workload != "recsys":
+        raise CimflowError(f"--workload {workload!r} is not one of: recsys, digits")
+    from cimflow.jobs.recsys import RunConfig, run_recsys
+
+    labels = tuple(t.strip() for t in times.split(",") if t.strip())
+    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html)
+    run_recsys(config, console)
+    console.print(f"wrote {out}" + (f" and {html}" if html else ""))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,4 +1,4 @@
-"""The demo job behind ``cimflow run`` (until the RecSys job replaces it): a small CNN
+"""The digits job behind ``cimflow run --workload digits``: a small CNN
 trained on scikit-learn's digits, simulated on every shipped preset."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""End-to-end jobs the CLI runs (orchestration above the api layer)."""
