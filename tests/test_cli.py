@@ -1,0 +1,72 @@
+"""The CLI: one line and exit status 2 on bad input, no traceback; verbs work end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cimflow.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["chips", "show", "no-such-chip"], "unknown chip preset 'no-such-chip'"),
+        (["chips", "show", "missing.yaml"], "does not exist"),
+        (["compile", "nope.py", "--chip", "ideal"], "nope.py"),
+        (["compile", str(EXAMPLES / "mlp_model.py"), "--chip", "ideal", "--rule", "fc3"], "PATTERN=TARGET"),
+        (["compile", str(EXAMPLES / "mlp_model.py"), "--chip", "pcm-hermes-like", "--rule", "fc3=digital"], "no digital CIM array"),
+        (["validate", "macros", "missing.csv"], "missing.csv"),
+        (["run", "--workload", "speech"], "--workload 'speech'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("cimflow: error:"), result.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_yaml_file_names_file_field_and_line(tmp_path):
+    bad = tmp_path / "chip.yaml"
+    bad.write_text("name: x\ntechnology: {node_nm: 28, supply_v: 0.9}\nclock_hz: 1.0e9\narrays:\n  a:\n    device: {technology: rram, g_min: -1.0e-6, g_max: 1.0e-5}\n"
+                   "    rows: 8\n    cols: 8\n    adc: {bits: 0}\nroles: {mvm: a}\ncores: {count: 1, arrays: {a: 1}}\n")
+    result = cli("chips", "show", str(bad))
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "arrays.a.device.g_min" in result.stderr and "arrays.a.adc.bits" in result.stderr
+    assert f"{bad}:6" in result.stderr
+
+
+def test_chips_list_and_show():
+    listing = cli("chips")
+    assert listing.returncode == 0
+    for name in ("ideal", "pcm-hermes-like", "hybrid-rram-sram-28nm", "rram-analog-generic", "sram-digital-22nm"):
+        assert name in listing.stdout
+    shown = cli("chips", "show", "pcm-hermes-like", "--json")
+    assert json.loads(shown.stdout)["name"] == "pcm-hermes-like"
+
+
+def test_compile_writes_a_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    result = cli("compile", str(EXAMPLES / "mlp_model.py"), "--chip", "hybrid-rram-sram-28nm", "--rule", "fc3=host", "--explain", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(out.read_text())
+    ops = {o["name"]: o for o in plan["ops"]}
+    assert ops["fc3"]["substrate"] == "host" and ops["fc1"]["substrate"] == "array"
+    assert "fc1" in result.stdout and "operators on the host" in result.stdout
+
+
+def test_help_has_examples():
+    for verb in (["chips"], ["compile"], ["run"], ["validate", "macros"], ["validate", "calibrate"]):
+        result = cli(*verb, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, verb
