@@ -83,7 +83,7 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
             spec = chip.array(plan.array_kind)
             if not op.weight_shape or len(op.weight_shape) != 2:
                 raise CompileError(f"op {op.name!r} is placed on arrays but has no 2-D weight shape")
-            plan.tiles = tile_grid(int(op.weight_shape[0]), int(op.weight_shape[1]), spec)
+            plan.tiles = tile_grid(int(op.weight_shape[0]), int(op.weight_shape[1]), spec, pack=op.op_type in EMBEDDING_TYPES)
             plan.arrays = plan.tiles.arrays
             plan.utilization = plan.tiles.utilization
         plans.append(plan)

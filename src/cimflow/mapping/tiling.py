@@ -24,6 +24,7 @@ class TileGrid:
     rows: int
     weight_columns: int
     rows_per_read: int
+    segments: int = 1
 
     @property
     def row_tiles(self) -> int:
@@ -35,7 +36,8 @@ class TileGrid:
 
     @property
     def arrays(self) -> int:
-        return self.row_tiles * self.col_tiles
+        """Physical arrays: row tiles packed ``segments`` side by side, times column tiles."""
+        return math.ceil(self.row_tiles / self.segments) * self.col_tiles
 
     @property
     def group_rows(self) -> int:
@@ -65,11 +67,23 @@ class TileGrid:
         """Fraction of the allocated weight cells that hold a weight."""
         return (self.in_features * self.out_features) / (self.arrays * self.rows * self.weight_columns)
 
+    @property
+    def used_columns(self) -> int:
+        """Weight columns one read digitizes (a packed segment reads only its own columns)."""
+        return min(self.out_features, self.weight_columns)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def tile_grid(in_features: int, out_features: int, spec: ArraySpec) -> TileGrid:
-    """Tile an (in_features x out_features) matrix onto arrays of ``spec``."""
+def tile_grid(in_features: int, out_features: int, spec: ArraySpec, pack: bool = False) -> TileGrid:
+    """Tile an (in_features x out_features) matrix onto arrays of ``spec``.
+
+    ``pack`` (for lookup tables, whose reads drive only one row segment at a time): a tall,
+    narrow matrix puts ``weight_columns // out_features`` row segments side by side in one
+    array. Each read then drives one segment's rows and digitizes that segment's columns.
+    """
     rows_per_read = spec.max_active_rows or spec.rows
-    return TileGrid(in_features, out_features, spec.rows, spec.weight_columns, rows_per_read)
+    segments = max(1, spec.weight_columns // out_features) if pack and out_features <= spec.weight_columns else 1
+    row_tiles = math.ceil(in_features / spec.rows)
+    return TileGrid(in_features, out_features, spec.rows, spec.weight_columns, rows_per_read, min(segments, row_tiles))

@@ -47,7 +47,10 @@ def hash_uniform(counters: torch.Tensor, seed: int, *keys: object, dtype: torch.
 
 
 def hash_normal(counters: torch.Tensor, seed: int, *keys: object, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal values, one per counter (Box-Muller on two hashed uniforms)."""
-    u1 = hash_uniform(counters, seed, *keys, "u1", dtype=torch.float64)
-    u2 = hash_uniform(counters, seed, *keys, "u2", dtype=torch.float64)
+    """Standard normal values, one per counter: Box-Muller on the two 32-bit halves of one
+    hash (uniforms on a 2^-32 grid, offset by half a step so the logarithm stays finite)."""
+    h = hash_counters(counters, seed, *keys)
+    scale = 1.0 / 4294967296.0
+    u1 = ((h & 0xFFFFFFFF).to(torch.float64) + 0.5) * scale
+    u2 = (_shr(h, 32).to(torch.float64) + 0.5) * scale
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)

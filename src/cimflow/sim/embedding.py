@@ -94,6 +94,18 @@ class _ParameterTable(TensorTable):
         return self.owner.weight
 
 
+def _segment_sums(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Sums of the contiguous segments of ``x`` (along dim 0) that begin at ``starts``
+    (sorted, first 0), from a float64 running sum (no scatter, no precision loss)."""
+    if starts.numel() == x.shape[0]:
+        return x
+    cs = torch.cumsum(x.to(torch.float64), dim=0)
+    ends = torch.cat([starts[1:], starts.new_tensor([x.shape[0]])]) - 1
+    sums = cs[ends]
+    sums[1:] -= cs[starts[1:] - 1]
+    return sums.to(x.dtype)
+
+
 class CIMEmbeddingBag(nn.Module):
     """``nn.EmbeddingBag`` (mode sum or mean) or ``nn.Embedding`` whose table lives in arrays.
 
@@ -122,7 +134,7 @@ class CIMEmbeddingBag(nn.Module):
         self.seed: int | None = None
         self.t_seconds = spec.device.drift.t0_s
         self.register_buffer("hot_rows", None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values, persistent=False)
-        for buf in ("w_scale", "g_pos", "g_neg", "nu_pos", "nu_neg", "w_cache", "var_cache"):
+        for buf in ("w_scale", "w_cache", "var_cache"):
             self.register_buffer(buf, None, persistent=False)
         self._read_gen: torch.Generator | None = None
         self.adc_range_calibrated: float | None = None
@@ -143,11 +155,8 @@ class CIMEmbeddingBag(nn.Module):
         self._read_gen = None
         self.t_seconds = self.spec.device.drift.t0_s
         self.w_scale = self.table.column_scale().to(self._device())
-        self.w_cache = self.var_cache = self.g_pos = None
-        if self.cells <= CACHE_CELLS:
-            idx = torch.arange(self.num_embeddings, device=self._device())
-            self.g_pos, self.g_neg, self.nu_pos, self.nu_neg = self._programmed(idx)
-            self._refresh_cache()
+        self.w_cache = self.var_cache = None
+        self._refresh_cache()
         self._version = self._weight_version()
 
     def _device(self) -> torch.device:
@@ -162,8 +171,7 @@ class CIMEmbeddingBag(nn.Module):
         if self.seed is None:
             raise SimulationError(f"embedding {self.layer_name!r} is not programmed: call cimflow.program(model, seed) first")
         self.t_seconds = float(t_seconds)
-        if self.g_pos is not None:
-            self._refresh_cache()
+        self._refresh_cache()
 
     def _programmed(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Programmed conductances (S, n, dim) and drift exponents of rows ``idx``, from the hash."""
@@ -209,7 +217,13 @@ class CIMEmbeddingBag(nn.Module):
         return w, var
 
     def _refresh_cache(self) -> None:
-        w, var = self._effective(self.g_pos, self.g_neg, self.nu_pos, self.nu_neg)
+        """Small tables: every row's effective weights at ``t_seconds``, from the same hash
+        the lazy path uses (so both paths give identical values); big tables: nothing."""
+        self.w_cache = self.var_cache = None
+        if self.cells > CACHE_CELLS:
+            return
+        idx = torch.arange(self.num_embeddings, device=self.w_scale.device)
+        w, var = self._effective(*self._programmed(idx))
         self.w_cache = w.permute(1, 0, 2).contiguous()  # (rows, S, dim)
         self.var_cache = None if var is None else var.permute(1, 0, 2).contiguous()
 
@@ -239,8 +253,7 @@ class CIMEmbeddingBag(nn.Module):
             raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the {input.numel()} indices")
         ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
         n_bags = ends.numel() - 1
-        lengths = ends[1:] - ends[:-1]
-        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), lengths)
+        bags = torch.searchsorted(ends[1:], torch.arange(int(ends[-1]), device=input.device), right=True)
         self._out_shape = (n_bags,)
         return input[: int(ends[-1])], bags, n_bags
 
@@ -292,37 +305,39 @@ class CIMEmbeddingBag(nn.Module):
                 idx, bags = idx[~hot], bags[~hot]
             if idx.numel() == 0:
                 return out
-        w, var = self._rows_effective(idx)  # (n, S, dim)
         if self.spec.kind == "digital":
+            w, _ = self._rows_effective(idx)
             return out.index_add_(0, bags, w[:, 0]) * self.w_scale
-        # one read per (bag, array, chunk of group_rows rows)
+        # one read per (bag, array, chunk of group_rows rows); sort so every read and every
+        # bag is a contiguous segment, then sum segments with cumulative sums
         arrays = idx // self.spec.rows
         key = bags * (self.num_embeddings // self.spec.rows + 1) + arrays
         order = torch.sort(key, stable=True).indices
-        key_sorted = key[order]
-        first = torch.ones_like(key_sorted, dtype=torch.bool)
-        first[1:] = key_sorted[1:] != key_sorted[:-1]
-        group_start = torch.cummax(torch.where(first, torch.arange(key_sorted.numel(), device=key.device), torch.zeros_like(key_sorted)), 0).values
-        chunk = (torch.arange(key_sorted.numel(), device=key.device) - group_start) // self.group_rows
-        new_read = first | (chunk != torch.cat([chunk.new_tensor([-1]), chunk[:-1]]))
-        read_id_sorted = torch.cumsum(new_read.to(torch.int64), 0) - 1
-        read_id = torch.empty_like(read_id_sorted)
-        read_id[order] = read_id_sorted
-        n_reads = int(read_id_sorted[-1]) + 1
-        s_count = w.shape[1]
-        psum = torch.zeros(n_reads, s_count, self.embedding_dim, dtype=w.dtype, device=w.device).index_add_(0, read_id, w)
+        key_s, idx_s, bags_s = key[order], idx[order], bags[order]
+        n = key_s.numel()
+        pos = torch.arange(n, device=key_s.device)
+        first = torch.ones(n, dtype=torch.bool, device=key_s.device)
+        first[1:] = key_s[1:] != key_s[:-1]
+        group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+        new_read = first | ((pos - group_start) % self.group_rows == 0)
+        read_starts = torch.nonzero(new_read).squeeze(1)
+        w, var = self._rows_effective(idx_s)  # (n, S, dim)
+        psum = _segment_sums(w, read_starts)
         if var is not None:
-            v = torch.zeros_like(psum).index_add_(0, read_id, var)
             if self._read_gen is None or self._read_gen.device != psum.device:
                 self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
-            psum = psum + torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype) * v.sqrt()
+            v = _segment_sums(var, read_starts).clamp_min_(0.0)
+            psum = psum + torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype) * v.sqrt_()
         q = adc_quantize(psum, self.spec.adc.bits, self.adc_range)
         per_read = (q * self._significance.to(q.device).view(1, -1, 1)).sum(dim=1)
-        read_bag = torch.zeros(n_reads, dtype=torch.int64, device=bags.device)
-        read_bag[read_id] = bags
+        read_bags = bags_s[read_starts]
         if self.collect_stats:
-            self.stats["reads"] += n_reads
-        return out.index_add_(0, read_bag, per_read * self.w_scale)
+            self.stats["reads"] += int(read_starts.numel())
+        bag_first = torch.ones(read_bags.numel(), dtype=torch.bool, device=read_bags.device)
+        bag_first[1:] = read_bags[1:] != read_bags[:-1]
+        bag_starts = torch.nonzero(bag_first).squeeze(1)
+        out[read_bags[bag_starts]] += _segment_sums(per_read, bag_starts) * self.w_scale
+        return out
 
     @property
     def adc_range(self) -> float:
