@@ -169,8 +169,10 @@ def add_energy_j(bits: int, node_m: float, supply_v: float) -> float:
     """One integer addition of ``bits`` bits (joules): linear through Horowitz's 45 nm
     int8 add (0.03 pJ) and int32 add (0.1 pJ), re-targeted to (node, supply) by C V²."""
     bits = min(max(int(bits), 1), 64)
-    at_45 = INT8_ADD_J + (INT32_ADD_J - INT8_ADD_J) * (bits - 8) / 24.0
-    at_45 = max(at_45, INT8_ADD_J * bits / 8.0)  # below 8 bits: proportional to the width
+    if bits >= 8:
+        at_45 = INT8_ADD_J + (INT32_ADD_J - INT8_ADD_J) * (bits - 8) / 24.0
+    else:  # below 8 bits: proportional to the width
+        at_45 = INT8_ADD_J * bits / 8.0
     return retarget_energy(at_45, HOROWITZ_NODE_M, HOROWITZ_SUPPLY_V, node_m, supply_v)
 
 

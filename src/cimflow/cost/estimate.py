@@ -1,0 +1,653 @@
+"""``estimate(plan, stats=None)``: energy, latency, area and throughput of a compiled plan.
+
+The cost model counts events from the :class:`~cimflow.compile.plan.Plan` (the same plan
+the simulator executes) and multiplies them by per-event costs from the plan's chip
+(:mod:`cimflow.cost.components`). Everything is per *inference* = one forward pass of the
+example inputs the plan was compiled with (``batch_size`` queries). Units are SI.
+
+Event counts of one analog array op (``M`` = ``mvm_count`` input vectors, ``P`` = array
+reads per vector (:func:`~cimflow.compile.partition.input_pulses`), the weight matrix
+``in x out`` tiled into ``R x C`` arrays with ``G`` read groups over all row tiles
+(``TileGrid``: a group is a separately digitized read of at most ``rows_per_read`` rows),
+``S`` slices (bit-sliced encoding, else 1), ``c_w`` physical columns per weight column
+(2 differential, 1 offset, 2S bit-sliced) and one reference column per array for offset)::
+
+    array reads   = M * P * reads * C           (reads = G * (1 - z): read groups actually read)
+    driven rows   = M * P * rows * C            (rows = in * a: rows driven per vector and pulse)
+    cell reads    = M * P * rows * U            (U = out * c_w + C * [offset])
+    conversions   = M * P * reads * out * S
+    accumulations = conversions                 (one shift-add per conversion)
+
+``a`` is the fraction of rows driven and ``z`` the fraction of reads skipped because every
+input of the read group is zero (the periphery sees the all-zero group, drives nothing and
+converts nothing). Energies::
+
+    cells_lines          = cell reads * (G_mean V_read² t_read + C_cell V_supply²)
+    dac_drivers          = driven rows * E_row        (dac.energy_pj, else cols C_cell V_supply²)
+    adc                  = conversions * E_conv       (conversion.energy_pj at its bits x 2^Δbits,
+                                                       else Walden FOM(node) 2^bits)
+    adder_tree_shift_add = accumulations * E_add(acc bits)     (Horowitz adds, C V² scaled)
+
+Digital CIM arrays: ``bit ops = M * rows * out * weight_bits * input_bits`` at
+``adder_tree.energy_per_bit_op_pj``; their drivers only when ``dac.energy_pj`` is given.
+Buffers: every array op reads its input vectors and writes its outputs through the buffer,
+``M * (in * input_bits + out * activation_bits)`` bits (an embedding lookup reads its indices,
+``lookups * ceil(log2 rows)`` bits, instead of a multi-hot vector); digital-unit ops read and
+write their elements (``2 * elements * activation_bits`` bits; ``activation_bits`` = 8).
+Digital unit: ``2 * macs`` ops for dynamic matmuls (a MAC is a multiply and an add, as the
+presets define an op), ``elements`` ops for vector ops.
+Interconnect: ``traffic_byte_hops * 8 * energy_per_bit_hop``. Host ops:
+:mod:`cimflow.cost.host` roofline (time), host power x time (``host``) and their DRAM
+traffic (``dram``, per bit plus one row activation per looked-up row). Leakage: the sum of
+``leakage_uw`` of every ADC and DAC instance on the chip x the time one inference occupies
+the chip (the steady-state interval 1 / throughput).
+
+**Embedding lookups** (``Embedding`` / ``EmbeddingBag`` on arrays) pool a bag inside the
+array as the simulator does (:class:`~cimflow.sim.embedding.CIMEmbeddingBag`): a read drives
+up to ``rows_per_read`` of the bag's rows that sit in one row tile, so a bag of ``k`` rows
+drives ``k`` rows and takes about one read per row tile it touches
+(:func:`expected_lookup_reads`) instead of ``G`` reads; its buffer traffic is the indices.
+
+**Fixed vs data-dependent.** The fixed per-op estimate drives every row in every read
+(row activity ``a = CostOptions.fixed_row_activity``, default 1, the worst case) and, for
+lookups, uses the op's own lookups per bag. The data-dependent estimate takes the activity
+from the simulator's statistics of each layer:
+
+* matrix layers (:class:`~cimflow.sim.engine.ReadStats`): ``a`` = ``bit_density`` when present,
+  else ``mean_pulse_density``, the fraction of rows driven per pulse (zero inputs drive no
+  row; in bit-serial mode neither would zero bits, once the simulator counts them). A read
+  group whose inputs are all zero is *skipped*: nothing is driven or converted. The skipped
+  fraction ``z`` is the measured ``zero_reads / reads`` when the statistics count all-zero
+  groups, else estimated assuming independent rows: ``z = mean over read groups of
+  (1 - a) ** group_size``. Rows driven = ``in * a``; reads = ``G * (1 - z)``. An all-zero
+  input therefore costs no cell, driver, ADC or shift-add energy.
+* embedding tables (counts ``bags``, ``lookups``, ``reads``, ``hot_lookups``, optional
+  ``dram_lookups``): rows driven and reads per bag as measured; hot lookups served exactly
+  from the SRAM tier cost an SRAM read (``dim * activation_bits`` bits at the buffer's energy)
+  and ``dim`` digital-unit adds each; DRAM-tier lookups ``dim * 32`` bits and one row
+  activation each.
+
+Buffers (other than the lookup tiers), interconnect, digital unit, host and leakage do not
+depend on the data here.
+
+Latency and throughput come from the plan's schedule; host ops add their roofline time
+(serially, to the latency; as a separate pipeline stage to the interval).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping
+
+from cimflow.chip.spec import ArraySpec, Chip
+from cimflow.compile.graph import Op, OpKind
+from cimflow.compile.partition import input_pulses
+from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
+from cimflow.cost.components import (
+    ADC_FOM_J_PER_STEP,
+    PJ,
+    accumulator_bits,
+    adc_conversion_energy_j,
+    adcs_per_array,
+    add_energy_j,
+    array_area,
+    buffer_area_m2,
+    cell_read_energy_j,
+    digital_bit_op_energy_j,
+    row_drive_energy_j,
+)
+from cimflow.cost.host import EMBEDDING_TYPES, HostSpec, infer_batch_size, op_memory_energy_j, op_time_s, op_work, resolve_host
+from cimflow.cost.report_types import CostReport, OpCost, print_cost, zero_components
+from cimflow.errors import CimflowError
+from cimflow.mapping.tiling import TileGrid
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """Cost-model parameters the chip schema does not (yet) hold, with documented defaults.
+
+    Attributes:
+        weight_fill: mean ``|w| / w_max`` of stored weights (0..1), for the mean cell
+            conductance; 0.5 when unknown. A layer's statistics may override it
+            (key ``weight_fill``).
+        fixed_row_activity: fraction of rows driven per read in the fixed estimate (1 = every
+            row, every pulse: the worst case; ~0.5 is typical of random bit-serial inputs).
+        adc_fom_j_per_step: Walden FOM at 28 nm / 0.9 V for ADCs without a chip energy.
+        adc_reference_bits: per array kind, the ADC resolution at which the chip's
+            ``conversion.energy_pj`` was quoted (default: the array's own ``adc.bits``);
+            other resolutions scale by 2^Δbits.
+        activation_bits: bits per activation element written to or read from the buffer
+            by the digital unit and written by array ops (their outputs, re-quantized
+            for the next layer).
+    """
+
+    weight_fill: float = 0.5
+    fixed_row_activity: float = 1.0
+    adc_fom_j_per_step: float = ADC_FOM_J_PER_STEP
+    adc_reference_bits: Mapping[str, int] | None = None
+    activation_bits: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("weight_fill", "fixed_row_activity"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise CimflowError(f"CostOptions.{name} must be within [0, 1], got {v!r}")
+        if not (self.adc_fom_j_per_step > 0 and math.isfinite(self.adc_fom_j_per_step)):
+            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be a finite number of joules > 0, got {self.adc_fom_j_per_step!r}")
+        if self.activation_bits < 1:
+            raise CimflowError(f"CostOptions.activation_bits must be >= 1, got {self.activation_bits!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["adc_reference_bits"] = dict(self.adc_reference_bits) if self.adc_reference_bits else None
+        return d
+
+
+# ----------------------------------------------------------------------------- per array kind
+
+@dataclass(frozen=True)
+class KindCost:
+    """Per-event energies (J) and per-array area (m²) of one array kind of a chip."""
+
+    kind: str
+    analog: bool
+    pulses: int
+    input_bits: int
+    slices: int
+    cols_per_weight: int
+    reference_cols: int
+    weight_bits: int
+    e_cell_conduction: float
+    e_cell_line: float
+    e_row: float
+    e_conversion: float
+    conversion_source: str
+    e_bit_op: float
+    bit_op_source: str
+    area_per_array: float
+    area_parts: dict[str, float]
+    area_notes: tuple[str, ...]
+    adcs_per_array: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, weight_fill: float | None = None) -> KindCost:
+    """Per-event energies of array kind ``kind`` on ``chip`` (see the module docstring)."""
+    node_m, supply = chip.technology.node_nm * 1e-9, chip.technology.supply_v
+    analog = spec.kind == "analog"
+    fill = options.weight_fill if weight_fill is None else weight_fill
+    conduction, line = cell_read_energy_j(spec, supply, fill) if analog else (0.0, 0.0)
+    e_conv, conv_src = 0.0, "none"
+    if analog:
+        ref = (options.adc_reference_bits or {}).get(kind)
+        e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, ref, options.adc_fom_j_per_step)
+    e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
+    enc = spec.weight_encoding
+    area, notes = array_area(spec, node_m)
+    return KindCost(
+        kind=kind, analog=analog, pulses=input_pulses(spec), input_bits=spec.input_encoding.bits,
+        slices=enc.slices if analog and enc.scheme == "bit_sliced" else 1,
+        cols_per_weight=spec.cells_per_weight if analog else (spec.weight_bits or 1),
+        reference_cols=1 if analog and enc.scheme == "offset" else 0,
+        weight_bits=spec.weight_bits or 1,
+        e_cell_conduction=conduction, e_cell_line=line,
+        e_row=row_drive_energy_j(spec, supply) if analog or spec.input_encoding.dac.energy_pj is not None else 0.0,
+        e_conversion=e_conv, conversion_source=conv_src, e_bit_op=e_bit, bit_op_source=bit_src,
+        area_per_array=area.total, area_parts={"cells": area.cells, "adc": area.adcs, "dac": area.dacs, "adder_tree": area.adder_tree},
+        area_notes=tuple(notes), adcs_per_array=adcs_per_array(spec),
+    )
+
+
+# ----------------------------------------------------------------------------- read groups
+
+def group_counts(tiles: TileGrid) -> list[tuple[int, int]]:
+    """Read groups of a tiling as (rows in the group, number of such groups), in closed form
+    (the same groups as :meth:`TileGrid.group_sizes`, without listing them)."""
+    gr = tiles.group_rows
+    counts: dict[int, int] = {}
+
+    def add(rows_in_tile: int, tiles_like_this: int) -> None:
+        full, rest = divmod(rows_in_tile, gr)
+        if full:
+            counts[gr] = counts.get(gr, 0) + full * tiles_like_this
+        if rest:
+            counts[rest] = counts.get(rest, 0) + tiles_like_this
+
+    full_tiles, last = divmod(tiles.in_features, tiles.rows)
+    if full_tiles:
+        add(tiles.rows, full_tiles)
+    if last:
+        add(last, 1)
+    return sorted(counts.items(), reverse=True)
+
+
+def zero_read_fraction(counts: list[tuple[int, int]], activity: float) -> float:
+    """Fraction of reads whose group has no driven row when each row is driven independently
+    with probability ``activity``: mean over groups of ``(1 - activity) ** size``."""
+    if activity >= 1.0:
+        return 0.0
+    if activity <= 0.0:
+        return 1.0
+    total = sum(n for _, n in counts)
+    log_off = math.log1p(-activity)
+    return sum(n * math.exp(size * log_off) for size, n in counts) / total if total else 0.0
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def _stats_dict(value: Any, name: str) -> dict[str, float]:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if not isinstance(value, Mapping):
+        raise CimflowError(f"stats[{name!r}] must be a ReadStats or a dict like ReadStats.to_dict(), got {type(value).__name__}")
+    return dict(value)
+
+
+def _row_activity(s: Mapping[str, Any], name: str) -> float | None:
+    """Fraction of rows driven per read from one layer's statistics, or None if it saw no data."""
+    for key in ("bit_density", "mean_pulse_density", "input_density"):
+        if key in s and s[key] is not None:
+            if key == "mean_pulse_density" and not s.get("pulses", 1):
+                continue
+            if key == "input_density" and not s.get("input_elements", 1):
+                continue
+            v = float(s[key])
+            if not 0.0 <= v <= 1.0 + 1e-9:
+                raise CimflowError(f"stats[{name!r}][{key!r}] must be a fraction within [0, 1], got {v!r}")
+            return min(v, 1.0)
+    return None
+
+
+# ----------------------------------------------------------------------------- per op
+
+@dataclass
+class _Context:
+    chip: Chip
+    options: CostOptions
+    host: HostSpec
+    kinds: dict[str, KindCost]
+    buffer_bit_j: float
+    dram_bit_j: float
+    dram_activation_j: float
+    unit_op_j: float
+    node_m: float
+    supply_v: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Activity:
+    """Per input vector and pulse: read groups actually read (per column tile) and rows
+    driven; plus lookups served outside the arrays (SRAM tier, DRAM tier), per vector."""
+
+    reads: float
+    rows: float
+    sram_lookups: float = 0.0
+    dram_lookups: float = 0.0
+
+
+def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity) -> tuple[dict[str, float], dict[str, float]]:
+    """Energy by component and event counts of one array op (see the module docstring)."""
+    t = o.tiles
+    m, p = float(o.mvm_count), float(kc.pulses)
+    n_in, n_out, c = t.in_features, t.out_features, t.col_tiles
+    e = zero_components()
+    ev: dict[str, float] = {}
+    driven_rows = m * p * act.rows * c
+    ev["driven_rows"] = driven_rows
+    e["dac_drivers"] = driven_rows * kc.e_row
+    if kc.analog:
+        used_cols = n_out * kc.cols_per_weight + c * kc.reference_cols
+        reads = m * p * act.reads * c
+        cell_reads = m * p * act.rows * used_cols
+        conversions = m * p * act.reads * n_out * kc.slices
+        acc_bits = accumulator_bits(ctx.chip.arrays[o.array_kind], kc.slices, _total_groups(t))
+        e_add = add_energy_j(acc_bits, ctx.node_m, ctx.supply_v)
+        e["cells_lines"] = cell_reads * (kc.e_cell_conduction + kc.e_cell_line)
+        e["adc"] = conversions * kc.e_conversion
+        e["adder_tree_shift_add"] = conversions * e_add
+        ev.update(array_reads=reads, cell_reads=cell_reads, conversions=conversions, accumulations=conversions,
+                  accumulator_bits=float(acc_bits))
+    else:
+        bit_ops = m * act.rows * n_out * kc.weight_bits * kc.input_bits
+        e["adder_tree_shift_add"] = bit_ops * kc.e_bit_op
+        ev.update(array_reads=m * p * act.reads * c, bit_ops=bit_ops)
+    if _is_lookup(o, op):  # indices in, pooled rows out
+        lookups = float(op.attributes.get("lookups", 0) or o.mvm_count)
+        in_bits = lookups * max(math.ceil(math.log2(max(n_in, 2))), 1)
+    else:
+        in_bits = m * n_in * kc.input_bits
+    buffer_bits = in_bits + m * n_out * ctx.options.activation_bits
+    if act.sram_lookups:  # hot rows read exactly from SRAM and added on the digital unit
+        sram_bits = m * act.sram_lookups * n_out * ctx.options.activation_bits
+        buffer_bits += sram_bits
+        e["digital_unit"] = m * act.sram_lookups * n_out * ctx.unit_op_j
+        ev["sram_lookup_bits"] = sram_bits
+    if act.dram_lookups:  # cold rows fetched from DRAM (fp32 values, one activation per row)
+        dram_bits = m * act.dram_lookups * n_out * 32
+        e["dram"] = dram_bits * ctx.dram_bit_j + m * act.dram_lookups * ctx.dram_activation_j
+        ev.update(dram_bits=dram_bits, dram_activations=m * act.dram_lookups)
+    e["buffers"] = buffer_bits * ctx.buffer_bit_j
+    ev["buffer_bits"] = buffer_bits
+    return e, ev
+
+
+def _total_groups(tiles: TileGrid) -> int:
+    return sum(n for _, n in group_counts(tiles))
+
+
+def _is_lookup(o: OpPlan, op: Op) -> bool:
+    return op.op_type in EMBEDDING_TYPES and o.tiles is not None
+
+
+def expected_lookup_reads(lookups: float, row_tiles: int, group_rows: int) -> float:
+    """Expected reads of one bag of ``lookups`` rows spread uniformly over ``row_tiles`` row
+    tiles, when a read drives up to ``group_rows`` of the bag's rows in one tile (the
+    simulator's in-array pooling, :class:`cimflow.sim.embedding.CIMEmbeddingBag`): the
+    tiles hit, ``R (1 - (1 - 1/R)^k)``, and never fewer than ``k / group_rows``."""
+    if lookups <= 0:
+        return 0.0
+    tiles_hit = row_tiles * -math.expm1(lookups * math.log1p(-1.0 / row_tiles)) if row_tiles > 1 else 1.0
+    return max(tiles_hit, lookups / group_rows)
+
+
+def _fixed_activity(o: OpPlan, op: Op, options: CostOptions) -> _Activity:
+    t = o.tiles
+    if _is_lookup(o, op):
+        k = float(op.attributes.get("lookups", 0) or o.mvm_count) / max(o.mvm_count, 1)
+        return _Activity(reads=expected_lookup_reads(k, t.row_tiles, t.group_rows), rows=k)
+    a = options.fixed_row_activity
+    groups = _total_groups(t)
+    return _Activity(reads=groups * (1.0 - zero_read_fraction(group_counts(t), a)), rows=t.in_features * a)
+
+
+def _measured_activity(o: OpPlan, op: Op, s: Mapping[str, Any], name: str) -> _Activity | None:
+    """Activity from one layer's statistics, or None when they saw no data.
+
+    Two formats: the crossbar engine's :class:`~cimflow.sim.engine.ReadStats` (densities;
+    optional ``zero_reads``), and the embedding layer's counts (``bags``, ``lookups``,
+    ``reads``, ``hot_lookups``, optional ``dram_lookups``), whose reads are counted per
+    column tile and pulse.
+    """
+    t = o.tiles
+    if "bags" in s and "lookups" in s:
+        bags = float(s["bags"])
+        if bags <= 0:
+            return None
+        lookups, reads = float(s["lookups"]), float(s.get("reads", 0) or 0)
+        hot, dram = float(s.get("hot_lookups", 0) or 0), float(s.get("dram_lookups", 0) or 0)
+        if min(lookups, reads, hot, dram) < 0 or hot + dram > lookups:
+            raise CimflowError(f"stats[{name!r}]: counts must be >= 0 and hot_lookups + dram_lookups <= lookups, got {dict(s)}")
+        per_bag = 1.0 / bags
+        return _Activity(reads=reads * per_bag, rows=(lookups - hot - dram) * per_bag, sram_lookups=hot * per_bag,
+                         dram_lookups=dram * per_bag)
+    a = _row_activity(s, name)
+    if a is None:
+        return None
+    groups = _total_groups(t)
+    if s.get("zero_reads") is not None and s.get("reads"):
+        z = min(max(float(s["zero_reads"]) / float(s["reads"]), 0.0), 1.0)
+    else:
+        z = zero_read_fraction(group_counts(t), a)
+    return _Activity(reads=groups * (1.0 - z), rows=t.in_features * a)
+
+
+def _activity_dict(act: _Activity, o: OpPlan, prefix: str) -> dict[str, float]:
+    groups = _total_groups(o.tiles)
+    d = {f"{prefix}row_activity": act.rows / o.tiles.in_features,
+         f"{prefix}skipped_reads": 1.0 - act.reads / groups if groups else 0.0}
+    if act.sram_lookups or act.dram_lookups:
+        d.update({f"{prefix}sram_lookups_per_vector": act.sram_lookups, f"{prefix}dram_lookups_per_vector": act.dram_lookups})
+    return d
+
+
+def _cost_array_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, Any] | None) -> OpCost:
+    kc = ctx.kinds[o.array_kind]
+    fixed_act = _fixed_activity(o, op, ctx.options)
+    fixed, events = _array_energy(o, op, kc, ctx, fixed_act)
+    activity = _activity_dict(fixed_act, o, "fixed_")
+    energy, dd = fixed, False
+    if layer_stats is not None:
+        act = _measured_activity(o, op, layer_stats, o.module or o.name)
+        if act is not None:
+            kc_dd = kc
+            if "weight_fill" in layer_stats and kc.analog:
+                kc_dd = kind_costs(ctx.chip.arrays[o.array_kind], o.array_kind, ctx.chip, ctx.options, float(layer_stats["weight_fill"]))
+            energy, events = _array_energy(o, op, kc_dd, ctx, act)
+            activity.update(_activity_dict(act, o, ""))
+            dd = True
+    return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=o.array_kind,
+                  energy_j=energy, fixed_energy_j=fixed, latency_s=o.latency_s,
+                  area_m2=o.arrays * o.replication * kc.area_per_array, data_dependent=dd, events=events, activity=activity)
+
+
+def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
+    e = zero_components()
+    ev: dict[str, float] = {}
+    if op.kind != OpKind.DATA_MOVEMENT:
+        elements = float(op.attributes.get("elements", 0) or 0) or float(math.prod(op.output_shape) if op.output_shape else 0)
+        ops = 2.0 * op.macs if op.macs else elements
+        bits = 2.0 * elements * ctx.options.activation_bits
+        e["digital_unit"] = ops * ctx.unit_op_j
+        e["buffers"] = bits * ctx.buffer_bit_j
+        ev.update(unit_ops=ops, buffer_bits=bits)
+    return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=None,
+                  energy_j=e, fixed_energy_j=e, latency_s=o.latency_s, area_m2=0.0, events=ev)
+
+
+def _cost_host_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
+    work = op_work(op)
+    t = op_time_s(work, ctx.host)
+    e = zero_components()
+    e["host"] = ctx.host.power_w * t
+    e["dram"] = op_memory_energy_j(work, ctx.dram_bit_j, ctx.dram_activation_j)
+    ev = {"host_flops": work.flops, "host_bytes": work.bytes, "dram_bits": work.dram_bits, "dram_activations": work.dram_activations}
+    return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=None,
+                  energy_j=e, fixed_energy_j=e, latency_s=t, area_m2=0.0, events=ev)
+
+
+# ----------------------------------------------------------------------------- chip level
+
+def chip_area(chip: Chip, kinds: Mapping[str, KindCost]) -> tuple[dict[str, float], list[str]]:
+    """Area of the whole chip by component (m²): every array on the chip with its ADCs, DACs
+    and adder trees, the digital unit, the chip buffer and the per-core buffers."""
+    node_m = chip.technology.node_nm * 1e-9
+    area = {"cells": 0.0, "adc": 0.0, "dac": 0.0, "adder_tree": 0.0, "digital_unit": 0.0, "buffers": 0.0}
+    notes: list[str] = []
+    for kind, kc in kinds.items():
+        n = chip.arrays_on_chip(kind)
+        for part, value in kc.area_parts.items():
+            area[part] += n * value
+        if n:
+            notes += [f"array kind {kind!r}: {note}" for note in kc.area_notes]
+    if chip.digital_unit.area_um2 is not None:
+        area["digital_unit"] = chip.digital_unit.area_um2 * 1e-12
+    else:
+        notes.append("digital unit area not given (digital_unit.area_um2): counted as 0")
+    buffer_bytes = (chip.buffer.capacity_bytes or 0) if chip.buffer is not None else 0
+    buffer_bytes += chip.cores.buffer_bytes * chip.cores.count
+    a, note = buffer_area_m2(buffer_bytes, chip.buffer, node_m)
+    area["buffers"] = a
+    if note:
+        notes.append(note)
+    return area, notes
+
+
+def leakage_power_w(chip: Chip) -> float:
+    """Static power of the chip (W): ``leakage_uw`` of every ADC and DAC instance (when given)."""
+    total_uw = 0.0
+    for kind, spec in chip.arrays.items():
+        n = chip.arrays_on_chip(kind)
+        if spec.adc is not None and spec.adc.conversion.leakage_uw:
+            total_uw += n * adcs_per_array(spec) * spec.adc.conversion.leakage_uw
+        if spec.input_encoding.dac.leakage_uw:
+            total_uw += n * spec.rows * spec.input_encoding.dac.leakage_uw
+    return total_uw * 1e-6
+
+
+def _context(chip: Chip, options: CostOptions, host: HostSpec) -> _Context:
+    node_m, supply = chip.technology.node_nm * 1e-9, chip.technology.supply_v
+    kinds = {k: kind_costs(spec, k, chip, options) for k, spec in chip.arrays.items()}
+    dram = chip.dram
+    return _Context(
+        chip=chip, options=options, host=host, kinds=kinds,
+        buffer_bit_j=chip.buffer.energy_per_bit_pj * PJ if chip.buffer is not None else 0.0,
+        dram_bit_j=dram.energy_per_bit_pj * PJ if dram is not None else host.memory_energy_per_bit_j,
+        dram_activation_j=dram.row_activation_pj * PJ if dram is not None else host.row_activation_j,
+        unit_op_j=chip.digital_unit.energy_per_op_pj * PJ, node_m=node_m, supply_v=supply,
+    )
+
+
+# ----------------------------------------------------------------------------- estimate
+
+def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSpec | str | None = None,
+             options: CostOptions | None = None, batch_size: int | None = None) -> CostReport:
+    """Energy, latency, area and throughput of one inference of ``plan``.
+
+    Args:
+        plan: a compiled plan (:func:`cimflow.compile`); counts are for its example inputs.
+        stats: optional activation statistics, layer (module) name -> ReadStats or
+            ``ReadStats.to_dict()`` (see :func:`gather_stats`); array energies of the layers
+            named then follow the data (module docstring), the rest keep the fixed estimate.
+        host: the host that runs the plan's host ops (preset name or HostSpec; default
+            ``server-cpu-2s``).
+        options: :class:`CostOptions` (defaults documented there).
+        batch_size: queries per inference (default: the leading dimension of the first
+            graph input, see :func:`cimflow.cost.host.infer_batch_size`).
+    """
+    if not isinstance(plan, Plan):
+        raise CimflowError(f"estimate needs a cimflow Plan (from cimflow.compile), got {type(plan).__name__}")
+    if plan.array_ops() and all(o.mvm_count == 0 for o in plan.array_ops()):
+        raise CimflowError(
+            "the plan has no operation counts (it was compiled without example inputs), so every energy would be 0; "
+            "compile with example inputs: cimflow.compile(model, chip, example_inputs)"
+        )
+    options = options or CostOptions()
+    spec_host = resolve_host(host)
+    chip = plan.chip
+    ctx = _context(chip, options, spec_host)
+    layer_stats: dict[str, dict[str, float]] = {}
+    if stats is not None:
+        if not isinstance(stats, Mapping):
+            raise CimflowError(f"stats must map layer names to ReadStats (dicts), got {type(stats).__name__}")
+        layer_stats = {str(k): _stats_dict(v, str(k)) for k, v in stats.items()}
+    graph = plan.graph
+    per_op: list[OpCost] = []
+    host_s = 0.0
+    matched: set[str] = set()
+    for o in plan.ops:
+        if o.kind in (OpKind.INPUT.value, OpKind.OUTPUT.value):
+            continue
+        op = graph.op(o.name)
+        if o.substrate == ARRAY:
+            key = o.module if o.module in layer_stats else o.name if o.name in layer_stats else None
+            if key is not None:
+                matched.add(key)
+            cost = _cost_array_op(o, op, ctx, layer_stats.get(key) if key is not None else None)
+        elif o.substrate == DIGITAL_UNIT:
+            cost = _cost_unit_op(o, op, ctx)
+        elif o.substrate == HOST:
+            cost = _cost_host_op(o, op, ctx)
+            host_s += cost.latency_s
+        else:  # pragma: no cover - OpPlan.from_dict refuses other substrates
+            raise CimflowError(f"op {o.name!r}: unknown substrate {o.substrate!r}")
+        per_op.append(cost)
+    notes = list(ctx.notes)
+    if stats is not None:
+        unknown = sorted(set(layer_stats) - matched)
+        if unknown:
+            notes.append("statistics for layers that are not array ops of this plan (ignored): " + ", ".join(unknown[:10])
+                         + (" ..." if len(unknown) > 10 else ""))
+        missing = [c.name for c in per_op if c.substrate == ARRAY and not c.data_dependent]
+        if missing:
+            notes.append("no statistics for array ops (fixed estimate used): " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+
+    sched = plan.schedule
+    chip_latency = sched.latency_s
+    latency = chip_latency + host_s
+    if sched.mode == "pipelined":
+        interval = max(sched.pipelined_interval_s, host_s)
+    else:
+        interval = sched.layer_by_layer_s + host_s
+    throughput = 1.0 / interval if interval > 0 else math.inf
+
+    by_component = zero_components()
+    fixed_by_component = zero_components()
+    for c in per_op:
+        for k, v in c.energy_j.items():
+            by_component[k] += v
+        for k, v in c.fixed_energy_j.items():
+            fixed_by_component[k] += v
+    interconnect = plan.placement.traffic_byte_hops * 8 * chip.interconnect.energy_per_bit_hop_pj * PJ
+    p_leak = leakage_power_w(chip)
+    leakage = p_leak * interval if math.isfinite(interval) else 0.0
+    for d in (by_component, fixed_by_component):
+        d["interconnect"] += interconnect
+        d["leakage"] += leakage
+    area, area_notes = chip_area(chip, ctx.kinds)
+    notes += area_notes
+    if host_s > 0:
+        notes.append(f"host ops run on {spec_host.name} (roofline): {host_s:.3g} s per inference")
+    for kind, kc in ctx.kinds.items():
+        if kc.analog and kc.conversion_source == "walden_fom":
+            notes.append(f"array kind {kind!r}: no ADC energy given, Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip used")
+    macs = sum(o.macs for o in plan.ops)
+    return CostReport(
+        chip=chip.name, model_name=plan.model_name, host=spec_host.name,
+        batch_size=int(batch_size) if batch_size is not None else infer_batch_size(graph),
+        per_op=per_op, by_component=by_component, fixed_by_component=fixed_by_component,
+        energy_j=sum(by_component.values()), fixed_energy_j=sum(fixed_by_component.values()),
+        latency_s=latency, chip_latency_s=chip_latency, host_latency_s=host_s, throughput_per_s=throughput,
+        macs=int(macs), area_m2=sum(area.values()), area_by_component=area,
+        data_dependent=any(c.data_dependent for c in per_op), schedule_mode=sched.mode, notes=notes,
+        options=options.to_dict(),
+    )
+
+
+def gather_stats(model: Any, batches: Iterable[Any], reset: bool = True) -> dict[str, dict[str, float]]:
+    """Run ``batches`` through a converted (and programmed) model with statistics collection
+    on, and return ``{layer name: statistics}`` for :func:`estimate`: ``ReadStats.to_dict()``
+    of matrix layers, the count dict (bags, lookups, reads, hot_lookups) of embedding tables.
+
+    Each batch is a tensor or a tuple of positional arguments. ``reset`` clears earlier
+    statistics first. Collection is switched off again afterwards.
+    """
+    import torch
+
+    from cimflow.sim.convert import cim_layers
+    from cimflow.sim.embedding import CIMEmbeddingBag
+    from cimflow.sim.engine import ReadStats
+
+    layers = cim_layers(model)
+    if not layers:
+        raise CimflowError("gather_stats needs a model converted with cimflow.convert or cimflow.simulate (it has no CIM layers)")
+
+    def switch(on: bool) -> None:
+        for _, layer in layers:
+            if isinstance(layer, CIMEmbeddingBag):
+                layer.collect_stats = on
+            else:
+                layer.engine.collect_stats = on
+
+    if reset:
+        for _, layer in layers:
+            if isinstance(layer, CIMEmbeddingBag):
+                layer.stats = dict.fromkeys(layer.stats, 0)
+            else:
+                layer.engine.stats = ReadStats()
+    switch(True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                model(*batch) if isinstance(batch, tuple) else model(batch)
+    finally:
+        switch(False)
+    return {name: dict(layer.stats) if isinstance(layer, CIMEmbeddingBag) else layer.engine.stats.to_dict()
+            for name, layer in layers}
+
+
+__all__ = ["CostOptions", "KindCost", "chip_area", "estimate", "expected_lookup_reads", "gather_stats", "group_counts", "kind_costs",
+           "leakage_power_w", "print_cost", "zero_read_fraction"]
