@@ -23,7 +23,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import cimflow
 from cimflow.compile.tiers import count_accesses, place_tables
-from cimflow.sim import CIMEmbeddingBag, cim_layers
 from cimflow.units import format_duration, parse_duration
 
 ISSCC_2026 = {
@@ -51,27 +50,9 @@ class RunConfig:
     notes: list[str] = field(default_factory=list)
 
 
-def _stats(model: torch.nn.Module) -> dict[str, dict]:
-    out = {}
-    for name, layer in cim_layers(model):
-        if isinstance(layer, CIMEmbeddingBag):
-            out[name] = dict(layer.stats)
-        else:
-            out[name] = layer.engine.stats.to_dict()
-    return out
-
-
-def _collect(model: torch.nn.Module, on: bool) -> None:
-    for _, layer in cim_layers(model):
-        if isinstance(layer, CIMEmbeddingBag):
-            layer.collect_stats = on
-        else:
-            layer.engine.collect_stats = on
-
-
 def run_recsys(config: RunConfig | None = None, console: Console | None = None) -> dict[str, Any]:
     """Run the main job; returns the report dict (also written to ``config.out``)."""
-    from cimflow.cost.estimate import estimate
+    from cimflow.cost.estimate import estimate, gather_stats
     from cimflow.cost.host import DEFAULT_HOST, resolve_host
     from cimflow.recsys.baseline import measure_cpu_baseline
     from cimflow.recsys.data import load_movielens_100k
@@ -112,11 +93,9 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
             cimflow.program(cim, seed=cfg.seed + k)
             for label, t in times:
                 cimflow.drift(cim, t)
-                _collect(cim, on=(k == 0 and label == times[0][0]))
+                if k == 0 and label == times[0][0]:  # activation statistics for the cost estimate
+                    stats = gather_stats(cim, [(d, s.per_feature()) for d, s, _ in test.batches(4096)])
                 per_time[label].append(evaluate_auc(cim, test))
-                if k == 0 and label == times[0][0]:
-                    stats = _stats(cim)
-                    _collect(cim, on=False)
                 progress.advance(task)
 
         task = progress.add_task("estimating cost and measuring the CPU", total=2)
