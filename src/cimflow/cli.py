@@ -106,6 +106,67 @@ def compile_cmd(
         console.print(f"wrote {out}")
 
 
+@app.command("estimate")
+def estimate_cmd(
+    model: Path = typer.Argument(..., help="a Python file exposing model() and example_inputs(), a torch.export .pt2, or an ONNX file"),
+    chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
+    rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (see `cimflow compile --help`); repeatable"),
+    data_dependent: bool = typer.Option(True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
+    host: str = typer.Option("server-cpu-2s", "--host", help="host preset for operators left on the host"),
+    all_ops: bool = typer.Option(False, "--all-ops", help="list every operator, not only those that cost energy"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the cost report as JSON"),
+) -> None:
+    """Energy, latency, area and throughput of a model on a chip, per operator and per component.
+
+    Example: cimflow estimate examples/mlp_model.py --chip pcm-hermes-like --out cost.json
+    """
+    from cimflow.api import compile as compile_model
+    from cimflow.api import simulate
+    from cimflow.compile.capture import load_model_file
+    from cimflow.cost import estimate, gather_stats, print_cost
+
+    module, example_inputs = load_model_file(model)
+    plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule))
+    plan.model_name = model.stem
+    stats = None
+    if data_dependent:
+        batch = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        stats = gather_stats(simulate(plan, module, seed=0, allow_host=True), [batch])
+    report = estimate(plan, stats=stats, host=host)
+    print_cost(report, console, all_ops=all_ops)
+    if out is not None:
+        _atomic_write(out, json.dumps(report.to_dict(), indent=1))
+        console.print(f"wrote {out}")
+
+
+@app.command("recsys")
+def recsys_cmd(
+    shape: str = typer.Option("custom", "--shape", help="custom | criteo-kaggle | dlrm-v2 (MLPerf DLRM-v2: 26 tables, 204M rows x 128)"),
+    tables: str = typer.Option("1000000,1000000,1000000,1000000", "--tables", help="custom shape: rows of each table, comma-separated"),
+    dim: int = typer.Option(64, "--dim", min=1, help="custom shape: embedding width"),
+    pooling: int = typer.Option(4, "--pooling", min=1, help="custom shape: lookups per table per sample"),
+    skew: float = typer.Option(1.05, "--skew", min=0.0, help="Zipf exponent of row accesses (0 = uniform)"),
+    chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
+    batch: int = typer.Option(64, "--batch", min=1),
+    host: str = typer.Option("server-cpu-2s", "--host", help="host preset for the CPU reference roofline"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON"),
+) -> None:
+    """Estimate a recommendation configuration on a chip: tiers, energy, QPS and QPS/W.
+
+    Example: cimflow recsys --shape dlrm-v2 --skew 1.1 --batch 64 --out dlrmv2.json
+    """
+    from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config, write_json
+
+    try:
+        sizes = tuple(int(t) for t in tables.split(",") if t.strip())
+    except ValueError:
+        raise CimflowError(f"--tables {tables!r}: give row counts separated by commas, e.g. 1000000,500000") from None
+    result = run_recsys_config(RecsysConfig(shape=shape, tables=sizes, dim=dim, pooling=pooling, skew=skew, chip=chip, batch=batch, host=host), console)
+    if out is not None:
+        write_json(out, result)
+        console.print(f"wrote {out}")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

@@ -14,7 +14,7 @@ from cimflow.compile.rules import DIGITAL, matching_rule
 from cimflow.compile.rules import HOST as RULE_HOST
 from cimflow.compile.rules import DIGITAL_UNIT as RULE_DIGITAL_UNIT
 from cimflow.errors import CompileError
-from cimflow.mapping.tiling import tile_grid
+from cimflow.mapping.tiling import expected_lookup_reads, tile_grid
 
 #: Static-weight operator types the simulator executes on arrays.
 SIMULATED_MVM_TYPES = ("Linear", "Conv1d", "Conv2d")
@@ -45,9 +45,14 @@ def _array_for_rule(target: Any, chip: Chip, op: Op) -> tuple[str, str | None]:
     )
 
 
-def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None = None) -> list[OpPlan]:
-    """First pass: a substrate for every op from the rules and the chip's roles."""
+def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None = None,
+                      table_rows: Mapping[str, int] | None = None) -> list[OpPlan]:
+    """First pass: a substrate for every op from the rules and the chip's roles.
+
+    ``table_rows`` (from :func:`cimflow.compile.tiers.place_tables`) gives, per embedding op,
+    how many of its rows live in the arrays; the rest are in the SRAM or DRAM tiers."""
     rules = dict(rules or {})
+    table_rows = dict(table_rows or {})
     plans = []
     for op in graph.ops:
         kind = op.kind
@@ -83,7 +88,12 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
             spec = chip.array(plan.array_kind)
             if not op.weight_shape or len(op.weight_shape) != 2:
                 raise CompileError(f"op {op.name!r} is placed on arrays but has no 2-D weight shape")
-            plan.tiles = tile_grid(int(op.weight_shape[0]), int(op.weight_shape[1]), spec, pack=op.op_type in EMBEDDING_TYPES)
+            rows = int(op.weight_shape[0])
+            table = plan.module if plan.module in table_rows else plan.name
+            if op.op_type in EMBEDDING_TYPES and table in table_rows:
+                rows = int(table_rows[table])
+                plan.reason += f"; tiers: {rows:,} of {int(op.weight_shape[0]):,} rows in arrays"
+            plan.tiles = tile_grid(max(rows, 1), int(op.weight_shape[1]), spec, pack=op.op_type in EMBEDDING_TYPES)
             plan.arrays = plan.tiles.arrays
             plan.utilization = plan.tiles.utilization
         plans.append(plan)
@@ -140,6 +150,27 @@ def mvm_time_s(spec: ArraySpec, tiles, clock_hz: float) -> float:
     conv = spec.adc.conversion.latency_s or cycle
     step = spec.read.read_pulse_s + spec.adc.columns_per_adc * conv
     return pulses * groups * step
+
+
+def lookup_time_s(spec: ArraySpec, tiles, bags: int, lookups: int, clock_hz: float) -> float:
+    """Seconds to pool ``bags`` bags of ``lookups`` total rows on a table's arrays.
+
+    A bag needs about one read per row tile it touches (``expected_lookup_reads``), each
+    driving at most ``group_rows`` of its rows; reads on different arrays run in parallel,
+    reads on one array (its packed segments included) one after another.
+    """
+    if bags <= 0:
+        return 0.0
+    per_bag = lookups / bags
+    reads = bags * expected_lookup_reads(per_bag, tiles.row_tiles, tiles.group_rows) * tiles.col_tiles
+    cycle = 1.0 / clock_hz
+    if spec.kind == "digital":
+        return reads * cycle / max(tiles.arrays, 1)
+    conv = spec.adc.conversion.latency_s or cycle
+    # a read digitizes only its segment's columns: each ADC converts at most columns_per_adc of them
+    physical_cols = tiles.used_columns * spec.cells_per_weight
+    step = spec.read.read_pulse_s + min(spec.adc.columns_per_adc, physical_cols) * conv
+    return input_pulses(spec) * reads * step / max(tiles.arrays, 1)
 
 
 def replicate_bottlenecks(plans: list[OpPlan], chip: Chip, need: dict[str, int], max_steps: int = 100_000) -> None:

@@ -54,12 +54,13 @@ def graph_from_modules(model: nn.Module) -> Graph:
 
 
 def compile_graph(graph: Graph, chip: Chip | str, rules: Mapping[Any, Any] | None = None, mode: str = "pipelined",
-                  replicate: bool = True, model_name: str = "") -> Plan:
-    """Partition, map, place and schedule a captured graph on ``chip``."""
+                  replicate: bool = True, model_name: str = "", table_rows: Mapping[str, int] | None = None) -> Plan:
+    """Partition, map, place and schedule a captured graph on ``chip``. ``table_rows``: rows of
+    each embedding table that live in arrays (hot/cold tiers hold the rest)."""
     if mode not in MODES:
         raise CompileError(f"schedule mode {mode!r} is not one of {MODES}")
     chip = resolve_chip(chip)
-    plans = assign_substrates(graph, chip, rules)
+    plans = assign_substrates(graph, chip, rules, table_rows)
     need = check_capacity(plans, chip)
     time_ops(plans, graph, chip)
     if replicate and mode == "pipelined":

@@ -6,7 +6,7 @@ import math
 
 from cimflow.chip.spec import Chip
 from cimflow.compile.graph import Graph
-from cimflow.compile.partition import mvm_time_s
+from cimflow.compile.partition import EMBEDDING_TYPES, lookup_time_s, mvm_time_s
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, OpPlan, Placement, Schedule
 
 
@@ -17,7 +17,11 @@ def time_ops(plans: list[OpPlan], graph: Graph, chip: Chip) -> None:
     for p, op in zip(plans, graph.ops):
         if p.substrate == ARRAY:
             spec = chip.arrays[p.array_kind]
-            p.latency_s = op.mvm_count * mvm_time_s(spec, p.tiles, clock) / p.replication
+            if op.op_type in EMBEDDING_TYPES:
+                lookups = op.macs // max(int(op.weight_shape[1]), 1) if op.weight_shape else op.mvm_count
+                p.latency_s = lookup_time_s(spec, p.tiles, op.mvm_count, lookups, clock) / p.replication
+            else:
+                p.latency_s = op.mvm_count * mvm_time_s(spec, p.tiles, clock) / p.replication
         elif p.substrate == DIGITAL_UNIT:
             work = op.macs if op.macs else int(op.attributes.get("elements", 0) or 0)
             if op.kind.value == "data_movement":

@@ -100,7 +100,7 @@ from cimflow.cost.components import (
 from cimflow.cost.host import EMBEDDING_TYPES, HostSpec, infer_batch_size, op_memory_energy_j, op_time_s, op_work, resolve_host
 from cimflow.cost.report_types import CostReport, OpCost, print_cost, zero_components
 from cimflow.errors import CimflowError
-from cimflow.mapping.tiling import TileGrid
+from cimflow.mapping.tiling import TileGrid, expected_lookup_reads
 
 
 @dataclass(frozen=True)
@@ -341,17 +341,6 @@ def _total_groups(tiles: TileGrid) -> int:
 
 def _is_lookup(o: OpPlan, op: Op) -> bool:
     return op.op_type in EMBEDDING_TYPES and o.tiles is not None
-
-
-def expected_lookup_reads(lookups: float, row_tiles: int, group_rows: int) -> float:
-    """Expected reads of one bag of ``lookups`` rows spread uniformly over ``row_tiles`` row
-    tiles, when a read drives up to ``group_rows`` of the bag's rows in one tile (the
-    simulator's in-array pooling, :class:`cimflow.sim.embedding.CIMEmbeddingBag`): the
-    tiles hit, ``R (1 - (1 - 1/R)^k)``, and never fewer than ``k / group_rows``."""
-    if lookups <= 0:
-        return 0.0
-    tiles_hit = row_tiles * -math.expm1(lookups * math.log1p(-1.0 / row_tiles)) if row_tiles > 1 else 1.0
-    return max(tiles_hit, lookups / group_rows)
 
 
 def _fixed_activity(o: OpPlan, op: Op, options: CostOptions) -> _Activity:

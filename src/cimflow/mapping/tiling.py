@@ -87,3 +87,14 @@ def tile_grid(in_features: int, out_features: int, spec: ArraySpec, pack: bool =
     segments = max(1, spec.weight_columns // out_features) if pack and out_features <= spec.weight_columns else 1
     row_tiles = math.ceil(in_features / spec.rows)
     return TileGrid(in_features, out_features, spec.rows, spec.weight_columns, rows_per_read, min(segments, row_tiles))
+
+
+def expected_lookup_reads(lookups: float, row_tiles: int, group_rows: int) -> float:
+    """Expected reads of one bag of ``lookups`` rows spread uniformly over ``row_tiles`` row
+    tiles, when a read drives up to ``group_rows`` of the bag's rows in one tile (the
+    simulator's in-array pooling, :class:`cimflow.sim.embedding.CIMEmbeddingBag`): the
+    tiles hit, ``R (1 - (1 - 1/R)^k)``, and never fewer than ``k / group_rows``."""
+    if lookups <= 0:
+        return 0.0
+    tiles_hit = row_tiles * -math.expm1(lookups * math.log1p(-1.0 / row_tiles)) if row_tiles > 1 else 1.0
+    return max(tiles_hit, lookups / group_rows)
