@@ -14,7 +14,7 @@ from cimflow.compile.capture import capture
 from cimflow.cost.host import (
     HOST_PRESETS,
     HostSpec,
-    RaplReader,
+    RaplMeter,
     host_presets,
     measure_host,
     op_time_s,
@@ -120,16 +120,16 @@ def _fake_rapl(root: Path, energy_uj: int, max_uj: int = 2**32) -> Path:
 
 def test_rapl_reader_handles_wrap_and_unreadable_counters(tmp_path):
     counter = _fake_rapl(tmp_path, 1_000, max_uj=10_000)
-    reader = RaplReader(tmp_path)
+    reader = RaplMeter(tmp_path)
     assert [z.name for z in reader.zones] == ["intel-rapl:0"]
     before = reader.read()
     counter.write_text("3000\n")
-    assert reader.joules(before, reader.read()) == pytest.approx(2_000e-6)
+    assert reader.joules_between(before, reader.read()) == pytest.approx(2_000e-6)
     counter.write_text("500\n")  # wrapped past 10,000 uJ
-    assert reader.joules([9_500], reader.read()) == pytest.approx(1_000e-6)
+    assert reader.joules_between([9_500], reader.read()) == pytest.approx(1_000e-6)
     counter.write_text("garbage\n")
     assert reader.read() is None
-    assert RaplReader(tmp_path / "missing").read() is None
+    assert RaplMeter(tmp_path / "missing").read() is None
 
 
 class _CountingModel(nn.Module):

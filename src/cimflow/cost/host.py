@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Iterable, Literal
 
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.errors import CimflowError
+from cimflow.power import RaplMeter
 
 PowerSource = Literal["user", "rapl", "preset"]
 
@@ -324,46 +324,6 @@ def roofline(graph: Graph | Any, host: HostSpec | str | None = None, batch_size:
 
 # ----------------------------------------------------------------------------- RAPL
 
-class RaplReader:
-    """Linux RAPL package energy counters (``intel-rapl:N``; sub-zones not added again).
-
-    :meth:`read` returns the counters in microjoules or None when there are none or any is
-    unreadable (no permission, not Linux, a VM); :meth:`joules` the energy between two reads,
-    correcting a counter that wrapped (``max_energy_range_uj``).
-    """
-
-    _PACKAGE = re.compile(r"intel-rapl:\d+")
-
-    def __init__(self, root: str | os.PathLike[str] = "/sys/class/powercap") -> None:
-        self.root = Path(root)
-        try:
-            self.zones = sorted(p for p in self.root.iterdir() if self._PACKAGE.fullmatch(p.name))
-        except OSError:
-            self.zones = []
-
-    @staticmethod
-    def _read_int(path: Path) -> int | None:
-        try:
-            return int(path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def read(self) -> list[int] | None:
-        if not self.zones:
-            return None
-        values = [self._read_int(zone / "energy_uj") for zone in self.zones]
-        return None if any(v is None for v in values) else values  # type: ignore[return-value]
-
-    def joules(self, before: list[int], after: list[int]) -> float:
-        total = 0
-        for zone, start, end in zip(self.zones, before, after):
-            delta = end - start
-            if delta < 0:
-                delta += self._read_int(zone / "max_energy_range_uj") or 2**32
-            total += delta
-        return total * 1e-6
-
-
 # ----------------------------------------------------------------------------- measured
 
 @dataclass
@@ -476,7 +436,7 @@ def measure_host(model: Any, example_inputs: Any, repeats: int = 20, threads: in
     used_threads = threads or previous_threads
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = []
-    rapl = RaplReader(rapl_root) if power_w is None and not device.startswith("cuda") else None
+    rapl = RaplMeter(rapl_root) if power_w is None and not device.startswith("cuda") else None
     try:
         torch.set_num_threads(used_threads)
         with torch.inference_mode():
@@ -500,8 +460,8 @@ def measure_host(model: Any, example_inputs: Any, repeats: int = 20, threads: in
     if power_w is not None:
         source, power, note = "user", float(power_w), f"{power_w:g} W given by the caller"
         energy = power * latency
-    elif rapl is not None and before is not None and after is not None and rapl.joules(before, after) > 0:
-        joules = rapl.joules(before, after)
+    elif rapl is not None and before is not None and after is not None and rapl.joules_between(before, after) > 0:
+        joules = rapl.joules_between(before, after)
         source, power = "rapl", joules / elapsed
         energy = joules / repeats
         note = f"RAPL package energy over {repeats} calls ({len(rapl.zones)} package zone(s)), whole package"
@@ -532,7 +492,7 @@ def _json_safe(value: Any) -> Any:
 
 
 __all__ = [
-    "DEFAULT_HOST", "HOST_PRESETS", "HostEstimate", "HostMeasurement", "HostOpWork", "HostSpec", "RaplReader",
+    "DEFAULT_HOST", "HOST_PRESETS", "HostEstimate", "HostMeasurement", "HostOpWork", "HostSpec", "RaplMeter",
     "host_presets", "infer_batch_size", "measure_host", "op_memory_energy_j", "op_time_s", "op_work", "resolve_host",
     "roofline",
 ]
