@@ -36,7 +36,10 @@ def chips(ctx: typer.Context) -> None:
     """List presets. Example: cimflow chips"""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.markup import escape
+
     from cimflow.chip import load_preset, preset_names
+    from cimflow.chip.io import validation_preset_names
 
     table = Table(title="cimflow chip presets")
     for col in ("name", "node", "array kinds", "roles (mvm / embedding / digital)", "description"):
@@ -45,18 +48,26 @@ def chips(ctx: typer.Context) -> None:
         chip = load_preset(name)
         kinds = ", ".join(f"{k}: {a.kind} {a.device.technology} {a.rows}x{a.cols}" for k, a in chip.arrays.items())
         roles = f"{chip.roles.mvm} / {chip.embedding_kind} / {chip.roles.digital or '-'}"
-        table.add_row(name, f"{chip.technology.node_nm:g} nm", kinds, roles, chip.description)
+        table.add_row(name, f"{chip.technology.node_nm:g} nm", kinds, roles, escape(chip.description))
     console.print(table)
+    references = Table(title="validation references (published chips; see `cimflow validate chips`)")
+    for col in ("name", "node", "array kinds", "description"):
+        references.add_column(col)
+    for name in validation_preset_names():
+        chip = load_preset(name)
+        kinds = ", ".join(f"{k}: {a.kind} {a.device.technology} {a.rows}x{a.cols}" for k, a in chip.arrays.items())
+        references.add_row(name, f"{chip.technology.node_nm:g} nm", kinds, escape(chip.description))
+    console.print(references)
 
 
 @chips_app.command("show")
 def chips_show(
-    chip: str = typer.Argument(..., help="preset name or path to a chip YAML file"),
+    chip: str = typer.Argument(..., help="preset name (validation/<name> for a validation reference) or path to a chip YAML file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of YAML"),
 ) -> None:
     """Validate and print one chip description.
 
-    Example: cimflow chips show pcm-hermes-like; cimflow chips show my_chip.yaml
+    Example: cimflow chips show pcm-hermes-like; cimflow chips show validation/neurram; cimflow chips show my_chip.yaml
     """
     from cimflow.chip import chip_to_yaml, resolve_chip
 
@@ -173,7 +184,7 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate macros imc_macros.csv --out results.json")
+validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros imc_macros.csv --out results.json")
 app.add_typer(validate_app, name="validate")
 
 
@@ -205,6 +216,43 @@ def validate_macros_cmd(
                   f"TOPS/mm2: median {_pct(result.median_abs_err_tops_mm2)}, p90 {_pct(result.p90_abs_err_tops_mm2)} over {result.n_scored_tops_mm2} rows")
     if out is not None:
         _atomic_write(out, json.dumps(result.to_json(), indent=1))
+        console.print(f"wrote {out}")
+
+
+@validate_app.command("chips")
+def validate_chips_cmd(
+    chip: list[str] = typer.Option([], "--chip", help="only this benchmark (e.g. neurram@4b/6b) or validation preset (e.g. validation/neurram); repeatable"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write every row and the summary as JSON"),
+) -> None:
+    """Reproduce the published TOPS/W and TOPS/mm2 of CIM chips through compile + estimate.
+
+    Each chip's validation preset runs its paper's benchmark (one full-array MVM per array at
+    the stated precision); 'derived' marks a figure a preset parameter was computed from,
+    'predicted' one that no parameter was derived from.
+
+    Example: cimflow validate chips --out chips.json; cimflow validate chips --chip validation/neurram
+    """
+    from cimflow.cost.validation import TOLERANCE, summarize, validate_chips
+
+    rows = validate_chips(chip or None)
+    table = Table(title=f"chip validation: {len(rows)} chips / operating points (target: within {TOLERANCE:.0%})")
+    for col in ("chip", "basis", "TOPS/W reported", "predicted", "error", "TOPS/mm2 reported", "predicted ", "error ", "within"):
+        table.add_column(col, justify="left" if col in ("chip", "basis") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+    signed = lambda v: "-" if v is None else f"{100 * v:+.1f} %"  # noqa: E731
+    for row in rows:
+        basis = row.basis_tops_w if row.basis_tops_mm2 in (None, row.basis_tops_w) else f"{row.basis_tops_w} / {row.basis_tops_mm2}"
+        ok = row.within_20pct_tops_w and row.within_20pct_tops_mm2 is not False
+        table.add_row(row.name, basis, fmt(row.reported_tops_w), fmt(row.predicted_tops_w), signed(row.error_tops_w),
+                      fmt(row.reported_tops_mm2), fmt(row.predicted_tops_mm2) if row.reported_tops_mm2 is not None else "-",
+                      signed(row.error_tops_mm2), "yes" if ok else "NO")
+    console.print(table)
+    summary = summarize(rows)
+    predicted, derived = summary["tops_w_predicted"], summary["tops_w_derived"]
+    console.print(f"TOPS/W predicted: median |error| {_pct(predicted['median_abs_error'])}, max {_pct(predicted['max_abs_error'])} over "
+                  f"{predicted['n']} rows; derived (by construction): max {_pct(derived['max_abs_error'])} over {derived['n']} rows")
+    if out is not None:
+        _atomic_write(out, json.dumps({"summary": summary, "rows": [r.to_dict() for r in rows]}, indent=1))
         console.print(f"wrote {out}")
 
 

@@ -17,12 +17,23 @@ from cimflow.chip.spec import Chip
 from cimflow.errors import ChipSpecError
 
 PRESET_PACKAGE = "cimflow.chip.presets"
+#: Sub-folder of the presets that holds validation references (published chips under their
+#: benchmark conditions, see cimflow.cost.validation); loaded as "validation/<name>".
+VALIDATION_FOLDER = "validation"
 
 
 def preset_names() -> list[str]:
-    """Names of the presets shipped inside the package."""
+    """Names of the presets shipped inside the package (validation references excluded)."""
     folder = resources.files(PRESET_PACKAGE)
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def validation_preset_names() -> list[str]:
+    """Names of the shipped validation references, each as ``"validation/<name>"``."""
+    folder = resources.files(PRESET_PACKAGE).joinpath(VALIDATION_FOLDER)
+    if not folder.is_dir():
+        return []
+    return sorted(f"{VALIDATION_FOLDER}/{p.name[: -len('.yaml')]}" for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -114,6 +125,13 @@ def load_chip_file(path: str | Path) -> Chip:
 
 
 def load_preset(name: str) -> Chip:
+    """Load a shipped preset by name, or a validation reference as ``"validation/<name>"``."""
+    if name.startswith(f"{VALIDATION_FOLDER}/"):
+        names = validation_preset_names()
+        if name not in names:
+            raise ChipSpecError(f"unknown validation preset {name!r}; validation presets are: {', '.join(names)}")
+        text = resources.files(PRESET_PACKAGE).joinpath(VALIDATION_FOLDER, f"{name.split('/', 1)[1]}.yaml").read_text(encoding="utf-8")
+        return load_chip_yaml(text, f"preset:{name}")
     names = preset_names()
     if name not in names:
         raise ChipSpecError(f"unknown chip preset {name!r}; presets are: {', '.join(names)} (or give a path to a YAML file)")
@@ -122,9 +140,12 @@ def load_preset(name: str) -> Chip:
 
 
 def resolve_chip(chip: "Chip | str | Path") -> Chip:
-    """Accept a :class:`Chip`, a preset name or a YAML path; return a validated Chip (a copy)."""
+    """Accept a :class:`Chip`, a preset name (``"validation/<name>"`` for a validation reference)
+    or a YAML path; return a validated Chip (a copy)."""
     if isinstance(chip, Chip):
         return chip.model_copy(deep=True)
+    if isinstance(chip, str) and chip.startswith(f"{VALIDATION_FOLDER}/") and not chip.endswith((".yaml", ".yml")) and not Path(chip).exists():
+        return load_preset(chip)
     if isinstance(chip, Path) or (isinstance(chip, str) and (chip.endswith((".yaml", ".yml")) or "/" in chip)):
         return load_chip_file(chip)
     if isinstance(chip, str):
