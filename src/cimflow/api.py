@@ -14,7 +14,7 @@ from torch import nn
 from cimflow.chip import Chip, resolve_chip
 from cimflow.compile.pipeline import compile_model
 from cimflow.compile.plan import Plan
-from cimflow.sim import calibrate_model, convert_model, drift_model, program_model
+from cimflow.sim import calibrate_model, compensate_model, convert_model, drift_model, program_model
 from cimflow.sim.sensitivity import SensitivityResult, partition_by_sensitivity
 from cimflow.units import parse_duration
 
@@ -61,10 +61,15 @@ def convert(
     return converted
 
 
-def program(model: nn.Module, seed: int = 0) -> nn.Module:
+def program(model: nn.Module, seed: int = 0, verify_iterations: int | None = None, verify_tolerance: float | None = None) -> nn.Module:
     """Program chip instance ``seed``: programming noise, stuck cells and drift exponents
-    are sampled once and cached; read noise is drawn on every forward."""
-    return program_model(model, seed)
+    are sampled once and cached; read noise is drawn on every forward.
+
+    ``verify_iterations=N`` turns on program-and-verify (kept for later programmings; 0 turns
+    it off): cells further than ``verify_tolerance`` (a fraction of g_max; None: the cell's
+    own programming sigma) from their target are programmed again, up to N times. Every
+    layer counts its write pulses (``cimflow.sim.write_pulses(model)``)."""
+    return program_model(model, seed, verify_iterations=verify_iterations, verify_tolerance=verify_tolerance)
 
 
 def drift(model: nn.Module, t: float | str) -> nn.Module:
@@ -75,3 +80,11 @@ def drift(model: nn.Module, t: float | str) -> nn.Module:
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     """Calibrate input ranges and percentile ADC ranges on a few batches of data."""
     return calibrate_model(model, batches)
+
+
+def compensate(model: nn.Module, mode: str | None = "global") -> nn.Module:
+    """Drift compensation of a programmed model: ``"global"`` (one factor per layer),
+    ``"per_column"`` (one per output column) or None (off). A reference read of each
+    layer's real conductances at programming time and after drift gives the factors, which
+    every later :func:`drift` re-reads."""
+    return compensate_model(model, mode)

@@ -300,6 +300,7 @@ def run(
     html: Optional[Path] = typer.Option(Path("report.html"), "--html", help="HTML report"),
     seed: int = typer.Option(0, "--seed"),
     workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
+    hwa: bool = typer.Option(False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
 ) -> None:
     """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
     accuracy over chip instances and time, QPS and QPS/W against this CPU.
@@ -318,9 +319,106 @@ def run(
     from cimflow.jobs.recsys import RunConfig, run_recsys
 
     labels = tuple(t.strip() for t in times.split(",") if t.strip())
-    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html)
+    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html, hwa=hwa)
     run_recsys(config, console)
     console.print(f"wrote {out}" + (f" and {html}" if html else ""))
+
+
+@app.command("train-hwa")
+def train_hwa_cmd(
+    seed: int = typer.Option(0, "--seed", help="seed of the float DLRM (and its data split) to fine-tune"),
+    retrain: bool = typer.Option(False, "--retrain", help="fine-tune again even when a fine-tuned model is cached"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training"),
+) -> None:
+    """Hardware-aware fine-tuning of the MovieLens DLRM for the hybrid RRAM/SRAM chip; the result is cached
+    and `cimflow run` uses it (with before/after AUC series).
+
+    Example: cimflow train-hwa && cimflow run --times 1s,1d
+    """
+    from rich.progress import Progress
+
+    from cimflow.train.recsys import HWASettings, hwa_movielens_dlrm
+
+    settings = HWASettings()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"HWA fine-tuning the DLRM on {settings.chip}", total=1)
+        _, info = hwa_movielens_dlrm(seed=seed, settings=settings, cache=True, threads=threads, retrain=retrain,
+                                     progress=lambda step, steps: progress.update(task, completed=step, total=steps))
+    state = "loaded from the cache" if info.cached else f"fine-tuned in {info.seconds:.0f} s ({info.steps} steps, best step {info.best_step})"
+    console.print(f"HWA DLRM {state}: fp32 test AUC {info.fp32_test_auc:.4f} (float model {info.base_fp32_test_auc:.4f}), "
+                  f"on-chip validation AUC at {settings.validation_time} {info.validation_auc_on_chip:.4f}; {info.cache_path}")
+
+
+@app.command("simulate")
+def simulate_cmd(
+    model: Path = typer.Argument(..., help="a Python file exposing model(), example_inputs() and optionally evaluate(model) -> float"),
+    chip: str = typer.Option("pcm-hermes-like", "--chip", help="preset name or chip YAML file"),
+    times: str = typer.Option("1s,1h,1d,1mo,1y", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
+    instances: int = typer.Option(5, "--instances", min=1, help="chip instances (programming seeds)"),
+    compensation: str = typer.Option("global", "--compensation", help="drift compensation to compare with none: global | per_column | none"),
+    seed: int = typer.Option(0, "--seed", help="first instance seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON"),
+    html: Optional[Path] = typer.Option(None, "--html", help="write an HTML page with a plot of the metric vs time"),
+) -> None:
+    """Accuracy over time after programming: the model's metric (its evaluate(), else the relative output error
+    vs the float model on example_inputs()) on several chip instances, without and with drift compensation.
+
+    Example: cimflow simulate examples/mlp_model.py --chip pcm-hermes-like --times 1s,1h,1d,1mo,1y --instances 5 --compensation global --out t.json --html t.html
+    """
+    from rich.progress import Progress
+
+    from cimflow.compile.capture import load_model_file
+    from cimflow.train.over_time import accuracy_over_time, parse_times
+
+    module, example_inputs = load_model_file(model)
+    evaluate = _model_file_function(model, "evaluate")
+    points = parse_times(times)
+    mode = None if compensation == "none" else compensation
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating chip instances", total=instances * len(points))
+        result = accuracy_over_time(module, chip, [label for label, _ in points], instances=instances, compensation=mode,
+                                    evaluate=evaluate, example_inputs=example_inputs, seed=seed, progress=lambda: progress.advance(task))
+    table = Table(title=f"{model.name} on {result.chip}: {result.metric} ({'higher' if result.higher_is_better else 'lower'} is better), "
+                        f"mean ± std over {instances} instances; float model {result.fp32:.4f}")
+    table.add_column("time after programming")
+    for series in result.series:
+        table.add_column(series["label"], justify="right")
+    for i, (label, _) in enumerate(points):
+        table.add_row(label, *(f"{s['points'][i]['mean']:.4f} ± {s['points'][i]['std']:.4f}" for s in result.series))
+    console.print(table)
+    data = {"model": str(model), **result.to_dict()}
+    if out is not None:
+        _atomic_write(out, json.dumps(data, indent=1))
+        console.print(f"wrote {out}")
+    if html is not None:
+        from cimflow.report.time_plot import write_time_html
+
+        write_time_html(data, html, title=f"cimflow simulate {model.name} --chip {result.chip}")
+        console.print(f"wrote {html}")
+
+
+def _model_file_function(path: Path, name: str):  # noqa: ANN202 - returns the user's callable or None
+    """A function the model file defines (after load_model_file imported it), or None."""
+    resolved = path.resolve()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == resolved:
+            fn = getattr(module, name, None)
+            if fn is None:
+                return None
+            if not callable(fn):
+                raise CimflowError(f"{path.name}: {name} must be a function {name}(model) -> float")
+
+            def call(model):  # noqa: ANN001, ANN202
+                try:
+                    return float(fn(model))
+                except CimflowError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - user code
+                    raise CimflowError(f"{path.name}: {name}(model) raised {type(error).__name__}: {error}") from error
+
+            return call
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> None:

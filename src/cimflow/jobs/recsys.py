@@ -5,6 +5,13 @@ and place rows across the chip's tiers; compile onto the chip; simulate several 
 instances at several times after programming (AUC); estimate the chip's energy, latency
 and QPS from the same plan with the activation statistics of the simulation; measure the
 same model in plain PyTorch on this CPU; write ``report.json`` and ``report.html``.
+
+Hardware-aware fine-tuning (:mod:`cimflow.train.recsys`): when the HWA-fine-tuned DLRM is
+in the cache (``cimflow train-hwa``, or ``cimflow run --hwa`` which trains it when it is
+missing), the job also simulates it ("HWA fine-tuned" and "HWA fine-tuned, drift
+compensation" series next to the float model's "on chip" series) and deploys it: the
+cost estimate uses its activation statistics. Without it, the job adds an "on chip,
+drift compensation" series of the float model and says how to get the fine-tuned one.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class RunConfig:
     out: Path = Path("report.json")
     html: Path | None = Path("report.html")
     cache: bool = True
+    hwa: bool = False  # train the HWA-fine-tuned DLRM when it is not cached (it is used whenever it is)
+    compensation: str = "global"  # drift compensation of the compensated series
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,6 +82,8 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         test = splits.test
         fp32 = evaluate_auc(model, test)
         progress.advance(task)
+        hwa_model, hwa_info, hwa_note = _hwa_model(cfg, chip.name, progress)
+        progress.console.print(hwa_note)
 
         # hot/cold placement from the training split's measured accesses
         keys = list(splits.train.sparse.keys)
@@ -85,18 +96,27 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         placements = place_tables(accesses, chip, plan)
         hot = {p.table: p.hot_rows for p in placements}
 
-        task = progress.add_task("simulating chip instances", total=cfg.instances * len(times))
-        per_time: dict[str, list[float]] = {label: [] for label, _ in times}
+        comp = cfg.compensation
+        variants = [("on chip", model, None)]
+        if hwa_model is not None:
+            variants += [("HWA fine-tuned", hwa_model, None), (f"HWA fine-tuned, drift compensation ({comp})", hwa_model, comp)]
+        else:
+            variants.append((f"on chip, drift compensation ({comp})", model, comp))
+        deployed = hwa_model if hwa_model is not None else model
+        task = progress.add_task("simulating chip instances", total=cfg.instances * len(times) * len(variants))
+        per_variant: dict[str, dict[str, list[float]]] = {label: {t: [] for t, _ in times} for label, _, _ in variants}
         stats: dict[str, dict] = {}
-        for k in range(cfg.instances):
-            cim, _ = cimflow.sim.convert_model(model, chip, plan=plan, hot_rows=hot)
-            cimflow.program(cim, seed=cfg.seed + k)
-            for label, t in times:
-                cimflow.drift(cim, t)
-                if k == 0 and label == times[0][0]:  # activation statistics for the cost estimate
-                    stats = gather_stats(cim, [(d, s.per_feature()) for d, s, _ in test.batches(4096)])
-                per_time[label].append(evaluate_auc(cim, test))
-                progress.advance(task)
+        for label_v, net, mode in variants:
+            cim, _ = cimflow.sim.convert_model(net, chip, plan=plan, hot_rows=hot)
+            cimflow.compensate(cim, mode)
+            for k in range(cfg.instances):
+                cimflow.program(cim, seed=cfg.seed + k)
+                for label, t in times:
+                    cimflow.drift(cim, t)
+                    if not stats and net is deployed and mode is None and k == 0:  # activation statistics for the cost estimate
+                        stats = gather_stats(cim, [(d, s.per_feature()) for d, s, _ in test.batches(4096)])
+                    per_variant[label_v][label].append(evaluate_auc(cim, test))
+                    progress.advance(task)
 
         task = progress.add_task("estimating cost and measuring the CPU", total=2)
         cost = estimate(plan, stats=stats, batch_size=cfg.batch)
@@ -119,11 +139,13 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         "chip": {"name": chip.name, "description": chip.description},
         "model": {"name": "DLRM (dot interaction)", "dataset": "MovieLens-100k (recbole 1.2.1 wheel), label = rating >= 4, random split",
                   "parameters": sum(p.numel() for p in model.parameters()), "tables": len(keys),
-                  "train_seconds": None if metrics.cached else metrics.seconds, "cached": bool(metrics.cached), "hwa": False,
-                  "total_seconds": time.perf_counter() - started},
+                  "train_seconds": None if metrics.cached else metrics.seconds, "cached": bool(metrics.cached), "hwa": hwa_model is not None,
+                  "hwa_fine_tuning": hwa_info, "total_seconds": time.perf_counter() - started},
         "accuracy": {"metric": "AUC", "fp32": fp32, "instances": cfg.instances, "series": [{
-            "label": "on chip", "points": [{"t": label, "t_seconds": t, "mean": statistics.fmean(per_time[label]),
-                                           "std": statistics.pstdev(per_time[label]), "values": per_time[label]} for label, t in times]}]},
+            "label": label_v, "compensation": mode, "points": [
+                {"t": label, "t_seconds": t, "mean": statistics.fmean(per_variant[label_v][label]),
+                 "std": statistics.pstdev(per_variant[label_v][label]), "values": per_variant[label_v][label]} for label, t in times]}
+            for label_v, _, mode in variants]},
         "performance": {
             "chip": {"qps": chip_qps, "qps_per_w": chip_qps_w, "energy_per_inference_j": chip_energy, "latency_s": cost.latency_s,
                      "batch": cfg.batch, "tops": cost.tops, "tops_per_w": cost.tops_per_w, "area_mm2": cost.area_mm2,
@@ -146,7 +168,7 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
             "the CPU runs the whole small model in PyTorch (framework overhead included); the ISSCC figures compare "
             "recommendation core operations on large tables, where the CPU is bound by memory bandwidth",
         ],
-        "notes": list(cfg.notes) + [f"times after programming: {', '.join(format_duration(t) for _, t in times)}"],
+        "notes": list(cfg.notes) + [hwa_note, f"times after programming: {', '.join(format_duration(t) for _, t in times)}"],
     }
     _write_json(cfg.out, report)
     if cfg.html is not None:
@@ -155,6 +177,31 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         write_html(report, cfg.html)
     print_run_report(report, console)
     return report
+
+
+def _hwa_model(cfg: RunConfig, chip_name: str, progress: Progress) -> tuple[torch.nn.Module | None, dict | None, str]:
+    """The HWA-fine-tuned DLRM (cached, or trained now with ``cfg.hwa``), its info, and a note for the report."""
+    from dataclasses import asdict
+
+    from cimflow.train.recsys import HWASettings, hwa_movielens_dlrm, load_hwa_movielens_dlrm
+
+    settings = HWASettings()
+    if chip_name != settings.chip:
+        return None, None, f"HWA fine-tuning is set up for {settings.chip}; chip {chip_name} runs the float model only"
+    loaded = load_hwa_movielens_dlrm(cfg.seed, settings) if cfg.cache else None
+    if loaded is None and cfg.hwa:
+        task = progress.add_task("HWA fine-tuning the DLRM (cimflow train-hwa)", total=1)
+        loaded = hwa_movielens_dlrm(seed=cfg.seed, settings=settings, cache=cfg.cache,
+                                    progress=lambda step, steps: progress.update(task, completed=step, total=steps))
+    if loaded is None:
+        return None, None, ("no HWA-fine-tuned DLRM in the cache: run `cimflow train-hwa` (or `cimflow run --hwa`) "
+                            "to add the 'HWA fine-tuned' series and deploy it")
+    model, info = loaded
+    model.eval()
+    how = f"loaded from the cache ({info.cache_path})" if info.cached else f"trained now in {info.seconds:.0f} s"
+    info_dict = {k: v for k, v in asdict(info).items() if k != "cache_path"}
+    return model, info_dict, (f"using the HWA-fine-tuned DLRM, {how}: {info.steps} steps on chip instances aged up to "
+                              f"{info.settings.get('t_max')}, fp32 test AUC {info.fp32_test_auc:.4f} (float model {info.base_fp32_test_auc:.4f})")
 
 
 def _write_json(path: Path, data: dict) -> None:

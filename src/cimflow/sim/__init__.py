@@ -1,11 +1,13 @@
 """CIM modules that execute a mapping: crossbar engine, CIM layers, whole-model transforms."""
 
-from cimflow.sim.convert import ConversionReport, calibrate_model, cim_layers, convert_model, drift_model, program_model
+from cimflow.sim.convert import (
+    ConversionReport, calibrate_model, cim_layers, compensate_model, convert_model, drift_model, program_model, write_pulses,
+)
 from cimflow.sim.embedding import CIMEmbeddingBag, HashedTable, TensorTable
 from cimflow.sim.engine import CrossbarEngine, ReadStats
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
 
 __all__ = [
     "CIMConv", "CIMEmbeddingBag", "CIMLayer", "HashedTable", "TensorTable", "CIMLinear", "ConversionReport", "CrossbarEngine", "ReadStats",
-    "calibrate_model", "cim_layers", "convert_model", "drift_model", "program_model",
+    "calibrate_model", "cim_layers", "compensate_model", "convert_model", "drift_model", "program_model", "write_pulses",
 ]

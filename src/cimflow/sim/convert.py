@@ -1,4 +1,5 @@
-"""Whole-model transforms: replace mappable layers by CIM layers, program, drift, calibrate."""
+"""Whole-model transforms: replace mappable layers by CIM layers, program, drift, calibrate,
+compensate drift."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cimflow.compile.plan import Plan
 from cimflow.compile.rules import DIGITAL, DIGITAL_UNIT, HOST, matching_rule
 from cimflow.errors import ChipSpecError, MappingError, SimulationError
 from cimflow.sim.embedding import CIMEmbeddingBag
+from cimflow.sim.engine import CrossbarEngine, check_compensation_mode
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
 
 #: Layers cimflow maps onto arrays.
@@ -172,14 +174,55 @@ def _require_converted(model: nn.Module) -> list[tuple[str, CIMLayer]]:
     return layers
 
 
-def program_model(model: nn.Module, seed: int = 0) -> nn.Module:
+def program_model(model: nn.Module, seed: int = 0, verify_iterations: int | None = None, verify_tolerance: float | None = None) -> nn.Module:
     """Program one chip instance: sample every layer's programming noise, stuck cells and
-    drift exponents once from ``seed``, and reset the time since programming."""
+    drift exponents once from ``seed``, and reset the time since programming.
+
+    ``verify_iterations`` (when given) sets program-and-verify for this and later
+    programmings: cells further than ``verify_tolerance`` (a fraction of ``g_max``; None:
+    the cell's own programming sigma) from their target are programmed again, up to that
+    many times; 0 turns it off. Each layer counts its pulses in ``write_pulses``
+    (:func:`write_pulses`)."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SimulationError(f"seed must be an integer, got {seed!r}")
+    layers = _require_converted(model)
+    if verify_iterations is not None:
+        for _, layer in layers:
+            _array_state(layer).set_program_verify(verify_iterations, verify_tolerance)
+    with torch.no_grad():
+        for _, layer in layers:
+            layer.program(seed)
+    return model
+
+
+def _array_state(layer: CIMLayer | CIMEmbeddingBag) -> Any:
+    """What holds a CIM layer's programmed instance: its engine, or the embedding bag itself."""
+    return layer.engine if isinstance(layer, CIMLayer) else layer
+
+
+def write_pulses(model: nn.Module) -> dict[str, int]:
+    """Programming pulses each CIM layer's current instance cost (one per cell, plus
+    program-and-verify re-programs and on-chip updates), by layer name. Multiply by the
+    device's ``write.energy_j`` / ``write.latency_s`` for the write cost."""
+    return {name: int(_array_state(layer).write_pulses) for name, layer in _require_converted(model)}
+
+
+def compensate_model(model: nn.Module, mode: str | None = "global") -> nn.Module:
+    """Turn drift compensation on for every analog layer of a converted model (or off with
+    None / ``"none"``).
+
+    A reference read (every row driven at full input) measures each column's conductance
+    sum at programming time and at the current time after programming; each layer's
+    analog partial sums are multiplied by reference(t0) / reference(t) ahead of the ADC (the
+    converter's full scale scaled by the inverse, the digital output by the factor): one
+    factor per layer (``"global"``) or one per output column (``"per_column"``). The factor is re-read
+    whenever the model is drifted (:func:`drift_model`), and uses the instance's real
+    conductances (programming noise, stuck cells, drift, IR drop), not the ideal weights.
+    Digital arrays do not drift and are left alone."""
+    mode = check_compensation_mode(mode)
     with torch.no_grad():
         for _, layer in _require_converted(model):
-            layer.program(seed)
+            _array_state(layer).set_compensation(mode)
     return model
 
 
@@ -195,13 +238,15 @@ def calibrate_model(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
     """Set calibrated input ranges and percentile ADC ranges from a few batches of data.
 
     Each batch is passed to the model as ``model(*batch)`` if it is a tuple or list, else
-    ``model(batch)``. Layers whose chip asks for neither mode are unaffected.
+    ``model(batch)``. Layers whose chip asks for neither mode are unaffected. Embedding
+    tables on arrays whose ADC range is ``percentile`` get their range from the pooled
+    partial sums seen.
     """
-    layers = [(n, m) for n, m in _require_converted(model) if isinstance(m, CIMLayer)]
-    for _, layer in layers:
-        if not layer.engine.programmed:
+    layers = [_array_state(m) for _, m in _require_converted(model)]
+    for layer in layers:
+        if not (layer.programmed if isinstance(layer, CrossbarEngine) else layer.seed is not None):
             raise SimulationError("program the model (cimflow.program) before calibrating it")
-        layer.engine.begin_calibration()
+        layer.begin_calibration()
     seen = 0
     try:
         with torch.no_grad():
@@ -209,9 +254,9 @@ def calibrate_model(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
                 model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
                 seen += 1
     finally:
-        for _, layer in layers:
-            layer.engine.end_calibration() if seen else layer.engine.begin_calibration()
-            layer.engine._calibrating = False
+        for layer in layers:
+            layer.end_calibration() if seen else layer.begin_calibration()
+            layer._calibrating = False
     if not seen:
         raise SimulationError("calibrate got no batches: pass an iterable of input batches")
     return model

@@ -10,6 +10,12 @@ Programming noise, stuck cells and drift exponents of every cell come from a
 counter-based hash of (seed, table, row, cell, purpose) (:mod:`cimflow.physics.hashing`):
 a table of 10^8 rows never has a noisy copy. Small tables are programmed once and cached
 (the same values the hash gives), which makes them fast.
+
+As for matrix layers (:mod:`cimflow.sim.engine`): program-and-verify
+(:meth:`CIMEmbeddingBag.set_program_verify`; its re-programming draws are hashed per
+iteration), write-pulse counting (:attr:`CIMEmbeddingBag.write_pulses`), drift
+compensation from a reference read (:meth:`CIMEmbeddingBag.set_compensation`) and
+percentile ADC calibration (:func:`cimflow.calibrate`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec
 from cimflow.errors import DataError, SimulationError
+from cimflow.sim.engine import check_compensation_mode
 from cimflow.mapping import encode_weights
 from cimflow.physics import adc_quantize, apply_drift, generator_for, programming_sigma, quantize_symmetric
 from cimflow.physics.hashing import hash_normal, hash_uniform
 
 #: Tables with at most this many cells are programmed once and cached.
 CACHE_CELLS = 1 << 24
+#: Rows of an uncached table that its drift-compensation reference read drives (the first
+#: this many), and from which its program-and-verify pulses are extrapolated.
+REFERENCE_ROWS = 4096
 
 
 class TableSource(Protocol):
@@ -138,6 +148,13 @@ class CIMEmbeddingBag(nn.Module):
             self.register_buffer(buf, None, persistent=False)
         self._read_gen: torch.Generator | None = None
         self.adc_range_calibrated: float | None = None
+        self.compensation: str | None = None  # drift compensation mode (see set_compensation)
+        self.output_gain: torch.Tensor | None = None
+        self.write_pulses = 0  # programming pulses spent on this instance (verify pulses extrapolated when uncached)
+        self.verify_iterations: int = 0
+        self.verify_tolerance: float | None = None
+        self._calibrating = False
+        self._calib_psums: list[torch.Tensor] = []
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
@@ -150,6 +167,15 @@ class CIMEmbeddingBag(nn.Module):
     def cells(self) -> int:
         return self.num_embeddings * self.embedding_dim * self.spec.cells_per_weight
 
+    def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
+        """Program-and-verify for every later :meth:`program` (see
+        :meth:`cimflow.sim.engine.CrossbarEngine.set_program_verify`)."""
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise SimulationError(f"verify_iterations must be an integer >= 0, got {iterations!r}")
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
+            raise SimulationError(f"verify_tolerance must be a positive fraction of g_max (or None), got {tolerance!r}")
+        self.verify_iterations, self.verify_tolerance = iterations, None if tolerance is None else float(tolerance)
+
     def program(self, seed: int) -> None:
         self.seed = int(seed)
         self._read_gen = None
@@ -158,6 +184,80 @@ class CIMEmbeddingBag(nn.Module):
         self.w_cache = self.var_cache = None
         self._refresh_cache()
         self._version = self._weight_version()
+        self.write_pulses = self._base_pulses()
+        if self.verify_iterations and self.spec.kind != "digital":
+            self._verify_pulses = 0
+            rows = self._reference_rows()
+            self._programmed(rows, count_pulses=True)
+            self.write_pulses += round(self._verify_pulses * self.num_embeddings / rows.numel())
+
+    def _base_pulses(self) -> int:
+        """One write per cell (per bit cell for a digital table)."""
+        if self.spec.kind == "digital":
+            return self.num_embeddings * self.embedding_dim * (self.spec.weight_bits or 8)
+        return self.num_embeddings * self.embedding_dim * self.spec.cells_per_weight
+
+    def _reference_rows(self) -> torch.Tensor:
+        """Every row of a cached table, the first :data:`REFERENCE_ROWS` of an uncached one."""
+        rows = self.num_embeddings if self.cells <= CACHE_CELLS else min(self.num_embeddings, REFERENCE_ROWS)
+        return torch.arange(rows, device=self.w_scale.device)
+
+    # ----------------------------------------------------------------- drift compensation
+    def _reference_sums(self, programmed: tuple[torch.Tensor, ...], t_seconds: float) -> torch.Tensor:
+        g_pos, g_neg, nu_pos, nu_neg = programmed
+        t0 = self.spec.device.drift.t0_s
+        total = (apply_drift(g_pos, nu_pos, t_seconds, t0) + apply_drift(g_neg, nu_neg, t_seconds, t0)).sum(dim=1) / self._denominator
+        return (total * self._significance.to(total.device).view(-1, 1)).sum(dim=0)
+
+    @torch.no_grad()
+    def reference_read(self, t_seconds: float | None = None) -> torch.Tensor | None:
+        """The reference read at ``t_seconds`` (default: now): each physical column's current
+        with the table's rows driven (every row of a cached table, the first
+        :data:`REFERENCE_ROWS` of an uncached one), slices combined by significance, in units
+        of the conductance span; shape (dim,). None for digital tables or before programming.
+        See :meth:`cimflow.sim.engine.CrossbarEngine.reference_read`."""
+        if self.spec.kind == "digital" or self.seed is None:
+            return None
+        programmed = self._programmed(self._reference_rows())
+        return self._reference_sums(programmed, self.t_seconds if t_seconds is None else float(t_seconds))
+
+    def set_compensation(self, mode: str | None) -> None:
+        """Drift compensation of the pooled sums read from the arrays (the hot tier is exact):
+        ``"global"`` (one factor for the table), ``"per_column"`` (one per embedding column)
+        or None (off). Factor = reference(t0) / reference(t), re-read on every :meth:`set_time`."""
+        self.compensation = check_compensation_mode(mode)
+        if self.seed is not None:
+            self._update_gain()
+
+    def _update_gain(self, programmed: tuple[torch.Tensor, ...] | None = None) -> None:
+        """Recompute the compensation factor (``programmed``: the reference rows' state, if at hand)."""
+        if self.compensation is None or self.spec.kind == "digital" or self.seed is None:
+            self.output_gain = None
+            return
+        with torch.no_grad():
+            if programmed is None:
+                programmed = self._programmed(self._reference_rows())
+            ref = self._reference_sums(programmed, self.spec.device.drift.t0_s)
+            now = self._reference_sums(programmed, self.t_seconds)
+        if self.compensation == "global":
+            self.output_gain = (ref.sum() / now.sum().clamp_min(1e-12)).reshape(())
+        else:
+            ok = now > 1e-6 * ref.abs().amax().clamp_min(1e-12)
+            self.output_gain = torch.where(ok, ref / now.clamp_min(1e-12), torch.ones_like(ref))
+
+    # ----------------------------------------------------------------- calibration
+    def begin_calibration(self) -> None:
+        self._calibrating, self._calib_psums = True, []
+
+    def end_calibration(self) -> None:
+        """Percentile ADC range (``adc.range == "percentile"``) from the partial sums seen."""
+        self._calibrating = False
+        adc = self.spec.adc
+        if adc is not None and adc.range == "percentile" and self._calib_psums:
+            allp = torch.cat(self._calib_psums)
+            k = min(int(math.ceil(adc.percentile / 100.0 * allp.numel())), allp.numel()) - 1
+            self.adc_range_calibrated = max(float(allp.sort().values[max(k, 0)]), 1e-12)
+        self._calib_psums = []
 
     def _device(self) -> torch.device:
         w = getattr(self, "weight", None)
@@ -173,8 +273,10 @@ class CIMEmbeddingBag(nn.Module):
         self.t_seconds = float(t_seconds)
         self._refresh_cache()
 
-    def _programmed(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Programmed conductances (S, n, dim) and drift exponents of rows ``idx``, from the hash."""
+    def _programmed(self, idx: torch.Tensor, count_pulses: bool = False) -> tuple[torch.Tensor, ...]:
+        """Programmed conductances (S, n, dim) and drift exponents of rows ``idx``, from the hash
+        (program-and-verify included; with ``count_pulses`` its re-programming pulses are added
+        to ``_verify_pulses``)."""
         dev, spec = self.spec.device, self.spec
         w = (self.table.rows(idx).to(self.w_scale.device) / self.w_scale).clamp(-1, 1)
         if spec.kind == "digital":
@@ -190,12 +292,20 @@ class CIMEmbeddingBag(nn.Module):
         for side, target in (("pos", pos), ("neg", neg)):
             seed, table = self.seed or 0, self.layer_name
             g = target
+            sigma = None
             if not dev.programming_noise.is_zero:
-                g = (target + programming_sigma(target, dev.g_max, dev.programming_noise.coefficients) * hash_normal(cell, seed, table, side, "program")).clamp_min(0.0)
+                sigma = programming_sigma(target, dev.g_max, dev.programming_noise.coefficients)
+                g = (target + sigma * hash_normal(cell, seed, table, side, "program")).clamp_min(0.0)
+            stuck = None
             if dev.stuck_on_rate or dev.stuck_off_rate:
                 u = hash_uniform(cell, seed, table, side, "stuck")
-                g = torch.where(u < dev.stuck_on_rate, torch.full_like(g, dev.g_max), g)
-                g = torch.where((u >= dev.stuck_on_rate) & (u < dev.stuck_on_rate + dev.stuck_off_rate), torch.full_like(g, dev.g_min), g)
+                stuck_on = u < dev.stuck_on_rate
+                stuck_off = (u >= dev.stuck_on_rate) & (u < dev.stuck_on_rate + dev.stuck_off_rate)
+                stuck = stuck_on | stuck_off
+                g = torch.where(stuck_on, torch.full_like(g, dev.g_max), g)
+                g = torch.where(stuck_off, torch.full_like(g, dev.g_min), g)
+            if self.verify_iterations and sigma is not None:
+                g = self._verify(g, target, sigma, stuck, cell, side, count_pulses)
             if dev.drift.nu_std > 0:
                 nu = (dev.drift.nu_mean + dev.drift.nu_std * hash_normal(cell, seed, table, side, "drift")).clamp_min(0.0)
             else:
@@ -204,6 +314,21 @@ class CIMEmbeddingBag(nn.Module):
         self._significance = torch.tensor(targets.significance)
         self._denominator = targets.denominator
         return out[0][0], out[1][0], out[0][1], out[1][1]
+
+    def _verify(self, g: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, stuck: torch.Tensor | None,
+                cell: torch.Tensor, side: str, count_pulses: bool) -> torch.Tensor:
+        """Program-and-verify with hashed re-programming draws (iteration k draws with key k)."""
+        dev = self.spec.device
+        tol = sigma if self.verify_tolerance is None else torch.full_like(target, self.verify_tolerance * dev.g_max)
+        for k in range(1, self.verify_iterations + 1):
+            bad = (g - target).abs() > tol
+            if count_pulses:
+                self._verify_pulses += int(bad.sum())
+            if not bool(bad.any()):
+                break
+            fresh = (target + sigma * hash_normal(cell, self.seed or 0, self.layer_name, side, "program", k)).clamp_min(0.0)
+            g = torch.where(bad if stuck is None else bad & ~stuck, fresh, g)
+        return g
 
     def _effective(self, g_pos, g_neg, nu_pos, nu_neg) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalized effective weights (S, n, dim) and per-cell read-noise variance at ``t_seconds``."""
@@ -221,11 +346,14 @@ class CIMEmbeddingBag(nn.Module):
         the lazy path uses (so both paths give identical values); big tables: nothing."""
         self.w_cache = self.var_cache = None
         if self.cells > CACHE_CELLS:
+            self._update_gain()
             return
         idx = torch.arange(self.num_embeddings, device=self.w_scale.device)
-        w, var = self._effective(*self._programmed(idx))
+        programmed = self._programmed(idx)
+        w, var = self._effective(*programmed)
         self.w_cache = w.permute(1, 0, 2).contiguous()  # (rows, S, dim)
         self.var_cache = None if var is None else var.permute(1, 0, 2).contiguous()
+        self._update_gain(programmed)
 
     def _rows_effective(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, S, dim) effective weights and variances of the rows ``idx``."""
@@ -328,6 +456,10 @@ class CIMEmbeddingBag(nn.Module):
                 self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
             v = _segment_sums(var, read_starts).clamp_min_(0.0)
             psum = psum + torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype) * v.sqrt_()
+        if self.output_gain is not None:
+            psum = psum * self.output_gain  # drift compensation, ahead of the ADC (see set_compensation)
+        if self._calibrating:
+            self._calib_psums.append(psum.detach().abs().reshape(-1))
         q = adc_quantize(psum, self.spec.adc.bits, self.adc_range)
         per_read = (q * self._significance.to(q.device).view(1, -1, 1)).sum(dim=1)
         read_bags = bags_s[read_starts]

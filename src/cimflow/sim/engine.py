@@ -10,6 +10,19 @@ the ADC, and the digital shift-add. Digital-CIM arrays compute the exact integer
 Fast by statistical equivalence (DESIGN.md): conductances are programmed once and the
 effective normalized weights cached; all tiles, slices and input planes are one batched
 matmul; nothing loops over tiles in Python.
+
+Also here, because they act on one programmed instance:
+
+- **program-and-verify** (:meth:`CrossbarEngine.program` with ``verify_iterations``): cells
+  whose programmed conductance misses the target by more than a tolerance are programmed
+  again, up to N times; every programming operation is one write pulse, counted in
+  :attr:`CrossbarEngine.write_pulses` for the cost model;
+- **drift compensation** (:meth:`CrossbarEngine.set_compensation`): a reference read with
+  every row driven at full input measures each column's conductance sum at programming
+  time and again at ``t``; the ratio rescales the digitized outputs (one factor per layer,
+  ``global``, or one per output column, ``per_column``);
+- an optional **learned input range** (:meth:`CrossbarEngine.enable_learned_input_range`),
+  a parameter trained with the layer (LSQ-style gradient through the DAC).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ from cimflow.physics import (
     ir_drop_attenuate,
     ir_drop_path_cells,
     program_conductances,
+    programming_sigma,
     quantize_symmetric,
     sample_drift_exponents,
     sample_stuck_mask,
@@ -57,11 +71,26 @@ class ReadStats:
         return d
 
 
+#: Drift-compensation modes of :meth:`CrossbarEngine.set_compensation` (None: off).
+COMPENSATION_MODES = (None, "global", "per_column")
+
+
+def check_compensation_mode(mode: str | None) -> str | None:
+    """``mode`` if it is a known drift-compensation mode (``"none"`` reads as None), else a SimulationError."""
+    if mode == "none":
+        return None
+    if mode not in COMPENSATION_MODES:
+        raise SimulationError(f"compensation mode must be one of 'global', 'per_column' or None, got {mode!r}")
+    return mode
+
+
 class CrossbarEngine(torch.nn.Module):
     """State and arithmetic of one weight matrix on one array kind.
 
     Buffers are non-persistent: they follow ``.to(device)`` but stay out of the
-    ``state_dict`` (which holds only the owning layer's ordinary parameters).
+    ``state_dict`` (which holds only the owning layer's ordinary parameters). The one
+    exception is opt-in: :meth:`enable_learned_input_range` adds the parameter
+    ``input_range_log`` (state-dict key ``<layer>.engine.input_range_log``).
     """
 
     def __init__(self, spec: ArraySpec, in_features: int, out_features: int, name: str = "") -> None:
@@ -80,7 +109,13 @@ class CrossbarEngine(torch.nn.Module):
         self._weight_version: tuple[int, int] | None = None
         self._read_gen: torch.Generator | None = None
         self.input_range: float | None = None  # calibrated input range (input_encoding.range == "calibrated")
-        for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range", "w_scale", "adc_range_calibrated"):
+        self.input_range_log: torch.nn.Parameter | None = None  # learned input range (opt-in), log of the range
+        self.compensation: str | None = None  # drift compensation mode (COMPENSATION_MODES)
+        self.write_pulses: int = 0  # programming pulses spent on this instance (program + verify + updates)
+        self.verify_iterations: int = 0  # program-and-verify (set_program_verify)
+        self.verify_tolerance: float | None = None
+        for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range", "w_scale",
+                      "adc_range_calibrated", "reference_read_t0", "output_gain"):
             self.register_buffer(name_, None, persistent=False)
         sizes = self.grid.group_sizes()
         self._gather_index: torch.Tensor | None = None
@@ -125,9 +160,27 @@ class CrossbarEngine(torch.nn.Module):
         tiles = per_col.reshape(per_col.shape[:-1] + (self.grid.col_tiles, wc)).amax(dim=-1)
         return self._col_tile_expand(tiles)
 
+    def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
+        """Program-and-verify settings used by every later :meth:`program` of this layer.
+
+        ``iterations`` > 0: after each programming, cells whose conductance misses its target
+        by more than ``tolerance`` (a fraction of ``g_max``; None: each cell's own programming
+        sigma at its target) are programmed again with a fresh draw, up to that many times
+        (stuck cells never pass and are retried every time). 0 turns verify off."""
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise SimulationError(f"verify_iterations must be an integer >= 0, got {iterations!r}")
+        if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
+            raise SimulationError(f"verify_tolerance must be a positive fraction of g_max (or None), got {tolerance!r}")
+        self.verify_iterations, self.verify_tolerance = iterations, None if tolerance is None else float(tolerance)
+
     def program(self, weight_in_out: torch.Tensor, seed: int) -> None:
         """Program a chip instance: sample programming noise, stuck cells and drift exponents
-        once (seeded by (seed, layer name, purpose)) and cache the effective weights."""
+        once (seeded by (seed, layer name, purpose)) and cache the effective weights.
+
+        With program-and-verify on (:meth:`set_program_verify`) badly programmed cells are
+        programmed again. :attr:`write_pulses` counts every programming operation: one pulse
+        per cell, plus one per re-programmed cell and verify iteration."""
+        verify_iterations, verify_tolerance = self.verify_iterations, self.verify_tolerance
         w = weight_in_out.detach()
         self.seed = int(seed)
         self._read_gen = None
@@ -138,20 +191,28 @@ class CrossbarEngine(torch.nn.Module):
             bits = self.spec.weight_bits or 8
             self.w_eff = quantize_symmetric(w_norm, bits, 1.0).unsqueeze(0)
             self.t_seconds = dev.drift.t0_s
+            self.write_pulses = w.numel() * bits  # one write per bit cell
+            self.reference_read_t0 = self.output_gain = None
             return
         targets = encode_weights(w_norm, self.spec, self.grid.col_tiles)
         pos = torch.stack(targets.positive)
         neg = torch.stack(targets.negative)
         if targets.reference_per_col_tile:
             neg = self._col_tile_expand(neg)
-        shape = pos.shape
         coeffs = dev.programming_noise.coefficients
+        pulses = 0
 
         def one_side(target: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-            g = program_conductances(target, dev.g_max, coeffs, generator_for(seed, self.name, "program", side, device=w.device))
-            mask = sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, generator_for(seed, self.name, "stuck", side, device=w.device), device=w.device)
+            nonlocal pulses
+            gen = generator_for(seed, self.name, "program", side, device=w.device)
+            g = program_conductances(target, dev.g_max, coeffs, gen)
+            mask = sample_stuck_mask(target.shape, dev.stuck_on_rate, dev.stuck_off_rate, generator_for(seed, self.name, "stuck", side, device=w.device), device=w.device)
             g = apply_stuck_at(g, mask, dev.g_min, dev.g_max)
-            nu = sample_drift_exponents(shape, dev.drift.nu_mean, dev.drift.nu_std, generator_for(seed, self.name, "drift", side, device=w.device), device=w.device)
+            pulses += target.numel()
+            if verify_iterations:
+                g, extra = program_and_verify(g, target, mask, dev.g_min, dev.g_max, coeffs, gen, verify_iterations, verify_tolerance)
+                pulses += extra
+            nu = sample_drift_exponents(target.shape, dev.drift.nu_mean, dev.drift.nu_std, generator_for(seed, self.name, "drift", side, device=w.device), device=w.device)
             return g, nu
 
         if targets.reference_per_col_tile:
@@ -165,10 +226,32 @@ class CrossbarEngine(torch.nn.Module):
             self.g_neg, self.nu_neg = one_side(neg, "neg")
         self.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
         self.denominator = targets.denominator
+        self.write_pulses = pulses
         if self.spec.wire_resistance > 0:
             self.path_pos, self.path_neg = self._ir_paths(w.device)
         self.t_seconds = dev.drift.t0_s
+        self.reference_read_t0 = None
         self._refresh(set_adc_range=True)
+        self._update_gain()
+
+    def stuck_masks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Which cells of this instance are stuck, (positive, negative) boolean tensors shaped
+        like ``g_pos`` / ``g_neg`` (re-drawn from the instance seed, nothing is stored); None
+        for digital arrays or before programming. Offset-encoded arrays report their shared
+        reference cells expanded per column."""
+        if self.is_digital or self.g_pos is None:
+            return None
+        dev = self.spec.device
+        seed, device = self.seed or 0, self.g_pos.device
+
+        def side_mask(side: str, shape: torch.Size) -> torch.Tensor:
+            gen = generator_for(seed, self.name, "stuck", side, device=device)
+            return sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, gen, device=device) != 0
+
+        if self.spec.weight_encoding.scheme == "offset":
+            ref_shape = (self.g_neg.shape[0], self.g_neg.shape[1], self.grid.col_tiles)
+            return side_mask("pos", self.g_pos.shape), self._col_tile_expand(side_mask("ref", ref_shape))
+        return side_mask("pos", self.g_pos.shape), side_mask("neg", self.g_neg.shape)
 
     def _ir_paths(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Wire segments in series with each weight's two cells, shape (in, out)."""
@@ -183,8 +266,9 @@ class CrossbarEngine(torch.nn.Module):
             pos_col, neg_col = 2 * c, 2 * c + 1
         return paths[r][:, pos_col.clamp_max(cols - 1)], paths[r][:, neg_col.clamp_max(cols - 1)]
 
-    def _conductances_now(self) -> tuple[torch.Tensor, torch.Tensor]:
-        t, t0 = self.t_seconds, self.spec.device.drift.t0_s
+    def _conductances_now(self, t_seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conductances at ``t_seconds`` (default: now), drift and IR drop applied."""
+        t, t0 = self.t_seconds if t_seconds is None else t_seconds, self.spec.device.drift.t0_s
         g_pos = apply_drift(self.g_pos, self.nu_pos, t, t0)
         g_neg = apply_drift(self.g_neg, self.nu_neg, t, t0)
         if self.path_pos is not None:
@@ -227,12 +311,79 @@ class CrossbarEngine(torch.nn.Module):
         return rng.clamp_min(_EPS)
 
     def set_time(self, t_seconds: float) -> None:
-        """Move this instance to ``t_seconds`` after programming (drift), keeping its ADC ranges."""
+        """Move this instance to ``t_seconds`` after programming (drift), keeping its ADC ranges
+        (and re-reading the drift-compensation reference when compensation is on)."""
         if not self.programmed:
             raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed) first")
         self.t_seconds = float(t_seconds)
         if not self.is_digital:
             self._refresh()
+            self._update_gain()
+
+    # ------------------------------------------------------------------ drift compensation
+    @torch.no_grad()
+    def reference_read(self, t_seconds: float | None = None) -> torch.Tensor | None:
+        """The reference read: every row driven at full input, each physical column's current
+        measured (the G+ and G- columns of a pair, or a weight column and its reference column,
+        each on its own), in units of ``denominator``; slices are combined with their
+        significance. Uses the instance's conductances at ``t_seconds`` (default: now;
+        programming noise, stuck cells, drift and IR drop included); the read is averaged over
+        many repetitions, so read noise is left out. Shape (out,); None for digital arrays."""
+        if self.is_digital or self.g_pos is None:
+            return None
+        g_pos, g_neg = self._conductances_now(t_seconds)
+        total = (g_pos + g_neg).sum(dim=1) / self.denominator  # (S, out)
+        return (total * self.significance.view(-1, 1)).sum(dim=0)
+
+    def set_compensation(self, mode: str | None) -> None:
+        """Turn drift compensation on (``"global"``: one factor for the layer, ``"per_column"``:
+        one per output column) or off (None). The factor is ``reference(t0) / reference(t)``
+        (:meth:`reference_read`), re-read on every :meth:`set_time`. It is applied ahead of
+        the ADC: the converter's full scale is scaled by ``reference(t) / reference(t0)`` (a
+        reference-current or integration-time adjustment) and the digital output by the
+        inverse, which equals multiplying the analog partial sums by the factor. So a
+        drifted array keeps the ADC's full resolution, and an ADC whose step equals one cell
+        level keeps its codes aligned with the levels."""
+        self.compensation = check_compensation_mode(mode)
+        if self.programmed:
+            self._update_gain()
+
+    def _update_gain(self) -> None:
+        if self.compensation is None or self.is_digital or self.g_pos is None:
+            self.output_gain = None
+            return
+        if self.reference_read_t0 is None:  # the read right after programming (taken when first needed)
+            self.reference_read_t0 = self.reference_read(self.spec.device.drift.t0_s)
+        now = self.reference_read()
+        ref = self.reference_read_t0
+        if self.compensation == "global":
+            self.output_gain = (ref.sum() / now.sum().clamp_min(_EPS)).reshape(())
+        else:
+            ok = now > 1e-6 * ref.abs().amax().clamp_min(_EPS)
+            self.output_gain = torch.where(ok, ref / now.clamp_min(_EPS), torch.ones_like(ref))
+
+    # ------------------------------------------------------------------ learned input range
+    def enable_learned_input_range(self, initial_range: float) -> torch.nn.Parameter:
+        """Give this layer a learned input (DAC) range, a parameter holding ``log(range)``.
+
+        From then on the layer scales its inputs by this one range, whatever
+        ``input_encoding.range`` says (a fixed range per layer, as ``calibrated``), and the
+        gradient reaches it through the DAC (inputs beyond the range clip: LSQ-style). The
+        parameter is part of the layer's ``state_dict`` (``engine.input_range_log``)."""
+        if not (initial_range > 0 and math.isfinite(initial_range)):
+            raise SimulationError(f"layer {self.name!r}: the initial input range must be a positive number, got {initial_range!r}")
+        device = self.w_eff.device if self.w_eff is not None else None
+        if self.input_range_log is None:
+            self.input_range_log = torch.nn.Parameter(torch.tensor(math.log(initial_range), device=device))
+        else:
+            with torch.no_grad():
+                self.input_range_log.fill_(math.log(initial_range))
+        return self.input_range_log
+
+    @property
+    def learned_input_range(self) -> float | None:
+        """The learned input range (None when not enabled)."""
+        return None if self.input_range_log is None else float(self.input_range_log.detach().exp())
 
     def set_read_noise_mode(self, mode: str) -> None:
         if mode not in ("exact", "column_mean"):
@@ -244,6 +395,8 @@ class CrossbarEngine(torch.nn.Module):
     # ------------------------------------------------------------------ reading
     def _input_scale(self, x: torch.Tensor) -> torch.Tensor:
         enc = self.spec.input_encoding
+        if self.input_range_log is not None:
+            return self.input_range_log.exp().to(x.dtype)
         if enc.range == "calibrated" and self.input_range is not None:
             return torch.as_tensor(self.input_range, dtype=x.dtype, device=x.device)
         return x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
@@ -275,7 +428,9 @@ class CrossbarEngine(torch.nn.Module):
         for straight-through gradients when autograd needs them."""
         if not self.programmed:
             raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed=...) first")
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (weight_in_out is not None and weight_in_out.requires_grad))
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or (weight_in_out is not None and weight_in_out.requires_grad)
+            or (self.input_range_log is not None and self.input_range_log.requires_grad))
         if not needs_grad and not self._calibrating and (self.is_digital or self.w_eff.shape[:2] == (1, 1)) and self._input_planes_count() == 1:
             return self._forward_single_read(x)
         scale_x = self._input_scale(x)
@@ -283,12 +438,8 @@ class CrossbarEngine(torch.nn.Module):
         x_q = dac_quantize(x / scale_x, enc.bits, 1.0)
         w_eff = self.w_eff
         if needs_grad and weight_in_out is not None and weight_in_out.requires_grad:
-            live = weight_in_out / self.w_scale
-            if self.is_digital:
-                w_eff = live.unsqueeze(0) + (w_eff - live.unsqueeze(0)).detach()
-            else:
-                grouped = self._grouped(live).unsqueeze(0)
-                w_eff = grouped + (w_eff - grouped).detach() if w_eff.shape[0] == 1 else w_eff + (grouped - grouped.detach())
+            # straight-through: the programmed weights forward, the live weights' gradient back
+            w_eff = _StraightThroughWeight.apply(weight_in_out, w_eff, self)
         if self.collect_stats:
             self._record_stats(x_q)
         if self.is_digital:
@@ -326,6 +477,8 @@ class CrossbarEngine(torch.nn.Module):
                     self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
                 noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
                 acc.addcmul_(noise, var.sqrt_())
+            if self.output_gain is not None:
+                acc.mul_(self.output_gain)  # drift compensation, ahead of the ADC
             bits = self.spec.adc.bits
             rng = self.adc_range[0, 0, 0] * steps_in  # full scale in DAC-code units, (out,)
             if bits > 1:
@@ -358,7 +511,12 @@ class CrossbarEngine(torch.nn.Module):
             self._calib_psums.append(a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1]))
         if self.read_var is not None:
             psum = psum + self._read_noise(xg.detach(), psum.shape)
-        q = adc_quantize(psum, adc.bits, self.adc_range.unsqueeze(0))
+        if self.output_gain is not None:
+            psum = psum * self.output_gain  # drift compensation, ahead of the ADC
+        if psum.requires_grad:
+            q = _AdcStraightThrough.apply(psum, adc.bits, self.adc_range.unsqueeze(0))
+        else:
+            q = adc_quantize(psum, adc.bits, self.adc_range.unsqueeze(0))
         coef = self.significance.view(1, -1, 1, 1, 1)
         if p_count > 1:
             coef = coef * torch.tensor(plane_w, dtype=q.dtype, device=q.device).view(-1, 1, 1, 1, 1)
@@ -432,6 +590,74 @@ class CrossbarEngine(torch.nn.Module):
         return self.adc_range / (2 * ((1 << (bits - 1)) - 1)) if bits > 1 else self.adc_range
 
 
+class _StraightThroughWeight(torch.autograd.Function):
+    """Forward: the programmed effective weights ``w_eff`` (S, G, gr, out) or (1, in, out)
+    (digital). Backward: their gradient, summed over slices and laid back out as (in, out),
+    divided by the weight scale, to the live weight - the same gradient as
+    ``w + (w_programmed - w).detach()`` without building the live weights' layout."""
+
+    @staticmethod
+    def forward(ctx, weight_in_out: torch.Tensor, w_eff: torch.Tensor, engine: "CrossbarEngine") -> torch.Tensor:  # noqa: ANN001
+        ctx.engine = engine
+        return w_eff.view_as(w_eff)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        engine = ctx.engine
+        g = grad.sum(dim=0)
+        if not engine.is_digital:
+            in_features, out = engine.grid.in_features, engine.grid.out_features
+            flat = g.reshape(-1, out)
+            if engine._gather_index is None:
+                g = flat[:in_features]
+            else:
+                g = flat.new_zeros(in_features + 1, out).index_add_(0, engine._gather_index.to(flat.device), flat)[:in_features]
+        return g / engine.w_scale, None, None
+
+
+class _AdcStraightThrough(torch.autograd.Function):
+    """The ADC (:func:`cimflow.physics.adc_quantize`) with the straight-through gradient of
+    its rounding: the gradient passes where the partial sum is inside the range, zero where
+    it clips (fewer passes over the partial sums than composing the same ops)."""
+
+    @staticmethod
+    def forward(ctx, psum: torch.Tensor, bits: int, range_: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        if bits <= 1:
+            ctx.save_for_backward(torch.zeros_like(psum, dtype=torch.bool))
+            return torch.sign(psum) * range_
+        steps = (1 << (bits - 1)) - 1
+        scaled = psum * (steps / range_)
+        ctx.save_for_backward(scaled.abs() <= steps)
+        return scaled.clamp_(-steps, steps).round_().mul_(range_ / steps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+
+def program_and_verify(
+    g: torch.Tensor, target: torch.Tensor, stuck: torch.Tensor, g_min: float, g_max: float, coefficients: list[float],
+    generator: torch.Generator, iterations: int, tolerance: float | None,
+) -> tuple[torch.Tensor, int]:
+    """Iterative program-and-verify: re-program (a fresh draw around the target) every cell
+    whose conductance misses ``target`` by more than the tolerance (a fraction of ``g_max``,
+    or each cell's programming sigma when None), up to ``iterations`` times. Stuck cells
+    (``stuck != 0``) keep their value and fail every verify. Returns the conductances and the
+    re-programming pulses spent."""
+    tol = programming_sigma(target, g_max, coefficients) if tolerance is None else torch.full_like(target, tolerance * g_max)
+    pulses = 0
+    for _ in range(iterations):
+        bad = (g - target).abs() > tol
+        count = int(bad.sum())
+        if count == 0:
+            break
+        pulses += count
+        fresh = program_conductances(target, g_max, coefficients, generator)
+        g = torch.where(bad & (stuck == 0), fresh, g)
+    return g, pulses
+
+
 def arrays_needed(spec: ArraySpec, in_features: int, out_features: int) -> int:
     """Arrays one (in x out) weight matrix occupies on ``spec``."""
     return tile_grid(in_features, out_features, spec).arrays
@@ -441,4 +667,4 @@ def input_pulses(spec: ArraySpec) -> int:
     return spec.input_encoding.pulses if spec.kind == "analog" else max(spec.input_encoding.bits - 1, 1)
 
 
-__all__ = ["CrossbarEngine", "ReadStats", "arrays_needed", "input_pulses"]
+__all__ = ["COMPENSATION_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode", "input_pulses", "program_and_verify"]
