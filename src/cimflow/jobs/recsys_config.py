@@ -83,6 +83,10 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
     accesses = [count_accesses(n, rows, mcfg.embedding_dim, idx) for n, rows, idx in zip(names, mcfg.table_sizes, per_table)]
     mlp_plan = compile_graph(graph, chip, rules={"type:EmbeddingBag": "host"}, replicate=False)
     capacities = tier_capacities_rows(chip, mcfg.embedding_dim, mlp_plan)
+    # each table rounds its arrays up: keep one array per table spare for that
+    emb = chip.array(chip.embedding_kind)
+    per_array = emb.rows * max(1, emb.weight_columns // mcfg.embedding_dim)
+    capacities[ARRAYS] = max(capacities[ARRAYS] - len(mcfg.table_sizes) * per_array, 0)
     placements = place_tables(accesses, chip, mlp_plan, capacities=capacities)
     table_rows = {p.table: p.placement.get(ARRAYS, 0) for p in placements}
     plan = compile_graph(graph, chip, rules={n: "host" for n, r in table_rows.items() if r == 0}, table_rows=table_rows, model_name=f"DLRM ({cfg.shape})")
