@@ -337,7 +337,7 @@ def train_hwa_cmd(
     """
     from rich.progress import Progress
 
-    from cimflow.train.recsys import HWASettings, hwa_movielens_dlrm
+    from cimflow.jobs.hwa_dlrm import HWASettings, hwa_movielens_dlrm
 
     settings = HWASettings()
     with Progress(console=console, transient=True) as progress:

@@ -6,7 +6,7 @@ instances at several times after programming (AUC); estimate the chip's energy, 
 and QPS from the same plan with the activation statistics of the simulation; measure the
 same model in plain PyTorch on this CPU; write ``report.json`` and ``report.html``.
 
-Hardware-aware fine-tuning (:mod:`cimflow.train.recsys`): when the HWA-fine-tuned DLRM is
+Hardware-aware fine-tuning (:mod:`cimflow.jobs.hwa_dlrm`): when the HWA-fine-tuned DLRM is
 in the cache (``cimflow train-hwa``, or ``cimflow run --hwa`` which trains it when it is
 missing), the job also simulates it ("HWA fine-tuned" and "HWA fine-tuned, drift
 compensation" series next to the float model's "on chip" series) and deploys it: the
@@ -183,7 +183,7 @@ def _hwa_model(cfg: RunConfig, chip_name: str, progress: Progress) -> tuple[torc
     """The HWA-fine-tuned DLRM (cached, or trained now with ``cfg.hwa``), its info, and a note for the report."""
     from dataclasses import asdict
 
-    from cimflow.train.recsys import HWASettings, hwa_movielens_dlrm, load_hwa_movielens_dlrm
+    from cimflow.jobs.hwa_dlrm import HWASettings, hwa_movielens_dlrm, load_hwa_movielens_dlrm
 
     settings = HWASettings()
     if chip_name != settings.chip:

@@ -7,8 +7,6 @@
   weight updates applied as stochastic programming pulses, with their write energy.
 - :func:`accuracy_over_time`: a model's metric over chip instances and times after
   programming, with and without drift compensation (``cimflow simulate``).
-- :mod:`cimflow.train.recsys`: the cached HWA-fine-tuned DLRM of ``cimflow run``
-  (``cimflow train-hwa``).
 
 The calibration and compensation verbs are in :mod:`cimflow.api`: ``cimflow.calibrate``
 (input and percentile ADC ranges, embedding tables included), ``cimflow.compensate``

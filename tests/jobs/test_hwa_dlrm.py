@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cimflow.train.recsys import (
+from cimflow.jobs.hwa_dlrm import (
     HWASettings,
     hwa_cache_path,
     hwa_movielens_dlrm,

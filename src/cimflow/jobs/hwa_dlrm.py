@@ -15,12 +15,9 @@ key, these settings and the chip description; ``cimflow train-hwa`` (or ``cimflo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +27,8 @@ import torch
 from torch import nn
 
 from cimflow.chip.io import resolve_chip
+from cimflow.recsys.data import load_movielens_100k
+from cimflow.recsys.train import _atomic_save, default_cache_dir, evaluate_auc, train_movielens_dlrm
 from cimflow.sim.convert import (
     compensate_model,
     convert_model,
@@ -91,7 +90,6 @@ def embedding_penalty(weight_decay: float) -> Callable[[nn.Module, tuple[Any, ..
 def on_chip_auc(model: nn.Module, dataset: Any, chip: Any, seeds: list[int], t: float | str, compensation: str | None = None,
                 plan: Any = None, hot_rows: Any = None) -> list[float]:
     """Test AUC of ``model`` on chip instances ``seeds`` at ``t`` after programming."""
-    from cimflow.recsys.train import evaluate_auc
 
     cim, _ = convert_model(model, chip, plan=plan, hot_rows=hot_rows)
     compensate_model(cim, compensation)
@@ -113,7 +111,6 @@ def hwa_cache_path(seed: int = 0, settings: HWASettings = HWASettings(), cache_d
                    hwa_cache_dir: str | Path | None = None) -> tuple[Path, str]:
     """Where the fine-tuned checkpoint of the float model trained with ``seed`` (cached in
     ``cache_dir``) lives - in ``hwa_cache_dir``, default the same folder - and its key."""
-    from cimflow.recsys.train import default_cache_dir, train_movielens_dlrm
 
     _, metrics = train_movielens_dlrm(seed=seed, cache=True, cache_dir=cache_dir)
     chip = resolve_chip(settings.chip)
@@ -126,7 +123,6 @@ def hwa_cache_path(seed: int = 0, settings: HWASettings = HWASettings(), cache_d
 def load_hwa_movielens_dlrm(seed: int = 0, settings: HWASettings = HWASettings(), cache_dir: str | Path | None = None,
                             hwa_cache_dir: str | Path | None = None) -> tuple[nn.Module, HWAInfo] | None:
     """The cached fine-tuned DLRM and its info, or None when it has not been trained yet."""
-    from cimflow.recsys.train import train_movielens_dlrm
 
     path, key = hwa_cache_path(seed, settings, cache_dir, hwa_cache_dir)
     if not path.is_file():
@@ -148,19 +144,6 @@ def load_hwa_movielens_dlrm(seed: int = 0, settings: HWASettings = HWASettings()
     return model, info
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def hwa_movielens_dlrm(
     seed: int = 0, settings: HWASettings = HWASettings(), cache: bool = True, cache_dir: str | Path | None = None,
     threads: int | None = 1, progress: Callable[[int, int], None] | None = None, retrain: bool = False,
@@ -168,7 +151,6 @@ def hwa_movielens_dlrm(
 ) -> tuple[nn.Module, HWAInfo]:
     """Fine-tune the MovieLens DLRM for its chip (or load it from the cache unless ``retrain``);
     see the module docstring."""
-    from cimflow.recsys.data import load_movielens_100k
     from cimflow.recsys.train import evaluate_auc, train_movielens_dlrm
 
     if cache and not retrain:
