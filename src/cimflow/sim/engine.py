@@ -431,7 +431,10 @@ class CrossbarEngine(torch.nn.Module):
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or (weight_in_out is not None and weight_in_out.requires_grad)
             or (self.input_range_log is not None and self.input_range_log.requires_grad))
-        if not needs_grad and not self._calibrating and (self.is_digital or self.w_eff.shape[:2] == (1, 1)) and self._input_planes_count() == 1:
+        if not needs_grad and not self._calibrating and self._input_planes_count() == 1 and (
+            self.is_digital or self.w_eff.shape[:2] == (1, 1)
+            or (self.w_eff.shape[0] == 1 and self._gather_index is None and (self.output_gain is None or self.output_gain.dim() <= 1))
+        ):
             return self._forward_single_read(x)
         scale_x = self._input_scale(x)
         enc = self.spec.input_encoding
@@ -453,9 +456,9 @@ class CrossbarEngine(torch.nn.Module):
 
     @torch.no_grad()
     def _forward_single_read(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference fast path for one read per vector (one slice, one read group, one pulse):
-        the same arithmetic as the general path, kept in integer DAC codes and fused in place.
-        """
+        """Inference fast path for one slice and one pulse (any number of contiguous read
+        groups, as one batched matmul): the same arithmetic as the general path, kept in
+        integer DAC codes and fused in place."""
         steps_in = float((1 << (self.spec.input_encoding.bits - 1)) - 1) if self.spec.input_encoding.bits > 1 else 1.0
         scale_x = self._input_scale(x)
         if self.spec.input_encoding.bits > 1:
@@ -464,31 +467,32 @@ class CrossbarEngine(torch.nn.Module):
             xi = torch.sign(x)
         if self.collect_stats:
             self._record_stats(xi)
-        w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
-        if xi.shape[-1] != w.shape[0]:
-            xi = torch.nn.functional.pad(xi, (0, w.shape[0] - xi.shape[-1]))
-        acc = xi @ w  # partial sums in DAC-code units
-        out_scale = self.w_scale / steps_in
-        if not self.is_digital:
-            if self.read_var is not None:
-                xg = xi.view(1, 1, 1, *xi.shape)
-                var = self._read_noise_variance(xg).view_as(acc)
-                if self._read_gen is None or self._read_gen.device != acc.device:
-                    self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
-                noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
-                acc.addcmul_(noise, var.sqrt_())
-            if self.output_gain is not None:
-                acc.mul_(self.output_gain)  # drift compensation, ahead of the ADC
-            bits = self.spec.adc.bits
-            rng = self.adc_range[0, 0, 0] * steps_in  # full scale in DAC-code units, (out,)
-            if bits > 1:
-                steps_adc = float((1 << (bits - 1)) - 1)
-                acc.mul_(steps_adc / rng).clamp_(-steps_adc, steps_adc).round_()
-                out_scale = out_scale * rng / steps_adc
-            else:
-                acc = torch.sign(acc)
-                out_scale = out_scale * rng
-        return acc.mul_(out_scale).mul_(scale_x)
+        if self.is_digital:
+            return (xi @ self.w_eff[0]).mul_(self.w_scale / steps_in).mul_(scale_x)
+        w = self.w_eff[0]  # (G, gr, out): one slice, G read groups
+        g, gr, out = w.shape
+        if xi.shape[-1] != g * gr:
+            xi = torch.nn.functional.pad(xi, (0, g * gr - xi.shape[-1]))
+        xg = xi.view(-1, g, gr).transpose(0, 1) if g > 1 else xi.unsqueeze(0)  # (G, N, gr)
+        acc = torch.bmm(xg, w) if g > 1 else (xi @ w[0]).unsqueeze(0)  # partial sums in DAC-code units
+        if self.read_var is not None:
+            var = self._read_noise_variance(xg.unsqueeze(0).unsqueeze(0)).view_as(acc)
+            if self._read_gen is None or self._read_gen.device != acc.device:
+                self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
+            noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
+            acc.addcmul_(noise, var.sqrt_())
+        if self.output_gain is not None:
+            acc.mul_(self.output_gain)  # drift compensation, ahead of the ADC
+        bits = self.spec.adc.bits
+        rng = self.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
+        if bits > 1:
+            steps_adc = float((1 << (bits - 1)) - 1)
+            acc.mul_(steps_adc / rng).clamp_(-steps_adc, steps_adc).round_()
+            acc.mul_(rng / steps_adc)
+        else:
+            acc = torch.sign(acc).mul_(rng)
+        y = acc[0] if g == 1 else acc.sum(dim=0)
+        return y.mul_(self.w_scale / steps_in).mul_(scale_x)
 
     def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
         planes, plane_w = self._input_planes(x_q)  # (P, N, in)
