@@ -233,3 +233,20 @@ def test_inference_fast_path_equals_general_path(rows):
     differ = (fast - general).abs() > 1e-4 * scale
     assert float(differ.float().mean()) < 0.01
     assert float((fast - general).abs().max()) < 0.05 * scale
+
+
+def test_convolution_column_path_equals_general_path():
+    """Inference convolutions read im2col columns channel-first with each patch's range from
+    a max-pool; outputs match the general path up to noise-sample order: the noiseless part
+    exactly, the noise in distribution."""
+    chip = chip_with("pcm-hermes-like", **{"arrays.pcm.device.read_noise": 0.0})
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    x = torch.randn(4, 3, 17, 17)
+    cim = cimflow.program(cimflow.convert(model, chip), 0)
+    general = cim(x).detach()
+    with torch.no_grad():
+        fast = cim(x)
+    scale = float(general.abs().max())
+    assert float(((fast - general).abs() > 1e-4 * scale).float().mean()) < 0.01
+    assert float((fast - general).abs().max()) < 0.05 * scale

@@ -494,6 +494,56 @@ class CrossbarEngine(torch.nn.Module):
         y = acc[0] if g == 1 else acc.sum(dim=0)
         return y.mul_(self.w_scale / steps_in).mul_(scale_x)
 
+    def has_fixed_input_range(self) -> bool:
+        """True when inputs are scaled by one range per layer (calibrated or learned), not per vector."""
+        return self.input_range_log is not None or (self.spec.input_encoding.range == "calibrated" and self.input_range is not None)
+
+    def can_read_columns(self) -> bool:
+        """Whether :meth:`read_columns` applies: programmed, one slice, one pulse, one read group,
+        no calibration or statistics collection under way."""
+        return (self.programmed and not self._calibrating and not self.collect_stats and self._input_planes_count() == 1
+                and (self.is_digital or self.w_eff.shape[:2] == (1, 1))
+                and (self.output_gain is None or self.output_gain.dim() <= 1))
+
+    @torch.no_grad()
+    def read_columns(self, cols: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """Inference on im2col columns without transposing them: ``cols`` (N, in, L) -> (N, out, L).
+
+        ``scale`` (N, 1, L) is each patch's absolute maximum (the per-vector input range; a
+        convolution gets it from a max-pool over the input, far cheaper than from the columns),
+        or None for a fixed per-layer range. The arithmetic is :meth:`_forward_single_read`'s,
+        laid out channel-first so the result is already a feature map.
+        """
+        if scale is None:
+            scale = self._input_scale(cols).reshape(1, 1, 1)
+        enc = self.spec.input_encoding
+        steps_in = float((1 << (enc.bits - 1)) - 1) if enc.bits > 1 else 1.0
+        xi = (cols * (steps_in / scale)).clamp_(-steps_in, steps_in).round_() if enc.bits > 1 else torch.sign(cols)
+        w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
+        if xi.shape[1] != w.shape[0]:
+            xi = torch.nn.functional.pad(xi, (0, 0, 0, w.shape[0] - xi.shape[1]))
+        acc = torch.matmul(w.t(), xi)  # (N, out, L), DAC-code units
+        per_out = (self.w_scale / steps_in).view(1, -1, 1)
+        if not self.is_digital:
+            if self.read_var is not None:
+                sq = xi * xi
+                var = torch.matmul(self.read_var[0, 0].t(), sq) if self.read_var.shape[2] > 1 else sq.sum(1, keepdim=True) * self.read_var[0, 0, 0].view(1, -1, 1)
+                if self._read_gen is None or self._read_gen.device != acc.device:
+                    self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
+                acc.addcmul_(torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype), var.sqrt_())
+            if self.output_gain is not None:
+                acc.mul_(self.output_gain.view(1, -1, 1) if self.output_gain.dim() == 1 else self.output_gain)
+            bits = self.spec.adc.bits
+            rng = (self.adc_range[0, 0, 0] * steps_in).view(1, -1, 1)
+            if bits > 1:
+                steps_adc = float((1 << (bits - 1)) - 1)
+                acc.mul_(steps_adc / rng).clamp_(-steps_adc, steps_adc).round_()
+                per_out = per_out * rng / steps_adc
+            else:
+                acc = torch.sign(acc)
+                per_out = per_out * rng
+        return acc.mul_(per_out).mul_(scale)
+
     def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
         planes, plane_w = self._input_planes(x_q)  # (P, N, in)
         n = x_q.shape[0]

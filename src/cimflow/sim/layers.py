@@ -39,7 +39,7 @@ class CIMLayer(nn.Module):
         """Age this layer's chip instance to ``t_seconds`` after programming."""
         self.engine.set_time(t_seconds)
 
-    def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
+    def _sync_programming(self) -> None:
         if self.engine.programmed and self.engine._weight_version != self.weight._version:
             # the weights changed since programming (an optimizer step): program again,
             # same instance seed, at the same time after programming
@@ -47,6 +47,9 @@ class CIMLayer(nn.Module):
             self.program(self.engine.seed or 0)
             if t != self.engine.t_seconds:
                 self.engine.set_time(t)
+
+    def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
+        self._sync_programming()
         self.engine.record_input(x2d)
         return self.engine(x2d, self.weight_matrix())
 
@@ -106,6 +109,19 @@ class CIMConv(CIMLayer):
         cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
         ho = (h - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
         wo = (w - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        self._sync_programming()
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if not needs_grad and self.engine.can_read_columns():
+            # inference: keep the columns channel-first; each patch's range from a max-pool
+            scale = None
+            if not self.engine.has_fixed_input_range():
+                scale = F.max_pool2d(x.detach().abs().amax(dim=1, keepdim=True), k, stride=stride, dilation=dilation)
+                scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
+            y = self.engine.read_columns(cols, scale)
+            if self.bias is not None:
+                y = y + self.bias.view(1, -1, 1)
+            y = y.reshape(n, self.out_channels, ho, wo)
+            return y.squeeze(-2) if squeeze else y
         y = self.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
         if self.bias is not None:
             y = y + self.bias
