@@ -88,3 +88,9 @@ def compensate(model: nn.Module, mode: str | None = "global") -> nn.Module:
     layer's real conductances at programming time and after drift gives the factors, which
     every later :func:`drift` re-reads."""
     return compensate_model(model, mode)
+
+
+__all__ = [
+    "SensitivityResult", "calibrate", "compensate", "compile", "convert", "drift", "load_chip",
+    "partition_by_sensitivity", "program", "simulate",
+]

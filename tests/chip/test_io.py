@@ -142,7 +142,7 @@ def test_unsafe_yaml_tag_is_refused(tmp_path: Path):
     text = yaml_text({2: "name: !!python/object/apply:os.getcwd []"})
     message = file_refusal(write(tmp_path, text))
     assert "malformed YAML" in message
-    assert f":2" in message
+    assert ":2" in message
 
 
 def test_missing_file_names_the_path_and_the_presets(tmp_path: Path):

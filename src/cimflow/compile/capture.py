@@ -764,7 +764,7 @@ def _classify_matrix_function(call: _Call, em: _Emitter, name: str) -> None:
         _classify_einsum(call, em, attrs)
         return
     if name == "linear":
-        x, weight = call.arg(0, "input"), call.arg(1, "weight")
+        weight = call.arg(1, "weight")
         w_shape = _shape(weight)
         rows, columns = (w_shape[-1], w_shape[0]) if w_shape and len(w_shape) == 2 else (0, 0)
         macs = out.numel * rows if out else 0
