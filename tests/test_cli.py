@@ -70,3 +70,19 @@ def test_help_has_examples():
     for verb in (["chips"], ["compile"], ["run"], ["validate", "macros"], ["validate", "calibrate"]):
         result = cli(*verb, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, verb
+
+
+def test_estimate_and_recsys_verbs(tmp_path):
+    out = tmp_path / "cost.json"
+    result = cli("estimate", str(EXAMPLES / "mlp_model.py"), "--chip", "pcm-hermes-like", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    cost = json.loads(out.read_text())
+    assert cost["energy_j"] > 0 and cost["data_dependent"] is True
+    assert sum(cost["by_component_j"].values()) == pytest.approx(cost["energy_j"], rel=1e-6)
+    rec = tmp_path / "recsys.json"
+    result = cli("recsys", "--tables", "20000,5000", "--dim", "16", "--pooling", "2", "--batch", "16", "--out", str(rec))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(rec.read_text())
+    assert [t["table"] for t in data["tiers"]] == ["embeddings.0", "embeddings.1"]
+    bad = cli("recsys", "--tables", "a,b")
+    assert bad.returncode == 2 and "row counts separated by commas" in bad.stderr
