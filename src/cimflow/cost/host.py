@@ -243,8 +243,41 @@ def op_memory_energy_j(work: HostOpWork, energy_per_bit_j: float, row_activation
     return work.dram_bits * energy_per_bit_j + work.dram_activations * row_activation_j
 
 
+class _Rates:
+    """Rates of one inference (``batch_size`` queries) shared by the host results."""
+
+    latency_s: float
+    batch_size: int
+
+    @property
+    def inference_energy_j(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def throughput_per_s(self) -> float:
+        return 1.0 / self.latency_s if self.latency_s > 0 else math.inf
+
+    @property
+    def qps(self) -> float:
+        return self.batch_size * self.throughput_per_s
+
+    @property
+    def energy_per_query_j(self) -> float:
+        return self.inference_energy_j / self.batch_size
+
+    @property
+    def qps_per_w(self) -> float:
+        return self.batch_size / self.inference_energy_j if self.inference_energy_j > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d.update(throughput_per_s=self.throughput_per_s, qps=self.qps, energy_per_query_j=self.energy_per_query_j,
+                 qps_per_w=self.qps_per_w)
+        return _json_safe(d)
+
+
 @dataclass
-class HostEstimate:
+class HostEstimate(_Rates):
     """A roofline estimate of one inference (one forward of the example inputs) on a host."""
 
     host: str
@@ -260,26 +293,8 @@ class HostEstimate:
     method: str = "roofline"
 
     @property
-    def throughput_per_s(self) -> float:
-        return 1.0 / self.latency_s if self.latency_s > 0 else math.inf
-
-    @property
-    def qps(self) -> float:
-        return self.batch_size * self.throughput_per_s
-
-    @property
-    def energy_per_query_j(self) -> float:
-        return self.energy_j / self.batch_size
-
-    @property
-    def qps_per_w(self) -> float:
-        return self.batch_size / self.energy_j if self.energy_j > 0 else math.inf
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(throughput_per_s=self.throughput_per_s, qps=self.qps, energy_per_query_j=self.energy_per_query_j,
-                 qps_per_w=self.qps_per_w)
-        return _json_safe(d)
+    def inference_energy_j(self) -> float:
+        return self.energy_j
 
 
 def infer_batch_size(graph: Graph) -> int:
@@ -327,7 +342,7 @@ def roofline(graph: Graph | Any, host: HostSpec | str | None = None, batch_size:
 # ----------------------------------------------------------------------------- measured
 
 @dataclass
-class HostMeasurement:
+class HostMeasurement(_Rates):
     """One measured baseline: ``latency_s`` is the median wall time of one forward call of the
     example inputs (``batch_size`` samples); ``qps`` = batch_size / latency_s."""
 
@@ -344,26 +359,8 @@ class HostMeasurement:
     energy_per_inference_j: float
 
     @property
-    def throughput_per_s(self) -> float:
-        return 1.0 / self.latency_s if self.latency_s > 0 else math.inf
-
-    @property
-    def qps(self) -> float:
-        return self.batch_size * self.throughput_per_s
-
-    @property
-    def energy_per_query_j(self) -> float:
-        return self.energy_per_inference_j / self.batch_size
-
-    @property
-    def qps_per_w(self) -> float:
-        return self.batch_size / self.energy_per_inference_j if self.energy_per_inference_j > 0 else math.inf
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(throughput_per_s=self.throughput_per_s, qps=self.qps, energy_per_query_j=self.energy_per_query_j,
-                 qps_per_w=self.qps_per_w)
-        return _json_safe(d)
+    def inference_energy_j(self) -> float:
+        return self.energy_per_inference_j
 
 
 def _processor_name(device: str) -> str:

@@ -15,6 +15,7 @@ key, these settings and the chip description; ``cimflow train-hwa`` (or ``cimflo
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import statistics
@@ -28,7 +29,7 @@ from torch import nn
 
 from cimflow.chip.io import resolve_chip
 from cimflow.recsys.data import load_movielens_100k
-from cimflow.recsys.train import _atomic_save, default_cache_dir, evaluate_auc, train_movielens_dlrm
+from cimflow.recsys.train import _atomic_save, _read_checkpoint, default_cache_dir, evaluate_auc, train_movielens_dlrm
 from cimflow.sim.convert import (
     compensate_model,
     convert_model,
@@ -125,14 +126,10 @@ def load_hwa_movielens_dlrm(seed: int = 0, settings: HWASettings = HWASettings()
     """The cached fine-tuned DLRM and its info, or None when it has not been trained yet."""
 
     path, key = hwa_cache_path(seed, settings, cache_dir, hwa_cache_dir)
-    if not path.is_file():
+    checkpoint = _read_checkpoint(path, key)
+    if checkpoint is None:
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint.get("key") != key:
-            return None
-        import copy
-
         base, _ = train_movielens_dlrm(seed=seed, cache=True, cache_dir=cache_dir)
         model = copy.deepcopy(base)
         model.load_state_dict(checkpoint["state_dict"])

@@ -283,13 +283,23 @@ def _atomic_save(obj: object, path: Path) -> None:
         raise
 
 
-def _load_cached(path: Path, key: str, model: DLRM) -> TrainMetrics | None:
+def _read_checkpoint(path: Path, key: str) -> dict | None:
+    """A cached checkpoint written under ``key`` (weights only), or None when absent, foreign
+    or unreadable."""
     if not path.is_file():
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if checkpoint.get("key") != key:
-            return None
+    except Exception:  # a corrupt or foreign file: the caller retrains and overwrites
+        return None
+    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("key") == key else None
+
+
+def _load_cached(path: Path, key: str, model: DLRM) -> TrainMetrics | None:
+    checkpoint = _read_checkpoint(path, key)
+    if checkpoint is None:
+        return None
+    try:
         model.load_state_dict(checkpoint["state_dict"])
         metrics = TrainMetrics(**checkpoint["metrics"])
     except Exception:  # a corrupt or foreign file: retrain and overwrite
