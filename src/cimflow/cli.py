@@ -123,7 +123,7 @@ def estimate_cmd(
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (see `cimflow compile --help`); repeatable"),
     data_dependent: bool = typer.Option(True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
-    host: str = typer.Option("server-cpu-2s", "--host", help="host preset for operators left on the host"),
+    host: Optional[str] = typer.Option(None, "--host", help="host preset for operators left on the host (default: the chip's host block, else server-cpu-2s)"),
     all_ops: bool = typer.Option(False, "--all-ops", help="list every operator, not only those that cost energy"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the cost report as JSON"),
 ) -> None:

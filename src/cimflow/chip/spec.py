@@ -209,6 +209,10 @@ class ADC(StrictModel):
     full_scale: float = Field(default=1.0, gt=0, le=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
     conversion: Cost = Field(default_factory=Cost, description="one conversion")
+    energy_quoted_at_bits: int | None = Field(
+        default=None, ge=1, le=24,
+        description="resolution at which conversion.energy_pj was measured (default: bits); other resolutions follow the converter law",
+    )
 
 
 class ArrayReadCost(StrictModel):
@@ -312,6 +316,7 @@ class DigitalUnit(StrictModel):
     ops_per_cycle: int = Field(default=64, ge=1)
     energy_per_op_pj: float = Field(default=0.05, ge=0)
     area_um2: float | None = Field(default=None, ge=0)
+    leakage_uw: float | None = Field(default=None, ge=0, description="static power of the whole unit, microwatts")
     source: str | None = None
 
 
@@ -323,6 +328,7 @@ class Memory(StrictModel):
     bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
     row_activation_pj: float = Field(default=0.0, ge=0, description="DRAM: energy per random row activation")
     area_um2_per_kib: float | None = Field(default=None, ge=0)
+    leakage_uw_per_kib: float | None = Field(default=None, ge=0, description="static power per KiB held on chip, microwatts (buffers)")
     source: str | None = None
 
 
@@ -330,6 +336,35 @@ class Interconnect(StrictModel):
     energy_per_bit_hop_pj: float = Field(default=0.0, ge=0)
     bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
     source: str | None = None
+
+
+class Host(StrictModel):
+    """The host the chip is attached to: it runs the operators a plan leaves on the host.
+
+    ``preset`` names one of cimflow's host presets (``cimflow.cost.host.host_presets()``); the
+    other fields override it, or, without a preset, describe the host in full (``name``,
+    ``peak_gflops``, ``memory_bandwidth_gb_per_s`` and ``power_w`` are then required).
+    """
+
+    preset: str | None = None
+    name: str | None = None
+    kind: Literal["cpu", "gpu"] | None = None
+    peak_gflops: float | None = Field(default=None, gt=0, description="FP32 peak, GFLOP/s")
+    memory_bandwidth_gb_per_s: float | None = Field(default=None, gt=0)
+    power_w: float | None = Field(default=None, gt=0, description="active power, watts")
+    cores: int | None = Field(default=None, ge=1)
+    memory_energy_per_bit_pj: float | None = Field(default=None, ge=0)
+    row_activation_pj: float | None = Field(default=None, ge=0)
+    op_overhead_us: float | None = Field(default=None, ge=0, description="fixed dispatch time per operator")
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Host":
+        if self.preset is None:
+            missing = [f for f in ("name", "peak_gflops", "memory_bandwidth_gb_per_s", "power_w") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a host without 'preset' must give {', '.join(missing)}")
+        return self
 
 
 class TechnologyNode(StrictModel):
@@ -360,6 +395,7 @@ class Chip(StrictModel):
     buffer: Memory | None = None
     interconnect: Interconnect = Field(default_factory=Interconnect)
     dram: Memory | None = None
+    host: Host | None = Field(default=None, description="the host that runs host operators (default: cimflow's server CPU preset)")
     sources: dict[str, str] = Field(default_factory=dict, description="citation keys used in 'source' fields")
     assumptions: list[str] = Field(default_factory=list, description="assumptions made where the source is silent, with reasons")
 

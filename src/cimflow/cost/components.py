@@ -43,6 +43,12 @@ INT32_ADD_J = 0.1e-12
 ADC_FOM_J_PER_STEP = 5e-15
 ADC_FOM_NODE_M = 28e-9
 ADC_FOM_SUPPLY_V = 0.9
+#: Schreier figure of merit of the survey's state-of-the-art envelope at low sampling rates,
+#: dB: 186.7 dB (``foms_db_asymp`` = 186.72 of B. Murmann, ADC Performance Survey, rev.
+#: 2026-08, plots/foms_plot.json; the envelope holds below its 46.7 MHz corner). It bounds
+#: the thermal-noise-limited regime, where each extra bit costs 4x:
+#: ``E = 0.5 * 10 ** ((6.02 bits + 1.76 - FOM_S) / 10)`` joules per Nyquist conversion.
+ADC_SCHREIER_FOM_DB = 186.7
 
 #: Digital SRAM CIM energy per 1-bit x 1-bit MAC, joules, at 22 nm / 0.72 V: 1.40 fJ, from
 #: 89 TOPS/W at 4b x 4b of Chih et al., ISSCC 2021 (see sram-digital-22nm.yaml).
@@ -141,26 +147,38 @@ def row_drive_energy_j(spec: ArraySpec, supply_v: float) -> float:
 
 # ----------------------------------------------------------------------------- converters
 
+def adc_thermal_energy_j(bits: float) -> float:
+    """Energy floor of one Nyquist conversion set by thermal noise (joules), from the survey's
+    Schreier-FOM envelope :data:`ADC_SCHREIER_FOM_DB` at an ideal SNDR of ``6.02 bits + 1.76`` dB.
+    Independent of node and supply (kT/C, not C V²)."""
+    sndr_db = 6.02 * bits + 1.76
+    return 0.5 * 10.0 ** ((sndr_db - ADC_SCHREIER_FOM_DB) / 10.0)
+
+
 def adc_fom_energy_j(bits: int, node_m: float, supply_v: float, fom_j_per_step: float = ADC_FOM_J_PER_STEP) -> float:
-    """Walden-FOM conversion energy ``FOM(L, V) * 2**bits`` (joules), with the FOM quoted at
-    28 nm / 0.9 V and re-targeted by C V² scaling (:func:`retarget_energy`)."""
+    """Conversion energy of a ``bits``-bit ADC (joules): the Walden regime ``FOM(L, V) * 2**bits``
+    (FOM quoted at 28 nm / 0.9 V, re-targeted by C V² scaling, :func:`retarget_energy`) plus
+    the thermal regime :func:`adc_thermal_energy_j` (4x per bit). With the defaults the two
+    cross near 15 bits: below, energy doubles per bit; above, it quadruples."""
     fom = retarget_energy(fom_j_per_step, ADC_FOM_NODE_M, ADC_FOM_SUPPLY_V, node_m, supply_v)
-    return fom * 2.0**bits
+    return fom * 2.0**bits + adc_thermal_energy_j(bits)
 
 
-def adc_conversion_energy_j(adc: ADC, node_m: float, supply_v: float, reference_bits: int | None = None,
+def adc_conversion_energy_j(adc: ADC, node_m: float, supply_v: float,
                             fom_j_per_step: float = ADC_FOM_J_PER_STEP) -> tuple[float, str]:
     """Energy of one conversion (joules) and where it came from.
 
-    * ``adc.conversion.energy_pj`` given: that number, quoted at ``reference_bits`` (the
-      array's own ``adc.bits`` unless told otherwise), scaled to ``adc.bits`` by
-      ``2**(bits - reference_bits)`` (a Walden-FOM converter doubles its energy per bit);
-    * else the Walden-FOM model :func:`adc_fom_energy_j`.
+    * ``adc.conversion.energy_pj`` given: that number, measured at ``adc.energy_quoted_at_bits``
+      (default: the array's own ``adc.bits``), moved to ``adc.bits`` along the converter law of
+      :func:`adc_fom_energy_j` (the ratio of the law at the two resolutions);
+    * else the converter law itself.
     """
     if adc.conversion.energy_pj is not None:
-        ref = adc.bits if reference_bits is None else int(reference_bits)
-        return adc.conversion.energy_pj * PJ * 2.0 ** (adc.bits - ref), "chip"
-    return adc_fom_energy_j(adc.bits, node_m, supply_v, fom_j_per_step), "walden_fom"
+        quoted = adc.bits if adc.energy_quoted_at_bits is None else adc.energy_quoted_at_bits
+        ratio = adc_fom_energy_j(adc.bits, node_m, supply_v, fom_j_per_step) / adc_fom_energy_j(
+            quoted, node_m, supply_v, fom_j_per_step)
+        return adc.conversion.energy_pj * PJ * ratio, "chip"
+    return adc_fom_energy_j(adc.bits, node_m, supply_v, fom_j_per_step), "converter_law"
 
 
 # ----------------------------------------------------------------------------- digital
@@ -258,9 +276,9 @@ def buffer_area_m2(capacity_bytes: int, memory: Memory | None, node_m: float) ->
 
 
 __all__ = [
-    "ADC_AREA_F2_PER_STEP", "ADC_FOM_J_PER_STEP", "ANALOG_CELL_AREA_F2", "ArrayArea", "DCIM_BIT_OP_J",
+    "ADC_AREA_F2_PER_STEP", "ADC_FOM_J_PER_STEP", "ADC_SCHREIER_FOM_DB", "ANALOG_CELL_AREA_F2", "ArrayArea", "DCIM_BIT_OP_J",
     "DIGITAL_CELL_AREA_F2", "INT32_ADD_J", "INT8_ADD_J", "SRAM_BUFFER_AREA_F2_PER_BIT",
-    "accumulator_bits", "adc_conversion_energy_j", "adc_fom_energy_j", "adcs_per_array", "add_energy_j",
+    "accumulator_bits", "adc_conversion_energy_j", "adc_fom_energy_j", "adc_thermal_energy_j", "adcs_per_array", "add_energy_j",
     "array_area", "buffer_area_m2", "cell_read_energy_j", "chip_node_m", "digital_bit_op_energy_j",
     "f2_area_m2", "mean_cell_conductance", "retarget_energy", "row_drive_energy_j",
 ]

@@ -24,8 +24,10 @@ converts nothing). Energies::
 
     cells_lines          = cell reads * (G_mean V_read² t_read + C_cell V_supply²)
     dac_drivers          = driven rows * E_row        (dac.energy_pj, else cols C_cell V_supply²)
-    adc                  = conversions * E_conv       (conversion.energy_pj at its bits x 2^Δbits,
-                                                       else Walden FOM(node) 2^bits)
+    adc                  = conversions * E_conv       (conversion.energy_pj, moved from the bits it
+                                                       was quoted at along the converter law; else
+                                                       the law: Walden FOM(node, V) 2^bits + the
+                                                       survey's thermal floor, 4x per bit)
     adder_tree_shift_add = accumulations * E_add(acc bits)     (Horowitz adds, C V² scaled)
 
 Digital CIM arrays: ``bit ops = M * rows * out * weight_bits * input_bits`` at
@@ -38,9 +40,11 @@ Digital unit: ``2 * macs`` ops for dynamic matmuls (a MAC is a multiply and an a
 presets define an op), ``elements`` ops for vector ops.
 Interconnect: ``traffic_byte_hops * 8 * energy_per_bit_hop``. Host ops:
 :mod:`cimflow.cost.host` roofline (time), host power x time (``host``) and their DRAM
-traffic (``dram``, per bit plus one row activation per looked-up row). Leakage: the sum of
-``leakage_uw`` of every ADC and DAC instance on the chip x the time one inference occupies
-the chip (the steady-state interval 1 / throughput).
+traffic (``dram``, per bit plus one row activation per looked-up row); the host is the
+``host`` argument, else the chip's ``host:`` block, else ``server-cpu-2s``. Leakage: the static
+power the chip gives (``leakage_uw`` of every ADC and DAC instance and of the digital unit,
+``leakage_uw_per_kib`` of the on-chip buffers) x the time one inference occupies the chip (the
+steady-state interval 1 / throughput).
 
 **Embedding lookups** (``Embedding`` / ``EmbeddingBag`` on arrays) pool a bag inside the
 array as the simulator does (:class:`~cimflow.sim.embedding.CIMEmbeddingBag`): a read drives
@@ -114,9 +118,6 @@ class CostOptions:
         fixed_row_activity: fraction of rows driven per read in the fixed estimate (1 = every
             row, every pulse: the worst case; ~0.5 is typical of random bit-serial inputs).
         adc_fom_j_per_step: Walden FOM at 28 nm / 0.9 V for ADCs without a chip energy.
-        adc_reference_bits: per array kind, the ADC resolution at which the chip's
-            ``conversion.energy_pj`` was quoted (default: the array's own ``adc.bits``);
-            other resolutions scale by 2^Δbits.
         activation_bits: bits per activation element written to or read from the buffer
             by the digital unit and written by array ops (their outputs, re-quantized
             for the next layer).
@@ -125,7 +126,6 @@ class CostOptions:
     weight_fill: float = 0.5
     fixed_row_activity: float = 1.0
     adc_fom_j_per_step: float = ADC_FOM_J_PER_STEP
-    adc_reference_bits: Mapping[str, int] | None = None
     activation_bits: int = 8
 
     def __post_init__(self) -> None:
@@ -140,7 +140,6 @@ class CostOptions:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["adc_reference_bits"] = dict(self.adc_reference_bits) if self.adc_reference_bits else None
         return d
 
 
@@ -182,8 +181,7 @@ def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, wei
     conduction, line = cell_read_energy_j(spec, supply, fill) if analog else (0.0, 0.0)
     e_conv, conv_src = 0.0, "none"
     if analog:
-        ref = (options.adc_reference_bits or {}).get(kind)
-        e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, ref, options.adc_fom_j_per_step)
+        e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, options.adc_fom_j_per_step)
     e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
     enc = spec.weight_encoding
     area, notes = array_area(spec, node_m)
@@ -456,18 +454,25 @@ def chip_area(chip: Chip, kinds: Mapping[str, KindCost]) -> tuple[dict[str, floa
         area["digital_unit"] = chip.digital_unit.area_um2 * 1e-12
     else:
         notes.append("digital unit area not given (digital_unit.area_um2): counted as 0")
-    buffer_bytes = (chip.buffer.capacity_bytes or 0) if chip.buffer is not None else 0
-    buffer_bytes += chip.cores.buffer_bytes * chip.cores.count
-    a, note = buffer_area_m2(buffer_bytes, chip.buffer, node_m)
+    a, note = buffer_area_m2(on_chip_buffer_bytes(chip), chip.buffer, node_m)
     area["buffers"] = a
     if note:
         notes.append(note)
     return area, notes
 
 
+def on_chip_buffer_bytes(chip: Chip) -> int:
+    """Bytes of on-chip buffer: the chip buffer plus every core's own."""
+    chip_buffer = (chip.buffer.capacity_bytes or 0) if chip.buffer is not None else 0
+    return chip_buffer + chip.cores.buffer_bytes * chip.cores.count
+
+
 def leakage_power_w(chip: Chip) -> float:
-    """Static power of the chip (W): ``leakage_uw`` of every ADC and DAC instance (when given)."""
-    total_uw = 0.0
+    """Static power of the chip (W), from what the chip gives: ``leakage_uw`` of every ADC and
+    DAC instance, of the digital unit, and ``leakage_uw_per_kib`` of the on-chip buffers."""
+    total_uw = chip.digital_unit.leakage_uw or 0.0
+    if chip.buffer is not None and chip.buffer.leakage_uw_per_kib:
+        total_uw += on_chip_buffer_bytes(chip) / 1024 * chip.buffer.leakage_uw_per_kib
     for kind, spec in chip.arrays.items():
         n = chip.arrays_on_chip(kind)
         if spec.adc is not None and spec.adc.conversion.leakage_uw:
@@ -501,8 +506,8 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         stats: optional activation statistics, layer (module) name -> ReadStats or
             ``ReadStats.to_dict()`` (see :func:`gather_stats`); array energies of the layers
             named then follow the data (module docstring), the rest keep the fixed estimate.
-        host: the host that runs the plan's host ops (preset name or HostSpec; default
-            ``server-cpu-2s``).
+        host: the host that runs the plan's host ops (preset name or HostSpec; default: the
+            chip's ``host:`` block, else ``server-cpu-2s``).
         options: :class:`CostOptions` (defaults documented there).
         batch_size: queries per inference (default: the leading dimension of the first
             graph input, see :func:`cimflow.cost.host.infer_batch_size`).
@@ -515,8 +520,8 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
             "compile with example inputs: cimflow.compile(model, chip, example_inputs)"
         )
     options = options or CostOptions()
-    spec_host = resolve_host(host)
     chip = plan.chip
+    spec_host = resolve_host(host, chip)
     ctx = _context(chip, options, spec_host)
     layer_stats: dict[str, dict[str, float]] = {}
     if stats is not None:
@@ -581,8 +586,8 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
     if host_s > 0:
         notes.append(f"host ops run on {spec_host.name} (roofline): {host_s:.3g} s per inference")
     for kind, kc in ctx.kinds.items():
-        if kc.analog and kc.conversion_source == "walden_fom":
-            notes.append(f"array kind {kind!r}: no ADC energy given, Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip used")
+        if kc.analog and kc.conversion_source == "converter_law":
+            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used (Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor)")
     macs = sum(o.macs for o in plan.ops)
     return CostReport(
         chip=chip.name, model_name=plan.model_name, host=spec_host.name,

@@ -25,6 +25,7 @@ was used. Energies in joules, times in seconds, bandwidths in bytes per second.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import statistics
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
+from cimflow.chip.spec import Chip, Host
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.errors import CimflowError
 from cimflow.power import RaplMeter
@@ -161,9 +163,38 @@ def host_presets() -> list[str]:
     return sorted(HOST_PRESETS)
 
 
-def resolve_host(host: HostSpec | str | None) -> HostSpec:
-    """A :class:`HostSpec` from a preset name or a spec (``None``: :data:`DEFAULT_HOST`)."""
+def host_from_chip(block: Host) -> HostSpec:
+    """The :class:`HostSpec` a chip's ``host:`` block describes: its preset (if any) with the
+    block's fields overriding it, converted from the schema's units."""
+    base = resolve_host(block.preset) if block.preset is not None else None
+    given = {
+        "name": block.name,
+        "kind": block.kind,
+        "peak_flops": None if block.peak_gflops is None else block.peak_gflops * 1e9,
+        "memory_bandwidth_bytes_per_s": None if block.memory_bandwidth_gb_per_s is None else block.memory_bandwidth_gb_per_s * 1e9,
+        "power_w": block.power_w,
+        "cores": block.cores,
+        "memory_energy_per_bit_j": None if block.memory_energy_per_bit_pj is None else block.memory_energy_per_bit_pj * 1e-12,
+        "row_activation_j": None if block.row_activation_pj is None else block.row_activation_pj * 1e-12,
+        "op_overhead_s": None if block.op_overhead_us is None else block.op_overhead_us * 1e-6,
+        "source": block.source,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if base is not None:
+        if "name" not in given and len(given) > ("source" in given):
+            given["name"] = f"{base.name} (modified by the chip)"
+        return dataclasses.replace(base, **given)
+    defaults = {"kind": "cpu", "description": "the chip's host", "cores": 1,
+                "memory_energy_per_bit_j": DDR_ENERGY_PER_BIT_J, "row_activation_j": ROW_ACTIVATION_J}
+    return HostSpec(**{**defaults, **given})
+
+
+def resolve_host(host: HostSpec | str | None, chip: Chip | None = None) -> HostSpec:
+    """A :class:`HostSpec` from a preset name or a spec; ``None``: the chip's ``host:`` block
+    when it has one, else :data:`DEFAULT_HOST`."""
     if host is None:
+        if chip is not None and chip.host is not None:
+            return host_from_chip(chip.host)
         return HOST_PRESETS[DEFAULT_HOST]
     if isinstance(host, HostSpec):
         return host

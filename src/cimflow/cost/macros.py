@@ -16,7 +16,11 @@ C V^2 scaling of :mod:`cimflow.cost.technology`:
 
       E_op = FOM_adc * s * 2**B_ADC / (2 * N * B_x * B_w)        # one conversion per output
            + e_array * s * (k_current if current-mode on volatile cells else 1)
-           + G_read * V**2 * T_core / (2 * B_x)                   # current-mode eNVM/eFlash only
+           + G_static * V**2 * T_core * paths / (2 * N * B_x * B_w)   # static conduction
+
+  where ``paths`` is the number of static conduction paths per converted column during one
+  invocation: the N cells of a current-mode eNVM/eFlash column (their read current), else one
+  (the column's sense/converter bias).
 
 * digital CIM (DIMC): ``E_op = e_digital * k_dimc * s``; digital accelerators: ``E_op = e_digital * s``.
 
@@ -337,9 +341,7 @@ def missing_for_tops_w(design: MacroDesign) -> list[str]:
     needed = ["node_m", "supply_v", "b_x", "b_w"]
     kind = compute_class(design)
     if kind in ("charge", "current", "current_nvm"):
-        needed.append("b_adc")
-    if kind == "current_nvm":
-        needed.append("t_core_s")
+        needed += ["b_adc", "t_core_s"]
     missing = [_COLUMN_OF_FIELD[name] for name in needed if getattr(design, name) is None]
     if kind in ("charge", "current", "current_nvm") and _dot_length(design) is None:
         missing.append("N")
@@ -385,7 +387,8 @@ class MacroConstants:
     Energy (TOPS/W) constants: ``node_exponent`` (gamma in C ∝ L^gamma), ``adc_fom_j`` (ADC
     energy per conversion step, E_ADC = FOM 2^B), ``array_energy_j`` (array energy per 1-bit op),
     ``current_mode_factor`` (array-energy factor of current-domain compute on volatile cells),
-    ``read_conductance_s`` (effective cell conductance of current-domain eNVM reads),
+    ``static_conductance_s`` (conductance of one static path during an invocation: a cell of a
+    current-domain eNVM column, else one column's sense/converter bias),
     ``digital_energy_j`` (digital accelerator energy per 1-bit op), ``dimc_factor`` (digital CIM
     relative to a digital accelerator).
     Area (TOPS/mm^2) constants, in F^2: ``cell_area_f2`` (per bit cell with its share of the
@@ -397,7 +400,7 @@ class MacroConstants:
     adc_fom_j: float
     array_energy_j: float
     current_mode_factor: float
-    read_conductance_s: float
+    static_conductance_s: float
     digital_energy_j: float
     dimc_factor: float
     cell_area_f2: float
@@ -416,7 +419,7 @@ _ENERGY_NAMES = (
     "adc_fom_j",
     "array_energy_j",
     "current_mode_factor",
-    "read_conductance_s",
+    "static_conductance_s",
     "digital_energy_j",
     "dimc_factor",
 )
@@ -514,7 +517,7 @@ def _table(designs: Sequence[MacroDesign]) -> _Table:
 def _energy_per_op(table: _Table, theta: np.ndarray) -> np.ndarray:
     """Energy per 1-bit operation (J) for every row; ``theta`` = (gamma, ln of the other 6)."""
     gamma = theta[0]
-    fom, e_array, k_current, g_read, e_digital, k_dimc = np.exp(theta[1:7])
+    fom, e_array, k_current, g_static, e_digital, k_dimc = np.exp(theta[1:7])
     voltage_sq = (table.supply_v / REFERENCE_SUPPLY_V) ** 2
     scale = (table.node_m / REFERENCE_NODE_M) ** gamma * voltage_sq
     kind = table.kind
@@ -522,11 +525,8 @@ def _energy_per_op(table: _Table, theta: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         adc = fom * scale * np.exp2(table.b_adc) / (2.0 * table.n_dot * table.b_x * table.b_w)
         array = e_array * scale * np.where(kind == _CLASS_CODES["current"], k_current, 1.0)
-        static = np.where(
-            kind == _CLASS_CODES["current_nvm"],
-            g_read * table.supply_v**2 * table.t_core_s / (2.0 * table.b_x),
-            0.0,
-        )
+        paths = np.where(kind == _CLASS_CODES["current_nvm"], table.n_dot, 1.0)
+        static = g_static * table.supply_v**2 * table.t_core_s * paths / (2.0 * table.n_dot * table.b_x * table.b_w)
         digital = e_digital * scale * np.where(kind == _CLASS_CODES["dimc"], k_dimc, 1.0)
     return np.where(analog, adc + array + static, digital)
 
@@ -765,6 +765,9 @@ class CalibrationResult:
     n_rows_tops_w: int = 0
     n_rows_tops_mm2: int = 0
     seed: int = 0
+    held_out_tops_w: list[dict] = field(default_factory=list)
+    """Per TOPS/W row: ``index``, ``fold``, ``compute_class``, the held-out ``predicted`` and the
+    ``reported`` TOPS/W (what the CV errors are computed from)."""
 
     def to_json(self) -> dict:
         """A JSON-ready dict of the whole result."""
@@ -823,6 +826,7 @@ def calibrate(path: str | os.PathLike[str], k: int = 5, seed: int = 0) -> Calibr
         return _Table(**{name: getattr(table, name)[mask] for name in table.__dataclass_fields__})
 
     cv_errors_w = np.full(len(energy_rows), np.nan)
+    cv_predicted_w = np.full(len(energy_rows), np.nan)
     cv_errors_mm2 = np.full(len(area_rows), np.nan)
     per_fold: list[dict] = []
     for fold in range(k):
@@ -841,6 +845,7 @@ def calibrate(path: str | os.PathLike[str], k: int = 5, seed: int = 0) -> Calibr
         if test_w.any():
             theta = _fit_energy(subset(energy_table, train_w), energy_reported[train_w])
             predicted = _tops_per_w(_energy_per_op(subset(energy_table, test_w), theta))
+            cv_predicted_w[test_w] = predicted
             cv_errors_w[test_w] = np.abs(predicted / energy_reported[test_w] - 1.0)
             record["median_abs_err_tops_w"] = float(np.median(cv_errors_w[test_w]))
         if test_a.any():
@@ -884,4 +889,14 @@ def calibrate(path: str | os.PathLike[str], k: int = 5, seed: int = 0) -> Calibr
         n_rows_tops_w=len(energy_rows),
         n_rows_tops_mm2=len(area_rows),
         seed=seed,
+        held_out_tops_w=[
+            {
+                "index": row.index,
+                "fold": int(fold),
+                "compute_class": compute_class(row.design),  # type: ignore[arg-type]
+                "predicted": float(predicted),
+                "reported": float(row.reported_tops_w),  # type: ignore[arg-type]
+            }
+            for row, fold, predicted in zip(energy_rows, energy_fold, cv_predicted_w, strict=True)
+        ],
     )
