@@ -25,12 +25,11 @@ was used. Energies in joules, times in seconds, bandwidths in bytes per second.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -166,27 +165,30 @@ def host_presets() -> list[str]:
 def host_from_chip(block: Host) -> HostSpec:
     """The :class:`HostSpec` a chip's ``host:`` block describes: its preset (if any) with the
     block's fields overriding it, converted from the schema's units."""
-    base = resolve_host(block.preset) if block.preset is not None else None
-    given = {
-        "name": block.name,
+
+    def scaled(value: float | None, factor: float) -> float | None:
+        return None if value is None else value * factor
+
+    overrides = {
         "kind": block.kind,
-        "peak_flops": None if block.peak_gflops is None else block.peak_gflops * 1e9,
-        "memory_bandwidth_bytes_per_s": None if block.memory_bandwidth_gb_per_s is None else block.memory_bandwidth_gb_per_s * 1e9,
+        "peak_flops": scaled(block.peak_gflops, 1e9),
+        "memory_bandwidth_bytes_per_s": scaled(block.memory_bandwidth_gb_per_s, 1e9),
         "power_w": block.power_w,
         "cores": block.cores,
-        "memory_energy_per_bit_j": None if block.memory_energy_per_bit_pj is None else block.memory_energy_per_bit_pj * 1e-12,
-        "row_activation_j": None if block.row_activation_pj is None else block.row_activation_pj * 1e-12,
-        "op_overhead_s": None if block.op_overhead_us is None else block.op_overhead_us * 1e-6,
-        "source": block.source,
+        "memory_energy_per_bit_j": scaled(block.memory_energy_per_bit_pj, 1e-12),
+        "row_activation_j": scaled(block.row_activation_pj, 1e-12),
+        "op_overhead_s": scaled(block.op_overhead_us, 1e-6),
     }
-    given = {key: value for key, value in given.items() if value is not None}
-    if base is not None:
-        if "name" not in given and len(given) > ("source" in given):
-            given["name"] = f"{base.name} (modified by the chip)"
-        return dataclasses.replace(base, **given)
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    labels = {key: value for key, value in (("name", block.name), ("source", block.source)) if value is not None}
+    if block.preset is not None:
+        base = resolve_host(block.preset)
+        if overrides and "name" not in labels:
+            labels["name"] = f"{base.name} (modified by the chip)"
+        return replace(base, **overrides, **labels)
     defaults = {"kind": "cpu", "description": "the chip's host", "cores": 1,
                 "memory_energy_per_bit_j": DDR_ENERGY_PER_BIT_J, "row_activation_j": ROW_ACTIVATION_J}
-    return HostSpec(**{**defaults, **given})
+    return HostSpec(**{**defaults, **overrides, **labels})
 
 
 def resolve_host(host: HostSpec | str | None, chip: Chip | None = None) -> HostSpec:
