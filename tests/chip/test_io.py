@@ -6,12 +6,16 @@ offending value; the tests write small files with known line numbers to tmp_path
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cimflow.chip import Chip, chip_to_yaml, load_chip_file, load_chip_yaml, load_preset, preset_names, resolve_chip
-from cimflow.errors import ChipSpecError
+from cimflow.chip.io import MAX_YAML_ALIASES, MAX_YAML_BYTES, MAX_YAML_DEPTH, MAX_YAML_EXPANDED_NODES, MAX_YAML_NODES
+from cimflow.errors import ChipSpecError, CimflowError
 
 # A valid description; each line is numbered in the comments the tests rely on.
 VALID_LINES = [
@@ -230,3 +234,76 @@ def test_infinite_number_is_refused(tmp_path: Path):
     path = write(tmp_path, yaml_text({11: "      g_max: .inf"}))
     message = file_refusal(path)
     assert "arrays.a.device.g_max" in message
+
+
+# ---------------------------------------------------------------- bounded YAML (hostile files)
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """The "billion laughs": each level is a list of `width` aliases of the level below."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_in_under_a_second(tmp_path: Path):
+    path = write(tmp_path, _alias_bomb())  # 9**9 = 387 M strings once expanded
+    start = time.perf_counter()
+    message = file_refusal(path)
+    assert time.perf_counter() - start < 1.0
+    assert "aliases" in message and str(MAX_YAML_ALIASES) in message
+
+
+def test_alias_bomb_within_the_alias_count_is_refused_by_its_expanded_size(tmp_path: Path):
+    path = write(tmp_path, _alias_bomb(levels=16, width=2))  # 30 aliases, 2**17 nodes expanded
+    start = time.perf_counter()
+    message = file_refusal(path)
+    assert time.perf_counter() - start < 1.0
+    assert "expand to" in message and f"{MAX_YAML_EXPANDED_NODES:,}" in message
+
+
+@pytest.mark.parametrize("text", ["&a [*a]", "a: &a {b: [1, *a]}", "cores: &c\n  count: 1\n  arrays: {a: *c}\n"])
+def test_recursive_alias_is_refused(tmp_path: Path, text: str):
+    message = file_refusal(write(tmp_path, text))
+    assert "recursive alias" in message
+
+
+@pytest.mark.parametrize("text", ["[" * 10_000 + "]" * 10_000, "- " * 10_000 + "x\n", "{a: " * 10_000 + "1" + "}" * 10_000])
+def test_ten_thousand_deep_nesting_is_refused(tmp_path: Path, text: str):
+    start = time.perf_counter()
+    with pytest.raises(CimflowError) as info:
+        load_chip_file(write(tmp_path, text))
+    assert time.perf_counter() - start < 1.0
+    assert f"more than {MAX_YAML_DEPTH} levels" in str(info.value)
+
+
+def test_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path):
+    path = write(tmp_path, yaml_text() + "# padding\n" * (MAX_YAML_BYTES // 10 + 1))
+    message = file_refusal(path)
+    assert f"{MAX_YAML_BYTES:,} bytes" in message
+
+
+def test_too_many_nodes_are_refused():
+    text = "[" + ", ".join(["1"] * (MAX_YAML_NODES + 10)) + "]"
+    with pytest.raises(ChipSpecError, match="YAML nodes"):
+        load_chip_yaml(text)
+
+
+def test_huge_integer_is_one_error_not_a_traceback():
+    with pytest.raises(ChipSpecError, match="cannot be read"):
+        load_chip_yaml(yaml_text({13: "    rows: 1" + "0" * 5000}))
+
+
+def test_a_few_aliases_still_load():
+    chip = load_chip_yaml(yaml_text({13: "    rows: &n 64", 14: "    cols: *n"}))
+    assert chip.arrays["a"].rows == chip.arrays["a"].cols == 64
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab:-[]{}&*!,# \n\t'\"|>?.0123456789e", max_size=120))
+def test_any_text_loads_or_is_one_chip_spec_error(text: str):
+    try:
+        chip = load_chip_yaml(text)
+    except ChipSpecError as error:
+        assert str(error) and "\n" not in str(error).strip()
+    else:
+        assert isinstance(chip, Chip)

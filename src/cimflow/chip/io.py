@@ -1,7 +1,11 @@
 """Reading and writing chip descriptions: YAML files, shipped presets, resolution.
 
-YAML is read with the safe loader only. Every error names the file, the field path,
-the line where the YAML gives it, and what is allowed.
+YAML is read with the safe loader only, and bounded before anything walks it: the text's
+size, then (on the parser's event stream, before a node is composed) the nesting depth,
+the number of nodes and of aliases, recursive aliases; then (on the composed node graph,
+each shared node counted once per reference but never copied) the size the aliases
+expand to. Every error names the file, the field path, the line where the YAML gives it,
+and what is allowed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ PRESET_PACKAGE = "cimflow.chip.presets"
 #: Sub-folder of the presets that holds validation references (published chips under their
 #: benchmark conditions, see cimflow.cost.validation); loaded as "validation/<name>".
 VALIDATION_FOLDER = "validation"
+
+#: Bounds on a chip description's YAML (the largest shipped preset is ~14 KB, ~1,000 nodes,
+#: 7 levels deep, no aliases); checked before the document is composed, constructed or walked.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 32
+MAX_YAML_NODES = 50_000
+MAX_YAML_ALIASES = 32
+#: nodes the document holds once every alias is expanded (computed on the node graph, not by expanding)
+MAX_YAML_EXPANDED_NODES = 100_000
 
 
 def preset_names() -> list[str]:
@@ -73,18 +86,78 @@ def _format_validation_error(err: ValidationError, origin: str, root: yaml.Node 
     return "invalid chip description: " + "; ".join(parts)
 
 
-def _refuse_duplicate_keys(node: yaml.Node | None, origin: str) -> None:
-    """The safe loader silently keeps the last of two equal keys: refuse them instead."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set = set()
-        for key, value in node.value:
-            if getattr(key, "value", None) in seen:
-                raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: key {key.value!r} appears twice in one block; keep one")
-            seen.add(getattr(key, "value", None))
-            _refuse_duplicate_keys(value, origin)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item, origin)
+def _bound_yaml_events(text: str, origin: str) -> None:
+    """Refuse YAML too large, too deep, with too many nodes or aliases, or a recursive alias,
+    from the parser's events alone (iterative: nothing is composed, nothing recursed into)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ChipSpecError(f"{origin}: the chip description is {len(text):,} characters; at most {MAX_YAML_BYTES:,} are allowed")
+    open_anchors: list[str | None] = []  # anchor of each collection still open (None when it has none)
+    nodes = aliases = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1 if event.start_mark is not None else 0
+        if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            open_anchors.pop()
+            continue
+        if not isinstance(event, (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)):
+            continue
+        nodes += 1
+        if nodes > MAX_YAML_NODES:
+            raise ChipSpecError(f"{origin}:{line}: the chip description has more than {MAX_YAML_NODES:,} YAML nodes (keys and values); that is the limit")
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if event.anchor in open_anchors:
+                raise ChipSpecError(f"{origin}:{line}: alias *{event.anchor} refers to a block that contains it (a recursive alias); "
+                                    "write the values out instead")
+            if aliases > MAX_YAML_ALIASES:
+                raise ChipSpecError(f"{origin}:{line}: the chip description uses more than {MAX_YAML_ALIASES} aliases (*name); that is the limit")
+        elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            open_anchors.append(event.anchor)
+            if len(open_anchors) > MAX_YAML_DEPTH:
+                raise ChipSpecError(f"{origin}:{line}: the chip description nests more than {MAX_YAML_DEPTH} levels deep; that is the limit")
+
+
+def _expanded_size(root: yaml.Node, origin: str) -> int:
+    """Nodes of the document with every alias expanded, counted on the (acyclic, bounded-depth)
+    node graph: a shared node is sized once and its size reused, never copied."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        sizes[id(node)] = total
+        return total
+
+    total = size(root)
+    if total > MAX_YAML_EXPANDED_NODES:
+        raise ChipSpecError(f"{origin}: the chip description's aliases expand to {total:,} YAML nodes; at most "
+                            f"{MAX_YAML_EXPANDED_NODES:,} are allowed (write the values out, or use fewer aliases)")
+    return total
+
+
+def _refuse_duplicate_keys(root: yaml.Node | None, origin: str) -> None:
+    """The safe loader silently keeps the last of two equal keys: refuse them instead.
+    Each node is checked once, however many aliases refer to it."""
+    pending, visited = [root], set()
+    while pending:
+        node = pending.pop()
+        if node is None or id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key, value in node.value:
+                if getattr(key, "value", None) in seen:
+                    raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: key {key.value!r} appears twice in one block; keep one")
+                seen.add(getattr(key, "value", None))
+                pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
 
 
 def chip_from_dict(data: Any, origin: str = "<dict>", root: yaml.Node | None = None) -> Chip:
@@ -100,16 +173,26 @@ def chip_from_dict(data: Any, origin: str = "<dict>", root: yaml.Node | None = N
 
 
 def load_chip_yaml(text: str, origin: str = "<string>") -> Chip:
-    """Parse YAML text (safe loader) into a validated :class:`Chip`."""
+    """Parse YAML text (safe loader) into a validated :class:`Chip`; the text is bounded (size,
+    depth, nodes, aliases, expanded size; see ``MAX_YAML_*``) before anything walks it."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _bound_yaml_events(text, origin)
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            if root is not None:
+                _expanded_size(root, origin)
+                _refuse_duplicate_keys(root, origin)
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark is not None else origin
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ChipSpecError(f"{where}: malformed YAML ({problem}); fix the syntax and try again") from None
-    _refuse_duplicate_keys(root, origin)
+    except (ValueError, OverflowError) as err:  # e.g. an integer of more than 4,300 digits
+        raise ChipSpecError(f"{origin}: a YAML value cannot be read ({str(err).splitlines()[0]})") from None
     return chip_from_dict(data, origin, root)
 
 
@@ -118,7 +201,11 @@ def load_chip_file(path: str | Path) -> Chip:
     if not path.is_file():
         raise ChipSpecError(f"chip file {str(path)!r} does not exist; give a preset name ({', '.join(preset_names())}) or a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise ChipSpecError(f"chip file {str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; that is the limit for a chip description")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ChipSpecError(f"cannot read chip file {str(path)!r}: {err}") from None
     return load_chip_yaml(text, str(path))
