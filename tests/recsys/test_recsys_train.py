@@ -51,7 +51,9 @@ def test_cached_training_round_trip(tmp_path: Path) -> None:
     assert cached.cached and cached.test_auc == metrics.test_auc
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert len(list(tmp_path.iterdir())) == 1  # one checkpoint, no temporary files left
+    path = Path(metrics.cache_path)
+    # one checkpoint and its checksum, no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"]
 
 
 @needs_recbole

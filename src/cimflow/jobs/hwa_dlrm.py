@@ -8,16 +8,16 @@ embedding columns clipped to 2.5 sigma, the L2 penalty on the rows a batch touch
 DLRM training uses, a small learning rate (the float model sits at its validation
 optimum: a fresh Adam at a large rate first makes it worse), and selection of the step
 with the best on-chip validation AUC (4 instances at 1 day, the same instances at every
-check). The result is cached next to the float checkpoint, keyed by the float model's
-key, these settings and the chip description; ``cimflow train-hwa`` (or ``cimflow run
---hwa``) produces it, and ``cimflow run`` uses it when it is there.
+check). The result is cached next to the float checkpoint (:mod:`cimflow.recsys.cache`:
+checksummed, a bad entry is warned about and discarded), keyed by the float model's key
+(its data, config, settings and seed), these settings, the chip description and the code
+version; ``cimflow train-hwa`` (or ``cimflow run --hwa``) produces it, and ``cimflow run``
+uses it when it is there.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from cimflow.chip.io import resolve_chip
+from cimflow.recsys.cache import cache_key, discard_entry, entry_path, read_entry, write_entry
 from cimflow.recsys.data import load_movielens_100k
-from cimflow.recsys.train import _atomic_save, _read_checkpoint, default_cache_dir, evaluate_auc, train_movielens_dlrm
+from cimflow.recsys.models import DLRM
+from cimflow.recsys.train import evaluate_auc, movielens_dlrm_cache_entry, train_movielens_dlrm
 from cimflow.sim.convert import (
     compensate_model,
     convert_model,
@@ -39,7 +41,8 @@ from cimflow.sim.convert import (
 from cimflow.train.hwa import hwa_finetune
 from cimflow.units import parse_duration
 
-_CACHE_FORMAT = 1
+#: info fields a cached HWA model must have finite (else the entry is discarded)
+FINITE_INFO = ("fp32_test_auc", "base_fp32_test_auc")
 
 
 @dataclass(frozen=True)
@@ -102,40 +105,44 @@ def on_chip_auc(model: nn.Module, dataset: Any, chip: Any, seeds: list[int], t: 
     return out
 
 
-def _cache_key(base_key: str, settings: HWASettings, chip_json: str) -> str:
-    payload = {"format": _CACHE_FORMAT, "base": base_key, "settings": asdict(settings),
-               "chip": hashlib.sha256(chip_json.encode()).hexdigest()}
-    return json.dumps(payload, sort_keys=True)
+def _hwa_entry(seed: int, settings: HWASettings, cache_dir: str | Path | None,
+               hwa_cache_dir: str | Path | None) -> tuple[Path, str, DLRM]:
+    """``(path, key, an untrained model of the right shape)`` of the fine-tuned checkpoint."""
+    _, base_key, config, _, _ = movielens_dlrm_cache_entry(seed=seed, cache_dir=cache_dir)
+    chip = resolve_chip(settings.chip)
+    key = cache_key("movielens_dlrm_hwa", base=hashlib.sha256(base_key.encode()).hexdigest(), settings=asdict(settings),
+                    chip=hashlib.sha256(chip.model_dump_json().encode()).hexdigest())
+    folder = hwa_cache_dir if hwa_cache_dir is not None else cache_dir
+    with torch.random.fork_rng(devices=[]):  # the shape only: leave the global generator alone
+        model = DLRM(config)
+    return entry_path(folder, "movielens_dlrm_hwa", key), key, model
 
 
 def hwa_cache_path(seed: int = 0, settings: HWASettings = HWASettings(), cache_dir: str | Path | None = None,
                    hwa_cache_dir: str | Path | None = None) -> tuple[Path, str]:
     """Where the fine-tuned checkpoint of the float model trained with ``seed`` (cached in
-    ``cache_dir``) lives - in ``hwa_cache_dir``, default the same folder - and its key."""
+    ``cache_dir``) lives - in ``hwa_cache_dir``, default the same folder - and its key.
+    Nothing is trained to answer."""
 
-    _, metrics = train_movielens_dlrm(seed=seed, cache=True, cache_dir=cache_dir)
-    chip = resolve_chip(settings.chip)
-    base = Path(metrics.cache_path).name if metrics.cache_path else f"uncached-seed{seed}"
-    key = _cache_key(base, settings, chip.model_dump_json())
-    folder = Path(hwa_cache_dir if hwa_cache_dir is not None else cache_dir if cache_dir is not None else default_cache_dir())
-    return folder / f"movielens_dlrm_hwa_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt", key
+    path, key, _ = _hwa_entry(seed, settings, cache_dir, hwa_cache_dir)
+    return path, key
 
 
 def load_hwa_movielens_dlrm(seed: int = 0, settings: HWASettings = HWASettings(), cache_dir: str | Path | None = None,
                             hwa_cache_dir: str | Path | None = None) -> tuple[nn.Module, HWAInfo] | None:
-    """The cached fine-tuned DLRM and its info, or None when it has not been trained yet."""
+    """The cached fine-tuned DLRM and its info, or None when it has not been trained yet (or
+    its entry was bad: then a :class:`~cimflow.recsys.cache.CacheWarning` names it)."""
 
-    path, key = hwa_cache_path(seed, settings, cache_dir, hwa_cache_dir)
-    checkpoint = _read_checkpoint(path, key)
+    path, key, model = _hwa_entry(seed, settings, cache_dir, hwa_cache_dir)
+    checkpoint = read_entry(path, key, model, FINITE_INFO)
     if checkpoint is None:
         return None
     try:
-        base, _ = train_movielens_dlrm(seed=seed, cache=True, cache_dir=cache_dir)
-        model = copy.deepcopy(base)
-        model.load_state_dict(checkpoint["state_dict"])
-        info = HWAInfo(**checkpoint["info"])
-    except Exception:  # a corrupt or foreign file: treat as missing
+        info = HWAInfo(**checkpoint["record"])
+    except TypeError as error:
+        discard_entry(path, f"its info does not match this version: {error}")
         return None
+    model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     info.cached, info.cache_path = True, str(path)
     return model, info
@@ -148,8 +155,6 @@ def hwa_movielens_dlrm(
 ) -> tuple[nn.Module, HWAInfo]:
     """Fine-tune the MovieLens DLRM for its chip (or load it from the cache unless ``retrain``);
     see the module docstring."""
-    from cimflow.recsys.train import evaluate_auc, train_movielens_dlrm
-
     if cache and not retrain:
         cached = load_hwa_movielens_dlrm(seed, settings, cache_dir, hwa_cache_dir)
         if cached is not None:
@@ -190,8 +195,8 @@ def hwa_movielens_dlrm(
         path, key = hwa_cache_path(seed, settings, cache_dir, hwa_cache_dir)
         stored = asdict(info)
         stored.pop("cached"), stored.pop("cache_path")
-        _atomic_save({"key": key, "state_dict": model.state_dict(), "info": stored}, path)
-        info.cache_path = str(path)
+        if write_entry(path, key, model.state_dict(), stored, FINITE_INFO):
+            info.cache_path = str(path)
     return model, info
 
 

@@ -2,10 +2,10 @@
 
 :func:`train_movielens_dlrm` trains a small DLRM on MovieLens-100k (label: rating >= 4)
 with Adam and early stopping on a validation split, evaluates the held-out test AUC,
-and caches the weights in the user cache directory
-(``platformdirs.user_cache_dir("cimflow")/recsys``), keyed by a hash of the model
-config, the training settings, the data split and the seed. Checkpoints load with
-``torch.load(weights_only=True)``.
+and caches the weights (:mod:`cimflow.recsys.cache`: keyed by a digest of the split
+tensors actually trained and evaluated on, the model config, every training setting, the
+seed and the code version; checksummed; a bad entry is warned about, moved aside and
+retrained). Checkpoints load with ``torch.load(weights_only=True)``.
 
 :func:`roc_auc` is a rank-based (Mann–Whitney) AUC with tied scores given their
 average rank — the same number as ``sklearn.metrics.roc_auc_score``.
@@ -14,10 +14,6 @@ average rank — the same number as ``sklearn.metrics.roc_auc_score``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from cimflow.errors import DataError
-from cimflow.recsys.data import RecDataset, load_movielens_100k
+from cimflow.recsys.cache import cache_key, dataset_digest, default_cache_dir, discard_entry, entry_path, read_entry, write_entry
+from cimflow.recsys.data import MovieLensSplits, RecDataset, load_movielens_100k
 from cimflow.recsys.models import DLRM, DLRMConfig
 
 __all__ = [
@@ -41,10 +38,12 @@ __all__ = [
     "train_dlrm",
     "movielens_dlrm_config",
     "train_movielens_dlrm",
+    "movielens_dlrm_cache_entry",
     "default_cache_dir",
 ]
 
-_CACHE_FORMAT = 1
+#: metrics a cached float DLRM must have finite (else the entry is discarded and retrained)
+FINITE_METRICS = ("test_auc", "test_logloss", "train_loss")
 
 
 # ------------------------------------------------------------------------- metrics
@@ -251,59 +250,46 @@ def movielens_dlrm_config(table_sizes: Sequence[int], dense_features: int, keys:
     )
 
 
-def default_cache_dir() -> Path:
-    """``platformdirs.user_cache_dir("cimflow")/recsys``."""
-    import platformdirs
+def movielens_dlrm_cache_entry(
+    seed: int = 0,
+    epochs: int = 12,
+    cache_dir: str | Path | None = None,
+    split: str = "random",
+    settings: TrainSettings | None = None,
+    data: MovieLensSplits | None = None,
+) -> tuple[Path, str, DLRMConfig, TrainSettings, MovieLensSplits]:
+    """Where :func:`train_movielens_dlrm` with these arguments caches its model, without
+    training: ``(path, key, config, settings, data)``.
 
-    return Path(platformdirs.user_cache_dir("cimflow")) / "recsys"
-
-
-def _cache_key(config: DLRMConfig, settings: TrainSettings, split: str, seed: int) -> str:
-    payload = {
-        "format": _CACHE_FORMAT,
-        "dataset": "movielens-100k",
-        "split": split,
-        "seed": seed,
-        "config": config.to_dict(),
-        "settings": asdict(settings),
-    }
-    return json.dumps(payload, sort_keys=True)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _read_checkpoint(path: Path, key: str) -> dict | None:
-    """A cached checkpoint written under ``key`` (weights only), or None when absent, foreign
-    or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a corrupt or foreign file: the caller retrains and overwrites
-        return None
-    return checkpoint if isinstance(checkpoint, dict) and checkpoint.get("key") == key else None
+    The key (:func:`cimflow.recsys.cache.cache_key`) holds a digest of the train,
+    validation and test tensors, the model config, every training setting, the split,
+    the seed and the code version: other data never shares an entry.
+    """
+    if data is None:
+        data = load_movielens_100k(split=split, seed=seed)  # type: ignore[arg-type]
+    config = movielens_dlrm_config(data.table_sizes, len(data.train.dense_names), data.keys)
+    settings = TrainSettings(**{**asdict(settings or TrainSettings()), "epochs": epochs})
+    key = cache_key(
+        "movielens_dlrm",
+        data=dataset_digest(data.train, data.validation, data.test),
+        split=split,
+        seed=seed,
+        config=config.to_dict(),
+        settings=asdict(settings),
+    )
+    return entry_path(cache_dir, "movielens_dlrm", key), key, config, settings, data
 
 
 def _load_cached(path: Path, key: str, model: DLRM) -> TrainMetrics | None:
-    checkpoint = _read_checkpoint(path, key)
+    checkpoint = read_entry(path, key, model, FINITE_METRICS)
     if checkpoint is None:
         return None
     try:
-        model.load_state_dict(checkpoint["state_dict"])
-        metrics = TrainMetrics(**checkpoint["metrics"])
-    except Exception:  # a corrupt or foreign file: retrain and overwrite
+        metrics = TrainMetrics(**checkpoint["record"])
+    except TypeError as error:
+        discard_entry(path, f"its metrics do not match this version: {error}")
         return None
+    model.load_state_dict(checkpoint["state_dict"])
     metrics.cached = True
     metrics.cache_path = str(path)
     return metrics
@@ -317,6 +303,7 @@ def train_movielens_dlrm(
     split: str = "random",
     settings: TrainSettings | None = None,
     threads: int | None = 1,
+    data: MovieLensSplits | None = None,
 ) -> tuple[DLRM, TrainMetrics]:
     """Train (or load from the cache) a DLRM on MovieLens-100k; return it and its metrics.
 
@@ -333,13 +320,10 @@ def train_movielens_dlrm(
         settings: optimizer settings (``epochs`` overrides ``settings.epochs``).
         threads: torch intra-op threads during training (restored afterwards);
             None keeps the current setting.
+        data: the splits to train on instead of MovieLens-100k (same features); their
+            content is part of the cache key.
     """
-    data = load_movielens_100k(split=split, seed=seed)  # type: ignore[arg-type]
-    config = movielens_dlrm_config(data.table_sizes, len(data.train.dense_names), data.keys)
-    settings = TrainSettings(**{**asdict(settings or TrainSettings()), "epochs": epochs})
-    key = _cache_key(config, settings, split, seed)
-    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = path / f"movielens_dlrm_{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    path, key, config, settings, data = movielens_dlrm_cache_entry(seed, epochs, cache_dir, split, settings, data)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -369,6 +353,6 @@ def train_movielens_dlrm(
     if cache:
         stored = asdict(metrics)
         stored.pop("cached"), stored.pop("cache_path")
-        _atomic_save({"key": key, "state_dict": model.state_dict(), "metrics": stored}, path)
-        metrics.cache_path = str(path)
+        if write_entry(path, key, model.state_dict(), stored, FINITE_METRICS):
+            metrics.cache_path = str(path)
     return model, metrics
