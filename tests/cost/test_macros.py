@@ -1,8 +1,8 @@
 """Tests of the macro-level cost model (cimflow.cost.macros) and its validation.
 
 The published-macro file (imc_macros.csv, UIUC IMC benchmarking database, Shanbhag and Roy,
-CICC 2022) is looked up in the usual places; tests that need it are skipped when it is absent.
-Everything else runs on files these tests generate.
+CICC 2022, MIT licence) ships inside the package; the tests read that copy. Everything else
+runs on files these tests generate.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cimflow.cost.macros import (
     DESIGN_COLUMNS,
     REPORTED_METRIC_COLUMNS,
     REQUIRED_COLUMNS,
+    SHIPPED_MACROS_CSV,
     MacroConstants,
     MacroDesign,
     calibrate,
@@ -36,8 +36,6 @@ from cimflow.cost.macros import (
     validate_macros,
 )
 from cimflow.errors import DataError
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Honest numbers measured on imc_macros.csv (see docs/cost_model.md), with a small margin.
 # The issue's target (median <= 0.30, cross-validated) is NOT reached by this model or by any
@@ -55,34 +53,7 @@ ALL_COLUMNS = [
 ]  # fmt: skip
 
 
-def _shipped_csv() -> Path | None:
-    candidates = [
-        os.environ.get("CIMFLOW_IMC_MACROS_CSV", ""),
-        REPO_ROOT / "data" / "imc_macros.csv",
-        REPO_ROOT / "shared" / "data" / "imc_macros.csv",
-        REPO_ROOT.parent / "shared" / "data" / "imc_macros.csv",  # CI: shared/ beside the clone
-        Path("/work/shared/data/imc_macros.csv"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
-
-
-SHIPPED_CSV = _shipped_csv()
-MISSING_CSV = ("imc_macros.csv not found: expected ../shared/data/imc_macros.csv beside the repository "
-               "or a path in CIMFLOW_IMC_MACROS_CSV")
-
-
-@pytest.fixture
-def _shipped_csv_present() -> None:
-    """The published-macro file is part of the project's environment (../shared/data): a test
-    that needs it fails, never skips, when it cannot be found."""
-    if SHIPPED_CSV is None:
-        pytest.fail(MISSING_CSV)
-
-
-needs_csv = pytest.mark.usefixtures("_shipped_csv_present")
+SHIPPED_CSV = SHIPPED_MACROS_CSV  # ships inside the package (cost/data/), licence and citation beside it
 
 
 def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
@@ -118,8 +89,6 @@ def _design(**overrides: object) -> MacroDesign:
 
 @pytest.fixture(scope="module")
 def shipped_calibration():
-    if SHIPPED_CSV is None:
-        pytest.fail(MISSING_CSV)
     return calibrate(SHIPPED_CSV, k=5, seed=0)
 
 
@@ -249,26 +218,9 @@ def _predictions(path: Path) -> list[tuple[object, object]]:
     return [(r["predicted_tops_w"], r["predicted_tops_mm2"]) for r in validate_macros(path).rows]
 
 
-def _synthetic_file(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(3)
-    rows = []
-    for i in range(30):
-        rows.append(
-            _analog_row(
-                str(i),
-                **{
-                    "Tech (nm)": rng.choice([16, 28, 65]), "B_ADC": rng.integers(3, 9),
-                    "TOPS/W": f"{rng.uniform(10, 5000):.3f}", "TOPS": "9", "E_OP1 (fJ)": "0.4",
-                    "E_col (fJ)": "100", "E_core (pJ)": "3", "E_mvm (pJ)": "3", "TOPS_a": "5", "CR(GB/s)": "2",
-                },
-            )  # fmt: skip
-        )
-    return _write_csv(tmp_path / "synthetic.csv", rows)
-
-
 @pytest.mark.parametrize("mode", ["blank", "scramble", "drop"])
 def test_predictions_ignore_reported_metric_columns(tmp_path: Path, mode: str) -> None:
-    source = SHIPPED_CSV if SHIPPED_CSV is not None else _synthetic_file(tmp_path)
+    source = SHIPPED_CSV
     changed = _scramble_reported(source, tmp_path / f"{mode}.csv", seed=7, mode=mode)
     original = _predictions(source)
     assert any(tops_w is not None for tops_w, _ in original)
@@ -288,8 +240,7 @@ def _designs_for_properties() -> list[MacroDesign]:
         _design(compute_model="DIMC", b_adc=None),
         _design(architecture="Digital", cell_type="Digital", compute_model="", b_adc=None, b_x=8.0, b_w=8.0),
     ]
-    if SHIPPED_CSV is not None:
-        designs += [r.design for r in read_macro_csv(SHIPPED_CSV) if r.design is not None]
+    designs += [r.design for r in read_macro_csv(SHIPPED_CSV) if r.design is not None]
     return designs
 
 
@@ -434,7 +385,6 @@ def test_calibrate_refuses_bad_k_and_too_few_rows(tmp_path: Path) -> None:
         calibrate(path)
 
 
-@needs_csv
 def test_folds_hold_whole_papers(shipped_calibration) -> None:
     result = shipped_calibration
     assert result.k == 5 and len(result.per_fold) == 5
@@ -450,7 +400,6 @@ def test_folds_hold_whole_papers(shipped_calibration) -> None:
     assert {r.index for r in scored} <= set(fold_of)
 
 
-@needs_csv
 def test_cv_error_exceeds_fit_error_and_matches_reported_numbers(shipped_calibration) -> None:
     result = shipped_calibration
     assert result.cv_median_abs_err_tops_w >= result.fit_median_abs_err_tops_w
@@ -461,7 +410,6 @@ def test_cv_error_exceeds_fit_error_and_matches_reported_numbers(shipped_calibra
     json.dumps(result.to_json())
 
 
-@needs_csv
 def test_shipped_constants_are_reproduced_by_calibrate(shipped_calibration) -> None:
     shipped = load_constants()
     digest = hashlib.sha256(SHIPPED_CSV.read_bytes()).hexdigest()
@@ -471,7 +419,6 @@ def test_shipped_constants_are_reproduced_by_calibrate(shipped_calibration) -> N
         assert fitted[name] == pytest.approx(value, rel=1e-6), name
 
 
-@needs_csv
 def test_validate_shipped_file_within_reported_error() -> None:
     result = validate_macros(SHIPPED_CSV)
     assert result.n_rows == 94
