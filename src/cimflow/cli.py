@@ -184,7 +184,7 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros imc_macros.csv --out results.json")
+validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros --out results.json")
 app.add_typer(validate_app, name="validate")
 
 
@@ -194,14 +194,16 @@ def _pct(x: Optional[float]) -> str:
 
 @validate_app.command("macros")
 def validate_macros_cmd(
-    csv: Path = typer.Argument(..., help="a CSV in the schema of shared/data/imc_macros.csv"),
+    csv: Optional[Path] = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the summary and per-row results as JSON"),
 ) -> None:
     """Predict TOPS/W and TOPS/mm2 (1-bit normalized) of every macro from its design parameters alone.
 
-    Example: cimflow validate macros ../shared/data/imc_macros.csv --out results.json
+    Example: cimflow validate macros --out results.json; cimflow validate macros my_macros.csv
     """
-    from cimflow.cost.macros import validate_macros
+    from cimflow.cost.macros import SHIPPED_MACROS_CSV, validate_macros
+
+    csv = csv if csv is not None else SHIPPED_MACROS_CSV
 
     result = validate_macros(csv)
     table = Table(title=f"macro validation: {csv.name} ({result.n_rows} rows, {result.n_skipped} skipped for TOPS/W)")
@@ -258,7 +260,7 @@ def validate_chips_cmd(
 
 @validate_app.command("calibrate")
 def validate_calibrate_cmd(
-    csv: Path = typer.Argument(..., help="a CSV in the schema of shared/data/imc_macros.csv"),
+    csv: Optional[Path] = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
     k: int = typer.Option(5, "--k", min=2, help="folds (grouped by paper)"),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
@@ -266,9 +268,11 @@ def validate_calibrate_cmd(
 ) -> None:
     """Fit the macro model's constants and report k-fold cross-validated error.
 
-    Example: cimflow validate calibrate ../shared/data/imc_macros.csv --k 5 --seed 0 --save src/cimflow/cost/macro_constants.json
+    Example: cimflow validate calibrate --k 5 --seed 0 --save my_constants.json; cimflow validate calibrate my_macros.csv
     """
-    from cimflow.cost.macros import calibrate, save_constants
+    from cimflow.cost.macros import SHIPPED_MACROS_CSV, calibrate, save_constants
+
+    csv = csv if csv is not None else SHIPPED_MACROS_CSV
 
     result = calibrate(csv, k=k, seed=seed)
     table = Table(title=f"calibration on {csv.name}: {len(result.constants.values())} constants, {k}-fold CV grouped by paper (seed {seed})")
@@ -289,6 +293,13 @@ def validate_calibrate_cmd(
         console.print(f"wrote {out}")
 
 
+def _cache_help() -> str:
+    """Where the trained-model cache lives (for --help texts)."""
+    from cimflow.recsys.cache import CACHE_DIR_ENV, default_cache_dir
+
+    return f"trained models are cached in {default_cache_dir()} (set {CACHE_DIR_ENV} to move it; delete it to clear it)"
+
+
 @app.command("run")
 def run(
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
@@ -301,6 +312,7 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
     hwa: bool = typer.Option(False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
+    no_cache: bool = typer.Option(False, "--no-cache", help=f"train afresh, neither reading nor writing the cache; {_cache_help()}"),
 ) -> None:
     """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
     accuracy over chip instances and time, QPS and QPS/W against this CPU.
@@ -319,7 +331,8 @@ def run(
     from cimflow.jobs.recsys import RunConfig, run_recsys
 
     labels = tuple(t.strip() for t in times.split(",") if t.strip())
-    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html, hwa=hwa)
+    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html, hwa=hwa,
+                       cache=not no_cache)
     run_recsys(config, console)
     console.print(f"wrote {out}" + (f" and {html}" if html else ""))
 
@@ -327,7 +340,7 @@ def run(
 @app.command("train-hwa")
 def train_hwa_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the float DLRM (and its data split) to fine-tune"),
-    retrain: bool = typer.Option(False, "--retrain", help="fine-tune again even when a fine-tuned model is cached"),
+    retrain: bool = typer.Option(False, "--retrain", help=f"fine-tune again even when a fine-tuned model is cached; {_cache_help()}"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training"),
 ) -> None:
     """Hardware-aware fine-tuning of the MovieLens DLRM for the hybrid RRAM/SRAM chip; the result is cached

@@ -309,3 +309,21 @@ def test_a_bad_hwa_entry_is_named_and_discarded(tmp_path: Path) -> None:
     assert not path.exists()
     # other HWA settings are another entry
     assert hwa_cache_path(0, HWASettings(lr=1e-4), cache_dir=tmp_path)[0] != path
+
+
+def test_the_cli_says_where_the_cache_lives_and_can_bypass_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cimflow import cli
+    from cimflow.jobs import recsys as recsys_job
+
+    runner = CliRunner()
+    shown = runner.invoke(cli.app, ["run", "--help"], env={"COLUMNS": "1000"})
+    assert shown.exit_code == 0 and "--no-cache" in shown.output
+    assert str(default_cache_dir()) in shown.output and CACHE_DIR_ENV in shown.output
+    seen = []
+    monkeypatch.setattr(recsys_job, "run_recsys", lambda config, console: seen.append(config.cache))
+    for args in (["--no-cache"], []):
+        result = runner.invoke(cli.app, ["run", *args, "--out", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")])
+        assert result.exit_code == 0, result.output
+    assert seen == [False, True]
