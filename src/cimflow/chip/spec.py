@@ -4,6 +4,11 @@ Pydantic v2 models; unknown keys are errors. Units are SI (siemens, seconds, vol
 hertz, joules, square metres) unless the field name says otherwise: the cost blocks
 take the units engineers quote (``energy_pj``, ``area_um2``, ``latency_ns``) and
 expose SI properties. This module knows nothing of PyTorch.
+
+Every numeric field has a physically meaningful range (``ge``/``le`` below, the reason in
+its description or comment): far enough out that every real or planned chip fits, close
+enough that anything that validates compiles, simulates and estimates with finite numbers.
+The common limits are the constants below; docs/guide.md lists them all ("Spec bounds").
 """
 
 from __future__ import annotations
@@ -14,6 +19,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
+
+# Shared physical limits (see the module docstring). Energies per event: 1 uJ is beyond any
+# single circuit event (a DRAM row activation is ~1 nJ). Areas: 1e11 um^2 = 0.1 m^2, more than a
+# 300 mm wafer. Static power: 10 W per instance or per unit. Capacities: 1 PB. Bandwidths:
+# 1 kB/s to 1 PB/s (HBM3 is ~1e12 B/s per stack).
+MAX_ENERGY_PJ = 1e6
+MAX_AREA_UM2 = 1e11
+MAX_LEAKAGE_UW = 1e7
+MAX_BYTES = 10**15
+MIN_BANDWIDTH_B_PER_S = 1e3
+MAX_BANDWIDTH_B_PER_S = 1e15
+# Cores: wafer-scale engines have ~1e6 tiny cores; 1e5 cores x 1e5 arrays covers any CIM chip.
+MAX_CORES = 100_000
+MAX_ARRAYS_PER_CORE = 100_000
 
 Technology = Literal["rram", "pcm", "sram", "nor_flash", "mram", "fefet"]
 
@@ -31,10 +50,10 @@ class Cost(StrictModel):
     field documents; ``leakage_uw`` is static power per instance.
     """
 
-    energy_pj: float | None = Field(default=None, ge=0)
-    area_um2: float | None = Field(default=None, ge=0)
-    latency_ns: float | None = Field(default=None, ge=0)
-    leakage_uw: float | None = Field(default=None, ge=0)
+    energy_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ, description="pJ per event, at most 1e6 (1 uJ)")
+    area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2, description="um^2 per instance, at most 1e11 (0.1 m^2)")
+    latency_ns: float | None = Field(default=None, ge=0, le=1e9, description="ns per event, at most 1e9 (1 s)")
+    leakage_uw: float | None = Field(default=None, ge=0, le=MAX_LEAKAGE_UW, description="uW per instance, at most 1e7 (10 W)")
     source: str | None = None
 
     @property
@@ -67,6 +86,12 @@ class ProgrammingNoise(StrictModel):
             raise ValueError("coefficients must hold at least one number (use [0.0] for no noise)")
         if any(not math.isfinite(c) for c in self.coefficients):
             raise ValueError("coefficients must be finite numbers")
+        # sigma is a fraction of g_max: a polynomial of degree <= 7 with |c_k| <= 10 keeps it
+        # within 80 g_max (real cells: a few %), finite in float32 simulation.
+        if len(self.coefficients) > 8:
+            raise ValueError(f"coefficients: at most 8 (a polynomial of degree 7), got {len(self.coefficients)}")
+        if any(abs(c) > 10 for c in self.coefficients):
+            raise ValueError("coefficients must be within [-10, 10] (sigma is a fraction of g_max; real cells are a few %)")
         return self
 
     @property
@@ -83,7 +108,7 @@ class Drift(StrictModel):
 
     nu_mean: float = Field(default=0.0, ge=0, le=1)
     nu_std: float = Field(default=0.0, ge=0, le=1)
-    t0_s: float = Field(default=1.0, gt=0)
+    t0_s: float = Field(default=1.0, ge=1e-12, le=1e9, description="reference time, s: 1 ps to 1e9 s (~30 years)")
     source: str | None = None
 
     @property
@@ -95,8 +120,8 @@ class Device(StrictModel):
     """A memory cell: its conductance window, levels and non-idealities."""
 
     technology: Technology
-    g_min: float = Field(ge=0, description="lowest programmable conductance, siemens")
-    g_max: float = Field(gt=0, description="highest programmable conductance, siemens")
+    g_min: float = Field(ge=0, le=1, description="lowest programmable conductance, siemens: 0 to 1 S")
+    g_max: float = Field(ge=1e-12, le=1, description="highest programmable conductance, siemens: 1 pS (1 TOhm) to 1 S (1 Ohm)")
     levels: int | None = Field(default=None, ge=2, le=1 << 24, description="programmable levels per cell")
     bits_per_cell: int | None = Field(default=None, ge=1, le=24)
     programming_noise: ProgrammingNoise = Field(default_factory=ProgrammingNoise)
@@ -204,7 +229,7 @@ class ADC(StrictModel):
     """
 
     bits: int = Field(ge=1, le=24, description="resolution; 24 is float32-exact (no quantization)")
-    columns_per_adc: int = Field(default=1, ge=1, description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
+    columns_per_adc: int = Field(default=1, ge=1, le=1 << 16, description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
     range: Literal["fixed", "per_array_max", "percentile"] = "per_array_max"
     full_scale: float = Field(default=1.0, gt=0, le=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
@@ -218,18 +243,18 @@ class ADC(StrictModel):
 class ArrayReadCost(StrictModel):
     """Electrical parameters of one array read (the cost model's inputs)."""
 
-    read_voltage: float = Field(default=0.2, gt=0, description="volts across a cell during a read")
-    read_pulse_s: float = Field(default=10e-9, gt=0, description="read (integration) time, seconds")
-    line_capacitance_f: float = Field(default=0.2e-15, ge=0, description="word/bit-line capacitance per cell, farads")
-    area_per_cell_um2: float | None = Field(default=None, ge=0)
+    read_voltage: float = Field(default=0.2, ge=1e-3, le=5, description="volts across a cell during a read: 1 mV to 5 V")
+    read_pulse_s: float = Field(default=10e-9, ge=1e-12, le=1e-3, description="read (integration) time, seconds: 1 ps to 1 ms")
+    line_capacitance_f: float = Field(default=0.2e-15, ge=0, le=1e-12, description="word/bit-line capacitance per cell, farads: at most 1 pF")
+    area_per_cell_um2: float | None = Field(default=None, ge=0, le=1e4, description="um^2 per cell, at most 1e4 (100 um x 100 um)")
     source: str | None = None
 
 
 class AdderTree(StrictModel):
     """Digital CIM: the adder tree and accumulator behind each column."""
 
-    energy_per_bit_op_pj: float = Field(default=0.0, ge=0, description="energy per 1-bit x 1-bit multiply-accumulate")
-    area_um2: float | None = Field(default=None, ge=0)
+    energy_per_bit_op_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="energy per 1-bit x 1-bit multiply-accumulate, pJ (at most 1e6)")
+    area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2)
     source: str | None = None
 
 
@@ -245,8 +270,8 @@ class ArraySpec(StrictModel):
     adc: ADC | None = None
     weight_bits: int | None = Field(default=None, ge=1, le=24, description="digital CIM: weight precision, sign included")
     weight_scaling: Literal["per_column", "per_layer"] = "per_column"
-    wire_resistance: float = Field(default=0.0, ge=0, description="ohms per cell segment of word and bit line (IR drop)")
-    max_active_rows: int | None = Field(default=None, ge=1, description="rows that may be driven in one read (None: all)")
+    wire_resistance: float = Field(default=0.0, ge=0, le=1e6, description="ohms per cell segment of word and bit line (IR drop): at most 1 MOhm")
+    max_active_rows: int | None = Field(default=None, ge=1, le=1 << 16, description="rows that may be driven in one read (None: all)")
     read: ArrayReadCost = Field(default_factory=ArrayReadCost)
     adder_tree: AdderTree | None = None
     source: str | None = None
@@ -296,45 +321,77 @@ class ArraySpec(StrictModel):
 class Core(StrictModel):
     """A core groups arrays with a buffer; the chip has ``count`` identical cores."""
 
-    count: int = Field(ge=1)
-    arrays: dict[str, int] = Field(description="arrays per core, by array-kind name")
-    buffer_bytes: int = Field(default=0, ge=0)
+    count: int = Field(ge=1, le=MAX_CORES, description="cores on the chip: at most 1e5 (wafer-scale engines have ~1e6 tiny cores)")
+    arrays: dict[str, int] = Field(description="arrays per core, by array-kind name (each 1 to 1e5)")
+    buffer_bytes: int = Field(default=0, ge=0, le=MAX_BYTES, description="bytes per core, at most 1e15")
 
     @model_validator(mode="after")
     def _check(self) -> "Core":
         if not self.arrays:
             raise ValueError("a core needs at least one array kind")
         for name, n in self.arrays.items():
-            if n < 1:
-                raise ValueError(f"arrays[{name!r}] must be at least 1, got {n}")
+            if n < 1 or n > MAX_ARRAYS_PER_CORE:
+                raise ValueError(f"arrays[{name!r}] must be within [1, {MAX_ARRAYS_PER_CORE}], got {n}")
         return self
 
 
 class DigitalUnit(StrictModel):
     """The digital vector unit (activations, normalization, pooling, dynamic matmuls)."""
 
-    ops_per_cycle: int = Field(default=64, ge=1)
-    energy_per_op_pj: float = Field(default=0.05, ge=0)
-    area_um2: float | None = Field(default=None, ge=0)
-    leakage_uw: float | None = Field(default=None, ge=0, description="static power of the whole unit, microwatts")
+    ops_per_cycle: int = Field(default=64, ge=1, le=10**7, description="operations per clock cycle, at most 1e7")
+    energy_per_op_pj: float = Field(default=0.05, ge=0, le=MAX_ENERGY_PJ)
+    area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2)
+    leakage_uw: float | None = Field(default=None, ge=0, le=MAX_LEAKAGE_UW, description="static power of the whole unit, microwatts (at most 10 W)")
     source: str | None = None
 
 
 class Memory(StrictModel):
     """A buffer or memory level: per-bit energy, capacity, bandwidth."""
 
-    energy_per_bit_pj: float = Field(ge=0)
-    capacity_bytes: int | None = Field(default=None, ge=0)
-    bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
-    row_activation_pj: float = Field(default=0.0, ge=0, description="DRAM: energy per random row activation")
-    area_um2_per_kib: float | None = Field(default=None, ge=0)
-    leakage_uw_per_kib: float | None = Field(default=None, ge=0, description="static power per KiB held on chip, microwatts (buffers)")
+    energy_per_bit_pj: float = Field(ge=0, le=MAX_ENERGY_PJ, description="pJ per bit moved (DRAM ~20-40), at most 1e6")
+    capacity_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES, description="bytes, at most 1e15 (1 PB)")
+    bandwidth_bytes_per_s: float | None = Field(default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S, description="bytes/s: 1e3 to 1e15")
+    row_activation_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="DRAM: energy per random row activation (~1000 pJ), at most 1e6")
+    area_um2_per_kib: float | None = Field(default=None, ge=0, le=1e8, description="um^2 per KiB (SRAM ~1e3-1e4), at most 1e8")
+    leakage_uw_per_kib: float | None = Field(default=None, ge=0, le=1e4, description="static power per KiB held on chip, microwatts (buffers), at most 1e4")
+    stored_bits: int | None = Field(
+        default=None, ge=1, le=64,
+        description="DRAM: bits per embedding value as stored (8 = int8 rows); None = 32 (fp32). Sets bytes per row fetched",
+    )
+    access_bytes: int = Field(default=64, ge=1, le=1 << 20, description="DRAM: smallest transfer (one burst), bytes; a row read moves whole bursts")
+    source: str | None = None
+
+
+class Link(StrictModel):
+    """A link between the chip and its host (PCIe, CXL) or between two chips.
+
+    ``bandwidth_bytes_per_s`` is per direction (links are full duplex); ``energy_per_bit_pj``
+    is for one bit moved end to end (both PHYs).
+    """
+
+    name: str | None = None
+    bandwidth_bytes_per_s: float = Field(gt=0, le=1e13, description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9)")
+    energy_per_bit_pj: float = Field(default=0.0, ge=0, le=1e4, description="energy per bit moved, pJ")
+    latency_ns: float = Field(default=0.0, ge=0, le=1e9, description="one-way latency, ns")
+    source: str | None = None
+
+
+class Board(StrictModel):
+    """What the chip's card spends beyond the chip's own dynamic energy.
+
+    ``static_power_w``: fixed power of the card whatever the load (DRAM refresh and
+    background, regulators, controller), watts. ``leakage_w_per_mm2``: the chip's static
+    power density, used when the arrays, converters and buffers state no leakage of their own.
+    """
+
+    static_power_w: float = Field(default=0.0, ge=0, le=1e4)
+    leakage_w_per_mm2: float | None = Field(default=None, ge=0, le=10, description="W per mm^2 of chip area")
     source: str | None = None
 
 
 class Interconnect(StrictModel):
-    energy_per_bit_hop_pj: float = Field(default=0.0, ge=0)
-    bandwidth_bytes_per_s: float | None = Field(default=None, gt=0)
+    energy_per_bit_hop_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="pJ per bit per hop, at most 1e6")
+    bandwidth_bytes_per_s: float | None = Field(default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S, description="bytes/s: 1e3 to 1e15")
     source: str | None = None
 
 
@@ -349,13 +406,13 @@ class Host(StrictModel):
     preset: str | None = None
     name: str | None = None
     kind: Literal["cpu", "gpu"] | None = None
-    peak_gflops: float | None = Field(default=None, gt=0, description="FP32 peak, GFLOP/s")
-    memory_bandwidth_gb_per_s: float | None = Field(default=None, gt=0)
-    power_w: float | None = Field(default=None, gt=0, description="active power, watts")
-    cores: int | None = Field(default=None, ge=1)
-    memory_energy_per_bit_pj: float | None = Field(default=None, ge=0)
-    row_activation_pj: float | None = Field(default=None, ge=0)
-    op_overhead_us: float | None = Field(default=None, ge=0, description="fixed dispatch time per operator")
+    peak_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, description="FP32 peak, GFLOP/s: 1 MFLOP/s to 1 EFLOP/s")
+    memory_bandwidth_gb_per_s: float | None = Field(default=None, ge=1e-6, le=1e6, description="GB/s: 1 kB/s to 1 PB/s")
+    power_w: float | None = Field(default=None, ge=1e-3, le=1e6, description="active power, watts: 1 mW to 1 MW")
+    cores: int | None = Field(default=None, ge=1, le=10**7)
+    memory_energy_per_bit_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ)
+    row_activation_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ)
+    op_overhead_us: float | None = Field(default=None, ge=0, le=1e6, description="fixed dispatch time per operator, us (at most 1 s)")
     source: str | None = None
 
     @model_validator(mode="after")
@@ -368,8 +425,8 @@ class Host(StrictModel):
 
 
 class TechnologyNode(StrictModel):
-    node_nm: float = Field(gt=0)
-    supply_v: float = Field(gt=0, le=5)
+    node_nm: float = Field(ge=1, le=1000, description="feature size, nm: 1 to 1000 (every CMOS node since 1985)")
+    supply_v: float = Field(ge=0.1, le=5, description="supply, volts: 0.1 (near-threshold) to 5")
 
 
 class Roles(StrictModel):
@@ -387,7 +444,7 @@ class Chip(StrictModel):
     name: str = Field(min_length=1)
     description: str = ""
     technology: TechnologyNode
-    clock_hz: float = Field(gt=0)
+    clock_hz: float = Field(ge=1e3, le=1e11, description="digital clock, Hz: 1 kHz to 100 GHz")
     arrays: dict[str, ArraySpec]
     roles: Roles
     cores: Core
@@ -396,6 +453,9 @@ class Chip(StrictModel):
     interconnect: Interconnect = Field(default_factory=Interconnect)
     dram: Memory | None = None
     host: Host | None = Field(default=None, description="the host that runs host operators (default: cimflow's server CPU preset)")
+    host_link: Link | None = Field(default=None, description="chip-to-host link (default: PCIe Gen4 x16, see cimflow.cost.system)")
+    chip_link: Link | None = Field(default=None, description="chip-to-chip link of a multi-chip system (default: see cimflow.cost.system)")
+    board: Board | None = Field(default=None, description="card-level static power and the default leakage density")
     sources: dict[str, str] = Field(default_factory=dict, description="citation keys used in 'source' fields")
     assumptions: list[str] = Field(default_factory=list, description="assumptions made where the source is silent, with reasons")
 

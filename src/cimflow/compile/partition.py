@@ -100,21 +100,24 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
     return plans
 
 
-def check_capacity(plans: list[OpPlan], chip: Chip) -> dict[str, int]:
-    """Arrays needed per kind; a CompileError with the numbers when they exceed the chip."""
+def check_capacity(plans: list[OpPlan], chip: Chip, reserved: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Arrays needed per kind; a CompileError with the numbers when they exceed the chip
+    (less the arrays ``reserved`` per kind for other uses, e.g. hot embedding rows)."""
+    reserved = reserved or {}
     need: dict[str, int] = {}
     for p in plans:
         if p.substrate == ARRAY:
             need[p.array_kind] = need.get(p.array_kind, 0) + p.arrays * p.replication
     over = []
     for kind, n in need.items():
-        have = chip.arrays_on_chip(kind)
+        have = chip.arrays_on_chip(kind) - int(reserved.get(kind, 0))
         if n > have:
             a = chip.arrays[kind]
             biggest = max((p for p in plans if p.array_kind == kind), key=lambda p: p.arrays)
             over.append(
                 f"{n} arrays of kind {kind!r} ({a.rows}x{a.cols}) are needed but the chip has {have} "
-                f"({chip.cores.count} cores x {chip.cores.arrays.get(kind, 0)}); the largest op is {biggest.name!r} "
+                f"({chip.cores.count} cores x {chip.cores.arrays.get(kind, 0)}"
+                + (f", less {reserved[kind]} reserved" if reserved.get(kind) else "") + f"); the largest op is {biggest.name!r} "
                 f"with {biggest.arrays} arrays ({biggest.weight_shape[0]}x{biggest.weight_shape[1]} weights)"
             )
     if over:
@@ -173,10 +176,13 @@ def lookup_time_s(spec: ArraySpec, tiles, bags: int, lookups: int, clock_hz: flo
     return input_pulses(spec) * reads * step / max(tiles.arrays, 1)
 
 
-def replicate_bottlenecks(plans: list[OpPlan], chip: Chip, need: dict[str, int], max_steps: int = 100_000) -> None:
+def replicate_bottlenecks(plans: list[OpPlan], chip: Chip, need: dict[str, int], max_steps: int = 100_000,
+                          reserved: Mapping[str, int] | None = None) -> None:
     """Give extra copies to the slowest array ops while spare arrays of their kind remain
-    (each copy takes a share of the op's input vectors), to balance a pipeline."""
-    spare = {k: chip.arrays_on_chip(k) - need.get(k, 0) for k in chip.arrays}
+    (each copy takes a share of the op's input vectors), to balance a pipeline. Arrays
+    ``reserved`` per kind are not spare."""
+    reserved = reserved or {}
+    spare = {k: chip.arrays_on_chip(k) - need.get(k, 0) - int(reserved.get(k, 0)) for k in chip.arrays}
     heap = []
     for i, p in enumerate(plans):
         if p.substrate == ARRAY and p.mvm_count > 1:

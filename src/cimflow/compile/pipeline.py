@@ -54,17 +54,20 @@ def graph_from_modules(model: nn.Module) -> Graph:
 
 
 def compile_graph(graph: Graph, chip: Chip | str, rules: Mapping[Any, Any] | None = None, mode: str = "pipelined",
-                  replicate: bool = True, model_name: str = "", table_rows: Mapping[str, int] | None = None) -> Plan:
+                  replicate: bool = True, model_name: str = "", table_rows: Mapping[str, int] | None = None,
+                  reserved: Mapping[str, int] | None = None) -> Plan:
     """Partition, map, place and schedule a captured graph on ``chip``. ``table_rows``: rows of
-    each embedding table that live in arrays (hot/cold tiers hold the rest)."""
+    each embedding table that live in arrays (hot/cold tiers hold the rest). ``reserved``:
+    arrays per kind the plan must leave alone (one capacity ledger: e.g. the SRAM macros
+    that hold hot embedding rows are neither used nor replicated into)."""
     if mode not in MODES:
         raise CompileError(f"schedule mode {mode!r} is not one of {MODES}")
     chip = resolve_chip(chip)
     plans = assign_substrates(graph, chip, rules, table_rows)
-    need = check_capacity(plans, chip)
+    need = check_capacity(plans, chip, reserved)
     time_ops(plans, graph, chip)
     if replicate and mode == "pipelined":
-        replicate_bottlenecks(plans, chip, need)
+        replicate_bottlenecks(plans, chip, need, reserved=reserved)
     placement = place(plans, graph, chip)
     sched = schedule(plans, graph, mode)
     warnings = list(graph.warnings)

@@ -9,6 +9,13 @@ tier, the next to the dense non-volatile arrays, the rest to DRAM when the chip 
 
 Each tier's capacity in rows comes from the chip description. A table that does not fit
 in any combination of tiers is a :class:`~cimflow.errors.CompileError` with the numbers.
+
+**Held-out hits.** Rows are placed from one access sample; the fraction of lookups each
+tier serves is measured on *another* sample (:func:`held_out_hits`), so it does not
+flatter the placement (on uniform access almost every held-out lookup hits a row the
+placement sample never saw). Rows never seen in the placement sample are exchangeable:
+held-out lookups of such rows are shared among the tiers in proportion to the unseen rows
+each tier holds (their expected share when nothing distinguishes them).
 """
 
 from __future__ import annotations
@@ -44,18 +51,48 @@ class TableAccess:
 
 @dataclass
 class TablePlacement:
-    """Where one table's rows live: explicit hot row ids, counts per tier, and the fraction
-    of the measured lookups each tier serves."""
+    """Where one table's rows live.
+
+    ``seen_rows[tier]``: row ids of the placement sample placed in that tier (the hottest
+    first over all tables); ``placement[tier]``: rows per tier, seen and unseen;
+    ``hit_fraction[tier]``: the fraction of lookups the tier serves — on the placement
+    sample itself until :func:`held_out_hits` replaces it by held-out measurements
+    (``held_out`` then says so).
+    """
 
     table: str
     rows: int
     dim: int
-    hot_rows: torch.Tensor
+    seen_rows: dict[str, torch.Tensor] = field(default_factory=dict)
     placement: dict[str, int] = field(default_factory=dict)
     hit_fraction: dict[str, float] = field(default_factory=dict)
+    held_out: bool = False
+
+    @property
+    def hot_rows(self) -> torch.Tensor:
+        """Row ids served exactly from the SRAM tier (sorted)."""
+        return self.seen_rows.get(SRAM, torch.empty(0, dtype=torch.int64))
+
+    def unseen_rows(self, tier: str) -> int:
+        """Rows of the tier that the placement sample never saw."""
+        seen = self.seen_rows.get(tier)
+        return self.placement.get(tier, 0) - (int(seen.numel()) if seen is not None else 0)
 
     def to_dict(self) -> dict:
-        return {"table": self.table, "rows": self.rows, "dim": self.dim, "placement": dict(self.placement), "hit_fraction": dict(self.hit_fraction)}
+        return {"table": self.table, "rows": self.rows, "dim": self.dim, "placement": dict(self.placement),
+                "hit_fraction": dict(self.hit_fraction), "hit_fraction_measured_on": "held-out sample" if self.held_out else "placement sample"}
+
+
+def dram_row_bytes(chip: Chip, dim: int) -> int:
+    """Bytes one row of ``dim`` values takes in the chip's DRAM, at its stored precision."""
+    bits = chip.dram.stored_bits if chip.dram is not None and chip.dram.stored_bits else 32
+    return max(-(-dim * bits // 8), 1)
+
+
+def dram_access_bytes(chip: Chip, dim: int) -> int:
+    """Bytes a DRAM read of one row moves: whole bursts of ``dram.access_bytes``."""
+    burst = chip.dram.access_bytes if chip.dram is not None else 64
+    return -(-dram_row_bytes(chip, dim) // burst) * burst
 
 
 def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve_sram_for_plan: bool = True) -> dict[str, int]:
@@ -76,7 +113,7 @@ def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve
         bits = max(spare, 0) * dig.rows * dig.cols
         caps[SRAM] = bits // (dim * (dig.weight_bits or 8))
     if chip.dram is not None and chip.dram.capacity_bytes:
-        caps[DRAM] = chip.dram.capacity_bytes // (dim * 4)
+        caps[DRAM] = chip.dram.capacity_bytes // dram_row_bytes(chip, dim)
     return caps
 
 
@@ -101,24 +138,24 @@ def place_tables(accesses: Sequence[TableAccess], chip: Chip, plan: Plan | None 
     order = torch.argsort(counts, descending=True, stable=True)
     placed = [dict.fromkeys(TIERS, 0) for _ in accesses]
     hits = [dict.fromkeys(TIERS, 0.0) for _ in accesses]
-    hot: list[list[torch.Tensor]] = [[] for _ in accesses]
+    seen: list[dict[str, list[torch.Tensor]]] = [{t: [] for t in TIERS} for _ in accesses]
     start = 0
     for tier in TIERS:
         take = min(left[tier], order.numel() - start)
         if take <= 0:
             continue
         chosen = order[start : start + take]
+        owner = table_of[chosen]
         for i in range(len(accesses)):
-            mine = chosen[table_of[chosen] == i]
+            mine = chosen[owner == i]
             placed[i][tier] += mine.numel()
             hits[i][tier] += float(counts[mine].sum())
-            if tier == SRAM:
-                hot[i].append(ids[mine])
+            seen[i][tier].append(ids[mine])
         left[tier] -= take
         start += take
     if start < order.numel():
         raise CompileError(f"the tables do not fit: {order.numel() - start} frequently used rows are left after every tier is full (capacity in rows: {caps})")
-    # rows never seen: fill what remains, cheapest tier last
+    # rows never seen: fill what remains, the slowest tier last
     result = []
     for i, a in enumerate(accesses):
         unseen = a.rows - int(a.row_ids.numel())
@@ -130,16 +167,59 @@ def place_tables(accesses: Sequence[TableAccess], chip: Chip, plan: Plan | None 
         if unseen > 0:
             raise CompileError(
                 f"table {a.name!r} ({a.rows:,} rows x {a.dim}) does not fit: {unseen:,} rows are left after every tier is full "
-                f"(capacity in rows: {', '.join(f'{t} {int(caps.get(t, 0)):,}' for t in TIERS)}); add a DRAM tier to the chip or use a bigger chip"
+                f"(capacity in rows: {', '.join(f'{t} {int(caps.get(t, 0)):,}' for t in TIERS)}); add a DRAM tier to the chip, "
+                "use a bigger chip or several chips (--chips)"
             )
         total = max(a.total_hits, 1)
         result.append(TablePlacement(
             table=a.name, rows=a.rows, dim=a.dim,
-            hot_rows=torch.cat(hot[i]).sort().values if hot[i] else torch.empty(0, dtype=torch.int64),
+            seen_rows={t: torch.cat(v).sort().values for t, v in seen[i].items() if v and sum(x.numel() for x in v)},
             placement={t: n for t, n in placed[i].items() if n},
             hit_fraction={t: h / total for t, h in hits[i].items() if h},
         ))
     return result
+
+
+def held_out_hits(placement: TablePlacement, indices: torch.Tensor) -> dict[str, float]:
+    """Fraction of ``indices`` (held-out lookups of the table) each tier serves.
+
+    Lookups of rows the placement sample saw are counted where those rows were placed;
+    lookups of unseen rows are shared among the tiers in proportion to the unseen rows
+    each tier holds.
+    """
+    flat = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return {}
+    if int(flat.min()) < 0 or int(flat.max()) >= placement.rows:
+        raise CompileError(f"table {placement.table!r}: held-out indices must lie in [0, {placement.rows}), "
+                           f"got {int(flat.min())}..{int(flat.max())}")
+    counts = dict.fromkeys(TIERS, 0.0)
+    remaining = torch.ones(n, dtype=torch.bool)
+    for tier, rows in placement.seen_rows.items():
+        hit = torch.isin(flat, rows)
+        counts[tier] += float(hit.sum())
+        remaining &= ~hit
+    unseen_lookups = float(remaining.sum())
+    unseen = {t: placement.unseen_rows(t) for t in TIERS}
+    total_unseen = sum(unseen.values())
+    if unseen_lookups and total_unseen <= 0:  # pragma: no cover - every row is placed somewhere
+        raise CompileError(f"table {placement.table!r}: held-out lookups of rows that no tier holds")
+    for t in TIERS:
+        if total_unseen:
+            counts[t] += unseen_lookups * unseen[t] / total_unseen
+    return {t: c / n for t, c in counts.items() if c}
+
+
+def measure_held_out(placements: Sequence[TablePlacement], indices: Sequence[torch.Tensor]) -> None:
+    """Replace each placement's hit fractions by those measured on held-out ``indices``
+    (one tensor of lookups per table, in the same order)."""
+    if len(placements) != len(indices):
+        raise CompileError(f"{len(indices)} held-out index sets for {len(placements)} tables")
+    for p, idx in zip(placements, indices):
+        if torch.as_tensor(idx).numel():
+            p.hit_fraction = held_out_hits(p, idx)
+            p.held_out = True
 
 
 def count_accesses(name: str, rows: int, dim: int, indices: Sequence[torch.Tensor]) -> TableAccess:

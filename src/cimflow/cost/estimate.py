@@ -68,8 +68,10 @@ from the simulator's statistics of each layer:
 * embedding tables (counts ``bags``, ``lookups``, ``reads``, ``hot_lookups``, optional
   ``dram_lookups``): rows driven and reads per bag as measured; hot lookups served exactly
   from the SRAM tier cost an SRAM read (``dim * activation_bits`` bits at the buffer's energy)
-  and ``dim`` digital-unit adds each; DRAM-tier lookups ``dim * 32`` bits and one row
-  activation each.
+  and ``dim`` digital-unit adds each; DRAM-tier lookups move whole bursts of the row at the
+  DRAM's stored precision (``dram.stored_bits``, default 32; ``dram.access_bytes``, default 64)
+  plus one row activation each. A table with no rows in arrays pools on the digital unit,
+  with the same tier traffic.
 
 Buffers (other than the lookup tiers), interconnect, digital unit, host and leakage do not
 depend on the data here.
@@ -88,6 +90,7 @@ from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Op, OpKind
 from cimflow.compile.partition import input_pulses
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
+from cimflow.compile.tiers import dram_access_bytes
 from cimflow.cost.components import (
     ADC_FOM_J_PER_STEP,
     PJ,
@@ -319,18 +322,34 @@ def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity
     else:
         in_bits = m * n_in * kc.input_bits
     buffer_bits = in_bits + m * n_out * ctx.options.activation_bits
-    if act.sram_lookups:  # hot rows read exactly from SRAM and added on the digital unit
-        sram_bits = m * act.sram_lookups * n_out * ctx.options.activation_bits
-        buffer_bits += sram_bits
-        e["digital_unit"] = m * act.sram_lookups * n_out * ctx.unit_op_j
-        ev["sram_lookup_bits"] = sram_bits
-    if act.dram_lookups:  # cold rows fetched from DRAM (fp32 values, one activation per row)
-        dram_bits = m * act.dram_lookups * n_out * 32
-        e["dram"] = dram_bits * ctx.dram_bit_j + m * act.dram_lookups * ctx.dram_activation_j
-        ev.update(dram_bits=dram_bits, dram_activations=m * act.dram_lookups)
     e["buffers"] = buffer_bits * ctx.buffer_bit_j
     ev["buffer_bits"] = buffer_bits
+    _add_tier_energy(e, ev, ctx, n_out, m * act.sram_lookups, m * act.dram_lookups, pool_on_unit=True)
     return e, ev
+
+
+def _add_tier_energy(e: dict[str, float], ev: dict[str, float], ctx: _Context, dim: int, sram_lookups: float,
+                     dram_lookups: float, pool_on_unit: bool) -> None:
+    """Energy of embedding rows served from the SRAM and DRAM tiers (added into ``e``, ``ev``).
+
+    A hot row is read exactly from SRAM (``dim * activation_bits`` bits at the buffer's
+    energy); a cold row from DRAM moves whole bursts at the DRAM's stored precision
+    (:func:`~cimflow.compile.tiers.dram_access_bytes`) plus one row activation. With
+    ``pool_on_unit`` the digital unit adds each row into its bag (``dim`` ops); an op that
+    already runs on the digital unit counts its adds itself.
+    """
+    if sram_lookups:
+        sram_bits = sram_lookups * dim * ctx.options.activation_bits
+        e["buffers"] += sram_bits * ctx.buffer_bit_j
+        ev["sram_lookup_bits"] = sram_bits
+        ev["buffer_bits"] = ev.get("buffer_bits", 0.0) + sram_bits
+    if dram_lookups:
+        dram_bits = dram_lookups * dram_access_bytes(ctx.chip, dim) * 8
+        e["dram"] += dram_bits * ctx.dram_bit_j + dram_lookups * ctx.dram_activation_j
+        ev.update(dram_bits=dram_bits, dram_activations=dram_lookups)
+    if pool_on_unit and (sram_lookups or dram_lookups):
+        e["digital_unit"] += (sram_lookups + dram_lookups) * dim * ctx.unit_op_j
+        ev["tier_pooling_ops"] = (sram_lookups + dram_lookups) * dim
 
 
 def _total_groups(tiles: TileGrid) -> int:
@@ -411,7 +430,10 @@ def _cost_array_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, A
                   area_m2=o.arrays * o.replication * kc.area_per_array, data_dependent=dd, events=events, activity=activity)
 
 
-def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
+def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, Any] | None = None) -> OpCost:
+    """A digital-unit op. An embedding table with no rows in arrays pools on the unit; its
+    statistics (``bags``, ``lookups``, ``hot_lookups``, ``dram_lookups``) then add the SRAM and
+    DRAM tier traffic of its rows (every row it pools comes from one of those tiers)."""
     e = zero_components()
     ev: dict[str, float] = {}
     if op.kind != OpKind.DATA_MOVEMENT:
@@ -421,8 +443,16 @@ def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
         e["digital_unit"] = ops * ctx.unit_op_j
         e["buffers"] = bits * ctx.buffer_bit_j
         ev.update(unit_ops=ops, buffer_bits=bits)
+    fixed = dict(e)
+    dd = False
+    if op.op_type in EMBEDDING_TYPES and layer_stats is not None and float(layer_stats.get("bags", 0) or 0) > 0:
+        scale = float(o.mvm_count) / float(layer_stats["bags"])  # the stats' bags -> this plan's bags
+        dim = int(op.weight_shape[1]) if op.weight_shape and len(op.weight_shape) == 2 else 1
+        _add_tier_energy(e, ev, ctx, dim, scale * float(layer_stats.get("hot_lookups", 0) or 0),
+                         scale * float(layer_stats.get("dram_lookups", 0) or 0), pool_on_unit=False)
+        dd = True
     return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=None,
-                  energy_j=e, fixed_energy_j=e, latency_s=o.latency_s, area_m2=0.0, events=ev)
+                  energy_j=e, fixed_energy_j=fixed, latency_s=o.latency_s, area_m2=0.0, events=ev, data_dependent=dd)
 
 
 def _cost_host_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
@@ -542,7 +572,10 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
                 matched.add(key)
             cost = _cost_array_op(o, op, ctx, layer_stats.get(key) if key is not None else None)
         elif o.substrate == DIGITAL_UNIT:
-            cost = _cost_unit_op(o, op, ctx)
+            key = o.module if o.module in layer_stats else o.name if o.name in layer_stats else None
+            if key is not None and op.op_type in EMBEDDING_TYPES:
+                matched.add(key)
+            cost = _cost_unit_op(o, op, ctx, layer_stats.get(key) if key is not None else None)
         elif o.substrate == HOST:
             cost = _cost_host_op(o, op, ctx)
             host_s += cost.latency_s
