@@ -67,6 +67,19 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+#: pydantic's range-error types, as the message words them (the limit printed with %g, not 0.000000000001).
+_BOUND_WORDS = {
+    "greater_than": "greater than", "greater_than_equal": "greater than or equal to",
+    "less_than": "less than", "less_than_equal": "less than or equal to",
+}
+
+
+def _bound_limit(item: Any) -> float | None:
+    """The limit of a pydantic range error (``ctx`` holds one of gt, ge, lt, le), else None."""
+    limits = [v for v in (item.get("ctx") or {}).values() if isinstance(v, (int, float))]
+    return limits[0] if len(limits) == 1 else None
+
+
 def _format_validation_error(err: ValidationError, origin: str, root: yaml.Node | None = None) -> str:
     parts = []
     for item in err.errors():
@@ -79,6 +92,8 @@ def _format_validation_error(err: ValidationError, origin: str, root: yaml.Node 
             msg = f"{msg}, got {item.get('input')!r}"
         elif item["type"] == "missing":
             msg = "required field is missing"
+        elif item["type"] in _BOUND_WORDS and _bound_limit(item) is not None:
+            msg = f"must be {_BOUND_WORDS[item['type']]} {_bound_limit(item):g} (see the spec bounds in docs/guide.md), got {item.get('input')!r}"
         msg = msg.removeprefix("Value error, ")
         line = _line_of(root, loc) if root is not None else None
         where = f"{origin}:{line}" if line else origin
