@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cimflow
+from cimflow.errors import CimflowError
 from cimflow.recsys import cache as cache_module
 from cimflow.recsys.cache import (
     CACHE_DIR_ENV,
@@ -274,6 +275,8 @@ def test_any_one_value_change_changes_the_data_digest(split: str, field: str, po
 def test_cache_key_is_canonical() -> None:
     assert cache_key("m", a=1, b=[1, 2]) == cache_key("m", b=[1, 2], a=1)
     assert cache_key("m", a=1) != cache_key("n", a=1)
+    with pytest.raises(CimflowError, match="finite"):
+        cache_key("m", settings={"learning_rate": float("nan")})
 
 
 @needs_recbole

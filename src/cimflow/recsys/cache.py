@@ -108,7 +108,10 @@ def cache_key(kind: str, **parts: Any) -> str:
     import cimflow  # here, not at import time: cimflow/__init__ imports this package
 
     payload = {"kind": kind, "format": CACHE_FORMAT, "cimflow": cimflow.__version__, **parts}
-    return json.dumps(payload, sort_keys=True, allow_nan=False, default=str)
+    try:
+        return json.dumps(payload, sort_keys=True, allow_nan=False, default=str)
+    except ValueError as error:
+        raise CimflowError(f"cannot cache {kind}: a setting is not a finite number ({error}); use finite values") from error
 
 
 def entry_path(cache_dir: str | os.PathLike[str] | None, kind: str, key: str) -> Path:
@@ -211,7 +214,8 @@ def read_entry(path: Path, key: str, model: nn.Module, finite: Iterable[str] = (
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means a bad entry
-        discard_entry(path, f"unreadable checkpoint: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        discard_entry(path, f"unreadable checkpoint: {type(error).__name__}: {first_line}")
         return None
     reason = _problem(checkpoint, key, model, finite)
     if reason is not None:
