@@ -348,12 +348,11 @@ def train_hwa_cmd(
 
     Example: cimflow train-hwa && cimflow run --times 1s,1d
     """
-    from rich.progress import Progress
-
     from cimflow.jobs.hwa_dlrm import HWASettings, hwa_movielens_dlrm
+    from cimflow.progress import progress_bar
 
     settings = HWASettings()
-    with Progress(console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task(f"HWA fine-tuning the DLRM on {settings.chip}", total=1)
         _, info = hwa_movielens_dlrm(seed=seed, settings=settings, cache=True, threads=threads, retrain=retrain,
                                      progress=lambda step, steps: progress.update(task, completed=step, total=steps))
@@ -378,16 +377,15 @@ def simulate_cmd(
 
     Example: cimflow simulate examples/mlp_model.py --chip pcm-hermes-like --times 1s,1h,1d,1mo,1y --instances 5 --compensation global --out t.json --html t.html
     """
-    from rich.progress import Progress
-
     from cimflow.compile.capture import load_model_file
+    from cimflow.progress import progress_bar
     from cimflow.train.over_time import accuracy_over_time, parse_times
 
     module, example_inputs = load_model_file(model)
     evaluate = _model_file_function(model, "evaluate")
     points = parse_times(times)
     mode = None if compensation == "none" else compensation
-    with Progress(console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("simulating chip instances", total=instances * len(points))
         result = accuracy_over_time(module, chip, [label for label, _ in points], instances=instances, compensation=mode,
                                     evaluate=evaluate, example_inputs=example_inputs, seed=seed, progress=lambda: progress.advance(task))

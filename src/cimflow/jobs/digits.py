@@ -8,11 +8,11 @@ import time
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from cimflow.api import convert, drift, program
 from cimflow.chip import preset_names
+from cimflow.progress import progress_bar
 from cimflow.vision import accuracy, load_digits_data, small_cnn, train_classifier
 
 TIMES = (("1s", 1.0), ("1d", 86400.0))
@@ -30,7 +30,7 @@ def run_digits_demo(instances: int = 3, seed: int = 0, console: Console | None =
     console.print(f"digits CNN trained in {time.perf_counter() - start:.1f} s: fp32 test accuracy {fp32:.4f} ({len(data.y_test)} images)")
     results: dict = {"workload": "digits-cnn", "fp32_accuracy": fp32, "instances": instances, "presets": {}}
     presets = preset_names()
-    with Progress(console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("simulating presets", total=len(presets) * instances)
         for name in presets:
             cim = convert(model, name)
