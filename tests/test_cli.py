@@ -86,3 +86,35 @@ def test_estimate_and_recsys_verbs(tmp_path):
     assert [t["table"] for t in data["tiers"]] == ["embeddings.0", "embeddings.1"]
     bad = cli("recsys", "--tables", "a,b")
     assert bad.returncode == 2 and "row counts separated by commas" in bad.stderr
+
+
+def _run_in_process(argv: list[str]) -> int:
+    from cimflow.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return int(info.value.code or 0)
+
+
+def test_validate_macros_and_calibrate_default_to_the_shipped_file(tmp_path, capsys):
+    out = tmp_path / "macros.json"
+    assert _run_in_process(["validate", "macros", "--out", str(out)]) == 0
+    assert "imc_macros.csv (94 rows" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["n_rows"] == 94 and result["n_scored_tops_w"] == 83
+    fit = tmp_path / "fit.json"
+    assert _run_in_process(["validate", "calibrate", "--k", "2", "--out", str(fit)]) == 0
+    assert "calibration on imc_macros.csv" in capsys.readouterr().out
+    assert json.loads(fit.read_text())["k"] == 2
+
+
+def test_run_without_movielens_says_how_to_install_it_before_any_work(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real_find_spec(name, *a))
+    monkeypatch.chdir(tmp_path)
+    assert _run_in_process(["run", "--instances", "1", "--times", "1s"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "pip install --no-deps recbole==1.2.1" in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing trained

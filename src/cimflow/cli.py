@@ -329,6 +329,9 @@ def run(
     if workload != "recsys":
         raise CimflowError(f"--workload {workload!r} is not one of: recsys, digits")
     from cimflow.jobs.recsys import RunConfig, run_recsys
+    from cimflow.recsys.data import movielens_100k_dir
+
+    movielens_100k_dir()  # MovieLens-100k comes from the recbole wheel: if it is missing, say how to install it before any work
 
     labels = tuple(t.strip() for t in times.split(",") if t.strip())
     config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html, hwa=hwa,
