@@ -1,6 +1,6 @@
 """Compare the macro TOPS/W model with data-driven baselines on the same cross-validation folds.
 
-Usage: python scripts/macro_baselines.py ../shared/data/imc_macros.csv [--seeds 10]
+Usage: python scripts/macro_baselines.py [CSV] [--seeds 10]   (CSV: default the shipped imc_macros.csv)
 
 For each fold seed it runs :func:`cimflow.cost.macros.calibrate` (5 folds grouped by paper)
 and, on exactly the same folds, three baselines fitted on the training rows' design parameters:
@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LinearRegression
 
-from cimflow.cost.macros import calibrate, compute_class, read_macro_csv
+from cimflow.cost.macros import SHIPPED_MACROS_CSV, calibrate, compute_class, read_macro_csv
 
 CLASSES = ("charge", "current", "current_nvm", "dimc", "digital")
 
@@ -50,7 +50,7 @@ def median_error(predicted: np.ndarray, reported: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("csv")
+    parser.add_argument("csv", nargs="?", default=SHIPPED_MACROS_CSV)
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args()
 

@@ -4,16 +4,16 @@ Runs, in one process:
 
 * :func:`cimflow.cost.validation.validate_chips` (``cimflow validate chips``): published chips
   through the plan-level cost model (compile + estimate);
-* :func:`cimflow.cost.macros.validate_macros` (``cimflow validate macros CSV``): the macro-level
+* :func:`cimflow.cost.macros.validate_macros` (``cimflow validate macros [CSV]``): the macro-level
   model with the shipped constants on every row of the macro file;
-* :func:`cimflow.cost.macros.calibrate` (``cimflow validate calibrate CSV``): the macro model's
+* :func:`cimflow.cost.macros.calibrate` (``cimflow validate calibrate [CSV]``): the macro model's
   k-fold cross-validated error (folds grouped by paper);
 
 and writes the tables and summary errors as Markdown. Usage (from the repository root)::
 
     .venv/bin/python scripts/make_validation_doc.py [CSV] [--out docs/validation.md] [--k 5] [--seed 0]
 
-CSV defaults to ../shared/data/imc_macros.csv relative to the repository root.
+CSV defaults to the macro file shipped with cimflow (src/cimflow/cost/data/imc_macros.csv).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cimflow.cost.macros import (
+    SHIPPED_MACROS_CSV,
     CalibrationResult,
     MacroValidation,
     calibrate,
@@ -38,9 +39,10 @@ from cimflow.cost.validation import (
     summarize,
     validate_chips,
 )
+from cimflow.fileio import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "imc_macros.csv"
+DEFAULT_CSV = SHIPPED_MACROS_CSV
 DEFAULT_OUT = REPO_ROOT / "docs" / "validation.md"
 
 
@@ -236,9 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     macros = validate_macros(args.csv)
     calibration = calibrate(args.csv, k=args.k, seed=args.seed)
     text = render(chips, macros, calibration, args.csv)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, text, "validation document")
     print(f"wrote {args.out}")
     return 0
 
