@@ -21,17 +21,18 @@ Pure Python, about 60k lines/s on one core.
 
 from __future__ import annotations
 
-import gzip
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cimflow.errors import DataError
+from cimflow.fileio import atomic_write_text
+from cimflow.readers import ReadLimits, iter_text_lines
 from cimflow.recsys.jagged import JaggedFeatures
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ __all__ = [
     "CRITEO_CATEGORICAL_FEATURES",
     "CRITEO_DENSE_NAMES",
     "CRITEO_SPARSE_KEYS",
+    "CRITEO_READ_LIMITS",
+    "CRITEO_MAX_IN_MEMORY_ROWS",
     "CriteoRecords",
     "iter_criteo_tsv",
     "read_criteo_tsv",
@@ -62,10 +65,12 @@ _LINE = re.compile(
 )
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="ascii", errors="replace", newline="")
-    return open(path, encoding="ascii", errors="replace", newline="")
+#: Limits of the Criteo reader: a well-formed line is at most ~420 bytes (40 fields); the
+#: Criteo 1TB logs are ~50 GB per day uncompressed, the Kaggle set 11 GB. Pass ``limits`` to change.
+CRITEO_READ_LIMITS = ReadLimits(max_bytes=256 << 30, max_line_bytes=4096, max_lines=2_000_000_000)
+#: Samples :func:`read_criteo_tsv` holds in memory at once when no ``max_rows`` is given
+#: (Criteo Kaggle has 45.8 M; ~250 bytes of tensors each).
+CRITEO_MAX_IN_MEMORY_ROWS = 50_000_000
 
 
 def _table_sizes(table_sizes: int | Sequence[int]) -> list[int]:
@@ -87,8 +92,7 @@ class _Chunk:
         return len(self.rows)
 
 
-def _parse_line(line: str, line_number: int, path: Path, chunk: _Chunk) -> None:
-    text = line.rstrip("\r\n")
+def _parse_line(text: str, line_number: int, path: Path, chunk: _Chunk) -> None:
     if _LINE.fullmatch(text):
         chunk.rows.append(text.split("\t"))
         return
@@ -145,6 +149,7 @@ def iter_criteo_tsv(
     table_sizes: int | Sequence[int],
     batch_size: int = 8192,
     max_rows: int | None = None,
+    limits: ReadLimits = CRITEO_READ_LIMITS,
 ) -> Iterator[tuple[torch.Tensor, JaggedFeatures, torch.Tensor]]:
     """Stream a Criteo TSV file (plain or ``.gz``) in batches.
 
@@ -156,43 +161,60 @@ def iter_criteo_tsv(
         table_sizes: rows of each categorical feature's table (26 ints, or one for all).
         batch_size: samples per yielded batch (the last may be smaller).
         max_rows: stop after this many samples.
+        limits: bytes (after decompression), bytes per line and lines the reader accepts
+            (default :data:`CRITEO_READ_LIMITS`); a gzip may also not inflate over 100x.
 
     Raises:
         DataError: missing file, or a malformed line, with ``path:line`` (1-based): wrong
             number of fields (e.g. a truncated last line), a label other than 0/1, a
-            non-integer integer field, a categorical that is not 8 hex digits.
+            non-integer integer field, a categorical that is not 8 hex digits; a file past
+            ``limits`` (too large, a line too long, a gzip bomb) or a damaged gzip.
     """
     path = Path(path)
     sizes = _table_sizes(table_sizes)
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and max_rows < 0:
+        raise DataError(f"max_rows must be >= 0, got {max_rows}")
     if not path.is_file():
         raise DataError(f"Criteo file {path} does not exist")
     chunk = _Chunk()
     rows = 0
-    with _open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if max_rows is not None and rows >= max_rows:
-                break
-            if not line.strip("\r\n"):
-                continue
-            _parse_line(line, line_number, path, chunk)
-            rows += 1
-            if len(chunk) == batch_size:
-                yield _to_tensors(chunk, sizes)
-                chunk = _Chunk()
+    lines = iter_text_lines(path, limits, what="Criteo file", encoding="ascii")
+    for line_number, line in lines:
+        if max_rows is not None and rows >= max_rows:
+            break
+        if not line:
+            continue
+        _parse_line(line, line_number, path, chunk)
+        rows += 1
+        if len(chunk) == batch_size:
+            yield _to_tensors(chunk, sizes)
+            chunk = _Chunk()
+    lines.close()
     if len(chunk):
         yield _to_tensors(chunk, sizes)
 
 
 def read_criteo_tsv(
-    path: str | Path, table_sizes: int | Sequence[int], max_rows: int | None = None
+    path: str | Path,
+    table_sizes: int | Sequence[int],
+    max_rows: int | None = None,
+    limits: ReadLimits = CRITEO_READ_LIMITS,
 ) -> RecDataset:
-    """The whole file (or its first ``max_rows`` samples) as a :class:`RecDataset`."""
+    """The whole file (or its first ``max_rows`` samples) as a :class:`RecDataset`.
+
+    Without ``max_rows`` a file of more than :data:`CRITEO_MAX_IN_MEMORY_ROWS` samples is
+    refused (DataError) rather than filling memory; stream it with :func:`iter_criteo_tsv`.
+    """
     from cimflow.recsys.data import RecDataset
 
     sizes = _table_sizes(table_sizes)
-    parts = list(iter_criteo_tsv(path, sizes, batch_size=65536, max_rows=max_rows))
+    cap = CRITEO_MAX_IN_MEMORY_ROWS if max_rows is None else max_rows
+    parts = list(iter_criteo_tsv(path, sizes, batch_size=65536, max_rows=cap + (max_rows is None), limits=limits))
+    if max_rows is None and sum(len(p[2]) for p in parts) > cap:
+        raise DataError(f"Criteo file {path} holds more than {cap:,} samples, too many to hold in memory; "
+                        "pass max_rows, or stream it with iter_criteo_tsv")
     if not parts:
         raise DataError(f"Criteo file {path} holds no samples")
     dense = torch.cat([p[0] for p in parts])
@@ -256,14 +278,15 @@ def write_criteo_tsv(
     picks = np.minimum(np.floor(rng.pareto(1.0, size=(n, CRITEO_CATEGORICAL_FEATURES))).astype(np.int64), 63)
     categoricals = vocabularies[np.arange(CRITEO_CATEGORICAL_FEATURES)[None, :], picks]
     categorical_present = rng.random((n, CRITEO_CATEGORICAL_FEATURES)) >= missing_rate
-    with open(path, "w", encoding="ascii", newline="\n") as handle:
-        for i in range(n):
-            ints = [str(integers[i, j]) if integer_present[i, j] else "" for j in range(CRITEO_INTEGER_FEATURES)]
-            cats = [
-                f"{categoricals[i, j]:08x}" if categorical_present[i, j] else ""
-                for j in range(CRITEO_CATEGORICAL_FEATURES)
-            ]
-            handle.write("\t".join([str(labels[i]), *ints, *cats]) + "\n")
+    lines = []
+    for i in range(n):
+        ints = [str(integers[i, j]) if integer_present[i, j] else "" for j in range(CRITEO_INTEGER_FEATURES)]
+        cats = [
+            f"{categoricals[i, j]:08x}" if categorical_present[i, j] else ""
+            for j in range(CRITEO_CATEGORICAL_FEATURES)
+        ]
+        lines.append("\t".join([str(labels[i]), *ints, *cats]) + "\n")
+    atomic_write_text(path, "".join(lines), what="Criteo file")
     return CriteoRecords(
         labels=labels,
         integers=np.where(integer_present, integers, 0),

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from cimflow.errors import DataError
+from cimflow.readers import ReadLimits, iter_text_lines
 from cimflow.recsys.criteo import (
     CRITEO_CATEGORICAL_FEATURES,
     CRITEO_INTEGER_FEATURES,
@@ -159,29 +160,42 @@ def movielens_100k_dir() -> Path:
     return folder
 
 
-def read_atomic_file(path: Path) -> dict[str, list[str]]:
+#: Limits of :func:`read_atomic_file` (ml-100k.inter is 2.1 MB, 100,001 lines, 4 columns;
+#: ml-100k.item's longest line ~150 bytes).
+ATOMIC_FILE_LIMITS = ReadLimits(max_bytes=256 << 20, max_line_bytes=64 << 10, max_lines=10_000_000)
+#: Columns an atomic file's header may name.
+ATOMIC_FILE_MAX_COLUMNS = 256
+
+
+def read_atomic_file(path: Path, limits: ReadLimits = ATOMIC_FILE_LIMITS) -> dict[str, list[str]]:
     """Read a RecBole atomic file: tab-separated, header ``name:type`` per column.
 
     Returns ``{column name (without type): [raw string per row]}``.
 
     Raises:
-        DataError: empty file or a row whose field count differs from the header's.
+        DataError: missing or empty file, a header of more than ``ATOMIC_FILE_MAX_COLUMNS``
+            or repeated columns, a row whose field count differs from the header's, a file
+            past ``limits`` (bytes, bytes per line, lines; gzip bombs).
     """
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        header = handle.readline().rstrip("\r\n")
-        if not header:
-            raise DataError(f"{path}: empty file, expected a header of name:type columns")
-        names = [col.split(":", 1)[0] for col in header.split("\t")]
-        columns: dict[str, list[str]] = {name: [] for name in names}
-        for line_number, line in enumerate(handle, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) != len(names):
-                raise DataError(f"{path}:{line_number}: {len(fields)} fields, the header has {len(names)}")
-            for name, value in zip(names, fields, strict=True):
-                columns[name].append(value)
+    lines = iter_text_lines(path, limits, what="RecBole atomic file")
+    header = next(lines, (1, ""))[1]
+    if not header:
+        raise DataError(f"{path}: empty file, expected a header of name:type columns")
+    names = [col.split(":", 1)[0] for col in header.split("\t")]
+    if len(names) > ATOMIC_FILE_MAX_COLUMNS:
+        raise DataError(f"{path}:1: the header has {len(names)} columns; at most {ATOMIC_FILE_MAX_COLUMNS} are allowed")
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{path}:1: column {', '.join(map(repr, repeated))} appears twice in the header; each column once")
+    columns: dict[str, list[str]] = {name: [] for name in names}
+    for line_number, line in lines:
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(names):
+            raise DataError(f"{path}:{line_number}: {len(fields)} fields, the header has {len(names)}")
+        for name, value in zip(names, fields, strict=True):
+            columns[name].append(value)
     return columns
 
 
@@ -285,9 +299,34 @@ def load_movielens_100k(
             f"{test_fraction}, {validation_fraction}"
         )
     folder = movielens_100k_dir()
-    inter = read_atomic_file(folder / "ml-100k.inter")
-    users = read_atomic_file(folder / "ml-100k.user")
-    items = read_atomic_file(folder / "ml-100k.item")
+    inter = _columns(folder / "ml-100k.inter", ("user_id", "item_id", "rating", "timestamp"))
+    users = _columns(folder / "ml-100k.user", ("user_id", "age", "gender", "occupation", "zip_code"))
+    items = _columns(folder / "ml-100k.item", ("item_id", "release_year", "class"))
+    try:
+        return _movielens_splits(inter, users, items, split, test_fraction, validation_fraction, seed, positive_rating)
+    except ValueError as error:  # a non-numeric rating, timestamp or age
+        raise DataError(f"{folder}: MovieLens-100k holds a value that is not a number ({error}); "
+                        f"reinstall it: {RECBOLE_INSTALL_COMMAND}") from None
+
+
+def _columns(path: Path, required: Sequence[str]) -> dict[str, list[str]]:
+    columns = read_atomic_file(path)
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise DataError(f"{path}: the header lacks the column(s) {', '.join(missing)}; it has {', '.join(columns)}")
+    return columns
+
+
+def _movielens_splits(
+    inter: dict[str, list[str]],
+    users: dict[str, list[str]],
+    items: dict[str, list[str]],
+    split: str,
+    test_fraction: float,
+    validation_fraction: float,
+    seed: int,
+    positive_rating: float,
+) -> MovieLensSplits:
 
     user_index = _index_of(users["user_id"])
     item_index = _index_of(items["item_id"])
