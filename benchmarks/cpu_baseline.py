@@ -8,6 +8,11 @@ Zipf(1.05) lookups, warms up and times batches 256 and 2048 at 2 threads in 3 ro
 the rounds and their spread; then the spread of the medians over the three calls, and the
 load average (os.getloadavg) before and after, since other processes share the CPUs.
 
+OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless you set it): on CPUs
+shared with other work, spinning threads of a 2-thread team lose their time slices at
+every barrier and the run slows by up to ~8x with a huge spread; on an idle server
+ACTIVE may be a few % faster (export OMP_WAIT_POLICY=ACTIVE to measure it).
+
 Run: .venv/bin/python benchmarks/cpu_baseline.py [--calls 3] [--threads 2] [--json FILE]
 """
 
@@ -18,9 +23,11 @@ import os
 import statistics
 import time
 
-from cimflow.fileio import check_output_path, write_json
-from cimflow.recsys.baseline import measure_dlrm_cpu
-from cimflow.recsys.models import criteo_kaggle
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
+
+from cimflow.fileio import check_output_path, write_json  # noqa: E402
+from cimflow.recsys.baseline import measure_dlrm_cpu  # noqa: E402
+from cimflow.recsys.models import criteo_kaggle  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +64,9 @@ def main() -> None:
             f"  batch {batch:5d}: {min(medians):12,.0f} - {middle:12,.0f} - {max(medians):12,.0f}, "
             f"spread {100 * (max(medians) - min(medians)) / middle:5.1f} %"
         )
-    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}; {os.cpu_count()} CPUs")
+    print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
+          f"{tuple(round(x, 2) for x in load_after)}; {os.cpu_count()} CPUs; "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")  # fmt: skip
     if args.json:
         write_json(args.json, {"calls": [r.to_dict() for r in results], "load_before": load_before,
                                "load_after": load_after})  # fmt: skip

@@ -10,10 +10,21 @@ This package is a workload, not hardware: it knows nothing of CIM (no imports of
   wheel), the Criteo TSV reader/writer, the synthetic Zipf generator, access profiles.
 * :mod:`~cimflow.recsys.train` — :func:`train_movielens_dlrm`, :func:`evaluate_auc`,
   :func:`roc_auc`.
-* :mod:`~cimflow.recsys.baseline` — :func:`measure_cpu_baseline`.
+* :mod:`~cimflow.recsys.baseline` — :func:`measure_dlrm_cpu` (the scaled, repeated DLRM
+  baseline) and :func:`measure_cpu_baseline` (any model).
+* :mod:`~cimflow.recsys.traces` — :class:`AccessTrace`, :func:`load_trace`,
+  :func:`save_trace`: bring-your-own lookups in the TorchRec/FBGEMM jagged layout.
 """
 
-from cimflow.recsys.baseline import PRESET_CPU_POWER_W, BatchMeasurement, CpuBaseline, measure_cpu_baseline
+from cimflow.recsys.baseline import (
+    PRESET_CPU_POWER_W,
+    BatchMeasurement,
+    CpuBaseline,
+    ScaledBatchResult,
+    ScaledCpuBaseline,
+    measure_cpu_baseline,
+    measure_dlrm_cpu,
+)
 from cimflow.recsys.criteo import CriteoRecords, iter_criteo_tsv, read_criteo_tsv, write_criteo_tsv
 from cimflow.recsys.data import MovieLensSplits, RecDataset, load_movielens_100k, movielens_100k_dir
 from cimflow.recsys.jagged import JaggedFeatures
@@ -35,6 +46,7 @@ from cimflow.recsys.synthetic import (
     sample_zipf_ranks,
     zipf_hit_fraction,
 )
+from cimflow.recsys.traces import AccessTrace, load_trace, save_trace
 from cimflow.recsys.train import (
     TrainMetrics,
     TrainSettings,
@@ -46,6 +58,7 @@ from cimflow.recsys.train import (
 
 __all__ = [
     "AccessProfile",
+    "AccessTrace",
     "BatchMeasurement",
     "CRITEO_KAGGLE_TABLE_SIZES",
     "CpuBaseline",
@@ -59,6 +72,8 @@ __all__ = [
     "PRESET_CPU_POWER_W",
     "RecDataset",
     "RowPermutation",
+    "ScaledBatchResult",
+    "ScaledCpuBaseline",
     "SyntheticCriteo",
     "TrainMetrics",
     "TrainSettings",
@@ -67,13 +82,16 @@ __all__ = [
     "fx_trace",
     "iter_criteo_tsv",
     "load_movielens_100k",
+    "load_trace",
     "measure_access",
     "measure_cpu_baseline",
+    "measure_dlrm_cpu",
     "mlperf_dlrm_v2",
     "movielens_100k_dir",
     "read_criteo_tsv",
     "roc_auc",
     "sample_zipf_ranks",
+    "save_trace",
     "train_dlrm",
     "train_movielens_dlrm",
     "write_criteo_tsv",
