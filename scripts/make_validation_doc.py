@@ -84,7 +84,7 @@ def chips_section(rows: list[ChipValidation]) -> list[str]:
     out = [
         "## 1. Published chips through the plan-level model (`cimflow validate chips`)",
         "",
-        "Each chip of DESIGN.md's reference table has a validation preset "
+        "Each chip of the reference table in `docs/architecture.md` has a validation preset "
         "(`src/cimflow/chip/presets/validation/*.yaml`, loaded as `validation/<name>`) whose numbers are paper "
         "facts, documented assumptions, or parameters derived from a reported figure (each preset's header and "
         "`assumptions` say which). The measurement is the paper's benchmark condition: one full-array MVM per "

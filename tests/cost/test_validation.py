@@ -1,5 +1,5 @@
 """Tests of the chip validation: the validation presets load and carry their provenance, and
-the plan-level cost model reproduces every published chip of DESIGN.md's reference table
+the plan-level cost model reproduces every published chip of the reference table in docs/architecture.md
 (TOPS/W within 20 %, TOPS/mm^2 within 20 % where reported) under its benchmark condition."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ VALIDATION = validation_preset_names()
 CITATION = re.compile(r"\[([a-z][a-z0-9_]*)\]")
 TOP_LEVEL_FIELDS = ("technology.node_nm", "technology.supply_v", "clock_hz", "cores.count", "cores.arrays", "cores.buffer_bytes")
 
-#: DESIGN.md's reference table: benchmark -> (TOPS/W, TOPS/mm^2 or None) as printed there.
+#: The reference table of docs/architecture.md: benchmark -> (TOPS/W, TOPS/mm^2 or None) as printed there.
 DESIGN_TABLE = {
     "neurram@1b/3b": (43.1, None),
     "neurram@8b/10b": (6.4, None),

@@ -3,7 +3,7 @@
 Every function here is a closed form of chip-spec numbers; :mod:`cimflow.cost.estimate`
 multiplies them by event counts taken from a :class:`~cimflow.compile.plan.Plan`.
 
-Technology scaling (DESIGN.md: capacitance ∝ node, energy ∝ C V²) uses
+Technology scaling (docs/architecture.md: capacitance ∝ node, energy ∝ C V²) uses
 :func:`cimflow.cost.technology.switching_energy_scale`. A constant quoted at one design
 point (node ``L0``, supply ``V0``) is re-targeted to the chip's node and supply with
 :func:`retarget_energy`::
@@ -38,7 +38,7 @@ INT32_ADD_J = 0.1e-12
 #: Walden figure of merit of an ADC, joules per conversion step, at 28 nm / 0.9 V:
 #: ``E_conversion = FOM * 2**bits``. 5 fJ/step gives 1.3 pJ at 8 bits: between the best
 #: (~0.3-1 pJ) and the median (~3 pJ per conversion at 4-8 ENOB) of 22-32 nm Nyquist
-#: converters in B. Murmann's ADC Performance Survey 1997-2024 (DESIGN.md); converters
+#: converters in B. Murmann's ADC Performance Survey 1997-2024 (docs/architecture.md); converters
 #: inside CIM macros are cheaper, so this is a moderate, not an optimistic, default.
 ADC_FOM_J_PER_STEP = 5e-15
 ADC_FOM_NODE_M = 28e-9

@@ -1,6 +1,6 @@
 """Validation of the plan-level cost model against published CIM silicon: ``validate_chips()``.
 
-Every published chip of DESIGN.md's reference table has a validation preset
+Every published chip of the reference table in docs/architecture.md has a validation preset
 (``cimflow/chip/presets/validation/*.yaml``, loaded as ``"validation/<name>"``) whose numbers
 are paper facts, documented assumptions, or parameters *derived* from a reported figure
 (each preset says which). A :class:`ChipBenchmark` defines the measurement:
@@ -199,7 +199,7 @@ def _dcim5_at_09v(chip: Chip) -> dict[str, Any]:
 
 
 def _node_scaling_note() -> str:
-    """What DESIGN.md's C V^2 node scaling (C proportional to node) predicts for the 22 nm
+    """What the C V^2 node scaling of docs/architecture.md (C proportional to node) predicts for the 22 nm
     macro from the 5 nm one: a cross-check reported in the notes, not a validated number."""
     e_5nm = 2.0 / (254e12 * 16.0)
     e_22nm = retarget_energy(e_5nm, 5e-9, 0.5, 22e-9, 0.72)
@@ -361,7 +361,7 @@ def validate_benchmark(benchmark: ChipBenchmark) -> ChipValidation:
 
 def validate_chips(names: Iterable[str] | None = None) -> list[ChipValidation]:
     """Reported vs predicted TOPS/W (and TOPS/mm^2 where reported) of every published chip of
-    DESIGN.md's reference table, one row per chip or operating point.
+    the reference table of docs/architecture.md, one row per chip or operating point.
 
     ``names`` restricts the rows (benchmark names, or preset names ``"validation/<name>"``
     selecting all of a preset's rows).

@@ -1,6 +1,6 @@
 """Counter-based random numbers: a value for every (seed, table, row, cell, purpose) without
 storing anything, so the programming noise of a 10^8-row table costs nothing until a row
-is read (DESIGN.md, "Huge tables").
+is read (docs/architecture.md, "Huge tables").
 
 The mixer is SplitMix64's finalizer on int64 tensors (wrap-around multiplication, logical
 shifts by masking); uniforms use its top 53 bits; normals use Box-Muller on two uniforms.

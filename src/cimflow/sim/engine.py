@@ -7,7 +7,7 @@ planes, an analog partial sum per read group and weight slice, read noise sample
 column sums (equal in distribution to per-cell read noise, see :meth:`_read_noise`),
 the ADC, and the digital shift-add. Digital-CIM arrays compute the exact integer matmul.
 
-Fast by statistical equivalence (DESIGN.md): conductances are programmed once and the
+Fast by statistical equivalence (docs/architecture.md): conductances are programmed once and the
 effective normalized weights cached; all tiles, slices and input planes are one batched
 matmul; nothing loops over tiles in Python.
 
