@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan
-from cimflow.compile.rules import DIGITAL, matching_rule
+from cimflow.compile.rules import DIGITAL, matching_rule, refuse_unmatched_rules
 from cimflow.compile.rules import HOST as RULE_HOST
 from cimflow.compile.rules import DIGITAL_UNIT as RULE_DIGITAL_UNIT
 from cimflow.errors import CompileError
@@ -53,6 +53,8 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
     how many of its rows live in the arrays; the rest are in the SRAM or DRAM tiers."""
     rules = dict(rules or {})
     table_rows = dict(table_rows or {})
+    if rules:
+        refuse_unmatched_rules(rules, [(op.name, _type_names(op)) for op in graph.ops if op.kind not in (OpKind.INPUT, OpKind.OUTPUT)])
     plans = []
     for op in graph.ops:
         kind = op.kind

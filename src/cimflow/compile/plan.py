@@ -17,10 +17,14 @@ from typing import Any
 from cimflow.chip.io import chip_from_dict
 from cimflow.chip.spec import Chip
 from cimflow.compile.graph import Graph
-from cimflow.errors import CompileError
+from cimflow.errors import CompileError, DataError
+from cimflow.fileio import atomic_write_text, dumps_json
 from cimflow.mapping.tiling import TileGrid
+from cimflow.readers import read_text_bounded
 
 PLAN_SCHEMA_VERSION = 1
+#: Largest plan file :meth:`Plan.load` reads (a plan of a 10,000-operator model is a few MB).
+MAX_PLAN_BYTES = 256 << 20
 
 ARRAY = "array"
 DIGITAL_UNIT = "digital_unit"
@@ -185,10 +189,12 @@ class Plan:
         }
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """Strict JSON (a non-finite number is written as null, never a NaN token)."""
+        return dumps_json(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
+        """Write the plan as JSON, atomically."""
+        atomic_write_text(path, self.to_json(), what="plan")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
@@ -209,19 +215,26 @@ class Plan:
                 warnings=list(data.get("warnings", [])),
                 schema_version=version,
             )
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
             raise CompileError(f"malformed plan: {err!r}; compile the model again") from None
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
         try:
-            return cls.from_dict(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             raise CompileError(f"a plan file must be JSON ({err})") from None
+        except RecursionError:
+            raise CompileError("a plan file nests too deeply to be a plan; compile the model again") from None
+        return cls.from_dict(data)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         path = Path(path)
         if not path.is_file():
             raise CompileError(f"plan file {str(path)!r} does not exist")
-        return cls.from_json(path.read_text())
+        try:
+            text = read_text_bounded(path, MAX_PLAN_BYTES, what="plan file")
+        except DataError as err:
+            raise CompileError(str(err)) from None
+        return cls.from_json(text)

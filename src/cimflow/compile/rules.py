@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cimflow.errors import CompileError
 
@@ -41,3 +41,17 @@ def matching_rule(rules: Mapping[Any, Any], name: str, type_names: tuple[str, ..
         if rule_matches(key, name, type_names):
             chosen = (key, target)
     return chosen
+
+
+def refuse_unmatched_rules(rules: Mapping[Any, Any], operators: Sequence[tuple[str, tuple[str, ...]]]) -> None:
+    """A CompileError naming every rule that selects none of ``operators`` ((name, type names)
+    pairs) and the operators that exist: a misspelt rule must never be ignored silently."""
+    unmatched = [key for key in rules if not any(rule_matches(key, name, types) for name, types in operators)]
+    if not unmatched:
+        return
+    names = [name for name, _ in operators]
+    shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
+    which = ", ".join(repr(key.__name__ if isinstance(key, type) else key) for key in unmatched)
+    subject = f"placement rule {which} matches" if len(unmatched) == 1 else f"placement rules {which} match"
+    raise CompileError(f"{subject} no operator of the model; its operators are: {shown or '(none)'} "
+                       "(a rule is a name, a glob such as 'layer1.*', 're:<regex>' or 'type:<Type>')")
