@@ -50,7 +50,8 @@ def test_parse_duration_numbers_are_seconds(value: float):
 
 @pytest.mark.parametrize(
     "value",
-    ["", "abc", "d", "1 fortnight", "1d2h", "-1d", "1,5h", "1..5h", "++1s", -1, -0.5, float("nan"), float("inf"), True, None, [1], b"1d"],
+    ["", "abc", "d", "1 fortnight", "1d2h", "-1d", "1,5h", "1..5h", "++1s", -1, -0.5, float("nan"), float("inf"), True, None, [1], b"1d",
+     "1e300y", "1001y", 1e300, "1e400s"],
 )
 def test_parse_duration_refuses_bad_input(value):
     with pytest.raises(CimflowError) as info:
@@ -84,3 +85,9 @@ def test_format_then_parse_round_trips(seconds: float):
 def test_format_keeps_three_significant_digits(seconds: float):
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds, rel=5e-3)
 
+
+
+def test_longest_duration_is_accepted_and_one_more_is_not():
+    assert parse_duration("1000y") == 1000 * 365 * DAY
+    with pytest.raises(CimflowError, match="longest allowed"):
+        parse_duration("1000.1y")

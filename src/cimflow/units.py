@@ -26,6 +26,9 @@ _DURATION_UNITS = {
     "y": 365 * 86400.0,
     "yr": 365 * 86400.0,
 }
+#: Longest duration accepted: 1,000 years (retention specs of non-volatile memories are ~10 years;
+#: drift laws are extrapolated far beyond any measurement already there).
+MAX_DURATION_S = 1000 * 365 * 86400.0
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -49,6 +52,8 @@ def parse_duration(value: float | int | str) -> float:
         raise CimflowError(f"duration must be a number of seconds or a string like '1d', got {type(value).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
         raise CimflowError(f"duration must be a finite number of seconds >= 0, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise CimflowError(f"duration {value!r} is longer than 1000y ({MAX_DURATION_S:.4g} s), the longest allowed")
     return seconds
 
 

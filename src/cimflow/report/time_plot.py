@@ -11,10 +11,9 @@ import io
 import os
 from collections.abc import Mapping
 from html import escape
-from pathlib import Path
 from typing import Any
 
-from cimflow.errors import CimflowError
+from cimflow.fileio import atomic_write_text
 
 
 def time_plot_png(result: Mapping[str, Any]) -> bytes | None:
@@ -86,13 +85,7 @@ def render_time_html(result: Mapping[str, Any], title: str = "cimflow simulate")
 
 def write_time_html(result: Mapping[str, Any], path: str | os.PathLike[str], title: str = "cimflow simulate") -> None:
     """Write :func:`render_time_html` to ``path`` atomically."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        tmp.write_text(render_time_html(result, title), encoding="utf-8")
-        tmp.replace(target)
-    except OSError as error:
-        raise CimflowError(f"cannot write {target}: {error}") from error
+    atomic_write_text(path, render_time_html(result, title), what="HTML page")
 
 
 __all__ = ["render_time_html", "time_plot_png", "write_time_html"]
