@@ -6,7 +6,6 @@ on one line and exits with status 2, never a traceback.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +15,15 @@ from rich.console import Console
 from rich.table import Table
 
 from cimflow.errors import CimflowError
+
+#: Upper bounds of the CLI's numeric flags (each refused with one line; `cimflow recsys` checks its own).
+MAX_INSTANCES = 1000
+MAX_TIMES = 64
+MAX_BATCH = 65_536
+MAX_SEED = 2**31 - 1
+MAX_THREADS = 1024
+MAX_FOLDS = 100
+MAX_HOST_WATTS = 100_000.0
 
 app = typer.Typer(
     name="cimflow",
@@ -73,7 +81,9 @@ def chips_show(
 
     spec = resolve_chip(chip)
     if as_json:
-        typer.echo(json.dumps(spec.model_dump(mode="json", exclude_none=True), indent=2))
+        from cimflow.fileio import dumps_json
+
+        typer.echo(dumps_json(spec.model_dump(mode="json", exclude_none=True), indent=2))
     else:
         typer.echo(chip_to_yaml(spec), nl=False)
 
@@ -105,6 +115,7 @@ def compile_cmd(
     from cimflow.compile.capture import load_model_file
     from cimflow.report.plan_table import print_plan
 
+    _check_outputs(out=out)
     module, example_inputs = load_model_file(model)
     plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule), mode=mode)
     plan.model_name = model.stem
@@ -113,7 +124,7 @@ def compile_cmd(
         host = [o for o in plan.ops if o.kind == "host"]
         console.print("operators on the host (unknown to cimflow): " + (", ".join(f"{o.name} [{o.op_type}] at {o.source_location}" for o in host) if host else "none"))
     if out is not None:
-        _atomic_write(out, plan.to_json())
+        _write_text(out, plan.to_json(), "plan")
         console.print(f"wrote {out}")
 
 
@@ -136,6 +147,7 @@ def estimate_cmd(
     from cimflow.compile.capture import load_model_file
     from cimflow.cost import estimate, gather_stats, print_cost
 
+    _check_outputs(out=out)
     module, example_inputs = load_model_file(model)
     plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule))
     plan.model_name = model.stem
@@ -146,7 +158,7 @@ def estimate_cmd(
     report = estimate(plan, stats=stats, host=host)
     print_cost(report, console, all_ops=all_ops)
     if out is not None:
-        _atomic_write(out, json.dumps(report.to_dict(), indent=1))
+        _write_json(out, report.to_dict())
         console.print(f"wrote {out}")
 
 
@@ -154,34 +166,81 @@ def estimate_cmd(
 def recsys_cmd(
     shape: str = typer.Option("custom", "--shape", help="custom | criteo-kaggle | dlrm-v2 (MLPerf DLRM-v2: 26 tables, 204M rows x 128)"),
     tables: str = typer.Option("1000000,1000000,1000000,1000000", "--tables", help="custom shape: rows of each table, comma-separated"),
-    dim: int = typer.Option(64, "--dim", min=1, help="custom shape: embedding width"),
-    pooling: int = typer.Option(4, "--pooling", min=1, help="custom shape: lookups per table per sample"),
-    skew: float = typer.Option(1.05, "--skew", min=0.0, help="Zipf exponent of row accesses (0 = uniform)"),
+    dim: int = typer.Option(64, "--dim", help="custom shape: embedding width (1-4096)"),
+    pooling: int = typer.Option(4, "--pooling", help="custom shape: lookups per table per sample (1-10000)"),
+    skew: float = typer.Option(1.05, "--skew", help="Zipf exponent of row accesses (0 = uniform, at most 5)"),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="access trace (.npz / .pt, TorchRec KJT layout: indices, offsets or lengths, batch_size) instead of --skew; its first half places rows, its second half measures hits"),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
-    batch: int = typer.Option(64, "--batch", min=1),
+    chips: Optional[int] = typer.Option(None, "--chips", help="number of chips (default: the fewest that hold the model)"),
+    sharding: str = typer.Option("auto", "--sharding", help="auto | table_wise | row_wise | column_wise"),
+    batch: int = typer.Option(256, "--batch", help="queries per inference for the estimate and the CPU reference"),
+    sample_queries: int = typer.Option(4096, "--sample-queries", help="queries in each access sample (placement, held out)"),
     host: str = typer.Option("server-cpu-2s", "--host", help="host preset for the CPU reference roofline"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON"),
+    cpu: str = typer.Option("roofline", "--cpu", help="roofline | measured (also time plain PyTorch on this machine; the ratios then use it)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON (top level: qps, qps_per_w, chips, bound_by, utilization, tiers, ...)"),
 ) -> None:
-    """Estimate a recommendation configuration on a chip: tiers, energy, QPS and QPS/W.
+    """Estimate a recommendation configuration on one or several chips: sharding, tiers, the
+    binding resource, QPS and QPS/W against a CPU.
 
-    Example: cimflow recsys --shape dlrm-v2 --skew 1.1 --batch 64 --out dlrmv2.json
+    Example: cimflow recsys --shape dlrm-v2 --skew 1.1 --out dlrmv2.json
     """
-    from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config, write_json
+    from cimflow.fileio import check_output_path, write_json
+    from cimflow.jobs.recsys_config import RecsysConfig, check_config, run_recsys_config
 
     try:
         sizes = tuple(int(t) for t in tables.split(",") if t.strip())
     except ValueError:
         raise CimflowError(f"--tables {tables!r}: give row counts separated by commas, e.g. 1000000,500000") from None
-    result = run_recsys_config(RecsysConfig(shape=shape, tables=sizes, dim=dim, pooling=pooling, skew=skew, chip=chip, batch=batch, host=host), console)
+    cfg = RecsysConfig(shape=shape, tables=sizes, dim=dim, pooling=pooling, skew=skew, chip=chip, batch=batch, host=host, chips=chips,
+                       sharding=sharding, trace=trace, cpu=cpu, sample_queries=sample_queries)
+    check_config(cfg)
+    if out is not None:
+        check_output_path(out, "--out")
+    result = run_recsys_config(cfg, console)
     if out is not None:
         write_json(out, result)
         console.print(f"wrote {out}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _check_outputs(**paths: Optional[Path]) -> None:
+    """Refuse an unwritable output location (``--out``, ``--html``, ``--save``) before any work starts."""
+    from cimflow.fileio import check_output_path
+
+    for flag, path in paths.items():
+        if path is not None:
+            check_output_path(path, f"--{flag}")
+
+
+def _write_json(path: Path, data: object) -> None:
+    from cimflow.fileio import write_json
+
+    write_json(path, data)
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    from cimflow.fileio import atomic_write_text
+
+    atomic_write_text(path, text, what)
+
+
+def _check_range(flag: str, value: float, low: float, high: float) -> None:
+    """One line when a numeric flag is outside [low, high] (NaN included)."""
+    if not low <= value <= high:
+        raise CimflowError(f"{flag} {value!r} is out of range: give a number from {low:g} to {high:g}")
+
+
+def _check_times(times: str) -> int:
+    """Parse --times up front (each at most 1000y, at most MAX_TIMES of them); return the count."""
+    from cimflow.units import parse_duration
+
+    labels = [t.strip() for t in times.split(",") if t.strip()]
+    if not labels:
+        raise CimflowError(f"--times {times!r}: give at least one time after programming, e.g. --times 1s,1d,1y")
+    if len(labels) > MAX_TIMES:
+        raise CimflowError(f"--times gives {len(labels)} times; at most {MAX_TIMES} are allowed")
+    for label in labels:
+        parse_duration(label)
+    return len(labels)
 
 
 validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros --out results.json")
@@ -204,7 +263,7 @@ def validate_macros_cmd(
     from cimflow.cost.macros import SHIPPED_MACROS_CSV, validate_macros
 
     csv = csv if csv is not None else SHIPPED_MACROS_CSV
-
+    _check_outputs(out=out)
     result = validate_macros(csv)
     table = Table(title=f"macro validation: {csv.name} ({result.n_rows} rows, {result.n_skipped} skipped for TOPS/W)")
     for col in ("index", "title", "pred TOPS/W", "reported", "pred TOPS/mm2", "reported "):
@@ -217,7 +276,7 @@ def validate_macros_cmd(
     console.print(f"TOPS/W: median abs error {_pct(result.median_abs_err_tops_w)}, p90 {_pct(result.p90_abs_err_tops_w)} over {result.n_scored_tops_w} rows; "
                   f"TOPS/mm2: median {_pct(result.median_abs_err_tops_mm2)}, p90 {_pct(result.p90_abs_err_tops_mm2)} over {result.n_scored_tops_mm2} rows")
     if out is not None:
-        _atomic_write(out, json.dumps(result.to_json(), indent=1))
+        _write_json(out, result.to_json())
         console.print(f"wrote {out}")
 
 
@@ -236,6 +295,7 @@ def validate_chips_cmd(
     """
     from cimflow.cost.validation import TOLERANCE, summarize, validate_chips
 
+    _check_outputs(out=out)
     rows = validate_chips(chip or None)
     table = Table(title=f"chip validation: {len(rows)} chips / operating points (target: within {TOLERANCE:.0%})")
     for col in ("chip", "basis", "TOPS/W reported", "predicted", "error", "TOPS/mm2 reported", "predicted ", "error ", "within"):
@@ -254,14 +314,14 @@ def validate_chips_cmd(
     console.print(f"TOPS/W predicted: median |error| {_pct(predicted['median_abs_error'])}, max {_pct(predicted['max_abs_error'])} over "
                   f"{predicted['n']} rows; derived (by construction): max {_pct(derived['max_abs_error'])} over {derived['n']} rows")
     if out is not None:
-        _atomic_write(out, json.dumps({"summary": summary, "rows": [r.to_dict() for r in rows]}, indent=1))
+        _write_json(out, {"summary": summary, "rows": [r.to_dict() for r in rows]})
         console.print(f"wrote {out}")
 
 
 @validate_app.command("calibrate")
 def validate_calibrate_cmd(
     csv: Optional[Path] = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
-    k: int = typer.Option(5, "--k", min=2, help="folds (grouped by paper)"),
+    k: int = typer.Option(5, "--k", help=f"folds (grouped by paper), 2 to {MAX_FOLDS}"),
     seed: int = typer.Option(0, "--seed"),
     save: Optional[Path] = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the calibration result as JSON"),
@@ -273,7 +333,9 @@ def validate_calibrate_cmd(
     from cimflow.cost.macros import SHIPPED_MACROS_CSV, calibrate, save_constants
 
     csv = csv if csv is not None else SHIPPED_MACROS_CSV
-
+    _check_range("--k", k, 2, MAX_FOLDS)
+    _check_range("--seed", seed, 0, MAX_SEED)
+    _check_outputs(save=save, out=out)
     result = calibrate(csv, k=k, seed=seed)
     table = Table(title=f"calibration on {csv.name}: {len(result.constants.values())} constants, {k}-fold CV grouped by paper (seed {seed})")
     table.add_column("metric")
@@ -289,7 +351,7 @@ def validate_calibrate_cmd(
         save_constants(result.constants, save)
         console.print(f"wrote constants to {save}")
     if out is not None:
-        _atomic_write(out, json.dumps(result.to_json(), indent=1, default=str))
+        _write_json(out, result.to_json())
         console.print(f"wrote {out}")
 
 
@@ -303,10 +365,10 @@ def _cache_help() -> str:
 @app.command("run")
 def run(
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
-    instances: int = typer.Option(5, "--instances", min=1, help="chip instances (programming seeds)"),
-    times: str = typer.Option("1s,1d", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
-    batch: int = typer.Option(64, "--batch", min=1, help="batch for the cost estimate and the CPU comparison"),
-    host_watts: Optional[float] = typer.Option(None, "--host-watts", help="CPU power in watts (default: RAPL when readable, else the preset)"),
+    instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
+    times: str = typer.Option("1s,1d", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y; at most 1000y)"),
+    batch: int = typer.Option(64, "--batch", help=f"batch for the cost estimate and the CPU comparison, 1 to {MAX_BATCH}"),
+    host_watts: Optional[float] = typer.Option(None, "--host-watts", help="CPU power in watts, > 0 (default: RAPL when readable, else the preset)"),
     out: Path = typer.Option(Path("report.json"), "--out", help="JSON report"),
     html: Optional[Path] = typer.Option(Path("report.html"), "--html", help="HTML report"),
     seed: int = typer.Option(0, "--seed"),
@@ -319,11 +381,20 @@ def run(
 
     Example: cimflow run --instances 5 --times 1s,1d
     """
+    _check_range("--instances", instances, 1, MAX_INSTANCES)
+    _check_range("--batch", batch, 1, MAX_BATCH)
+    _check_range("--seed", seed, 0, MAX_SEED)
+    if host_watts is not None and not 0 < host_watts <= MAX_HOST_WATTS:
+        raise CimflowError(f"--host-watts {host_watts!r}: give the CPU's power in watts, a number above 0 and at most {MAX_HOST_WATTS:g}")
+    if workload not in ("recsys", "digits"):
+        raise CimflowError(f"--workload {workload!r} is not one of: recsys, digits")
+    _check_times(times)
+    _check_outputs(out=out, html=html if workload == "recsys" else None)
     if workload == "digits":
         from cimflow.jobs.digits import run_digits_demo
 
         result = run_digits_demo(instances=instances, seed=seed, console=console)
-        _atomic_write(out, json.dumps(result, indent=2))
+        _write_json(out, result)
         console.print(f"wrote {out}")
         return
     if workload != "recsys":
@@ -344,7 +415,7 @@ def run(
 def train_hwa_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the float DLRM (and its data split) to fine-tune"),
     retrain: bool = typer.Option(False, "--retrain", help=f"fine-tune again even when a fine-tuned model is cached; {_cache_help()}"),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while training"),
+    threads: int = typer.Option(1, "--threads", help=f"torch threads while training, 1 to {MAX_THREADS}"),
 ) -> None:
     """Hardware-aware fine-tuning of the MovieLens DLRM for the hybrid RRAM/SRAM chip; the result is cached
     and `cimflow run` uses it (with before/after AUC series).
@@ -354,6 +425,8 @@ def train_hwa_cmd(
     from cimflow.jobs.hwa_dlrm import HWASettings, hwa_movielens_dlrm
     from cimflow.progress import progress_bar
 
+    _check_range("--seed", seed, 0, MAX_SEED)
+    _check_range("--threads", threads, 1, MAX_THREADS)
     settings = HWASettings()
     with progress_bar(console) as progress:
         task = progress.add_task(f"HWA fine-tuning the DLRM on {settings.chip}", total=1)
@@ -369,7 +442,7 @@ def simulate_cmd(
     model: Path = typer.Argument(..., help="a Python file exposing model(), example_inputs() and optionally evaluate(model) -> float"),
     chip: str = typer.Option("pcm-hermes-like", "--chip", help="preset name or chip YAML file"),
     times: str = typer.Option("1s,1h,1d,1mo,1y", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
-    instances: int = typer.Option(5, "--instances", min=1, help="chip instances (programming seeds)"),
+    instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
     compensation: str = typer.Option("global", "--compensation", help="drift compensation to compare with none: global | per_column | none"),
     seed: int = typer.Option(0, "--seed", help="first instance seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON"),
@@ -384,6 +457,10 @@ def simulate_cmd(
     from cimflow.progress import progress_bar
     from cimflow.train.over_time import accuracy_over_time, parse_times
 
+    _check_range("--instances", instances, 1, MAX_INSTANCES)
+    _check_range("--seed", seed, 0, MAX_SEED)
+    _check_times(times)
+    _check_outputs(out=out, html=html)
     module, example_inputs = load_model_file(model)
     evaluate = _model_file_function(model, "evaluate")
     points = parse_times(times)
@@ -402,7 +479,7 @@ def simulate_cmd(
     console.print(table)
     data = {"model": str(model), **result.to_dict()}
     if out is not None:
-        _atomic_write(out, json.dumps(data, indent=1))
+        _write_json(out, data)
         console.print(f"wrote {out}")
     if html is not None:
         from cimflow.report.time_plot import write_time_html

@@ -50,3 +50,42 @@ def test_capacities_come_from_the_chip():
     dig = chip.arrays[chip.roles.digital]
     assert caps[SRAM] == chip.arrays_on_chip(chip.roles.digital) * dig.rows * dig.cols // (16 * dig.weight_bits)
     assert (caps[DRAM] > 0) == (chip.dram is not None and bool(chip.dram.capacity_bytes))
+
+
+def test_held_out_hits_on_zipf_agree_with_the_law_and_not_the_placement_sample():
+    import numpy as np
+
+    from cimflow.compile.tiers import held_out_hits, measure_held_out
+    from cimflow.recsys.synthetic import sample_zipf_ranks, zipf_hit_fraction
+
+    rows, alpha = 200_000, 1.05
+    rng = np.random.default_rng(0)
+    place = torch.from_numpy(sample_zipf_ranks(rows, alpha, 2_000_000, rng))  # enough to rank the tiers' rows
+    held = torch.from_numpy(sample_zipf_ranks(rows, alpha, 100_000, rng))
+    a = count_accesses("t", rows, 16, [place])
+    caps = {SRAM: 2_000, ARRAYS: 20_000, DRAM: rows}
+    (p,) = place_tables([a], load_preset("hybrid-rram-sram-28nm"), capacities=caps)
+    in_sample = dict(p.hit_fraction)
+    measure_held_out([p], [held])
+    assert p.held_out and sum(p.hit_fraction.values()) == pytest.approx(1.0)
+    law_sram = zipf_hit_fraction(rows, alpha, 2_000)
+    law_arrays = zipf_hit_fraction(rows, alpha, 22_000) - law_sram
+    assert p.hit_fraction[SRAM] == pytest.approx(law_sram, abs=0.02)
+    assert p.hit_fraction[ARRAYS] == pytest.approx(law_arrays, abs=0.02)
+    # the placement sample flatters its own placement: nothing it saw is ever in DRAM
+    assert in_sample.get(DRAM, 0.0) < p.hit_fraction[DRAM]
+    assert held_out_hits(p, held) == p.hit_fraction
+
+
+def test_held_out_hits_on_uniform_access_go_where_the_rows_are():
+    from cimflow.compile.tiers import held_out_hits
+
+    rows = 1_000_000
+    gen = torch.Generator().manual_seed(0)
+    a = count_accesses("u", rows, 16, [torch.randint(0, rows, (50_000,), generator=gen)])
+    (p,) = place_tables([a], load_preset("hybrid-rram-sram-28nm"), capacities={SRAM: 0, ARRAYS: 10_000, DRAM: rows})
+    assert p.hit_fraction[ARRAYS] > 0.15  # in sample: 10,000 of the ~49,000 rows seen are in arrays
+    held = held_out_hits(p, torch.randint(0, rows, (50_000,), generator=gen))
+    assert held[ARRAYS] == pytest.approx(0.01, abs=0.003) and held[DRAM] == pytest.approx(0.99, abs=0.003)
+    with pytest.raises(CompileError, match="held-out indices"):
+        held_out_hits(p, torch.tensor([rows]))

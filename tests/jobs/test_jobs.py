@@ -7,6 +7,8 @@ import json
 import pytest
 from rich.console import Console
 
+import cimflow
+
 from cimflow.errors import CimflowError
 from cimflow.jobs.recsys import RunConfig, run_recsys
 from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config
@@ -32,16 +34,84 @@ def test_main_job_writes_reports_with_consistent_numbers(tmp_path):
     assert html.read_text().count("data:image/png;base64,") == 3
 
 
+def _quiet(**kw) -> RecsysConfig:
+    return RecsysConfig(quiet=True, **kw)
+
+
+def _check_bounds(result):
+    assert result["qps"] > 0 and result["qps_per_w"] > 0
+    assert result["bound_by"] in result["utilization"]
+    assert result["utilization"][result["bound_by"]] == pytest.approx(1.0)
+    assert all(0 <= u <= 1 + 1e-9 for u in result["utilization"].values())
+
+
 def test_recsys_configuration_places_tiers_and_estimates():
-    result = run_recsys_config(RecsysConfig(tables=(20000, 5000), dim=16, pooling=2, batch=32, sample_batches=4), Console(width=160, record=True))
+    result = run_recsys_config(RecsysConfig(tables=(20000, 5000), dim=16, pooling=2, batch=32, sample_queries=512), Console(width=160, record=True))
     for tier in result["tiers"]:
         assert sum(tier["placement"].values()) == tier["rows"]
-    assert result["cost"]["qps"] > 0 and result["host_roofline"]["qps"] > 0
-    assert result["ratios"]["qps"] == pytest.approx(result["cost"]["qps"] / result["host_roofline"]["qps"])
+        assert sum(tier["hit_fraction"].values()) == pytest.approx(1.0)
+        assert tier["hit_fraction_measured_on"] == "held-out sample"
+    _check_bounds(result)
+    assert result["chips"] == 1 and result["qps_per_chip"] == pytest.approx(result["qps"])
+    assert result["ratios"]["qps"] == pytest.approx(result["qps"] / result["cpu"]["roofline"]["qps"])
 
 
-def test_recsys_configuration_refuses_bad_shapes():
+def test_uniform_access_over_huge_tables_is_bound_by_dram_not_arrays():
+    tables = (10**7,) * 26
+    result = run_recsys_config(_quiet(tables=tables, dim=64, pooling=20, skew=0.0, sample_queries=256))
+    _check_bounds(result)
+    assert result["bound_by"] in ("DRAM", "host link")
+    for t in result["tiers"]:  # uniform access: each tier serves its share of the rows
+        assert t["placement"]["dram"] > 0.9 * t["rows"]
+        assert t["hit_fraction"]["dram"] == pytest.approx(t["placement"]["dram"] / t["rows"], abs=0.01)
+    # the QPS is below what the DRAM can feed: 26 x 20 lookups x >= 64 B (int8 rows of 64 values, one burst)
+    chip = cimflow.load_chip("hybrid-rram-sram-28nm")
+    dram_lookups = sum(t["lookups_per_query"] * t["hit_fraction"]["dram"] for t in result["tiers"])
+    assert result["qps"] <= chip.dram.bandwidth_bytes_per_s / (dram_lookups * 64) * (1 + 1e-9)
+
+
+def test_held_out_hits_do_not_depend_on_the_batch_and_follow_the_law():
+    small = run_recsys_config(_quiet(tables=(200_000, 50_000), dim=16, pooling=4, skew=1.1, batch=16, sample_queries=4096))
+    large = run_recsys_config(_quiet(tables=(200_000, 50_000), dim=16, pooling=4, skew=1.1, batch=1024, sample_queries=4096))
+    assert [t["hit_fraction"] for t in small["tiers"]] == [t["hit_fraction"] for t in large["tiers"]]
+    for t in small["tiers"]:
+        law = t["access_law"]["hit_fraction"]
+        assert t["access_law"]["alpha"] == pytest.approx(1.1)
+        for tier in ("sram", "arrays", "dram"):
+            assert t["hit_fraction"][tier] == pytest.approx(law[tier], abs=0.02)
+
+
+@pytest.mark.parametrize("shape", ["criteo-kaggle", "dlrm-v2"])
+def test_production_shapes_run_on_the_hybrid_preset_with_chips_chosen_automatically(shape):
+    result = run_recsys_config(_quiet(shape=shape, sample_queries=128))
+    _check_bounds(result)
+    if shape == "dlrm-v2":  # its MLPs (~16M weights) need more SRAM than one chip has
+        assert result["chips"] > 1 and result["sharding"]["dense_chips"] > 1
+    assert result["qps_per_chip"] == pytest.approx(result["qps"] / result["chips"])
+    assert {t["table"] for t in result["tiers"]} == {f"embeddings.{k}" for k in range(26)}
+    assert sum(result["system"]["energy_per_query_by_part_j"].values()) == pytest.approx(1 / result["qps_per_w"])
+
+
+def test_user_chip_count_and_row_wise_sharding():
+    result = run_recsys_config(_quiet(tables=(400_000, 100_000), dim=16, pooling=4, chips=2, sharding="row_wise", sample_queries=512))
+    _check_bounds(result)
+    assert result["chips"] == 2 and all(t["sharding"] == "row_wise" and t["chips"] == [0, 1] for t in result["tiers"])
+    assert any(k.startswith("chip link") for k in result["utilization"])
+
+
+def test_recsys_configuration_refuses_bad_input():
     with pytest.raises(CimflowError, match="--shape 'huge'"):
-        run_recsys_config(RecsysConfig(shape="huge"), Console(record=True))
-    with pytest.raises(CimflowError, match="positive"):
-        run_recsys_config(RecsysConfig(tables=(0,)), Console(record=True))
+        run_recsys_config(_quiet(shape="huge"))
+    with pytest.raises(CimflowError, match="--tables"):
+        run_recsys_config(_quiet(tables=(0,)))
+    with pytest.raises(CimflowError, match="--tables"):
+        run_recsys_config(_quiet(tables=(-5, 10)))
+    with pytest.raises(CimflowError, match="--pooling"):
+        run_recsys_config(_quiet(pooling=1_000_000_000))
+    with pytest.raises(CimflowError, match="--skew"):
+        run_recsys_config(_quiet(skew=float("inf")))
+    with pytest.raises(CimflowError, match="--chips"):
+        run_recsys_config(_quiet(chips=0))
+    # a chip with no DRAM tier cannot hold 10^9 rows on 2 chips: one line with the numbers
+    with pytest.raises(CimflowError, match=r"do not fit on 2 chips holding [\d,]+ rows each"):
+        run_recsys_config(_quiet(tables=(10**9,), dim=16, pooling=1, chip="rram-analog-generic", chips=2, sample_queries=64))

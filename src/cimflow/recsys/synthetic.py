@@ -34,6 +34,8 @@ from cimflow.recsys.jagged import JaggedFeatures
 __all__ = [
     "sample_zipf_ranks",
     "zipf_hit_fraction",
+    "expected_distinct_rows",
+    "fit_zipf_alpha",
     "generalized_harmonic",
     "RowPermutation",
     "SyntheticCriteo",
@@ -137,6 +139,45 @@ def zipf_hit_fraction(n_rows: int, alpha: float, top_rows: int) -> float:
     """Expected fraction of lookups that hit the ``top_rows`` hottest of ``n_rows`` rows."""
     top_rows = max(0, min(int(top_rows), int(n_rows)))
     return generalized_harmonic(top_rows, alpha) / generalized_harmonic(int(n_rows), alpha)
+
+
+def expected_distinct_rows(n_rows: int, alpha: float, lookups: int) -> float:
+    """Expected number of distinct rows ``lookups`` Zipf(``alpha``) draws over ``n_rows`` rows
+    touch: ``sum_r 1 - exp(-lookups p_r)`` (Poisson), exact over the first 10^5 ranks and a
+    log-spaced trapezoid over the rest."""
+    h = generalized_harmonic(int(n_rows), alpha)
+    head = min(int(n_rows), 100_000)
+    r = np.arange(1, head + 1, dtype=np.float64)
+    total = float(np.sum(-np.expm1(-lookups * r**-alpha / h)))
+    if n_rows > head:
+        x = np.geomspace(head + 1, n_rows, 4000)
+        y = -np.expm1(-lookups * x**-alpha / h)
+        total += float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x))) + float(y[0] + y[-1]) / 2
+    return total
+
+
+def fit_zipf_alpha(counts: np.ndarray | Tensor, n_rows: int, max_alpha: float = 4.0) -> float:
+    """Zipf exponent of a table from an access sample: the ``alpha`` whose expected number of
+    distinct rows (:func:`expected_distinct_rows`) equals the sample's, for the same number of
+    lookups (``counts`` = hit counts of the rows the sample saw). Unlike a fit to the sample's
+    rank-frequency curve, this has no bias from ranking rows seen once. 0 = uniform."""
+    c = np.asarray(counts, dtype=np.float64).reshape(-1)
+    c = c[c > 0]
+    if c.size == 0 or n_rows < 2:
+        return 0.0
+    if c.size > n_rows:
+        raise DataError(f"{c.size} distinct rows seen in a table of {n_rows} rows")
+    lookups, distinct = int(c.sum()), float(c.size)
+    if distinct >= expected_distinct_rows(n_rows, 0.0, lookups):
+        return 0.0
+    lo, hi = 0.0, float(max_alpha)
+    for _ in range(22):  # the expected count falls as alpha grows (4 / 2^22 ~ 1e-6)
+        mid = (lo + hi) / 2
+        if expected_distinct_rows(n_rows, mid, lookups) > distinct:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 # ------------------------------------------------------------------------- permutation
