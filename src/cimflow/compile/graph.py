@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cimflow.errors import CompileError
+from cimflow.fileio import dumps_json
 
 __all__ = ["OpKind", "Op", "Graph", "CAPTURE_METHODS"]
 
@@ -285,8 +286,8 @@ class Graph:
         )
 
     def to_json(self, indent: int | None = 1) -> str:
-        """The graph as a JSON string (see :meth:`to_dict`)."""
-        return json.dumps(self.to_dict(), indent=indent)
+        """The graph as strict JSON (see :meth:`to_dict`; a non-finite number is written as null)."""
+        return dumps_json(self.to_dict(), indent=indent)
 
     @classmethod
     def from_json(cls, data: str | dict[str, Any]) -> Graph:
@@ -296,6 +297,8 @@ class Graph:
                 data = json.loads(data)
             except json.JSONDecodeError as error:
                 raise CompileError(f"graph JSON is malformed: {error}") from error
+            except RecursionError:
+                raise CompileError("graph JSON nests too deeply to be a graph") from None
         return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:
