@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cimflow import cli
 
@@ -129,3 +131,24 @@ def test_chips_show_bomb_is_one_line_fast(capsys, tmp_path: Path) -> None:  # ty
         f"l{i}: &l{i} [" + ", ".join([f"*{'a' if i == 0 else f'l{i - 1}'}"] * 9) + "]\n" for i in range(9)))
     line = refuse(capsys, "chips", "show", str(bomb))
     assert "aliases" in line
+
+
+class _WorkStarted(Exception):
+    pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(watts=st.floats(allow_nan=True, allow_infinity=True), instances=st.integers(-10, 10**12), batch=st.integers(-10, 10**9))
+def test_run_flags_are_refused_in_one_line_or_reach_the_work(capsys, monkeypatch, tmp_path, watts, instances, batch) -> None:  # type: ignore[no-untyped-def]
+    def work(*_args: object, **_kwargs: object) -> None:
+        raise _WorkStarted
+
+    monkeypatch.setattr(importlib.import_module("cimflow.recsys.data"), "movielens_100k_dir", work)
+    args = ["run", "--host-watts", repr(watts), "--instances", str(instances), "--batch", str(batch),
+            "--out", str(tmp_path / "r.json"), "--html", str(tmp_path / "r.html")]
+    valid = 0 < watts <= cli.MAX_HOST_WATTS and 1 <= instances <= cli.MAX_INSTANCES and 1 <= batch <= cli.MAX_BATCH
+    if valid:
+        with pytest.raises(_WorkStarted):
+            cli.main(args)
+    else:
+        refuse(capsys, *args)
