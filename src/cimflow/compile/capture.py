@@ -72,7 +72,8 @@ import torch.fx as fx
 from torch import nn
 
 from cimflow.compile.calls import _first_line
-from cimflow.compile.example_inputs import _forward_arg_names, _normalize_inputs
+from cimflow.compile.example_inputs import _forward_arg_names, check_example_inputs
+from cimflow.compile.export_layers import lift_weight_layers
 from cimflow.compile.fx_capture import (
     _CaptureTracer, _build_from_fx, _capture_graph_module, _eager_error, _input_mismatch_error,
 )
@@ -118,10 +119,10 @@ def capture(model: nn.Module, example_inputs: Any, *, propagate_on: str = "auto"
 
     Raises:
         CompileError: the example inputs do not fit the model (names the failing op and the
-            input it reads), or the model can neither be traced nor run.
+            input it reads), hold NaN/inf values, or the model can neither be traced nor run.
     """
-    if isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
+    if isinstance(model, torch.export.ExportedProgram):  # as load_model_file reads a .pt2
+        model = lift_weight_layers(model.module(check_guards=False))
     if not isinstance(model, nn.Module):
         raise CompileError(
             f"capture needs a torch.nn.Module; got {type(model).__name__}. Wrap a plain "
@@ -129,7 +130,7 @@ def capture(model: nn.Module, example_inputs: Any, *, propagate_on: str = "auto"
         )
     if propagate_on not in PROPAGATE_ON:
         raise CompileError(f"propagate_on={propagate_on!r} is not one of {list(PROPAGATE_ON)}")
-    args, kwargs = _normalize_inputs(example_inputs)
+    args, kwargs = check_example_inputs(model, example_inputs)
     if isinstance(model, fx.GraphModule):  # exported/imported graphs: used as they are
         return _capture_graph_module(model, args, kwargs, propagate_on)
     with _inference_mode_flags(model):

@@ -4,13 +4,14 @@ messages, and walking the tensors inside them."""
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from cimflow.compile.calls import _dtype_name
-from cimflow.errors import CompileError
+from cimflow.compile.calls import _dtype_name, _first_line
+from cimflow.errors import CimflowError, CompileError
 
 
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -80,3 +81,101 @@ def _iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, dict):
         for item in obj.values():
             yield from _iter_tensors(item)
+
+
+#: Most elements cimflow makes up for example inputs from a file's declared shapes
+#: (2**27: 512 MiB of float32), so a file cannot make it allocate without bound.
+MAX_EXAMPLE_ELEMENTS = 2**27
+
+
+def zeros_input(shape: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """Zeros of a declared input shape (symbolic sizes become 2), bounded in size."""
+    sizes = []
+    for dim in shape:
+        try:
+            size = int(dim)
+        except Exception:  # noqa: BLE001 - a symbolic size without a hint
+            size = 2
+        if size < 0:
+            raise CompileError(f"{what} declares a negative size {size} in shape {list(shape)}")
+        sizes.append(size)
+    count = math.prod(sizes)
+    if count > MAX_EXAMPLE_ELEMENTS:
+        raise CompileError(
+            f"{what} declares shape {sizes} ({count} elements); cimflow makes up example inputs of "
+            f"at most {MAX_EXAMPLE_ELEMENTS} elements: give smaller example inputs"
+        )
+    return torch.zeros(sizes, dtype=dtype)
+
+
+def _labelled(args: tuple[Any, ...], kwargs: dict[str, Any],
+              names: list[str]) -> Iterator[tuple[str, Any]]:
+    for index, value in enumerate(args):
+        yield (names[index] if index < len(names) else f"arg{index}"), value
+    yield from kwargs.items()
+
+
+def non_finite(value: Any) -> tuple[torch.Tensor, int] | None:
+    """The first floating-point tensor inside ``value`` holding NaN/inf, and how many."""
+    for tensor in _iter_tensors(value):
+        if (tensor.is_floating_point() or tensor.is_complex()) and not tensor.is_meta:
+            bad = int((~torch.isfinite(tensor.detach())).sum())
+            if bad:
+                return tensor, bad
+    return None
+
+
+def check_example_inputs(model: nn.Module | None,
+                         example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The one check compile, estimate and simulate apply to example inputs.
+
+    Returns them as (positional args, keyword args) after checking their structure (a
+    Tensor, a tuple or a dict of argument names) and that every floating-point tensor is
+    finite. Shapes and dtypes are checked by running the model: capture does it while
+    propagating shapes, :func:`run_example_inputs` for a plain forward.
+
+    Raises:
+        CompileError: a wrong structure, or NaN/inf values (naming the input).
+    """
+    args, kwargs = _normalize_inputs(example_inputs)
+    names = _forward_arg_names(model) if model is not None else []
+    for label, value in _labelled(args, kwargs, names):
+        found = non_finite(value)
+        if found is not None:
+            tensor, count = found
+            raise CompileError(
+                f"example input {label!r} ({_describe(tensor)}) holds {count} NaN or infinite "
+                "value(s); cimflow needs finite example inputs (replace or mask the missing "
+                "values before compiling, estimating or simulating)"
+            )
+    return args, kwargs
+
+
+def run_example_inputs(model: nn.Module, example_inputs: Any) -> Any:
+    """Check the example inputs (:func:`check_example_inputs`), run ``model`` once on them
+    without gradients and return its output, refusing NaN/inf outputs.
+
+    Raises:
+        CompileError: the inputs are refused or do not fit the model (names them), or the
+            model's output is not finite.
+    """
+    args, kwargs = check_example_inputs(model, example_inputs)
+    try:
+        with torch.no_grad():
+            output = model(*args, **kwargs)
+    except CimflowError:
+        raise
+    except Exception as error:  # noqa: BLE001 - reported to the user
+        raise CompileError(
+            f"The example inputs do not fit the model: running it failed with "
+            f"{_first_line(error)}. Example inputs given: "
+            f"{_describe_inputs(args, kwargs, _forward_arg_names(model))}. Pass example inputs "
+            "with the shapes and dtypes model.forward expects (one inference batch)."
+        ) from error
+    found = non_finite(output)
+    if found is not None:
+        raise CompileError(
+            f"the model's output on the example inputs holds {found[1]} NaN or infinite "
+            f"value(s) ({_describe(found[0])}): check the model's weights and inputs"
+        )
+    return output

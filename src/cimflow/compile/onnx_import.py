@@ -45,6 +45,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from cimflow.compile.example_inputs import zeros_input
 from cimflow.errors import CompileError
 
 __all__ = ["SUPPORTED_ONNX_OPS", "load_onnx", "onnx_to_module"]
@@ -71,19 +72,27 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def load_onnx(path: str | os.PathLike[str]) -> tuple[fx.GraphModule, tuple[torch.Tensor, ...]]:
+def load_onnx(path: str | os.PathLike[str], max_bytes: int | None = None
+              ) -> tuple[fx.GraphModule, tuple[torch.Tensor, ...]]:
     """Read an ONNX file and convert it; returns the module and zero example inputs.
 
-    Example inputs have the graph inputs' shapes (symbolic dimensions set to 1) and dtypes.
+    Example inputs have the graph inputs' shapes (symbolic dimensions set to 1) and dtypes,
+    and at most :data:`~cimflow.compile.example_inputs.MAX_EXAMPLE_ELEMENTS` elements each.
+    The file is read whole (at most ``max_bytes``, default
+    :data:`~cimflow.compile.model_files.MAX_MODEL_FILE_BYTES`); tensors stored in external
+    data files are refused, so nothing outside the file is read.
 
     Raises:
-        CompileError: the file is not an ONNX model, or uses unsupported operators (all are
-            listed in one message).
+        CompileError: the file is too large, is not an ONNX model, keeps tensors in external
+            files, or uses unsupported operators (all are listed in one message).
     """
+    from cimflow.compile.model_files import MAX_MODEL_FILE_BYTES, read_bounded
+
     onnx = _import_onnx()
     file = Path(path)
+    data = read_bounded(file, MAX_MODEL_FILE_BYTES if max_bytes is None else max_bytes, "ONNX")
     try:
-        model = onnx.load(str(file))
+        model = onnx.load_model_from_string(data)
     except Exception as error:  # noqa: BLE001 - protobuf raises assorted errors
         raise CompileError(
             f"{file.name!r} is not an ONNX model (it could not be parsed: "
@@ -96,7 +105,28 @@ def load_onnx(path: str | os.PathLike[str]) -> tuple[fx.GraphModule, tuple[torch
             f"{file.name!r} is not an ONNX model (no IR version or no graph). Give a .onnx file "
             "written by torch.onnx.export or onnx.save"
         )
+    external = [tensor.name for tensor in _graph_tensors(model.graph)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise CompileError(
+            f"{file.name!r} keeps tensor(s) {', '.join(repr(n) for n in external[:5])} in external "
+            "data files; cimflow reads self-contained .onnx files only (save with "
+            "onnx.save(model, path, save_as_external_data=False))"
+        )
     return onnx_to_module(model, source=file.name)
+
+
+def _graph_tensors(graph: Any) -> list[Any]:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
+    found = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                found.append(attr.t)
+            found.extend(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found.extend(_graph_tensors(sub))
+    return found
 
 
 def _sanitize(name: str, fallback: str) -> str:
@@ -237,7 +267,7 @@ class _Converter:
             )
         shape = [dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else 1
                  for dim in tensor_type.shape.dim]
-        return torch.zeros(shape, dtype=dtype)
+        return zeros_input(shape, dtype, f"{self.source}: input {info.name!r}")
 
     def _unsupported(self, label: str, what: str) -> CompileError:
         return CompileError(f"{label}: {what} is not supported by the ONNX importer")

@@ -20,6 +20,31 @@ MODES = ("pipelined", "layer_by_layer")
 _VECTOR_MODULES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "PReLU", "RMSNorm")
 
 
+class SingleLayer(nn.Module):
+    """A model that is one layer (a bare ``nn.Linear``), held at a name so that the plan,
+    the CIM conversion and the reports can name it; calls go straight to the layer."""
+
+    def __init__(self, name: str, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer_name = name
+        self.add_module(name, layer)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        return getattr(self, self.layer_name)(*args, **kwargs)
+
+
+#: Layers that hold a weight matrix cimflow maps; a model that is one of them gets wrapped.
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.EmbeddingBag)
+
+
+def wrap_single_layer(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a :class:`SingleLayer` around it when the whole model is one
+    weight layer (its op and CIM layer are then named after its type: ``linear``)."""
+    if isinstance(model, _WEIGHT_LAYERS):
+        return SingleLayer(type(model).__name__.lower(), model)
+    return model
+
+
 def graph_from_modules(model: nn.Module) -> Graph:
     """A shape-free graph of the model's leaf modules in definition order (no example
     inputs needed): enough to decide where each weight matrix lives. Counts that need
@@ -81,20 +106,24 @@ def compile_model(model: nn.Module, chip: Chip | str, example_inputs: Any = None
                   mode: str = "pipelined", replicate: bool = True) -> Plan:
     """Compile ``model`` for ``chip``. With ``example_inputs`` the model is captured with
     torch.fx (module traversal as a fallback) and every count and cycle is filled in;
-    without, the plan covers placement only (see :func:`graph_from_modules`)."""
+    without, the plan covers placement only (see :func:`graph_from_modules`). A model that is
+    one weight layer (a bare ``nn.Linear``) is compiled as :func:`wrap_single_layer` names it."""
     if not isinstance(model, nn.Module):
         raise CompileError(f"compile needs a torch.nn.Module, got {type(model).__name__}")
+    model_name = type(model).__name__
+    model = wrap_single_layer(model)
     if example_inputs is None:
         graph = graph_from_modules(model)
     else:
         from cimflow.compile.capture import capture
 
         graph = capture(model, example_inputs)
-    return compile_graph(graph, chip, rules, mode=mode, replicate=replicate, model_name=type(model).__name__)
+    return compile_graph(graph, chip, rules, mode=mode, replicate=replicate, model_name=model_name)
 
 
 def arrays_needed(plan: Plan) -> int:
     return sum(o.arrays * o.replication for o in plan.array_ops())
 
 
-__all__ = ["MODES", "arrays_needed", "compile_graph", "compile_model", "graph_from_modules"]
+__all__ = ["MODES", "SingleLayer", "arrays_needed", "compile_graph", "compile_model", "graph_from_modules",
+           "wrap_single_layer"]

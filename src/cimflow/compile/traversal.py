@@ -4,6 +4,7 @@ between them; edges follow tensor identity."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -15,11 +16,11 @@ from cimflow.compile.calls import (
     _Call, _Emitter, _Ref, _first_line, _first_tensor, _host_warning, _param_numel,
     _prune_unused_data_movement, _summarize, _user_location,
 )
-from cimflow.compile.classify import _classify
+from cimflow.compile.classify import _classify, _module_attributes, _static_base
 from cimflow.compile.example_inputs import _describe_inputs, _forward_arg_names, _iter_tensors
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.compile.operators import (
-    _TO_HOST_FUNCS, _target_label, canonical_op_name, is_leaf_module,
+    _STATIC_MODULES, _TO_HOST_FUNCS, _target_label, canonical_op_name, is_leaf_module,
 )
 from cimflow.compile.shapes import _META_NOTE, _device_plan, _run_with_plan
 from cimflow.errors import CompileError
@@ -199,6 +200,40 @@ def _capture_by_traversal(model: nn.Module, args: tuple[Any, ...], kwargs: dict[
                      + "; ".join(recorder.left_torch[:10]))
     if plan.on_meta:
         notes.append(_META_NOTE)
+    idle = _add_layers_not_run(model, recorder.module_calls, em, output)
+    if idle:
+        notes.append(
+            "weight layers not run on the example inputs' path (other inputs may take it): "
+            + ", ".join(idle) + "; they are placed on the chip with no MVMs counted"
+        )
     ops = _prune_unused_data_movement(em.ops)
     return Graph(ops=ops, inputs=inputs, outputs=[output.name], capture_method="module_traversal",
                  warnings=notes + _host_warning(ops))
+
+
+def _add_layers_not_run(model: nn.Module, called: dict[str, int], em: _Emitter,
+                        output: Op) -> list[str]:
+    """Ops (zero counts) for weight layers the example inputs' path skipped, so a branch
+    taken by other inputs still has its weights on the chip; returns their names."""
+    added = []
+    position = em.ops.index(output)
+    for path, module in model.named_modules():
+        if not path or path in called or not isinstance(module, _STATIC_MODULES):
+            continue
+        weight = tuple(module.weight.shape)
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            shape = (weight[0], weight[1])
+        else:  # Linear (out, in) and ConvNd (out, in/groups, *kernel): im2col rows x columns
+            shape = (math.prod(weight[1:]), weight[0])
+        attributes = {**_module_attributes(module), "input_shapes": [], "not_run": True}
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            attributes["group_weight_shape"] = [shape[0], shape[1] // max(module.groups, 1)]
+        op = Op(name=em.unique(path), kind=OpKind.STATIC_MVM, target=path,
+                op_type=_static_base(module), weight_shape=shape,
+                params=sum(p.numel() for p in module.parameters()), source_location=path,
+                attributes=attributes)
+        em.ops.insert(position, op)
+        position += 1
+        em.by_name[op.name] = op
+        added.append(op.name)
+    return added

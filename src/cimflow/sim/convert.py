@@ -13,7 +13,7 @@ from torch import nn
 
 from cimflow.chip.io import resolve_chip
 from cimflow.chip.spec import Chip
-from cimflow.compile.pipeline import compile_model
+from cimflow.compile.pipeline import compile_model, wrap_single_layer
 from cimflow.compile.plan import Plan
 from cimflow.compile.rules import DIGITAL, DIGITAL_UNIT, HOST, matching_rule
 from cimflow.errors import ChipSpecError, MappingError, SimulationError
@@ -96,6 +96,7 @@ def convert_model(
     """
     if not isinstance(model, nn.Module):
         raise MappingError(f"convert needs a torch.nn.Module, got {type(model).__name__}")
+    model = wrap_single_layer(model)  # a bare nn.Linear: named as compile names it
     base_chip = plan.chip if plan is not None else resolve_chip(chip)
     plan_rules, foreign = _split_overrides(dict(overrides or {}), base_chip)
     if plan is None:
@@ -128,7 +129,10 @@ def convert_model(
         elif name in on_arrays:
             target_chip, kind = base_chip, on_arrays[name]
         else:
-            report.host[name] = f"{type(module).__name__}: " + ("host by override" if on_host_by_rule else plan.op(name).reason)
+            planned = next((o for o in plan.ops if o.name == name), None)
+            why = "host by override" if on_host_by_rule else (
+                planned.reason if planned is not None else "not in the plan (forward did not call it on the example inputs)")
+            report.host[name] = f"{type(module).__name__}: {why}"
             continue
         spec = target_chip.array(kind)
         if isinstance(module, nn.Linear):

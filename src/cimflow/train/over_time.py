@@ -11,6 +11,7 @@ series differ only by the compensation).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from torch import nn
 
 from cimflow.chip.io import resolve_chip
 from cimflow.chip.spec import Chip
-from cimflow.errors import CimflowError
+from cimflow.compile.example_inputs import run_example_inputs
+from cimflow.errors import CimflowError, SimulationError
 from cimflow.sim.convert import (
     compensate_model,
     convert_model,
@@ -77,6 +79,15 @@ def relative_output_error(reference: Any, output: Any) -> float:
     return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
+def _finite(value: float, what: str) -> float:
+    """``value``, or a SimulationError when it is NaN or infinite (never averaged silently)."""
+    if not math.isfinite(value):
+        raise SimulationError(
+            f"{what} is {value}: the outputs are not finite numbers (check the model's weights and "
+            "inputs, and the chip's ranges: ADC/DAC ranges, conductances, drift)")
+    return value
+
+
 def parse_times(times: str | Sequence[str | float]) -> list[tuple[str, float]]:
     """``"1s,1h,1d"`` (or a list) -> [(label, seconds)], in the order given."""
     items = [t.strip() for t in times.split(",")] if isinstance(times, str) else list(times)
@@ -105,13 +116,13 @@ def accuracy_over_time(
     if evaluate is None and example_inputs is None:
         raise CimflowError("give evaluate(model) -> float or example inputs to compare outputs against the float model")
     model.eval()
+    if example_inputs is not None:  # the same input check as compile and estimate
+        reference = run_example_inputs(model, example_inputs)
     if evaluate is not None:
         metric, higher = "metric (evaluate)", True
-        fp32 = float(evaluate(model))
+        fp32 = _finite(float(evaluate(model)), "evaluate(model) on the float model")
     else:
         metric, higher = "relative output error", False
-        with torch.no_grad():
-            reference = _call(model, example_inputs)
         fp32 = 0.0
     cim, _ = convert_model(model, chip)
     cim.eval()
@@ -130,7 +141,8 @@ def accuracy_over_time(
             drift_model(cim, t)
             for m in modes:
                 compensate_model(cim, m)
-                values[m][label].append(score())
+                values[m][label].append(_finite(score(), f"the {metric} of chip instance {seed + k} at {label} "
+                                                           f"after programming ({m or 'no'} compensation)"))
             if progress is not None:
                 progress()
         compensate_model(cim, None)
