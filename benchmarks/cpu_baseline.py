@@ -5,8 +5,9 @@ Each call of :func:`cimflow.recsys.baseline.measure_dlrm_cpu` allocates the 26 t
 (33.8 M rows, dim 16, fp32: 2.16 GB, under the 3 GiB budget, so not scaled), draws
 Zipf(1.05) lookups, warms up and times batches 256 and 2048 at 2 threads in 3 rounds
 (torch.utils.benchmark, 0.5 s each). Printed per call and batch: QPS min-median-max over
-the rounds and their spread; then the spread of the medians over the three calls, and the
-load average (os.getloadavg) before and after, since other processes share the CPUs.
+the rounds and their spread, wall-clock and per CPU-second of the process (the figure that
+stays put when other work shares the CPUs); then the spread of the medians over the three
+calls, and the load average (os.getloadavg) before and after.
 
 OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE, unless you set it): on CPUs
 shared with other work, spinning threads of a 2-thread team lose their time slices at
@@ -51,19 +52,22 @@ def main() -> None:
         results.append(result)
         print(f"call {call + 1} ({time.perf_counter() - started:.1f} s): {result.describe()}")
         for batch, m in result.per_batch.items():
+            cpu = m.cpu_qps_rounds
             print(
-                f"  batch {batch:5d}: QPS {m.qps_min:12,.0f} - {m.qps_median:12,.0f} - {m.qps_max:12,.0f} "
-                f"(min-median-max of {result.rounds} rounds), spread {100 * m.spread:5.1f} %"
+                f"  batch {batch:5d}: QPS {m.qps_min:10,.0f} - {m.qps_median:10,.0f} - {m.qps_max:10,.0f} "
+                f"(min-median-max of {result.rounds} rounds), spread {100 * m.spread:5.1f} %; per CPU-second "
+                f"{min(cpu):10,.0f} - {m.cpu_qps_median:10,.0f} - {max(cpu):10,.0f}, spread {100 * m.cpu_spread:5.1f} %"
             )
     load_after = os.getloadavg()
     print(f"over {args.calls} back-to-back calls (each call's median QPS):")
     for batch in results[0].batch_sizes:
-        medians = [r.per_batch[batch].qps_median for r in results]
-        middle = statistics.median(medians)
-        print(
-            f"  batch {batch:5d}: {min(medians):12,.0f} - {middle:12,.0f} - {max(medians):12,.0f}, "
-            f"spread {100 * (max(medians) - min(medians)) / middle:5.1f} %"
-        )
+        for label, field in (("wall-clock QPS", "qps_median"), ("per CPU-second", "cpu_qps_median")):
+            medians = [getattr(r.per_batch[batch], field) for r in results]
+            middle = statistics.median(medians)
+            print(
+                f"  batch {batch:5d}, {label:14s}: {min(medians):10,.0f} - {middle:10,.0f} - {max(medians):10,.0f}, "
+                f"spread {100 * (max(medians) - min(medians)) / middle:5.1f} %"
+            )
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
           f"{tuple(round(x, 2) for x in load_after)}; {os.cpu_count()} CPUs; "
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")  # fmt: skip

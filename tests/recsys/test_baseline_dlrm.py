@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cimflow.errors import CimflowError
-from cimflow.recsys.baseline import PRESET_CPU_POWER_W, llc_bytes, measure_dlrm_cpu, scale_tables
+from cimflow.recsys.baseline import PRESET_CPU_POWER_W, llc_bytes, measure_dlrm_cpu
 from cimflow.recsys.models import DLRMConfig, criteo_kaggle
+from cimflow.recsys.scaled_model import build_scaled_dlrm, input_pool, scale_tables, split_pool
+from cimflow.recsys.synthetic import SyntheticCriteo
 
 CONFIG = DLRMConfig(4, [3000, 20000, 7], 8, [16, 8], [16, 1], pooling_factors=[1, 3, 2])
 BUDGET = 40_000  # bytes: the full tables need 736,224
@@ -56,6 +58,9 @@ def test_round_statistics_are_consistent(result) -> None:  # type: ignore[no-unt
         assert m.power_w == 90.0
         assert m.joules_per_query == pytest.approx(90.0 * m.latency_s / batch)
         assert m.qps_per_w == pytest.approx(m.qps_median / 90.0)
+        assert len(m.cpu_qps_rounds) == 3 and min(m.cpu_qps_rounds) > 0
+        assert m.cpu_qps_median == sorted(m.cpu_qps_rounds)[1]
+        assert m.cpu_spread == pytest.approx((max(m.cpu_qps_rounds) - min(m.cpu_qps_rounds)) / m.cpu_qps_median)
 
 
 def test_result_is_plain_json_and_described(result) -> None:  # type: ignore[no-untyped-def]
@@ -91,6 +96,31 @@ def test_criteo_shape_is_named_and_tiny_tables_keep_one_row() -> None:
     assert out.per_batch[4].power_w in (200.0,) or out.power_source == "rapl"
     rows, _ = scale_tables(config.table_sizes, 16, 1 << 20)
     assert min(rows) == 1 and rows[2] > rows[0]  # the 10 M-row table keeps the most rows
+
+
+def test_pool_batches_are_the_generated_samples_in_order() -> None:
+    pool = input_pool(CONFIG, 1.05, samples=40, chunk=20, seed=3)
+    assert len(pool) == 2
+    batches = split_pool(pool, 8)  # 2 per chunk, 4 samples of each chunk dropped
+    assert len(batches) == 4
+    generator = SyntheticCriteo.from_config(CONFIG, alpha=1.05, seed=3)
+    for n, (dense, pairs) in enumerate(batches):
+        chunk, start = divmod(n, 2)
+        want_dense, want_sparse, _ = generator.batch(20, chunk)
+        want = want_sparse.take(list(range(8 * start, 8 * start + 8))).per_feature()
+        assert torch.equal(dense, want_dense[8 * start : 8 * start + 8])
+        for (values, offsets), (want_values, want_offsets) in zip(pairs, want, strict=True):
+            assert torch.equal(values, want_values) and torch.equal(offsets, want_offsets)
+
+
+def test_scaled_model_has_the_scaled_rows_and_finite_outputs() -> None:
+    rows, _ = scale_tables(CONFIG.table_sizes, CONFIG.embedding_dim, BUDGET)
+    model = build_scaled_dlrm(CONFIG.replace(table_sizes=rows), seed=0)
+    assert [bag.num_embeddings for bag in model.embeddings] == list(rows)
+    dense, pairs = split_pool(input_pool(CONFIG.replace(table_sizes=rows), 1.05, 8, 8, 0), 8)[0]
+    with torch.inference_mode():
+        out = model(dense, pairs)
+    assert out.shape == (8,) and bool(torch.isfinite(out).all())
 
 
 def test_unscaled_when_the_tables_fit() -> None:

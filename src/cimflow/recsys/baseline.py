@@ -36,7 +36,15 @@ from torch.utils.benchmark import Timer
 from cimflow.errors import CimflowError
 from cimflow.power import RaplMeter
 from cimflow.recsys.jagged import JaggedFeatures
-from cimflow.recsys.models import DLRM, DLRMConfig, criteo_kaggle, mlperf_dlrm_v2
+from cimflow.recsys.models import DLRMConfig
+from cimflow.recsys.scaled_model import (
+    Pairs,
+    build_scaled_dlrm,
+    input_pool,
+    scale_tables,
+    shape_name,
+    split_pool,
+)
 from cimflow.recsys.synthetic import SyntheticCriteo
 
 __all__ = [
@@ -297,7 +305,6 @@ def measure_cpu_baseline(
 MIN_POOL_LOOKUPS = 1 << 20
 MAX_POOL_LOOKUPS = 8 << 20
 _CACHE_LINE_BYTES = 64
-_KNOWN_SHAPES = ("criteo-kaggle", "dlrm-v2")
 
 
 @dataclass(frozen=True)
@@ -314,6 +321,13 @@ class ScaledBatchResult:
             rounds, or the user's / the preset's.
         joules_per_query: ``power_w * latency_s / batch_size`` (J).
         qps_per_w: ``qps_median / power_w`` (queries per joule).
+        cpu_qps_rounds: queries per CPU-second of this process (all its threads, from
+            ``time.process_time``) in each round: what one fully busy core delivers. Time a
+            thread waits for a core is not counted (nor, with ``OMP_WAIT_POLICY=PASSIVE``,
+            barrier waiting), so other processes move it less than wall-clock QPS; their
+            cache and memory-bandwidth use, and hypervisor steal, still move it.
+            ``cpu_qps_median * threads`` bounds the uncontended wall-clock QPS from above.
+        cpu_qps_median, cpu_spread: their median and ``(max - min) / median``.
     """
 
     batch_size: int
@@ -326,6 +340,9 @@ class ScaledBatchResult:
     power_w: float
     joules_per_query: float
     qps_per_w: float
+    cpu_qps_rounds: tuple[float, ...]
+    cpu_qps_median: float
+    cpu_spread: float
 
 
 @dataclass(frozen=True)
@@ -395,7 +412,8 @@ class ScaledCpuBaseline:
         return (
             f"plain PyTorch DLRM{shape}, {tables}{llc}, Zipf skew {self.skew:g}, batch {batch}, "
             f"{self.threads} thread{'s' if self.threads != 1 else ''}, median of {self.rounds} round"
-            f"{'s' if self.rounds != 1 else ''}: {m.qps_median:,.0f} QPS, spread {100 * m.spread:.1f} %, "
+            f"{'s' if self.rounds != 1 else ''}: {m.qps_median:,.0f} QPS, spread {100 * m.spread:.1f} % "
+            f"({m.cpu_qps_median:,.0f} per CPU-second, spread {100 * m.cpu_spread:.1f} %), "
             f"{m.qps_per_w:,.0f} QPS/W ({self.power_source} power {m.power_w:.0f} W)"
         )
 
@@ -423,80 +441,6 @@ def llc_bytes(cache_root: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> 
             if kind != "Instruction" and (best is None or (level, size) > best):
                 best = (level, size)
     return best[1] if best else None
-
-
-def _shape_name(config: DLRMConfig) -> str | None:
-    known = {"criteo-kaggle": criteo_kaggle(), "dlrm-v2": mlperf_dlrm_v2()}
-    return next((name for name, shape in known.items() if shape == config), None)
-
-
-def scale_tables(table_sizes: Sequence[int], dim: int, budget_bytes: int) -> tuple[tuple[int, ...], float]:
-    """Rows per table after scaling every table by one factor (at least 1 row each) so the
-    fp32 tables fit ``budget_bytes``; returns ``(rows, factor)``, factor 1.0 when they fit."""
-    row_bytes = 4 * dim
-    sizes = [int(n) for n in table_sizes]
-    if not sizes or min(sizes) < 1 or dim < 1:
-        raise CimflowError(f"table sizes and dim must be >= 1, got {sizes} and {dim}")
-    if budget_bytes < len(sizes) * row_bytes:
-        raise CimflowError(
-            f"memory_budget_bytes = {budget_bytes} cannot hold 1 row of each of the {len(sizes)} tables "
-            f"({len(sizes) * row_bytes} bytes at dim {dim}, fp32); allowed: >= {len(sizes) * row_bytes}"
-        )
-    if sum(sizes) * row_bytes <= budget_bytes:
-        return tuple(sizes), 1.0
-    factor = budget_bytes / (sum(sizes) * row_bytes)
-    for _ in range(64):  # tables held at 1 row push the total over; shrink the factor until it fits
-        rows = [max(1, int(n * factor)) for n in sizes]
-        total = sum(rows) * row_bytes
-        if total <= budget_bytes:
-            return tuple(rows), factor
-        factor *= budget_bytes / total * 0.999
-    return (1,) * len(sizes), min(1 / n for n in sizes)
-
-
-def _build_model(config: DLRMConfig, seed: int) -> DLRM:
-    """The DLRM allocated without initializing GBs of tables slowly: MLPs get their usual
-    init, every table row the same small fp32 pattern (one fast copy per table)."""
-    torch.manual_seed(seed)
-    model = DLRM(config, device="meta").to_empty(device="cpu")
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
-        pattern = torch.linspace(-0.01, 0.01, config.embedding_dim)
-        for bag in model.embeddings:
-            bag.weight.copy_(pattern.expand_as(bag.weight))
-    return model.eval()
-
-
-Pairs = list[tuple[Tensor, Tensor]]
-
-
-def _input_pool(
-    config: DLRMConfig, skew: float, samples: int, chunk: int, seed: int
-) -> list[tuple[Tensor, Pairs]]:
-    """``samples`` pre-generated samples in chunks of ``chunk`` as ``(dense, per-table pairs)``."""
-    generator = SyntheticCriteo.from_config(config, alpha=skew, seed=seed)
-    pool = []
-    for index in range(max(1, -(-samples // chunk))):
-        dense, sparse, _ = generator.batch(chunk, index)
-        sparse.validate(config.table_sizes)
-        pool.append((dense, sparse.per_feature()))
-    return pool
-
-
-def _split(pool: list[tuple[Tensor, Pairs]], batch: int) -> list[tuple[Tensor, Pairs]]:
-    """The pool cut into batches of ``batch`` samples (views; a chunk's remainder is dropped)."""
-    batches = []
-    for dense, pairs in pool:
-        for start in range(0, dense.shape[0] - batch + 1, batch):
-            cut = []
-            for values, offsets in pairs:
-                bounds = offsets[start : start + batch + 1]
-                first = int(bounds[0])
-                cut.append((values[first : int(bounds[-1])], bounds - first))
-            batches.append((dense[start : start + batch], cut))
-    return batches
 
 
 def measure_dlrm_cpu(
@@ -557,41 +501,45 @@ def measure_dlrm_cpu(
     chunk = max(sizes) * max(1, min(8, samples // max(sizes)))
     meter = _open_meter(power_w, use_rapl, rapl_root)
 
-    model = _build_model(scaled, seed)
-    pool = _input_pool(scaled, skew, samples, chunk, seed)
+    model = build_scaled_dlrm(scaled, seed)
+    pool = input_pool(scaled, skew, samples, chunk, seed)
     results: dict[int, ScaledBatchResult] = {}
     sources: set[PowerSource] = set()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     with _threads(threads), torch.inference_mode():
         for batch in sizes:
-            batches = _split(pool, batch)
+            batches = split_pool(pool, batch)
             cycle = itertools.cycle(batches)
 
-            def step(cycle: Iterator[tuple[Tensor, Pairs]] = cycle) -> None:
+            calls = [0]
+
+            def step(cycle: Iterator[tuple[Tensor, Pairs]] = cycle, calls: list[int] = calls) -> None:
                 dense, pairs = next(cycle)
                 model(dense, pairs)
+                calls[0] += 1
 
             for _ in range(min(len(batches), 8)):
                 step()  # warm-up
             timer = Timer("step()", globals={"step": step}, num_threads=threads, label=f"DLRM batch {batch}")
-            qps, watts = [], []
+            qps, cpu_qps, watts = [], [], []
             for _ in range(rounds):
                 before = meter.read() if meter is not None else None
-                started = time.perf_counter()
+                started, cpu_started, calls_before = time.perf_counter(), time.process_time(), calls[0]
                 measurement = timer.blocked_autorange(min_run_time=min_run_time_s)
                 wall = time.perf_counter() - started
+                cpu_qps.append(batch * (calls[0] - calls_before) / max(time.process_time() - cpu_started, 1e-9))
                 energy = _rapl_joules(meter, before, meter.read() if meter is not None else None)
                 source, power = ("rapl", energy / wall) if energy > 0 else _fixed_power(power_w, preset)
                 sources.add(source)
                 qps.append(batch / measurement.median)
                 watts.append(power)
-            results[batch] = _batch_result(batch, qps, statistics.median(watts))
+            results[batch] = _batch_result(batch, qps, cpu_qps, statistics.median(watts))
     power_source: PowerSource = "rapl" if sources == {"rapl"} else _fixed_power(power_w, preset)[0]
     if power_source != "rapl" and "rapl" in sources:  # RAPL failed somewhere: one source throughout
         fixed = _fixed_power(power_w, preset)[1]
-        results = {b: _batch_result(b, list(m.qps_rounds), fixed) for b, m in results.items()}
+        results = {b: _batch_result(b, list(m.qps_rounds), list(m.cpu_qps_rounds), fixed) for b, m in results.items()}
     return ScaledCpuBaseline(
-        shape=_shape_name(config),
+        shape=shape_name(config),
         batch_sizes=tuple(sizes),
         per_batch=results,
         threads=threads,
@@ -610,8 +558,8 @@ def measure_dlrm_cpu(
     )
 
 
-def _batch_result(batch: int, qps: list[float], power: float) -> ScaledBatchResult:
-    median = statistics.median(qps)
+def _batch_result(batch: int, qps: list[float], cpu_qps: list[float], power: float) -> ScaledBatchResult:
+    median, cpu_median = statistics.median(qps), statistics.median(cpu_qps)
     latency = batch / median
     return ScaledBatchResult(
         batch_size=batch,
@@ -624,4 +572,7 @@ def _batch_result(batch: int, qps: list[float], power: float) -> ScaledBatchResu
         power_w=power,
         joules_per_query=power * latency / batch,
         qps_per_w=median / power,
+        cpu_qps_rounds=tuple(cpu_qps),
+        cpu_qps_median=cpu_median,
+        cpu_spread=(max(cpu_qps) - min(cpu_qps)) / cpu_median,
     )
