@@ -17,7 +17,8 @@ from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config
 @pytest.mark.slow
 def test_main_job_writes_reports_with_consistent_numbers(tmp_path):
     out, html = tmp_path / "report.json", tmp_path / "report.html"
-    report = run_recsys(RunConfig(instances=2, times=("1s", "1d"), cpu_batches=(1, 64), out=out, html=html), Console(width=160, record=True))
+    report = run_recsys(RunConfig(instances=2, times=("1s", "1d"), sample_queries=512, skip_cpu_measurement=True, out=out, html=html),
+                        Console(width=160, record=True))
     saved = json.loads(out.read_text())
     assert saved["accuracy"]["fp32"] == pytest.approx(report["accuracy"]["fp32"])
     fp32 = report["accuracy"]["fp32"]
@@ -26,12 +27,19 @@ def test_main_job_writes_reports_with_consistent_numbers(tmp_path):
     assert [p["t"] for p in points] == ["1s", "1d"] and all(len(p["values"]) == 2 for p in points)
     assert all(abs(p["mean"] - fp32) < 0.02 for p in points)  # on chip stays close to fp32 (hybrid chip, 1 s and 1 d)
     perf = report["performance"]
-    assert perf["chip"]["qps"] > 0 and perf["cpu"]["qps"] > 0
-    assert perf["ratios"]["qps"] == pytest.approx(perf["chip"]["qps"] / perf["cpu"]["qps"])
+    assert perf["workload"]["shape"] == "criteo-kaggle"
+    assert perf["chip"]["qps"] > 0 and perf["cpu_roofline"]["qps"] > 0 and "cpu" not in perf  # measurement skipped
+    assert perf["ratios"]["qps"] == pytest.approx(perf["chip"]["qps"] / perf["cpu_roofline"]["qps"])
     assert sum(report["energy_breakdown"].values()) == pytest.approx(perf["chip"]["energy_per_inference_j"], rel=1e-6)
+    head = report["headline"]
+    assert head["auc_loss"] == pytest.approx(fp32 - points[-1]["mean"])
+    assert head["bound_by"] == perf["chip"]["bound_by"] and "181x" in head["text"]
+    assert report["recsys"]["utilization"][head["bound_by"]] == pytest.approx(1.0)
+    moved = {p["assumption"] for p in report["sensitivity"]}
+    assert {"DRAM bandwidth", "host link bandwidth", "ADC energy per conversion", "access skew (Zipf exponent)"} <= moved
     assert {t["table"] for t in report["tiers"]} == {f"embeddings.{k}" for k in range(7)}
     assert report["reference"]["qps_ratio"] == 66.0 and report["reference"]["qps_per_w_ratio"] == 181.0
-    assert html.read_text().count("data:image/png;base64,") == 3
+    assert html.read_text().count("data:image/png;base64,") == 4
 
 
 def _quiet(**kw) -> RecsysConfig:

@@ -62,7 +62,7 @@ class RecsysConfig:
     dim: int = 64
     pooling: int = 4
     skew: float = 1.05
-    chip: str = "hybrid-rram-sram-28nm"
+    chip: Any = "hybrid-rram-sram-28nm"  # preset name, YAML path or Chip
     batch: int = 256
     sample_queries: int = 4096
     host: str = "server-cpu-2s"
@@ -315,7 +315,7 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         "qps": system.qps, "qps_per_w": system.qps_per_w, "qps_per_chip": system.qps_per_chip, "chips": n_chips,
         "bound_by": system.bound_by, "utilization": system.utilization,
         "tiers": tiers_out,
-        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else chip.name if k == "chip" else v)
                    for k, v in cfg.__dict__.items() if k not in ("notes", "quiet")},
         "workload": {"shape": cfg.shape, "tables": len(names), "total_rows": int(sum(mcfg.table_sizes)), "dim": dim,
                      "lookups_per_query": sum(held_pool.values()), "skew": None if trace is not None else cfg.skew,
@@ -419,20 +419,25 @@ def _cpu_reference(cfg: RecsysConfig, graph: Any, mcfg: Any) -> dict[str, Any]:
                                            "power_source": f"preset {host.name}: {host.power_w:g} W",
                                            "latency_s": roof.latency_s, "batch": cfg.batch}}
     if cfg.cpu == "measured":
-        from cimflow.recsys.baseline import measure_dlrm_cpu
-
-        measured = measure_dlrm_cpu(mcfg, skew=cfg.skew, batch_sizes=(cfg.batch,), threads=cfg.cpu_threads, seed=cfg.seed)
-        result["measured"] = measured_summary(measured, cfg.batch)
+        result["measured"] = measure_cpu(mcfg, cfg.skew, (cfg.batch,), cfg.cpu_threads, cfg.seed, cfg.batch)
     return result
 
 
-def measured_summary(measured: Any, batch: int) -> dict[str, Any]:
-    """The measured CPU baseline at one batch size, in the shape the ratios read."""
-    d = measured.to_dict()
-    at = next((p for p in d["per_batch"] if p["batch_size"] == batch), d["per_batch"][-1])
-    return {"label": "measured on this CPU", "qps": at["qps_median"], "qps_per_w": at["qps_per_w"], "power_w": at["power_w"],
-            "power_source": d["power_source"], "batch": at["batch_size"], "spread": at["spread"], "describe": measured.describe(),
-            "details": d}
+def measure_cpu(mcfg: Any, skew: float, batch_sizes: tuple[int, ...], threads: int, seed: int, batch: int,
+                power_w: float | None = None) -> dict[str, Any]:
+    """The measured plain-PyTorch baseline of this shape (:func:`cimflow.recsys.baseline.measure_dlrm_cpu`),
+    summarized at ``batch`` in the shape the ratios read (the full measurement under ``details``).
+    Without RAPL or ``power_w`` the power is the default host preset's TDP x the threads' share of its cores."""
+    from cimflow.cost.host import DEFAULT_HOST, resolve_host
+    from cimflow.recsys.baseline import measure_dlrm_cpu
+
+    preset = resolve_host(DEFAULT_HOST)
+    measured = measure_dlrm_cpu(mcfg, skew=skew, batch_sizes=batch_sizes, threads=threads, seed=seed, power_w=power_w,
+                                preset_power_w=preset.power_w * min(threads, preset.cores) / preset.cores)
+    m = measured.per_batch[batch]
+    return {"label": "measured on this CPU", "qps": m.qps_median, "qps_min": m.qps_min, "qps_max": m.qps_max, "spread": m.spread,
+            "qps_per_w": m.qps_per_w, "power_w": m.power_w, "power_source": measured.power_source, "batch": batch,
+            "threads": measured.threads, "cpu": measured.cpu, "describe": measured.describe(batch), "details": measured.to_dict()}
 
 
 def print_recsys_result(result: dict[str, Any], console: Console) -> None:
@@ -469,5 +474,5 @@ def with_overrides(cfg: RecsysConfig, **changes: Any) -> RecsysConfig:
     return replace(cfg, **changes)
 
 
-__all__ = ["CPU_MODES", "SHAPES", "RecsysConfig", "check_config", "measured_summary", "print_recsys_result", "run_recsys_config",
+__all__ = ["CPU_MODES", "SHAPES", "RecsysConfig", "check_config", "measure_cpu", "print_recsys_result", "run_recsys_config",
            "with_overrides"]

@@ -189,6 +189,33 @@ def _performance_figure(report: Mapping[str, Any], figure_class: Any) -> Any | N
     return figure
 
 
+def _sensitivity_figure(report: Mapping[str, Any], figure_class: Any) -> Any | None:
+    """Tornado chart: the chip / CPU QPS/W ratio as each assumption moves (low and high value)."""
+    points = [p for p in as_list(field(report, "sensitivity")) if isinstance(p, Mapping)]
+    base = next((as_number(p.get("qps_per_w_ratio")) for p in points if p.get("assumption") == "as described"), None)
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for p in points:
+        value = as_number(p.get("qps_per_w_ratio"))
+        if p.get("assumption") != "as described" and value is not None and value > 0:
+            groups.setdefault(str(p.get("assumption")), []).append((as_text(p.get("value")), value))
+    if base is None or base <= 0 or not groups:
+        return None
+    figure = figure_class(figsize=(8.0, 0.7 * len(groups) + 1.6), layout="constrained")
+    axes = figure.subplots()
+    axes.set_xscale("log")
+    names = list(groups)
+    for i, name in enumerate(names):
+        for label, value in groups[name]:
+            axes.barh(i, value / base, left=base, color=_CHIP_COLOR if value >= base else _CPU_COLOR, height=0.5)
+            axes.annotate(f"{label}: {format_ratio(value)}", xy=(value, i), xytext=(4 if value >= base else -4, 0),
+                          textcoords="offset points", ha="left" if value >= base else "right", va="center", fontsize="small")
+    axes.axvline(base, color="#2d3748", linewidth=1)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel(f"chip / CPU QPS/W (as described: {format_ratio(base)})")
+    axes.grid(axis="x", alpha=0.3)
+    return figure
+
+
 def _charts(report: Mapping[str, Any]) -> tuple[dict[str, Chart], str | None]:
     """Charts keyed by the table they follow, and a note when charts could not be drawn."""
     try:
@@ -199,6 +226,7 @@ def _charts(report: Mapping[str, Any]) -> tuple[dict[str, Chart], str | None]:
         ("accuracy", _accuracy_figure, "accuracy versus time after programming, one line per variant"),
         ("reference", _performance_figure, "QPS and QPS/W of the chip and the CPU on a log scale"),
         ("energy", _energy_figure, "share of energy per inference by component"),
+        ("sensitivity", _sensitivity_figure, "chip / CPU QPS/W ratio as each assumption moves"),
     )
     charts = {}
     for key, draw, alt in drawers:

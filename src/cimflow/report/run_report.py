@@ -266,22 +266,64 @@ def performance_table(report: Mapping[str, Any]) -> ReportTable:
     def chip_and_cpu(key: str, formatter: Callable[..., str], *unit: str) -> tuple[str, str]:
         return formatter(field(chip, key), *unit), formatter(field(cpu, key), *unit)
 
+    roof = field(report, "performance", "cpu_roofline")
+    roof_ratios = field(report, "performance", "ratios_roofline")
     rows = [
-        ("QPS (inferences/s)", *chip_and_cpu("qps", format_si), format_ratio(field(ratios, "qps"))),
-        ("QPS/W", *chip_and_cpu("qps_per_w", format_si), format_ratio(field(ratios, "qps_per_w"))),
-        ("energy / inference", *chip_and_cpu("energy_per_inference_j", format_si, "J"), MISSING),
-        ("latency", *chip_and_cpu("latency_s", format_si, "s"), MISSING),
-        ("batch", *chip_and_cpu("batch", format_count), MISSING),
-        ("TOPS", format_plain(field(chip, "tops")), MISSING, MISSING),
-        ("TOPS/W", format_plain(field(chip, "tops_per_w")), MISSING, MISSING),
-        ("area", format_plain(field(chip, "area_mm2"), "mm²"), MISSING, MISSING),
+        ("QPS (inferences/s)", *chip_and_cpu("qps", format_si), format_ratio(field(ratios, "qps")),
+         format_si(field(roof, "qps")), format_ratio(field(roof_ratios, "qps"))),
+        ("QPS/W", *chip_and_cpu("qps_per_w", format_si), format_ratio(field(ratios, "qps_per_w")),
+         format_si(field(roof, "qps_per_w")), format_ratio(field(roof_ratios, "qps_per_w"))),
+        ("energy / inference", *chip_and_cpu("energy_per_inference_j", format_si, "J"), MISSING, MISSING, MISSING),
+        ("latency", *chip_and_cpu("latency_s", format_si, "s"), MISSING, format_si(field(roof, "latency_s"), "s"), MISSING),
+        ("batch", *chip_and_cpu("batch", format_count), MISSING, format_count(field(roof, "batch")), MISSING),
+        ("chips", format_count(field(chip, "chips")), MISSING, MISSING, MISSING, MISSING),
+        ("bound by", as_text(field(chip, "bound_by")), MISSING, MISSING, MISSING, MISSING),
+        ("power", format_si(field(chip, "power_w"), "W"), format_si(field(cpu, "power_w"), "W"), MISSING,
+         format_si(field(roof, "power_w"), "W"), MISSING),
+        ("area per chip", format_plain(field(chip, "area_mm2"), "mm²"), MISSING, MISSING, MISSING, MISSING),
     ]
+    spread = as_number(field(cpu, "spread"))
     caption = (
-        f"CPU: {format_count(field(cpu, 'threads'))} threads; power {format_si(field(cpu, 'power_w'), 'W')}, "
-        f"{power_source_text(field(cpu, 'power_source'))}."
+        f"workload: {as_text(field(report, 'performance', 'workload', 'shape'))}, "
+        f"{as_text(field(report, 'performance', 'workload', 'access'))}. "
+        f"CPU measured: {as_text(field(cpu, 'describe'))}"
+        + (f" (spread over rounds {100 * spread:.1f} %)" if spread is not None else "")
+        + f"; power {format_si(field(cpu, 'power_w'), 'W')}, {power_source_text(field(cpu, 'power_source'))}. "
+        f"Roofline: {as_text(field(roof, 'label'))}, {as_text(field(roof, 'power_source'))}. "
+        f"The ratios in the chip / CPU column use the {as_text(field(ratios, 'against'))}."
     )
-    return _table("performance", "Performance: chip vs CPU", ("metric", "chip", "CPU", "chip / CPU"), rows,
-                  (False, True, True, True), caption=caption)
+    return _table("performance", "Performance: chip vs CPU (measured and roofline)",
+                  ("metric", "chip", "CPU measured", "chip / CPU", "CPU roofline", "chip / roofline"), rows,
+                  (False, True, True, True, True, True), caption=caption)
+
+
+def headline_table(report: Mapping[str, Any]) -> ReportTable | None:
+    """The opening block: accuracy on chip, QPS and QPS/W against the CPU, the binding resource."""
+    h = field(report, "headline")
+    if not isinstance(h, Mapping):
+        return None
+    rows = [
+        (f"AUC loss on chip (at {as_text(h.get('at'))})", format_fixed(h.get("auc_loss")),
+         f"fp32 {format_fixed(h.get('auc_fp32'))} -> {format_fixed(h.get('auc_on_chip'))}"),
+        ("QPS", format_si(h.get("qps")), f"{format_ratio(h.get('ratio_qps'))} vs {as_text(h.get('ratio_against'))}; "
+                                          f"{format_ratio(h.get('ratio_qps_roofline'))} vs roofline"),
+        ("QPS/W", format_si(h.get("qps_per_w")), f"{format_ratio(h.get('ratio_qps_per_w'))} vs {as_text(h.get('ratio_against'))}; "
+                                                  f"{format_ratio(h.get('ratio_qps_per_w_roofline'))} vs roofline"),
+        ("bound by", as_text(h.get("bound_by")), f"{format_count(h.get('chips'))} chip(s)"),
+        ("ISSCC 2026", "66x QPS, 181x QPS/W", "published, against a server CPU"),
+    ]
+    return _table("headline", "Headline", ("", "value", "against"), rows, (False, True, False), caption=as_text(h.get("text")))
+
+
+def sensitivity_table(report: Mapping[str, Any]) -> ReportTable | None:
+    """The chip/CPU QPS/W ratio as the assumptions that move it most change."""
+    points = [p for p in as_list(field(report, "sensitivity")) if isinstance(p, Mapping)]
+    if not points:
+        return None
+    rows = [(as_text(p.get("assumption")), as_text(p.get("value")), format_ratio(p.get("qps_per_w_ratio")),
+             format_ratio(p.get("qps_ratio")), as_text(p.get("bound_by"))) for p in points]
+    return _table("sensitivity", "Sensitivity of the chip / CPU ratios", ("assumption", "value", "QPS/W ratio", "QPS ratio", "bound by"),
+                  rows, (False, False, True, True, False), caption="each assumption moved alone; the CPU held at the value the ratios use")
 
 
 def cpu_batch_table(report: Mapping[str, Any]) -> ReportTable | None:
@@ -368,11 +410,16 @@ def report_tables(report: Mapping[str, Any]) -> list[ReportTable]:
     """Every table of the report, in display order."""
     if not isinstance(report, Mapping):
         raise CimflowError(f"a run report must be a dict (as written to report.json), got {type(report).__name__}")
-    tables = [model_table(report), accuracy_table(report), performance_table(report)]
+    head = headline_table(report)
+    tables = ([head] if head is not None else []) + [model_table(report), accuracy_table(report), performance_table(report)]
     batches = cpu_batch_table(report)
     if batches is not None:
         tables.append(batches)
-    tables += [reference_table(report), energy_table(report), tiers_table(report)]
+    tables.append(reference_table(report))
+    sensitivity = sensitivity_table(report)
+    if sensitivity is not None:
+        tables.append(sensitivity)
+    tables += [energy_table(report), tiers_table(report)]
     return tables
 
 
