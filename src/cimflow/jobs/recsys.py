@@ -1,18 +1,19 @@
-"""The main job behind ``cimflow run``: DLRM on MovieLens-100k on the hybrid RRAM/SRAM chip.
+"""The main job behind ``cimflow run``: DLRM accuracy on MovieLens-100k and RecSys performance at
+production shape, on one chip description.
 
-Steps: train (or load the cached) DLRM; count embedding-row accesses on the training split
-and place rows across the chip's tiers; compile onto the chip; simulate several chip
-instances at several times after programming (AUC); estimate the chip's energy, latency
-and QPS from the same plan with the activation statistics of the simulation; measure the
-same model in plain PyTorch on this CPU; write ``report.json`` and ``report.html``.
+Steps: train (or load the cached) DLRM; count embedding-row accesses on the training split and
+place rows across the chip's tiers; compile onto the chip; simulate several chip instances at
+several times after programming (AUC on the held-out test split). Performance is answered on the
+Criteo-Kaggle shape with a stated access skew on the same chip (:mod:`cimflow.jobs.recsys_config`:
+sharding, held-out tiers, the system model), against plain PyTorch measured on this CPU at full
+table scale and the server CPU preset's roofline; a sensitivity sweep moves the assumptions that
+move the ratio most. Writes ``report.json`` and ``report.html``, opening with a headline block.
 
-Hardware-aware fine-tuning (:mod:`cimflow.jobs.hwa_dlrm`): when the HWA-fine-tuned DLRM is
-in the cache (``cimflow train-hwa``, or ``cimflow run --hwa`` which trains it when it is
-missing), the job also simulates it ("HWA fine-tuned" and "HWA fine-tuned, drift
-compensation" series next to the float model's "on chip" series) and deploys it: the
-cost estimate uses its activation statistics. Without it, the job adds an "on chip,
-drift compensation" series of the float model and says how to get the fine-tuned one.
-"""
+Hardware-aware fine-tuning (:mod:`cimflow.jobs.hwa_dlrm`): when the HWA-fine-tuned DLRM is in the
+cache (``cimflow train-hwa``, or ``cimflow run --hwa``), the job also simulates it ("HWA
+fine-tuned" and "HWA fine-tuned, drift compensation" series next to the float model's "on chip"
+series). Without it, the job adds an "on chip, drift compensation" series of the float model.
+
 
 from __future__ import annotations
 
