@@ -88,6 +88,12 @@ def chips_show(
         typer.echo(chip_to_yaml(spec), nl=False)
 
 
+_MODEL_HELP = ("a Python file exposing model() and example_inputs() (it is imported, i.e. RUN: only give files you "
+               "would run yourself), a torch.export .pt2, or an ONNX file (both read as data)")
+_TRUST_HELP = ("load a .pt2 even if torch must unpickle objects or run code from it (refused by default); only for "
+               "files whose author you trust")
+
+
 def _parse_rules(rules: list[str]) -> dict[str, str]:
     parsed = {}
     for rule in rules:
@@ -100,7 +106,8 @@ def _parse_rules(rules: list[str]) -> dict[str, str]:
 
 @app.command("compile")
 def compile_cmd(
-    model: Path = typer.Argument(..., help="a Python file exposing model() and example_inputs(), a torch.export .pt2, or an ONNX file"),
+    model: Path = typer.Argument(..., help=_MODEL_HELP),
+    trust_model_file: bool = typer.Option(False, "--trust-model-file", help=_TRUST_HELP),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (name, glob, re:REGEX or type:Type = digital | host | digital_unit | ARRAY_KIND); repeatable"),
     mode: str = typer.Option("pipelined", "--mode", help="pipelined | layer_by_layer"),
@@ -116,7 +123,7 @@ def compile_cmd(
     from cimflow.report.plan_table import print_plan
 
     _check_outputs(out=out)
-    module, example_inputs = load_model_file(model)
+    module, example_inputs = load_model_file(model, trust=trust_model_file)
     plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule), mode=mode)
     plan.model_name = model.stem
     print_plan(plan, console, explain=explain)
@@ -130,7 +137,8 @@ def compile_cmd(
 
 @app.command("estimate")
 def estimate_cmd(
-    model: Path = typer.Argument(..., help="a Python file exposing model() and example_inputs(), a torch.export .pt2, or an ONNX file"),
+    model: Path = typer.Argument(..., help=_MODEL_HELP),
+    trust_model_file: bool = typer.Option(False, "--trust-model-file", help=_TRUST_HELP),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (see `cimflow compile --help`); repeatable"),
     data_dependent: bool = typer.Option(True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
@@ -148,7 +156,7 @@ def estimate_cmd(
     from cimflow.cost import estimate, gather_stats, print_cost
 
     _check_outputs(out=out)
-    module, example_inputs = load_model_file(model)
+    module, example_inputs = load_model_file(model, trust=trust_model_file)
     plan = compile_model(module, chip, example_inputs, rules=_parse_rules(rule))
     plan.model_name = model.stem
     stats = None
@@ -439,7 +447,8 @@ def train_hwa_cmd(
 
 @app.command("simulate")
 def simulate_cmd(
-    model: Path = typer.Argument(..., help="a Python file exposing model(), example_inputs() and optionally evaluate(model) -> float"),
+    model: Path = typer.Argument(..., help=_MODEL_HELP + "; a Python file may also define evaluate(model) -> float"),
+    trust_model_file: bool = typer.Option(False, "--trust-model-file", help=_TRUST_HELP),
     chip: str = typer.Option("pcm-hermes-like", "--chip", help="preset name or chip YAML file"),
     times: str = typer.Option("1s,1h,1d,1mo,1y", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
@@ -461,7 +470,7 @@ def simulate_cmd(
     _check_range("--seed", seed, 0, MAX_SEED)
     _check_times(times)
     _check_outputs(out=out, html=html)
-    module, example_inputs = load_model_file(model)
+    module, example_inputs = load_model_file(model, trust=trust_model_file)
     evaluate = _model_file_function(model, "evaluate")
     points = parse_times(times)
     mode = None if compensation == "none" else compensation

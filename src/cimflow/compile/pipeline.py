@@ -29,8 +29,15 @@ class SingleLayer(nn.Module):
         self.layer_name = name
         self.add_module(name, layer)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
-        return getattr(self, self.layer_name)(*args, **kwargs)
+    def forward(self, input: Any) -> Any:  # noqa: A002, D102 - torch.fx traces this signature
+        return getattr(self, self.layer_name)(input)
+
+
+class SingleBag(SingleLayer):
+    """:class:`SingleLayer` for a bare ``nn.EmbeddingBag`` (indices, offsets, weights)."""
+
+    def forward(self, input: Any, offsets: Any = None, per_sample_weights: Any = None) -> Any:  # noqa: A002, D102
+        return getattr(self, self.layer_name)(input, offsets, per_sample_weights)
 
 
 #: Layers that hold a weight matrix cimflow maps; a model that is one of them gets wrapped.
@@ -40,6 +47,8 @@ _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.E
 def wrap_single_layer(model: nn.Module) -> nn.Module:
     """``model`` itself, or a :class:`SingleLayer` around it when the whole model is one
     weight layer (its op and CIM layer are then named after its type: ``linear``)."""
+    if isinstance(model, nn.EmbeddingBag):
+        return SingleBag("embeddingbag", model)
     if isinstance(model, _WEIGHT_LAYERS):
         return SingleLayer(type(model).__name__.lower(), model)
     return model
@@ -125,5 +134,5 @@ def arrays_needed(plan: Plan) -> int:
     return sum(o.arrays * o.replication for o in plan.array_ops())
 
 
-__all__ = ["MODES", "SingleLayer", "arrays_needed", "compile_graph", "compile_model", "graph_from_modules",
+__all__ = ["MODES", "SingleBag", "SingleLayer", "arrays_needed", "compile_graph", "compile_model", "graph_from_modules",
            "wrap_single_layer"]
