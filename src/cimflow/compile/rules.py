@@ -46,7 +46,9 @@ def matching_rule(rules: Mapping[Any, Any], name: str, type_names: tuple[str, ..
 def refuse_unmatched_rules(rules: Mapping[Any, Any], operators: Sequence[tuple[str, tuple[str, ...]]]) -> None:
     """A CompileError naming every rule that selects none of ``operators`` ((name, type names)
     pairs) and the operators that exist: a misspelt rule must never be ignored silently."""
-    unmatched = [key for key in rules if not any(rule_matches(key, name, types) for name, types in operators)]
+    names_present = {name for name, _ in operators}
+    unmatched = [key for key in rules if not (isinstance(key, str) and key in names_present)
+                 and not any(rule_matches(key, name, types) for name, types in operators)]
     if not unmatched:
         return
     names = [name for name, _ in operators]
