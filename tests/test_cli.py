@@ -118,3 +118,61 @@ def test_run_without_movielens_says_how_to_install_it_before_any_work(tmp_path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "pip install --no-deps recbole==1.2.1" in err[0]
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing trained
+
+
+def _export_mlp(path: Path) -> None:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    torch.export.save(torch.export.export(model, (torch.randn(4, 16),)), str(path))
+
+
+def test_pt2_runs_in_compile_estimate_and_simulate(tmp_path, capsys):
+    model = tmp_path / "mlp.pt2"
+    _export_mlp(model)
+    assert _run_in_process(["compile", str(model), "--out", str(tmp_path / "plan.json")]) == 0
+    assert {op["name"] for op in json.loads((tmp_path / "plan.json").read_text())["ops"] if op["substrate"] == "array"} == {"0", "2"}
+    assert _run_in_process(["estimate", str(model), "--out", str(tmp_path / "cost.json")]) == 0
+    assert json.loads((tmp_path / "cost.json").read_text())["energy_j"] > 0
+    assert _run_in_process(["simulate", str(model), "--times", "1s", "--instances", "1", "--out", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["metric"] == "relative output error"
+
+
+@pytest.mark.parametrize("verb", ["compile", "estimate", "simulate"])
+def test_code_executing_pt2_is_refused_in_one_line_unless_trusted(verb, tmp_path, capsys):
+    import io
+    import zipfile
+
+    import torch
+
+    class Marker:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    good, evil = tmp_path / "mlp.pt2", tmp_path / "evil.pt2"
+    _export_mlp(good)
+    payload = io.BytesIO()
+    torch.save(Marker(), payload)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(evil, "w") as target:
+        for info in source.infolist():  # example inputs that only full unpickling can read
+            data = payload.getvalue() if "/data/sample_inputs/" in info.filename else source.read(info)
+            target.writestr(info.filename, data)
+    capsys.readouterr()
+    assert _run_in_process([verb, str(evil)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("cimflow: error: refusing to load 'evil.pt2'") and "--trust-model-file" in err[0]
+    assert not (tmp_path / "pwned").exists()
+    _run_in_process([verb, str(evil), "--trust-model-file"])  # trusted on purpose: torch unpickles it
+    assert (tmp_path / "pwned").exists()
+
+
+def test_simulate_refuses_nan_example_inputs_in_one_line(tmp_path, capsys):
+    model = tmp_path / "nan_model.py"
+    model.write_text("import torch\nfrom torch import nn\n\ndef model():\n    return nn.Sequential(nn.Linear(4, 2))\n\n"
+                     "def example_inputs():\n    return (torch.tensor([[1.0, float('nan'), 0.0, 2.0]]),)\n")
+    for verb in ("compile", "estimate", "simulate"):
+        assert _run_in_process([verb, str(model)]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and "holds 1 NaN or infinite value(s)" in err[0]
