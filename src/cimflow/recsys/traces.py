@@ -280,7 +280,8 @@ def _check_size(path: Path) -> None:
 def _read_npz(path: Path) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # open the file here: np.load leaves its own handle open when the archive is corrupt
+        with path.open("rb") as stream, np.load(stream, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise _fail(f"{path} holds one array, not an .npz archive of named fields")
             for name in archive.files:
