@@ -79,8 +79,9 @@ def iter_text_lines(
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist or is not a regular file")
     try:
+        packed = _is_gzip(path)
         raw = path.open("rb")
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if _is_gzip(path) else raw  # type: ignore[assignment]
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if packed else raw  # type: ignore[assignment]
     except OSError as error:
         raise DataError(f"cannot read {what} {path}: {error.strerror or error}") from None
     with raw, stream:
