@@ -253,6 +253,11 @@ def test_onnx_reader_is_bounded(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(good))
     module, inputs = load_model_file(good)
     assert tuple(module(*inputs).shape) == (2, 3)
+    plan = compile_model(module, CHIP, inputs)  # ONNX works in every verb too
+    assert len(plan.module_targets()) == 1
+    chip_model = simulate(plan, module, seed=0)
+    assert torch.isfinite(chip_model(torch.randn(2, 4))).all()
+    assert estimate(plan, stats=gather_stats(chip_model, [inputs])).energy_j > 0
     with pytest.raises(CompileError, match="at most"):
         load_model_file(good, max_bytes=good.stat().st_size - 1)
     external = helper.make_model(graph)
