@@ -406,7 +406,7 @@ class ScaledCpuBaseline:
         size = _bytes_text(self.table_bytes)
         tables = (
             f"{self.num_tables} tables scaled x{self.table_scale:.3g} to {size}"
-            if self.table_scale < 1.0 else f"{self.num_tables} tables, {size} (full shape)"
+            if self.table_scale < 1.0 else f"{self.num_tables} tables at full shape, {size}"
         )  # fmt: skip
         llc = f" (LLC {_bytes_text(self.llc_bytes)})" if self.llc_bytes else ""
         return (
