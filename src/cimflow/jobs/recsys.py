@@ -13,7 +13,7 @@ Hardware-aware fine-tuning (:mod:`cimflow.jobs.hwa_dlrm`): when the HWA-fine-tun
 cache (``cimflow train-hwa``, or ``cimflow run --hwa``), the job also simulates it ("HWA
 fine-tuned" and "HWA fine-tuned, drift compensation" series next to the float model's "on chip"
 series). Without it, the job adds an "on chip, drift compensation" series of the float model.
-
+"""
 
 from __future__ import annotations
 

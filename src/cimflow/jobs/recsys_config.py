@@ -109,7 +109,7 @@ def _model_config(cfg: RecsysConfig, trace: Any = None):
     if cfg.shape == "dlrm-v2":
         return mlperf_dlrm_v2()
     if trace is not None:
-        sizes = tuple(int(s) for s in trace.table_sizes)
+        sizes = tuple(int(s) for s in trace.effective_table_sizes())
         pools = tuple(max(1, round(p)) for p in trace.pooling_factors())
         return DLRMConfig(dense_features=13, table_sizes=sizes, embedding_dim=cfg.dim, bottom_mlp=(512, 256, cfg.dim),
                           top_mlp=(512, 256, 1), pooling_factors=pools)
