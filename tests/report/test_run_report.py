@@ -68,6 +68,9 @@ def sample_report() -> dict[str, Any]:
              "hit_fraction": {"sram_hot": 0.634, "rram": 0.366}},
             {"table": "genre", "rows": 19, "dim": 16, "placement": {"sram_hot": 19}, "hit_fraction": {"sram_hot": 1.0}},
         ],
+        "sensitivity": [{"assumption": "as described", "value": "preset", "qps_per_w_ratio": 181.67, "qps_ratio": 57.93, "bound_by": "arrays"},
+                        {"assumption": "DRAM bandwidth", "value": "x0.5", "qps_per_w_ratio": 150.0, "qps_ratio": 40.0, "bound_by": "DRAM"},
+                        {"assumption": "DRAM bandwidth", "value": "x2", "qps_per_w_ratio": 190.0, "qps_ratio": 57.93, "bound_by": "arrays"}],
         "reference": {"source": "ISSCC 2026 hybrid RRAM CIM chip", "qps_ratio": 66.0, "qps_per_w_ratio": 181.0,
                       "note": "the chip's internals are not public"},
         "assumptions": ["ADC energy 1.1 pJ per conversion (preset)", "hot rows chosen from training-set frequency"],
@@ -132,8 +135,8 @@ def test_terminal_report_shows_the_key_numbers() -> None:
     text = render(report)
     assert report["title"] in text
     assert "0.7923" in text  # fp32 AUC at 4 decimals
-    assert cells(text, "QPS (inferences/s)") == ["QPS (inferences/s)", "1.23M", "21.3k", "57.9x"]
-    assert cells(text, "QPS/W")[1:] == ["456k", "2.51k", "182x"]
+    assert cells(text, "QPS (inferences/s)")[:4] == ["QPS (inferences/s)", "1.23M", "21.3k", "57.9x"]
+    assert cells(text, "QPS/W")[1:4] == ["456k", "2.51k", "182x"]
     assert cells(text, "energy / inference")[1:3] == ["2.19 uJ", "398 uJ"]
     assert cells(text, "QPS") == ["QPS", "57.9x", "66x"]  # modeled vs reference, side by side
     assert "181x" in text
@@ -178,8 +181,8 @@ def test_none_values_render_as_dash() -> None:
     report["tiers"][0]["hit_fraction"]["rram"] = None
     report["model"]["train_seconds"] = None
     text = render(report)
-    assert cells(text, "QPS (inferences/s)")[1:] == ["-", "21.3k", "-"]
-    assert cells(text, "TOPS")[1] == "-"
+    assert cells(text, "QPS (inferences/s)")[1:4] == ["-", "21.3k", "-"]
+    assert cells(text, "bound by")[1] == "-"
     assert cells(text, "adc")[1:] == ["-", "-"]
     assert cells(text, "user_id")[-1] == "-"
     assert cells(text, "on chip")[-1] == "-"  # no drop without fp32
@@ -194,7 +197,7 @@ def test_missing_optional_and_whole_sections_are_tolerated() -> None:
     del report["performance"]["chip"]["area_mm2"]
     text = render(report)
     assert "Notes" not in text
-    assert cells(text, "area")[1] == "-"
+    assert cells(text, "area per chip")[1] == "-"
     assert "0.7923" in text
     minimal = render({"title": "empty"})
     assert "empty" in minimal
@@ -220,13 +223,13 @@ def test_html_has_three_charts_and_the_tables(tmp_path: Any) -> None:
     path = tmp_path / "report.html"
     write_html(report, path)
     document = path.read_text(encoding="utf-8")
-    assert document.count(IMG_PREFIX) == 3
+    assert document.count(IMG_PREFIX) == 4  # accuracy, performance, sensitivity, energy
     for encoded in re.findall(re.escape(IMG_PREFIX) + r'([A-Za-z0-9+/=]+)"', document):
         assert base64.b64decode(encoded).startswith(b"\x89PNG\r\n\x1a\n")
     assert NO_MATPLOTLIB_NOTE not in document
-    assert html_cells(document, "QPS (inferences/s)") == ["QPS (inferences/s)", "1.23M", "21.3k", "57.9x"]
+    assert html_cells(document, "QPS (inferences/s)")[:4] == ["QPS (inferences/s)", "1.23M", "21.3k", "57.9x"]
     assert html_cells(document, "QPS") == ["QPS", "57.9x", "66x"]
-    assert html_cells(document, "QPS/W")[1:] == ["456k", "2.51k", "182x"]
+    assert html_cells(document, "QPS/W")[1:4] == ["456k", "2.51k", "182x"]
     assert "0.7923" in document and "181x" in document
     assert html_cells(document, "dram")[1] == "900 nJ"
     assert html_cells(document, "item_id")[1:] == ["1,682", "16", "256", "63.4%", "1,426", "36.6%"]
@@ -269,10 +272,10 @@ def test_html_with_none_values_and_missing_keys(tmp_path: Any) -> None:
     path = tmp_path / "report.html"
     write_html(report, path)
     document = path.read_text(encoding="utf-8")
-    assert html_cells(document, "QPS (inferences/s)")[1:] == ["-", "21.3k", "-"]
+    assert html_cells(document, "QPS (inferences/s)")[1:4] == ["-", "21.3k", "-"]
     assert html_cells(document, "QPS")[1:] == ["-", "-"]
     if _has_matplotlib():
-        assert document.count(IMG_PREFIX) == 2  # no energy chart without any known component
+        assert document.count(IMG_PREFIX) == 3  # no energy chart without any known component
 
 
 def _has_matplotlib() -> bool:
@@ -347,4 +350,10 @@ def test_html_survives_every_value_being_none(tmp_path: Any) -> None:
     write_html(report, path)
     document = path.read_text(encoding="utf-8")
     assert IMG_PREFIX not in document  # nothing to draw
-    assert html_cells(document, "QPS (inferences/s)")[1:] == ["-", "-", "-"]
+    assert html_cells(document, "QPS (inferences/s)")[1:] == ["-"] * 5
+
+
+def test_sensitivity_table_lists_each_moved_assumption() -> None:
+    text = render(sample_report())
+    assert "Sensitivity of the chip / CPU ratios" in text
+    assert cells(text, "DRAM bandwidth")[1:5] == ["x0.5", "150x", "40x", "DRAM"]

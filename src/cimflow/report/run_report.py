@@ -286,7 +286,7 @@ def performance_table(report: Mapping[str, Any]) -> ReportTable:
     caption = (
         f"workload: {as_text(field(report, 'performance', 'workload', 'shape'))}, "
         f"{as_text(field(report, 'performance', 'workload', 'access'))}. "
-        f"CPU measured: {as_text(field(cpu, 'describe'))}"
+        f"CPU measured: {format_count(field(cpu, 'threads'))} threads, {as_text(field(cpu, 'describe'))}"
         + (f" (spread over rounds {100 * spread:.1f} %)" if spread is not None else "")
         + f"; power {format_si(field(cpu, 'power_w'), 'W')}, {power_source_text(field(cpu, 'power_source'))}. "
         f"Roofline: {as_text(field(roof, 'label'))}, {as_text(field(roof, 'power_source'))}. "
