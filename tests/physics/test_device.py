@@ -374,3 +374,17 @@ def test_ir_drop_attenuate_farther_cells_attenuated_more() -> None:
 def test_ir_drop_attenuate_zero_resistance_identity() -> None:
     g = torch.rand(8, 8, generator=generator_for(0, "g"), dtype=torch.float64) * G_MAX
     assert torch.equal(ir_drop_attenuate(g, ir_drop_path_cells(8, 8).double(), 0.0), g)
+
+
+def test_ir_drop_path_cells_for_the_cells_in_use_equal_the_full_table() -> None:
+    """The index form (what the engine uses, so a 65536 x 65536 array costs nothing) picks
+    the same entries as the full table."""
+    rows, cols = 12, 10
+    r = torch.tensor([0, 3, 11, 3])
+    c = torch.tensor([9, 0, 4])
+    full = ir_drop_path_cells(rows, cols)
+    picked = ir_drop_path_cells(rows, cols, row_index=r, col_index=c)
+    assert picked.shape == (4, 3)
+    assert torch.equal(picked, full[r][:, c])
+    big = ir_drop_path_cells(1 << 16, 1 << 16, row_index=torch.tensor([0, 65535]), col_index=torch.tensor([0, 65535]))
+    assert big.tolist() == [[1.0 + 65536, 65536.0 + 65536], [1.0 + 1, 65536.0 + 1]]

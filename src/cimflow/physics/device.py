@@ -86,16 +86,21 @@ def apply_stuck_at(g: torch.Tensor, mask: torch.Tensor, g_min: float, g_max: flo
     return torch.where(mask == -1, torch.full_like(g, g_min), out)
 
 
-def ir_drop_path_cells(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Wire segments between each cell and its drivers, shape (rows, cols).
+def ir_drop_path_cells(
+    rows: int, cols: int, device: torch.device | str = "cpu",
+    row_index: torch.Tensor | None = None, col_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Wire segments between each cell and its drivers, shape (rows, cols), or
+    (len(row_index), len(col_index)) for only the cells those indices name.
 
     The word line is driven from column 0 and the bit line is sensed below the last row,
     so cell (i, j) sees ``(j + 1)`` word-line segments and ``(rows - i)`` bit-line
-    segments in series.
+    segments in series. Give the indices of the cells in use: a 65536 x 65536 array would
+    otherwise take 16 GiB.
     """
-    i = torch.arange(rows, device=device, dtype=torch.float32).unsqueeze(1)
-    j = torch.arange(cols, device=device, dtype=torch.float32).unsqueeze(0)
-    return (j + 1.0) + (rows - i)
+    i = torch.arange(rows, device=device) if row_index is None else row_index.to(device)
+    j = torch.arange(cols, device=device) if col_index is None else col_index.to(device)
+    return (j.to(torch.float32).unsqueeze(0) + 1.0) + (rows - i.to(torch.float32).unsqueeze(1))
 
 
 def ir_drop_attenuate(g: torch.Tensor, path_cells: torch.Tensor, wire_resistance: float) -> torch.Tensor:

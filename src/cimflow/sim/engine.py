@@ -256,7 +256,6 @@ class CrossbarEngine(torch.nn.Module):
     def _ir_paths(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Wire segments in series with each weight's two cells, shape (in, out)."""
         rows, cols = self.spec.rows, self.spec.cols
-        paths = ir_drop_path_cells(rows, cols, device=device)
         r = torch.arange(self.grid.in_features, device=device) % rows
         c = torch.arange(self.grid.out_features, device=device) % self.grid.weight_columns
         scheme = self.spec.weight_encoding.scheme
@@ -264,7 +263,11 @@ class CrossbarEngine(torch.nn.Module):
             pos_col, neg_col = c, torch.full_like(c, cols - 1)
         else:
             pos_col, neg_col = 2 * c, 2 * c + 1
-        return paths[r][:, pos_col.clamp_max(cols - 1)], paths[r][:, neg_col.clamp_max(cols - 1)]
+        # only the cells in use: a whole 65536 x 65536 array would take 16 GiB
+        return (
+            ir_drop_path_cells(rows, cols, device=device, row_index=r, col_index=pos_col.clamp_max(cols - 1)),
+            ir_drop_path_cells(rows, cols, device=device, row_index=r, col_index=neg_col.clamp_max(cols - 1)),
+        )
 
     def _conductances_now(self, t_seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Conductances at ``t_seconds`` (default: now), drift and IR drop applied."""
