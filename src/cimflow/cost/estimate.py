@@ -132,14 +132,19 @@ class CostOptions:
     activation_bits: int = 8
 
     def __post_init__(self) -> None:
+        def real(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
         for name in ("weight_fill", "fixed_row_activity"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+            if not (real(v) and 0.0 <= v <= 1.0):
                 raise CimflowError(f"CostOptions.{name} must be within [0, 1], got {v!r}")
-        if not (self.adc_fom_j_per_step > 0 and math.isfinite(self.adc_fom_j_per_step)):
-            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be a finite number of joules > 0, got {self.adc_fom_j_per_step!r}")
-        if self.activation_bits < 1:
-            raise CimflowError(f"CostOptions.activation_bits must be >= 1, got {self.activation_bits!r}")
+        fom = self.adc_fom_j_per_step  # published converters: ~1e-15 to 1e-12 J per step
+        if not (real(fom) and 0 < fom <= 1e-9):
+            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be a number of joules in (0, 1e-9], got {fom!r}")
+        bits = self.activation_bits
+        if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 64):
+            raise CimflowError(f"CostOptions.activation_bits must be an integer within [1, 64], got {bits!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -46,6 +46,15 @@ EMBEDDING_TYPES = ("Embedding", "EmbeddingBag")
 CACHE_LINE_BYTES = 64
 
 
+#: Ranges of a HostSpec's numbers, the chip schema's ``host:`` bounds in SI units: 1 MFLOP/s to
+#: 1 EFLOP/s, 1 kB/s to 1 PB/s, 1 mW to 1 MW, 1 to 1e7 cores, at most 1 uJ per bit or activation,
+#: at most 1 s of dispatch per op.
+HOST_BOUNDS: dict[str, tuple[float, float]] = {
+    "peak_flops": (1e6, 1e18), "memory_bandwidth_bytes_per_s": (1e3, 1e15), "power_w": (1e-3, 1e6),
+    "cores": (1, 1e7), "memory_energy_per_bit_j": (0.0, 1e-6), "row_activation_j": (0.0, 1e-6), "op_overhead_s": (0.0, 1.0),
+}
+
+
 @dataclass(frozen=True)
 class HostSpec:
     """A host processor for baselines and for the operators a plan leaves on the host.
@@ -77,10 +86,12 @@ class HostSpec:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("peak_flops", "memory_bandwidth_bytes_per_s", "power_w"):
+        for name, (low, high) in HOST_BOUNDS.items():
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise CimflowError(f"host {self.name!r}: {name} must be a finite number > 0, got {value!r}")
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+                raise CimflowError(f"host {self.name!r}: {name} must be a number within [{low:g}, {high:g}], got {value!r}")
+        if not isinstance(self.cores, int) or isinstance(self.cores, bool):
+            raise CimflowError(f"host {self.name!r}: cores must be an integer, got {self.cores!r}")
         if self.kind not in ("cpu", "gpu"):
             raise CimflowError(f"host {self.name!r}: kind must be 'cpu' or 'gpu', got {self.kind!r}")
 
