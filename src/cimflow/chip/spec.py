@@ -370,7 +370,7 @@ class Link(StrictModel):
     """
 
     name: str | None = None
-    bandwidth_bytes_per_s: float = Field(gt=0, le=1e13, description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9)")
+    bandwidth_bytes_per_s: float = Field(ge=MIN_BANDWIDTH_B_PER_S, le=1e13, description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9): 1e3 to 1e13")
     energy_per_bit_pj: float = Field(default=0.0, ge=0, le=1e4, description="energy per bit moved, pJ")
     latency_ns: float = Field(default=0.0, ge=0, le=1e9, description="one-way latency, ns")
     source: str | None = None
@@ -384,7 +384,7 @@ class Board(StrictModel):
     power density, used when the arrays, converters and buffers state no leakage of their own.
     """
 
-    static_power_w: float = Field(default=0.0, ge=0, le=1e4)
+    static_power_w: float = Field(default=0.0, ge=0, le=1e4, description="watts, at most 1e4 (a rack's worth)")
     leakage_w_per_mm2: float | None = Field(default=None, ge=0, le=10, description="W per mm^2 of chip area")
     source: str | None = None
 
