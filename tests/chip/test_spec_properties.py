@@ -533,3 +533,37 @@ def test_the_cli_refuses_a_spec_that_crashed_before(cli_files: dict[str, Path]) 
     root = cli_files["root"]
     code, output = run_cli(["estimate", str(root / "tiny_model.py"), "--chip", str(root / "bad_chip.yaml")])
     assert code == 2 and "read_pulse_s" in output and "less than or equal to 0.001" in output
+
+
+# ---------------------------------------------------------------------------- the documented table
+
+def bounded_fields() -> set[tuple[str, str]]:
+    """(model class, field) of every field of the chip schema with a numeric range."""
+    import typing
+
+    found: set[tuple[str, str]] = set()
+    seen: set[type] = set()
+
+    def walk(cls: type[BaseModel]) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        for name, info in cls.model_fields.items():
+            if any(isinstance(m, (annotated_types.Ge, annotated_types.Gt, annotated_types.Le, annotated_types.Lt)) for m in info.metadata):
+                found.add((cls.__name__, name))
+            for arg in (info.annotation, *typing.get_args(info.annotation)):
+                for inner in (arg, *typing.get_args(arg)):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        walk(inner)
+
+    walk(Chip)
+    return found
+
+
+def test_the_guide_lists_every_bounded_field() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "guide.md").read_text(encoding="utf-8")
+    section = guide.split("### Spec bounds", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|") for line in section.splitlines() if line.startswith("| `")]
+    missing = [f"{block}.{field}" for block, field in sorted(bounded_fields())
+               if not any(f"`{block}`" in row[1] and f"`{field}`" in row[2] for row in rows)]
+    assert not missing, f"docs/guide.md 'Spec bounds' does not list: {', '.join(missing)}"
