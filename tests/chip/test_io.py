@@ -307,3 +307,11 @@ def test_any_text_loads_or_is_one_chip_spec_error(text: str):
         assert str(error) and "\n" not in str(error).strip()
     else:
         assert isinstance(chip, Chip)
+
+
+def test_a_list_as_a_mapping_key_is_one_clear_error():
+    # found by the hypothesis test above: the duplicate-key check hashed a list and raised TypeError
+    from cimflow.chip.io import load_chip_yaml
+
+    with pytest.raises(ChipSpecError, match="a key must be a plain name or number"):
+        load_chip_yaml("? [a, b]\n: 1\n")

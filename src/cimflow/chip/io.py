@@ -167,6 +167,8 @@ def _refuse_duplicate_keys(root: yaml.Node | None, origin: str) -> None:
         if isinstance(node, yaml.MappingNode):
             seen: set = set()
             for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: a key must be a plain name or number, not a list or a mapping")
                 if getattr(key, "value", None) in seen:
                     raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: key {key.value!r} appears twice in one block; keep one")
                 seen.add(getattr(key, "value", None))
