@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,7 +37,7 @@ import cimflow
 from cimflow.chip import Chip, chip_from_dict, load_chip_yaml, load_preset, preset_names
 from cimflow.chip.io import validation_preset_names
 from cimflow.cost import CostOptions, estimate, gather_stats
-from cimflow.cost.host import HOST_PRESETS, HostSpec, host_presets
+from cimflow.cost.host import HOST_PRESETS, host_presets
 from cimflow.errors import ChipSpecError, CimflowError
 
 EXAMPLES = int(os.environ.get("CIMFLOW_FUZZ_EXAMPLES", "0")) or None
@@ -187,8 +188,14 @@ def field_range(chip: Chip, path: tuple) -> tuple[float | None, float | None, ty
     info = type(node).model_fields[path[-1]]
     low = high = None
     for meta in info.metadata:
-        low = getattr(meta, "ge", getattr(meta, "gt", low)) if isinstance(meta, (annotated_types.Ge, annotated_types.Gt)) else low
-        high = getattr(meta, "le", getattr(meta, "lt", high)) if isinstance(meta, (annotated_types.Le, annotated_types.Lt)) else high
+        if isinstance(meta, annotated_types.Ge):
+            low = meta.ge
+        elif isinstance(meta, annotated_types.Gt):
+            low = meta.gt
+        elif isinstance(meta, annotated_types.Le):
+            high = meta.le
+        elif isinstance(meta, annotated_types.Lt):
+            high = meta.lt
     if low is None and high is None:
         return None
     return low, high, int if "int" in str(info.annotation) else float
@@ -401,8 +408,6 @@ def test_cost_options_out_of_range_are_refused(options: dict) -> None:
      ("memory_energy_per_bit_j", 1.0), ("row_activation_j", -1e-9), ("op_overhead_s", math.inf)],
 )
 def test_host_spec_out_of_range_is_refused(field: str, value: Any) -> None:
-    from dataclasses import replace
-
     with pytest.raises(CimflowError, match=field):
         replace(HOST_PRESETS[host_presets()[0]], **{field: value})
 
