@@ -2,9 +2,10 @@
 of the Criteo reader/writer (:mod:`cimflow.recsys.criteo`) and the synthetic Zipf
 generator (:mod:`cimflow.recsys.synthetic`).
 
-MovieLens-100k is read from the installed ``recbole==1.2.1`` wheel
-(``recbole/dataset_example/ml-100k/``): its terms forbid redistribution, so it is never
-copied into this repository. Install it with ``pip install --no-deps recbole==1.2.1``.
+MovieLens-100k is read from the installed ``recbole`` wheel (a declared dependency,
+``>=1.1.1,<1.2``; the files are byte-identical to those of 1.2.1), under
+``recbole/dataset_example/ml-100k/``: its terms forbid redistribution, so it is never copied into
+this repository.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class RecDataset:
 
 
 # ---------------------------------------------------------------------------- MovieLens
-RECBOLE_INSTALL_COMMAND = "pip install --no-deps recbole==1.2.1"
+RECBOLE_INSTALL_COMMAND = "pip install 'recbole>=1.1.1,<1.2'"
 
 #: Sparse features of the MovieLens task, in table order.
 MOVIELENS_SPARSE_KEYS = ["user_id", "item_id", "genre", "occupation", "age_bucket", "gender", "zip_prefix"]
