@@ -28,7 +28,7 @@ import annotated_types
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from torch import nn
@@ -227,74 +227,94 @@ EXTREMES = [
     0, -1, 1, 2, 0.5, -0.0, 1e-300, -1e-300, 5e-324, 1e300, -1e300, 1.7976931348623157e308, 2**31, 2**63, 10**30, 10**400,
     1e-12, 1e-9, 1e-3, 1e3, 1e6, 1e9, 1e12, 1e15, 65536, 65537, 100_001, math.inf, -math.inf, math.nan,
 ]
-WRONG_TYPES = st.one_of(st.text(max_size=4), st.booleans(), st.none(), st.lists(st.floats(), max_size=2),
-                        st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+WRONG_TYPES = ["", "1e3", "x", True, False, None, [], [1.0], {}, {"a": 1}]
 
 
-@st.composite
-def any_value(draw: st.DrawFn, original: Any, bounds: tuple | None) -> Any:
-    """An extreme, scaled, in-bounds or wrongly typed value for a field."""
-    choice = draw(st.sampled_from(["extreme", "extreme", "scaled", "float", "int", "bound", "bound", "wrong"]))
-    if choice == "extreme":
-        return draw(st.sampled_from(EXTREMES))
-    if choice == "scaled" and isinstance(original, (int, float)) and not isinstance(original, bool):
-        return (original or 1.0) * 10.0 ** draw(st.integers(-300, 300))
-    if choice == "int":
-        return draw(st.integers(-(2**70), 2**70))
-    if choice == "bound" and bounds is not None:
-        return draw(in_bounds(bounds))
-    if choice == "wrong":
-        return draw(WRONG_TYPES)
-    return draw(st.floats(allow_nan=True, allow_infinity=True))
+def _value_at(data: Any, path: tuple) -> Any:
+    node = data
+    for key in path:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        else:
+            return None
+    return node
 
 
-@st.composite
-def in_bounds(draw: st.DrawFn, bounds: tuple) -> Any:
-    """A value inside a field's range, mostly at its edges."""
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+#: Paths of numbers (set in the preset or with a range in the schema): most mutations hit these.
+NUMERIC_PATHS = {
+    name: [p for p in paths if field_range(CHIPS[name], p) is not None or _is_number(_value_at(BASES[name], p))]
+    for name, paths in PATHS.items()
+}
+
+
+def random_in_bounds(rnd: Any, bounds: tuple) -> Any:
+    """A value inside a field's range, mostly at its edges (one just inside an open edge)."""
     low, high, kind = bounds
     low = 0 if low is None else low
     high = (1e15 if kind is float else 10**6) if high is None else high
-    edge = draw(st.sampled_from(["low", "high", "low", "high", "between"]))
-    if edge == "low":
+    edge = rnd.random()
+    if edge < 0.4:
         value = low
-    elif edge == "high":
+    elif edge < 0.8:
         value = high
     elif low > 0:
-        value = math.exp(draw(st.floats(math.log(low), math.log(high))))
+        value = math.exp(rnd.uniform(math.log(low), math.log(high)))
     else:
-        value = draw(st.floats(low, high))
+        value = rnd.uniform(low, high)
     return int(value) if kind is int else float(min(max(value, low), high))
+
+
+def random_value(rnd: Any, original: Any, bounds: tuple | None) -> Any:
+    """An extreme, scaled, in-bounds, random or wrongly typed value for a field."""
+    r = rnd.random()
+    if r < 0.4:
+        return rnd.choice(EXTREMES)
+    if r < 0.65 and _is_number(original) and abs(original) < 1e300:
+        return (original or 1.0) * 10.0 ** rnd.randint(-300, 300)
+    if r < 0.8 and bounds is not None:
+        return random_in_bounds(rnd, bounds)
+    if r < 0.9:
+        return rnd.choice(WRONG_TYPES)
+    return rnd.choice([rnd.uniform(-1e3, 1e3), rnd.randint(-(2**70), 2**70), 10.0 ** rnd.uniform(-320, 308)])
 
 
 @st.composite
 def mutated_specs(draw: st.DrawFn, bounded_only: bool = False) -> tuple[str, dict[str, Any], list]:
-    name = draw(st.sampled_from(sorted(BASES)))
+    """(preset, mutated mapping, the changes). Structural choices come from a hypothesis-seeded
+    ``Random`` (uniform over fields; hypothesis' own choices lean hard on the first ones), so
+    runs stay reproducible."""
+    rnd = draw(st.randoms(use_true_random=False))
+    name = rnd.choice(sorted(BASES))
     data = copy.deepcopy(BASES[name])
-    changes = []
-    for _ in range(draw(st.integers(1, 6 if bounded_only else 3))):
-        path = draw(st.sampled_from(PATHS[name]))
+    changes: list = []
+    for _ in range(rnd.choice([1, 1, 2, 3, 5] if bounded_only else [1, 1, 1, 2, 3])):
+        path = rnd.choice(NUMERIC_PATHS[name] if rnd.random() < 0.85 else PATHS[name])
         bounds = field_range(CHIPS[name], path)
         if bounded_only:
             if bounds is None:
                 continue
-            value = draw(in_bounds(bounds))
-        elif draw(st.integers(0, 11)) == 0:
+            value = random_in_bounds(rnd, bounds)
+        elif rnd.random() < 0.05:
             set_path(data, path, None, delete=True)
             changes.append((path, "<deleted>"))
             continue
         else:
-            node: Any = data
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
-            value = draw(any_value(node, bounds))
+            value = random_value(rnd, _value_at(data, path), bounds)
         set_path(data, path, value)
         changes.append((path, value))
+    note(f"{name}: {changes}")
     return name, data, changes
 
 
 # ---------------------------------------------------------------------------- properties
 
-@fuzz_settings(150)
+@fuzz_settings(300)
 @given(spec=mutated_specs(), as_yaml=st.booleans())
 def test_a_mutated_preset_runs_with_finite_numbers_or_is_refused(spec: tuple, as_yaml: bool) -> None:
     name, data, changes = spec
@@ -306,7 +326,7 @@ def test_a_mutated_preset_runs_with_finite_numbers_or_is_refused(spec: tuple, as
     assert outcome in ("refused", "cimflow error", "ran")
 
 
-@fuzz_settings(100)
+@fuzz_settings(150)
 @given(spec=mutated_specs(bounded_only=True))
 def test_a_preset_with_fields_at_their_bounds_runs_with_finite_numbers(spec: tuple) -> None:
     """Inside the bounds only (edges mostly): refusals are then cross-field rules (g_max > g_min,
@@ -414,10 +434,10 @@ def test_host_spec_out_of_range_is_refused(field: str, value: Any) -> None:
 
 @fuzz_settings(60)
 @given(options=st.fixed_dictionaries({}, optional={
-    "weight_fill": st.one_of(st.floats(), st.integers(-2, 2), WRONG_TYPES),
+    "weight_fill": st.one_of(st.floats(), st.integers(-2, 2), st.sampled_from(WRONG_TYPES)),
     "fixed_row_activity": st.one_of(st.floats(), st.integers(-2, 2)),
     "adc_fom_j_per_step": st.one_of(st.floats(), st.sampled_from(EXTREMES)),
-    "activation_bits": st.one_of(st.integers(-5, 100), st.sampled_from(EXTREMES), WRONG_TYPES),
+    "activation_bits": st.one_of(st.integers(-5, 100), st.sampled_from(EXTREMES + WRONG_TYPES)),
 }))
 def test_cost_options_either_refused_or_finite(options: dict) -> None:
     try:
@@ -572,3 +592,20 @@ def test_the_guide_lists_every_bounded_field() -> None:
     missing = [f"{block}.{field}" for block, field in sorted(bounded_fields())
                if not any(f"`{block}`" in row[1] and f"`{field}`" in row[2] for row in rows)]
     assert not missing, f"docs/guide.md 'Spec bounds' does not list: {', '.join(missing)}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_each_field_alone_at_each_of_its_bounds_runs_with_finite_numbers(base: str) -> None:
+    """Exhaustive over one preset's bounded fields: each at its low and at its high edge (the
+    others as shipped) loads and runs, or a cross-field rule refuses it."""
+    outcomes = []
+    for path in PATHS[base]:
+        bounds = field_range(CHIPS[base], path)
+        if bounds is None:
+            continue
+        for edge in {bounds[0], bounds[1]} - {None}:
+            data = copy.deepcopy(BASES[base])
+            set_path(data, path, int(edge) if bounds[2] is int else float(edge))
+            outcomes.append(loads_and_runs_or_is_refused(lambda: chip_from_dict(data, f"{base}+edge")))
+    assert outcomes.count("ran") > len(outcomes) // 2, outcomes
