@@ -84,5 +84,5 @@ def test_seeds_change_the_random_split() -> None:
 
 def test_missing_recbole_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(DataError, match=r"pip install --no-deps recbole==1\.2\.1"):
+    with pytest.raises(DataError, match=r"pip install 'recbole>=1\.1\.1,<1\.2'"):
         movielens_100k_dir()
