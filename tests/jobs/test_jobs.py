@@ -123,3 +123,34 @@ def test_recsys_configuration_refuses_bad_input():
     # a chip with no DRAM tier cannot hold 10^9 rows on 2 chips: one line with the numbers
     with pytest.raises(CimflowError, match=r"do not fit on 2 chips holding [\d,]+ rows each"):
         run_recsys_config(_quiet(tables=(10**9,), dim=16, pooling=1, chip="rram-analog-generic", chips=2, sample_queries=64))
+
+
+def test_a_recorded_access_trace_drives_placement_and_held_out_hits(tmp_path):
+    import numpy as np
+    import torch
+
+    from cimflow.recsys.synthetic import SyntheticCriteo
+    from cimflow.recsys.traces import AccessTrace, save_trace
+
+    sizes, pools, batch = (50_000, 20_000), (3, 5), 2048
+    data = SyntheticCriteo(table_sizes=sizes, pooling_factors=pools, alpha=1.2, seed=3)
+    _, jagged, _ = data.batch(batch, 0)
+    trace = AccessTrace(keys=("a", "b"), indices=jagged.values.to(torch.int64), offsets=jagged.offsets.to(torch.int64),
+                        batch_size=batch, table_sizes=sizes)
+    path = tmp_path / "trace.npz"
+    save_trace(path, trace)
+    result = run_recsys_config(_quiet(trace=path, dim=16, sample_queries=16))
+    _check_bounds(result)
+    assert [t["rows"] for t in result["tiers"]] == list(sizes)
+    assert result["workload"]["sample_queries"] == batch // 2
+    for t, p in zip(result["tiers"], pools):
+        assert t["lookups_per_query"] == pytest.approx(p)
+        assert t["access_law"]["alpha_source"] == "fitted to the placement sample"
+        assert t["access_law"]["alpha"] == pytest.approx(1.2, abs=0.1)
+    assert np.isclose(sum(result["tiers"][0]["hit_fraction"].values()), 1.0)
+
+
+def test_tables_that_fit_nowhere_even_on_many_chips_are_one_clear_error():
+    # rram-analog-generic has no DRAM tier: 10^11 rows would need far more chips than any system has
+    with pytest.raises(CimflowError, match=r"fit on no system of up to [\d,]+ chips"):
+        run_recsys_config(_quiet(tables=(10**11,), dim=16, pooling=1, chip="rram-analog-generic", sample_queries=64))
