@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from cimflow.errors import CimflowError
 
@@ -370,7 +372,23 @@ def _cache_help() -> str:
     return f"trained models are cached in {default_cache_dir()} (set {CACHE_DIR_ENV} to move it; delete it to clear it)"
 
 
-@app.command("run")
+#: Stands for :func:`_cache_help` in a --help text until the help is shown: finding the cache imports the
+#: recsys stack (torch), which the CLI must not pay for at import (``cimflow --help``, one-line errors).
+_CACHE_HELP = "<where the trained-model cache lives>"
+
+
+class _CacheHelpCommand(TyperCommand):
+    """A verb whose --help says where the trained-model cache lives, looked up when the help is shown."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if isinstance(text, str) and _CACHE_HELP in text:
+                param.help = text.replace(_CACHE_HELP, _cache_help())  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
+@app.command("run", cls=_CacheHelpCommand)
 def run(
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
@@ -382,7 +400,7 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
     hwa: bool = typer.Option(False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
-    no_cache: bool = typer.Option(False, "--no-cache", help=f"train afresh, neither reading nor writing the cache; {_cache_help()}"),
+    no_cache: bool = typer.Option(False, "--no-cache", help=f"train afresh, neither reading nor writing the cache; {_CACHE_HELP}"),
 ) -> None:
     """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
     accuracy over chip instances and time, QPS and QPS/W against this CPU.
@@ -419,10 +437,10 @@ def run(
     console.print(f"wrote {out}" + (f" and {html}" if html else ""))
 
 
-@app.command("train-hwa")
+@app.command("train-hwa", cls=_CacheHelpCommand)
 def train_hwa_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the float DLRM (and its data split) to fine-tune"),
-    retrain: bool = typer.Option(False, "--retrain", help=f"fine-tune again even when a fine-tuned model is cached; {_cache_help()}"),
+    retrain: bool = typer.Option(False, "--retrain", help=f"fine-tune again even when a fine-tuned model is cached; {_CACHE_HELP}"),
     threads: int = typer.Option(1, "--threads", help=f"torch threads while training, 1 to {MAX_THREADS}"),
 ) -> None:
     """Hardware-aware fine-tuning of the MovieLens DLRM for the hybrid RRAM/SRAM chip; the result is cached
