@@ -20,13 +20,13 @@ __version__ = "0.1.0"
 
 #: Each public name imported on first use, and the module it comes from.
 _LAZY = {
-    **{name: "cimflow.api" for name in ("calibrate", "compensate", "compile", "convert", "drift", "load_chip",
+    **{name: "cimflow.api" for name in ("calibrate", "compensate", "compile", "convert", "drift", "gather_stats", "load_chip",
                                         "partition_by_sensitivity", "program", "simulate")},
     "Plan": "cimflow.compile.plan",
 }
 
 __all__ = [
-    "CimflowError", "Plan", "__version__", "calibrate", "compensate", "compile", "convert", "drift", "load_chip",
+    "CimflowError", "Plan", "__version__", "calibrate", "compensate", "compile", "convert", "drift", "gather_stats", "load_chip",
     "partition_by_sensitivity", "program", "simulate", "train",
 ]
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         compile,
         convert,
         drift,
+        gather_stats,
         load_chip,
         partition_by_sensitivity,
         program,

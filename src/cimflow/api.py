@@ -16,6 +16,7 @@ from cimflow.compile.pipeline import compile_model
 from cimflow.compile.plan import Plan
 from cimflow.sim import calibrate_model, compensate_model, convert_model, drift_model, program_model
 from cimflow.sim.sensitivity import SensitivityResult, partition_by_sensitivity
+from cimflow.sim.stats import gather_stats
 from cimflow.units import parse_duration
 
 
@@ -91,6 +92,6 @@ def compensate(model: nn.Module, mode: str | None = "global") -> nn.Module:
 
 
 __all__ = [
-    "SensitivityResult", "calibrate", "compensate", "compile", "convert", "drift", "load_chip",
+    "SensitivityResult", "calibrate", "compensate", "compile", "convert", "drift", "gather_stats", "load_chip",
     "partition_by_sensitivity", "program", "simulate",
 ]

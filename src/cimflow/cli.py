@@ -153,9 +153,9 @@ def estimate_cmd(
     Example: cimflow estimate examples/mlp_model.py --chip pcm-hermes-like --out cost.json
     """
     from cimflow.api import compile as compile_model
-    from cimflow.api import simulate
+    from cimflow.api import gather_stats, simulate
     from cimflow.compile.capture import load_model_file
-    from cimflow.cost import estimate, gather_stats, print_cost
+    from cimflow.cost import estimate, print_cost
 
     _check_outputs(out=out)
     module, example_inputs = load_model_file(model, trust=trust_model_file)

@@ -36,9 +36,10 @@ from torch import nn
 import cimflow
 from cimflow.chip import Chip, chip_from_dict, load_chip_yaml, load_preset, preset_names
 from cimflow.chip.io import validation_preset_names
-from cimflow.cost import CostOptions, estimate, gather_stats
+from cimflow.cost import CostOptions, estimate
 from cimflow.cost.host import HOST_PRESETS, host_presets
 from cimflow.errors import ChipSpecError, CimflowError
+from cimflow.sim import gather_stats
 
 EXAMPLES = int(os.environ.get("CIMFLOW_FUZZ_EXAMPLES", "0")) or None
 #: Seconds one example may take before it counts as a hang (a run takes ~0.02-0.3 s).

@@ -20,8 +20,9 @@ from cimflow.api import compile as compile_model
 from cimflow.api import simulate
 from cimflow.compile.capture import CaptureFallbackWarning, capture, load_model_file
 from cimflow.compile.pt2_archive import UnsafeModelFileError
-from cimflow.cost import estimate, gather_stats
+from cimflow.cost import estimate
 from cimflow.errors import CimflowError, CompileError
+from cimflow.sim import gather_stats
 from cimflow.train.over_time import accuracy_over_time
 
 CHIP = "hybrid-rram-sram-28nm"

@@ -23,10 +23,11 @@ from cimflow.cost.components import (
     add_energy_j,
     retarget_energy,
 )
-from cimflow.cost.estimate import CostOptions, estimate, gather_stats, group_counts, leakage_power_w, zero_read_fraction
+from cimflow.cost.estimate import CostOptions, estimate, group_counts, leakage_power_w, zero_read_fraction
 from cimflow.cost.report_types import COMPONENTS, print_cost
 from cimflow.errors import ChipSpecError, CimflowError
 from cimflow.mapping.tiling import TileGrid
+from cimflow.sim.stats import gather_stats
 from cimtest import chip_with
 
 PJ = 1e-12

@@ -84,7 +84,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Op, OpKind
@@ -539,7 +539,7 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
     Args:
         plan: a compiled plan (:func:`cimflow.compile`); counts are for its example inputs.
         stats: optional activation statistics, layer (module) name -> ReadStats or
-            ``ReadStats.to_dict()`` (see :func:`gather_stats`); array energies of the layers
+            ``ReadStats.to_dict()`` (see :func:`cimflow.sim.gather_stats`); array energies of the layers
             named then follow the data (module docstring), the rest keep the fixed estimate.
         host: the host that runs the plan's host ops (preset name or HostSpec; default: the
             chip's ``host:`` block, else ``server-cpu-2s``).
@@ -639,47 +639,5 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
     )
 
 
-def gather_stats(model: Any, batches: Iterable[Any], reset: bool = True) -> dict[str, dict[str, float]]:
-    """Run ``batches`` through a converted (and programmed) model with statistics collection
-    on, and return ``{layer name: statistics}`` for :func:`estimate`: ``ReadStats.to_dict()``
-    of matrix layers, the count dict (bags, lookups, reads, hot_lookups) of embedding tables.
-
-    Each batch is a tensor or a tuple of positional arguments. ``reset`` clears earlier
-    statistics first. Collection is switched off again afterwards.
-    """
-    import torch
-
-    from cimflow.sim.convert import cim_layers
-    from cimflow.sim.embedding import CIMEmbeddingBag
-    from cimflow.sim.engine import ReadStats
-
-    layers = cim_layers(model)
-    if not layers:
-        raise CimflowError("gather_stats needs a model converted with cimflow.convert or cimflow.simulate (it has no CIM layers)")
-
-    def switch(on: bool) -> None:
-        for _, layer in layers:
-            if isinstance(layer, CIMEmbeddingBag):
-                layer.collect_stats = on
-            else:
-                layer.engine.collect_stats = on
-
-    if reset:
-        for _, layer in layers:
-            if isinstance(layer, CIMEmbeddingBag):
-                layer.stats = dict.fromkeys(layer.stats, 0)
-            else:
-                layer.engine.stats = ReadStats()
-    switch(True)
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(*batch) if isinstance(batch, tuple) else model(batch)
-    finally:
-        switch(False)
-    return {name: dict(layer.stats) if isinstance(layer, CIMEmbeddingBag) else layer.engine.stats.to_dict()
-            for name, layer in layers}
-
-
-__all__ = ["CostOptions", "KindCost", "chip_area", "estimate", "expected_lookup_reads", "gather_stats", "group_counts", "kind_costs",
+__all__ = ["CostOptions", "KindCost", "chip_area", "estimate", "expected_lookup_reads", "group_counts", "kind_costs",
            "leakage_power_w", "print_cost", "zero_read_fraction"]

@@ -6,8 +6,9 @@ from cimflow.sim.convert import (
 from cimflow.sim.embedding import CIMEmbeddingBag, HashedTable, TensorTable
 from cimflow.sim.engine import CrossbarEngine, ReadStats
 from cimflow.sim.layers import CIMConv, CIMLayer, CIMLinear
+from cimflow.sim.stats import gather_stats
 
 __all__ = [
     "CIMConv", "CIMEmbeddingBag", "CIMLayer", "HashedTable", "TensorTable", "CIMLinear", "ConversionReport", "CrossbarEngine", "ReadStats",
-    "calibrate_model", "cim_layers", "compensate_model", "convert_model", "drift_model", "program_model", "write_pulses",
+    "calibrate_model", "cim_layers", "compensate_model", "convert_model", "drift_model", "gather_stats", "program_model", "write_pulses",
 ]
