@@ -215,15 +215,22 @@ def test_forward_before_program_is_a_clear_error():
 
 
 @pytest.mark.parametrize("rows", [64, 512])
-def test_inference_fast_path_equals_general_path(rows):
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_inference_fast_path_equals_general_path(rows, mode):
     """The no-grad fast path (integer DAC codes, batched read groups) gives the general
     path's outputs: same noise draws, same ADC codes (a rare code may flip at a rounding
-    boundary because the two paths round in different units)."""
+    boundary because the two paths round in different units). In ``fast`` mode on a CPU
+    with matrix units the noise's standard deviation differs by up to ~0.2 % (bfloat16
+    variance), so a few more codes flip; a flip is one ADC step of one layer, which the
+    next layer can carry: the bound on the largest difference is wider there."""
     chip = chip_with("pcm-hermes-like", **{"arrays.pcm.rows": rows})
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(300, 64), nn.ReLU(), nn.Linear(64, 10))
     x = torch.randn(128, 300)
-    cim = cimflow.drift(cimflow.program(cimflow.convert(model, chip), 0), "1d")
+    cim = cimflow.convert(model, chip)
+    for _, layer in cim_layers(cim):
+        layer.engine.set_read_noise_mode(mode)
+    cim = cimflow.drift(cimflow.program(cim, 0), "1d")
     general = cim(x).detach()  # parameters require grad: the general path
     cimflow.drift(cimflow.program(cim, 0), "1d")
     with torch.no_grad():
@@ -232,7 +239,7 @@ def test_inference_fast_path_equals_general_path(rows):
     scale = float(general.abs().max())
     differ = (fast - general).abs() > 1e-4 * scale
     assert float(differ.float().mean()) < 0.01
-    assert float((fast - general).abs().max()) < 0.05 * scale
+    assert float((fast - general).abs().max()) < (0.05 if mode == "exact" else 0.1) * scale
 
 
 def test_convolution_column_path_equals_general_path():

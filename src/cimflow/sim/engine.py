@@ -49,6 +49,7 @@ from cimflow.physics import (
     sample_drift_exponents,
     sample_stuck_mask,
 )
+from cimflow.sim import fastmm
 
 _EPS = 1e-12
 
@@ -70,6 +71,9 @@ class ReadStats:
         d["mean_pulse_density"] = self.bit_density_sum / self.pulses if self.pulses else 0.0
         return d
 
+
+#: Read-noise modes of :meth:`CrossbarEngine.set_read_noise_mode` (the first is the default).
+READ_NOISE_MODES = ("fast", "exact", "column_mean")
 
 #: Drift-compensation modes of :meth:`CrossbarEngine.set_compensation` (None: off).
 COMPENSATION_MODES = (None, "global", "per_column")
@@ -100,7 +104,8 @@ class CrossbarEngine(torch.nn.Module):
         self.grid: TileGrid = tile_grid(in_features, out_features, spec)
         self.seed: int | None = None
         self.t_seconds: float = spec.device.drift.t0_s
-        self.read_noise_mode = "exact"
+        self.read_noise_mode = "fast"
+        self._int_plan: fastmm.IntegerReadPlan | None = None  # the read on CPU matrix units (fastmm)
         self.collect_stats = False
         self.stats = ReadStats()
         self._calibrating = False
@@ -282,6 +287,7 @@ class CrossbarEngine(torch.nn.Module):
     def _refresh(self, set_adc_range: bool = False) -> None:
         """Recompute the cached effective weights (and read-noise variances) at ``t_seconds``."""
         g_pos, g_neg = self._conductances_now()
+        self._int_plan = None  # rebuilt from the new weights on the next read that uses it
         w_eff = (g_pos - g_neg) / self.denominator  # (S, in, out), normalized
         self.w_eff = self._grouped(w_eff.permute(1, 0, 2)).permute(2, 0, 1, 3).contiguous()  # (S, G, gr, out)
         rel = self.spec.device.read_noise
@@ -291,7 +297,7 @@ class CrossbarEngine(torch.nn.Module):
             var = rel**2 * ((g_pos / self.denominator).square() + (g_neg / self.denominator).square())
             var = torch.where(var < 1e-30, torch.zeros_like(var), var)
             var = self._grouped(var.permute(1, 0, 2)).permute(2, 0, 1, 3)  # (S, G, gr, out)
-            if self.read_noise_mode == "exact":
+            if self.read_noise_mode != "column_mean":
                 self.read_var = var.contiguous()
             else:  # mean over the rows each group really holds (padding carries no cell)
                 sizes = torch.tensor(self.grid.group_sizes(), dtype=var.dtype, device=var.device).view(1, -1, 1, 1)
@@ -389,8 +395,13 @@ class CrossbarEngine(torch.nn.Module):
         return None if self.input_range_log is None else float(self.input_range_log.detach().exp())
 
     def set_read_noise_mode(self, mode: str) -> None:
-        if mode not in ("exact", "column_mean"):
-            raise SimulationError(f"read_noise_mode must be 'exact' or 'column_mean', got {mode!r}")
+        """How a read's noise variance is computed (every mode samples it on the column sums):
+        ``fast`` (default) the exact per-cell formula, on the CPU's int8/bfloat16 matrix units
+        where it has them (:mod:`cimflow.sim.fastmm`, equal in distribution), else as ``exact``;
+        ``exact`` the formula as a float32 matmul; ``column_mean`` each column's mean cell
+        variance (an approximation unless a column's cells share one conductance)."""
+        if mode not in READ_NOISE_MODES:
+            raise SimulationError(f"read_noise_mode must be one of {', '.join(map(repr, READ_NOISE_MODES))}, got {mode!r}")
         self.read_noise_mode = mode
         if self.programmed and not self.is_digital:
             self._refresh()
@@ -472,6 +483,8 @@ class CrossbarEngine(torch.nn.Module):
             self._record_stats(xi)
         if self.is_digital:
             return (xi @ self.w_eff[0]).mul_(self.w_scale / steps_in).mul_(scale_x)
+        if self._use_matrix_units(xi):
+            return self._read_on_matrix_units(xi, steps_in).mul_(scale_x)
         w = self.w_eff[0]  # (G, gr, out): one slice, G read groups
         g, gr, out = w.shape
         if xi.shape[-1] != g * gr:
@@ -496,6 +509,41 @@ class CrossbarEngine(torch.nn.Module):
             acc = torch.sign(acc).mul_(rng)
         y = acc[0] if g == 1 else acc.sum(dim=0)
         return y.mul_(self.w_scale / steps_in).mul_(scale_x)
+
+    def _use_matrix_units(self, xi: torch.Tensor) -> bool:
+        """Whether this read runs on the CPU's int8/bfloat16 matrix units (:mod:`fastmm`)."""
+        return (self.read_noise_mode == "fast" and xi.device.type == "cpu" and xi.dtype == torch.float32
+                and self.spec.input_encoding.bits <= 8 and self.spec.adc.bits > 1 and self.w_eff.shape[0] == 1
+                and self.grid.in_features <= fastmm.MAX_INT8_ROWS and fastmm.matrix_units_available())
+
+    def _read_on_matrix_units(self, xi: torch.Tensor, steps_in: float) -> torch.Tensor:
+        """:meth:`_forward_single_read` from the DAC codes ``xi`` (N, in) on, with every read
+        group in one int8 matmul over the true input rows, the noise variance in one bfloat16
+        matmul and one normal draw for all groups (same draw order as the float32 path), and
+        every per-column factor (weight limbs, drift compensation, ADC step) folded into one
+        multiply ahead of the ADC and one after it. Returns y / scale_x, shape (N, out)."""
+        if self._int_plan is None or self._int_plan.limbs.device != xi.device:
+            var = None if self.read_var is None else self.read_var[0]
+            self._int_plan = fastmm.make_plan(self.w_eff[0], var, self.grid.group_sizes())
+        plan = self._int_plan
+        _, g, _, out = self.w_eff.shape
+        n = xi.shape[0]
+        acc, var = fastmm.signal_and_variance(xi, plan)  # (N, G*out), limb units
+        acc3 = acc.view(n, g, out)
+        if var is not None:
+            if self._read_gen is None or self._read_gen.device != acc.device:
+                self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
+            noise = torch.randn((g, n, out), generator=self._read_gen, device=acc.device, dtype=acc.dtype)
+            acc3.addcmul_(noise.transpose(0, 1), var.sqrt_().view(n, g, out))
+        steps_adc = float((1 << (self.spec.adc.bits - 1)) - 1)
+        rng = self.adc_range[0, :, 0] * steps_in  # (G, out): full scale in DAC-code units
+        ahead = plan.col_scale.view(g, out) * (steps_adc / rng)
+        if self.output_gain is not None:
+            ahead = ahead * self.output_gain  # drift compensation, ahead of the ADC
+        acc3.mul_(ahead).clamp_(-steps_adc, steps_adc).round_()
+        after = rng * self.w_scale / (steps_adc * steps_in)
+        acc3.mul_(after)
+        return acc if g == 1 else acc3.sum(dim=1)
 
     def has_fixed_input_range(self) -> bool:
         """True when inputs are scaled by one range per layer (calibrated or learned), not per vector."""
@@ -584,7 +632,7 @@ class CrossbarEngine(torch.nn.Module):
     def _read_noise_variance(self, xg: torch.Tensor) -> torch.Tensor:
         """Variance of each column sum's read noise for inputs ``xg`` (P, 1, G, N, gr)."""
         sq = xg.square()
-        if self.read_noise_mode == "exact":
+        if self.read_noise_mode != "column_mean":
             return torch.matmul(sq, self.read_var.unsqueeze(0))
         return sq.sum(dim=-1, keepdim=True) * self.read_var.unsqueeze(0)
 
@@ -724,4 +772,4 @@ def input_pulses(spec: ArraySpec) -> int:
     return spec.input_encoding.pulses if spec.kind == "analog" else max(spec.input_encoding.bits - 1, 1)
 
 
-__all__ = ["COMPENSATION_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode", "input_pulses", "program_and_verify"]
+__all__ = ["COMPENSATION_MODES", "READ_NOISE_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode", "input_pulses", "program_and_verify"]
