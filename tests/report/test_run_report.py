@@ -57,6 +57,7 @@ def sample_report() -> dict[str, Any]:
                     "per_batch": [{"batch": 1, "qps": 812.0, "latency_s": 1.23e-3, "qps_per_w": 95.6},
                                   {"batch": 256, "qps": 21300.0, "latency_s": 0.0121, "qps_per_w": 2510.0}]},
             "ratios": {"qps": 57.93, "qps_per_w": 181.67},
+            "ratios_measured": {"qps": 57.93, "qps_per_w": 181.67},
         },
         "energy_breakdown": {"adc": 6.0e-7, "cells_lines": 2.5e-8, "dac_drivers": 1.2e-7, "adder_tree_shift_add": 8.0e-8,
                              "buffers": 1.5e-7, "interconnect": 4.0e-8, "dram": 9.0e-7, "digital_unit": 1.0e-7,
@@ -176,6 +177,7 @@ def test_none_values_render_as_dash() -> None:
     report["performance"]["chip"]["qps"] = None
     report["performance"]["chip"]["tops"] = None
     report["performance"]["ratios"]["qps"] = None
+    report["performance"]["ratios_measured"]["qps"] = None
     report["performance"]["cpu"]["threads"] = None
     report["energy_breakdown"]["adc"] = None
     report["tiers"][0]["hit_fraction"]["rram"] = None
@@ -266,6 +268,7 @@ def test_html_with_none_values_and_missing_keys(tmp_path: Any) -> None:
     report["accuracy"]["series"][1]["points"][0]["std"] = None
     report["performance"]["chip"]["qps"] = None
     report["performance"]["ratios"] = {"qps": None, "qps_per_w": None}
+    report["performance"]["ratios_measured"] = {"qps": None, "qps_per_w": None}
     report["energy_breakdown"] = {name: None for name in report["energy_breakdown"]}
     for key in ("notes", "tiers", "reference"):
         del report[key]

@@ -129,7 +129,7 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cimflow_version": cimflow.__version__,
         "chip": {"name": chip.name, "description": chip.description},
-        "model": {"name": "DLRM (dot interaction)", "dataset": "MovieLens-100k (recbole 1.2.1 wheel), label = rating >= 4, random split",
+        "model": {"name": "DLRM (dot interaction)", "dataset": "MovieLens-100k (recbole wheel), label = rating >= 4, random split",
                   "parameters": sum(p.numel() for p in model.parameters()), "tables": len(keys),
                   "train_seconds": None if metrics.cached else metrics.seconds, "cached": bool(metrics.cached), "hwa": hwa_model is not None,
                   "hwa_fine_tuning": hwa_info, "total_seconds": time.perf_counter() - started},
@@ -150,9 +150,10 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
             f"performance: the {perf['workload']['shape']} DLRM shape ({perf['workload']['tables']} tables, "
             f"{perf['workload']['total_rows']:,} rows, {perf['workload']['access']}) on {perf['chips']} chip(s); QPS from the "
             f"system model (the slowest of arrays, digital unit, SRAM/DRAM tiers and links), batch {perf['config']['batch']}",
-            "the ratios use the CPU measured in this run (plain PyTorch, tables at full Criteo-Kaggle scale, "
-            + (f"{cpu['threads']} threads, power {cpu['power_source']}" if cpu else "not measured") + "); the server CPU's "
-            "memory-bandwidth roofline for the same shapes is reported beside it",
+            "the headline ratios use the server-cpu-2s preset's roofline for the same shapes (a named two-socket server, as the "
+            "ISSCC comparison uses a server CPU); plain PyTorch measured on this machine at full Criteo-Kaggle table scale is "
+            "reported beside it (" + (f"{cpu['threads']} threads, power {cpu['power_source']}, spread {100 * cpu['spread']:.0f} %"
+                                       if cpu else "not measured") + ")",
             "accuracy: DLRM on MovieLens-100k (held-out test split); the performance workload is a different, production-shaped model",
         ],
         "notes": list(cfg.notes) + [hwa_note, f"times after programming: {', '.join(format_duration(t) for _, t in times)}"],
@@ -219,15 +220,15 @@ def _performance_section(perf: dict[str, Any], cpu: dict[str, Any] | None) -> di
             "area_mm2": system["area_mm2_per_chip"], "data_dependent": perf["cost"]["data_dependent"]}
     section: dict[str, Any] = {"workload": perf["workload"], "chip": chip, "cpu_roofline": roof,
                                "ratios_roofline": {"qps": _ratio(perf["qps"], roof, "qps"), "qps_per_w": _ratio(perf["qps_per_w"], roof, "qps_per_w")}}
+    section["ratios"] = {"against": f"{roof['host']} roofline", **section["ratios_roofline"]}
     if cpu:
         section["cpu"] = {"qps": cpu["qps"], "qps_per_w": cpu["qps_per_w"], "energy_per_inference_j": 1 / cpu["qps_per_w"],
                           "latency_s": cpu["batch"] / cpu["qps"], "batch": cpu["batch"], "power_w": cpu["power_w"],
                           "power_source": cpu["power_source"], "threads": cpu["threads"], "cpu": cpu["cpu"],
                           "qps_min": cpu["qps_min"], "qps_max": cpu["qps_max"], "spread": cpu["spread"], "describe": cpu["describe"],
                           "per_batch": [{"batch": cpu["batch"], "qps": cpu["qps"], "latency_s": cpu["batch"] / cpu["qps"], "qps_per_w": cpu["qps_per_w"]}]}
-        section["ratios"] = {"against": "measured CPU", "qps": _ratio(perf["qps"], cpu, "qps"), "qps_per_w": _ratio(perf["qps_per_w"], cpu, "qps_per_w")}
-    else:
-        section["ratios"] = {"against": "server CPU roofline", **section["ratios_roofline"]}
+        section["ratios_measured"] = {"against": "measured CPU", "qps": _ratio(perf["qps"], cpu, "qps"),
+                                      "qps_per_w": _ratio(perf["qps_per_w"], cpu, "qps_per_w")}
     return section
 
 
@@ -248,11 +249,11 @@ def _scaled_chip(chip: Any, path: tuple[str, ...], factor: float) -> Any:
 
 
 def _sensitivity(cfg: RunConfig, chip: Any, perf: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chip's QPS/W over the CPU's as each assumption moves (CPU held at its measured value,
-    else its roofline): a row per assumption and factor, with the binding resource."""
+    """The chip's QPS/W over the CPU's as each assumption moves (the CPU held at its roofline, the
+    headline's reference): a row per assumption and factor, with the binding resource."""
     from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config
 
-    cpu = perf["cpu"].get("measured") or perf["cpu"]["roofline"]
+    cpu = perf["cpu"]["roofline"]
     rows = [{"assumption": "as described", "factor": 1.0, "value": "preset", "qps_per_w_ratio": perf["qps_per_w"] / cpu["qps_per_w"],
              "qps_ratio": perf["qps"] / cpu["qps"], "bound_by": perf["bound_by"]}]
     for label, path in SENSITIVITY:
@@ -275,19 +276,40 @@ def _headline(cfg: RunConfig, perf: dict[str, Any], per_variant: dict, fp32: flo
     last = times[-1][0]
     on_chip = st.fmean(per_variant[variants[0][0]][last])
     measured, roof = perf["cpu"].get("measured"), perf["cpu"]["roofline"]
-    ratio_w = perf["qps_per_w"] / (measured or roof)["qps_per_w"]
-    ratio_q = perf["qps"] / (measured or roof)["qps"]
-    against = "the CPU measured in this run" if measured else f"the {roof['host']} roofline"
+    ratio_q, ratio_w = perf["qps"] / roof["qps"], perf["qps_per_w"] / roof["qps_per_w"]
+    against = f"the {roof['host']} roofline"
+    if ratio_q >= 66:
+        need_q = f"the modeled {ratio_q:,.1f}x is already above the published 66x"
+    else:
+        need_q = (f"for the published 66x, {perf['bound_by']} would have to serve {66 / ratio_q:,.1f}x the QPS it does here "
+                  "(more arrays or ADC throughput if arrays bind; more DRAM bandwidth or hot-row capacity if DRAM binds)")
+    if ratio_w >= 181:
+        need_w = f"the modeled {ratio_w:,.1f}x QPS/W is already above the published 181x"
+    else:
+        need_w = (f"for 181x, the energy per query would have to fall from {1e9 / perf['qps_per_w']:,.1f} nJ to "
+                  f"{1e9 / (181 * roof['qps_per_w']):,.1f} nJ (largest part now: {_largest_part(perf)})")
     text = (f"On {perf['workload']['shape']} shapes ({perf['workload']['access']}), {perf['chips']} chip(s) serve "
             f"{perf['qps']:,.0f} QPS at {perf['qps_per_w']:,.0f} QPS/W, bound by {perf['bound_by']}: {ratio_q:,.1f}x the QPS and "
-            f"{ratio_w:,.1f}x the QPS/W of {against} (against the {roof['host']} memory-bandwidth roofline: "
-            f"{perf['qps'] / roof['qps']:,.1f}x and {perf['qps_per_w'] / roof['qps_per_w']:,.1f}x). ISSCC 2026 reports 66x and 181x "
-            f"against a server CPU. The QPS ratio against a server CPU is what the roofline column estimates; for the published 66x, "
-            f"{perf['bound_by']} would have to serve {66 / max(perf['qps'] / roof['qps'], 1e-12):,.1f}x the QPS it does here "
-            f"(more arrays or ADC throughput if arrays bind; more DRAM bandwidth or hot-row capacity if DRAM binds). "
-            f"The measured CPU is this machine's {measured['threads'] if measured else '-'} threads, not a server.")
+            f"{ratio_w:,.1f}x the QPS/W of {against} (a two-socket server's memory-bandwidth and compute roofline for the same "
+            f"shapes, {roof['power_w']:g} W). ISSCC 2026 reports 66x and 181x against a server CPU: {need_q}; {need_w}. "
+            f"Largest energy part: {_largest_part(perf)}.")
+    if measured:
+        text += (f" Measured here (plain PyTorch, {measured['threads']} threads of this machine, not a server): "
+                 f"{measured['qps']:,.0f} QPS, spread {100 * measured['spread']:.0f} % over 3 rounds"
+                 + (" — the machine was busy, so this figure is unreliable" if measured["spread"] > 0.2 else "")
+                 + f"; chip / measured {perf['qps'] / measured['qps']:,.0f}x QPS.")
     return {"auc_fp32": fp32, "auc_on_chip": on_chip, "auc_loss": fp32 - on_chip, "at": last, "qps": perf["qps"],
             "qps_per_w": perf["qps_per_w"], "chips": perf["chips"], "bound_by": perf["bound_by"],
             "ratio_qps": ratio_q, "ratio_qps_per_w": ratio_w, "ratio_against": against,
-            "ratio_qps_roofline": perf["qps"] / roof["qps"], "ratio_qps_per_w_roofline": perf["qps_per_w"] / roof["qps_per_w"],
+            "ratio_qps_measured": perf["qps"] / measured["qps"] if measured else None,
+            "ratio_qps_per_w_measured": perf["qps_per_w"] / measured["qps_per_w"] if measured else None,
             "isscc_2026": {"qps_ratio": 66.0, "qps_per_w_ratio": 181.0}, "text": text}
+
+
+def _largest_part(perf: dict[str, Any]) -> str:
+    """The largest energy part per query (system parts, with the chip's dynamic energy split by component)."""
+    parts = {k: v for k, v in perf["system"]["energy_per_query_by_part_j"].items() if k != "chip_dynamic"}
+    batch = perf["cost"]["batch_size"]
+    parts |= {f"chip {k}": v / batch for k, v in perf["cost"]["by_component_j"].items() if k != "leakage"}
+    name, value = max(parts.items(), key=lambda kv: kv[1] or 0.0)
+    return f"{name.replace('_', ' ')}, {100 * value * perf['qps_per_w']:.0f} %"
