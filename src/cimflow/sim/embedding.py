@@ -24,6 +24,7 @@ import math
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cimflow.chip.spec import ArraySpec
@@ -38,6 +39,11 @@ CACHE_CELLS = 1 << 24
 #: Rows of an uncached table that its drift-compensation reference read drives (the first
 #: this many), and from which its program-and-verify pulses are extrapolated.
 REFERENCE_ROWS = 4096
+#: Read noise is drawn from a normal truncated at this many standard deviations (a larger
+#: draw has probability 2e-9; float32 ``torch.randn`` never makes one). An ADC input farther
+#: than that from every decision boundary therefore converts to the same code with or
+#: without noise, and its draw is skipped: same distribution of codes, far fewer draws.
+NOISE_TAIL = 6.0
 
 
 class TableSource(Protocol):
@@ -104,16 +110,14 @@ class _ParameterTable(TensorTable):
         return self.owner.weight
 
 
-def _segment_sums(x: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """Sums of the contiguous segments of ``x`` (along dim 0) that begin at ``starts``
-    (sorted, first 0), from a float64 running sum (no scatter, no precision loss)."""
-    if starts.numel() == x.shape[0]:
-        return x
-    cs = torch.cumsum(x.to(torch.float64), dim=0)
-    ends = torch.cat([starts[1:], starts.new_tensor([x.shape[0]])]) - 1
-    sums = cs[ends]
-    sums[1:] -= cs[starts[1:] - 1]
-    return sums.to(x.dtype)
+def _read_sums(values: torch.Tensor, starts: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Sums over the contiguous segments that begin at ``starts`` (sorted, first 0) of the
+    rows ``values[idx]`` (or of ``values`` itself when ``idx`` is None), in one pass
+    (``F.embedding_bag``: no gathered copy, no running sum)."""
+    flat = values.reshape(values.shape[0], -1)
+    if idx is None:
+        idx = torch.arange(flat.shape[0], device=flat.device)
+    return F.embedding_bag(idx, flat, starts, mode="sum")
 
 
 class CIMEmbeddingBag(nn.Module):
@@ -144,7 +148,9 @@ class CIMEmbeddingBag(nn.Module):
         self.seed: int | None = None
         self.t_seconds = spec.device.drift.t0_s
         self.register_buffer("hot_rows", None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values, persistent=False)
-        for buf in ("w_scale", "w_cache", "var_cache"):
+        # pool_cache: every row's effective weights, then (with read noise) their read-noise
+        # variances, (rows, S * dim) each side by side; w_cache / var_cache are views of it
+        for buf in ("w_scale", "pool_cache"):
             self.register_buffer(buf, None, persistent=False)
         self._read_gen: torch.Generator | None = None
         self.adc_range_calibrated: float | None = None
@@ -159,6 +165,26 @@ class CIMEmbeddingBag(nn.Module):
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
     # ----------------------------------------------------------------- programming
+    @property
+    def w_cache(self) -> torch.Tensor | None:
+        """Cached effective weights (rows, S, dim) in units of the conductance span (None: lazy)."""
+        c = self.pool_cache
+        return None if c is None else c[:, : self._cache_width].view(c.shape[0], -1, self.embedding_dim)
+
+    @w_cache.setter
+    def w_cache(self, value: None) -> None:
+        if value is not None:
+            raise SimulationError("w_cache can only be cleared (set to None); program() fills it")
+        self.pool_cache = None
+
+    @property
+    def var_cache(self) -> torch.Tensor | None:
+        """Cached per-cell read-noise variances (rows, S, dim), None without read noise."""
+        c = self.pool_cache
+        if c is None or c.shape[1] == self._cache_width:
+            return None
+        return c[:, self._cache_width :].view(c.shape[0], -1, self.embedding_dim)
+
     @property
     def group_rows(self) -> int:
         return min(self.spec.rows, self.spec.max_active_rows or self.spec.rows)
@@ -181,7 +207,7 @@ class CIMEmbeddingBag(nn.Module):
         self._read_gen = None
         self.t_seconds = self.spec.device.drift.t0_s
         self.w_scale = self.table.column_scale().to(self._device())
-        self.w_cache = self.var_cache = None
+        self.pool_cache = None
         self._refresh_cache()
         self._version = self._weight_version()
         self.write_pulses = self._base_pulses()
@@ -344,15 +370,16 @@ class CIMEmbeddingBag(nn.Module):
     def _refresh_cache(self) -> None:
         """Small tables: every row's effective weights at ``t_seconds``, from the same hash
         the lazy path uses (so both paths give identical values); big tables: nothing."""
-        self.w_cache = self.var_cache = None
+        self.pool_cache = None
         if self.cells > CACHE_CELLS:
             self._update_gain()
             return
         idx = torch.arange(self.num_embeddings, device=self.w_scale.device)
         programmed = self._programmed(idx)
         w, var = self._effective(*programmed)
-        self.w_cache = w.permute(1, 0, 2).contiguous()  # (rows, S, dim)
-        self.var_cache = None if var is None else var.permute(1, 0, 2).contiguous()
+        parts = [w.permute(1, 0, 2).reshape(idx.numel(), -1)] + ([] if var is None else [var.permute(1, 0, 2).reshape(idx.numel(), -1)])
+        self._cache_width = parts[0].shape[1]
+        self.pool_cache = torch.cat(parts, dim=1).contiguous()  # (rows, S*dim [+ S*dim])
         self._update_gain(programmed)
 
     def _rows_effective(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -435,41 +462,66 @@ class CIMEmbeddingBag(nn.Module):
                 return out
         if self.spec.kind == "digital":
             w, _ = self._rows_effective(idx)
-            return out.index_add_(0, bags, w[:, 0]) * self.w_scale
-        # one read per (bag, array, chunk of group_rows rows); sort so every read and every
-        # bag is a contiguous segment, then sum segments with cumulative sums
+            return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
+        idx_s, read_starts, read_bags = self._reads(idx, bags)
+        if self.collect_stats:
+            self.stats["reads"] += int(read_starts.numel())
+        if self.pool_cache is not None:
+            sums = _read_sums(self.pool_cache, read_starts, idx_s)
+        else:
+            w, var = self._rows_effective(idx_s)  # (n, S, dim)
+            sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), read_starts)
+        s_count = self._significance.numel()
+        width = s_count * self.embedding_dim
+        psum, var = sums[:, :width], (sums[:, width:] if sums.shape[1] > width else None)
+        gain = None
+        if self.output_gain is not None:  # drift compensation, ahead of the ADC (see set_compensation)
+            gain = self.output_gain.to(psum.device).reshape(-1).repeat(s_count) if self.output_gain.dim() else self.output_gain
+            psum = psum * gain
+        if var is not None:
+            sigma = var.clamp_min(0.0).sqrt()
+            if gain is not None:
+                sigma = sigma * gain.abs()
+            psum = self._add_read_noise(psum, sigma)
+        if self._calibrating:
+            self._calib_psums.append(psum.detach().abs().reshape(-1))
+        q = adc_quantize(psum, self.spec.adc.bits, self.adc_range).view(-1, s_count, self.embedding_dim)
+        per_read = torch.matmul(self._significance.to(q), q) if s_count > 1 else q[:, 0]  # (reads, dim)
+        return out.index_add_(0, read_bags, per_read * self.w_scale)
+
+    def _reads(self, idx: torch.Tensor, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so
+        that every read is a contiguous run (reads ordered by bag), the first position of
+        each read, and each read's bag."""
         arrays = idx // self.spec.rows
         key = bags * (self.num_embeddings // self.spec.rows + 1) + arrays
         order = torch.sort(key, stable=True).indices
-        key_s, idx_s, bags_s = key[order], idx[order], bags[order]
+        key_s = key[order]
         n = key_s.numel()
-        pos = torch.arange(n, device=key_s.device)
         first = torch.ones(n, dtype=torch.bool, device=key_s.device)
         first[1:] = key_s[1:] != key_s[:-1]
+        pos = torch.arange(n, device=key_s.device)
         group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
-        new_read = first | ((pos - group_start) % self.group_rows == 0)
-        read_starts = torch.nonzero(new_read).squeeze(1)
-        w, var = self._rows_effective(idx_s)  # (n, S, dim)
-        psum = _segment_sums(w, read_starts)
-        if var is not None:
-            if self._read_gen is None or self._read_gen.device != psum.device:
-                self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
-            v = _segment_sums(var, read_starts).clamp_min_(0.0)
-            psum = psum + torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype) * v.sqrt_()
-        if self.output_gain is not None:
-            psum = psum * self.output_gain  # drift compensation, ahead of the ADC (see set_compensation)
+        read_starts = torch.nonzero(first | ((pos - group_start) % self.group_rows == 0)).squeeze(1)
+        return idx[order], read_starts, bags[order][read_starts]
+
+    def _add_read_noise(self, psum: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``psum + sigma * z`` with z standard normal truncated at :data:`NOISE_TAIL`, drawn
+        only where it could change the ADC code (every draw when calibrating, whose partial
+        sums are recorded before the ADC)."""
+        if self._read_gen is None or self._read_gen.device != psum.device:
+            self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
         if self._calibrating:
-            self._calib_psums.append(psum.detach().abs().reshape(-1))
-        q = adc_quantize(psum, self.spec.adc.bits, self.adc_range)
-        per_read = (q * self._significance.to(q.device).view(1, -1, 1)).sum(dim=1)
-        read_bags = bags_s[read_starts]
-        if self.collect_stats:
-            self.stats["reads"] += int(read_starts.numel())
-        bag_first = torch.ones(read_bags.numel(), dtype=torch.bool, device=read_bags.device)
-        bag_first[1:] = read_bags[1:] != read_bags[:-1]
-        bag_starts = torch.nonzero(bag_first).squeeze(1)
-        out[read_bags[bag_starts]] += _segment_sums(per_read, bag_starts) * self.w_scale
-        return out
+            z = torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
+            return psum + z.clamp_(-NOISE_TAIL, NOISE_TAIL) * sigma
+        bits, full = self.spec.adc.bits, self.adc_range
+        reach = NOISE_TAIL * sigma
+        near = adc_quantize(psum - reach, bits, full) != adc_quantize(psum + reach, bits, full)
+        where = torch.nonzero(near.view(-1)).squeeze(1)
+        if where.numel():
+            z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
+            psum = psum.reshape(-1).index_add(0, where, z.clamp_(-NOISE_TAIL, NOISE_TAIL) * sigma.reshape(-1)[where]).view(psum.shape)
+        return psum
 
     @property
     def adc_range(self) -> float:

@@ -1,0 +1,116 @@
+"""Embedding pooling speed: a converted ``nn.EmbeddingBag`` against the plain one, in one run.
+
+1. Table only: one ``nn.EmbeddingBag(rows, 64, mode="sum")`` converted with
+   ``cimflow.convert`` onto ``hybrid-rram-sram-28nm`` (pooled in RRAM arrays: programming
+   noise, stuck cells, drift spread, read noise, 7-bit ADC per read of at most 32 rows),
+   batch 1024 bags of 20 uniform random lookups, rows 10^4 / 10^5 / 10^6.
+2. Whole model: the MovieLens-shaped DLRM (7 tables, dim 16) at batch 1024.
+
+Throughput ratio = simulated / plain (target >= 0.5x). Plain and simulated calls are
+interleaved repeat by repeat; each line gives min-median-max of the ratio over the
+repeats, at 1 and 2 torch threads, with the load average before the line (on a shared
+2-core machine, 2-thread figures swing with the load).
+
+Run: .venv/bin/python benchmarks/embedding_pooling.py [--repeats 7] [--rows 10000 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import cimflow
+from cimflow.recsys.models import DLRM, DLRMConfig
+from cimflow.recsys.synthetic import SyntheticCriteo
+
+CHIP = "hybrid-rram-sram-28nm"
+
+
+class OneTable(nn.Module):
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.EmbeddingBag(rows, dim, mode="sum")
+
+    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.table(values, offsets)
+
+
+def _seconds(fn, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def interleaved_ratios(plain, simulated, repeats: int) -> tuple[list[float], float, float]:
+    """Ratios plain-time / simulated-time (= simulated / plain throughput), one per repeat,
+    and the median seconds of each. Each repeat times both back to back."""
+    with torch.no_grad():
+        plain(), simulated()  # warm-up
+        t_plain = _seconds(plain, 1)
+        calls = max(1, min(50, int(0.05 / max(t_plain, 1e-6))))  # ~50 ms of plain calls per repeat
+        ratios, tp, ts = [], [], []
+        for _ in range(repeats):
+            a = _seconds(plain, calls)
+            b = _seconds(simulated, calls)
+            ratios.append(a / b)
+            tp.append(a)
+            ts.append(b)
+    return ratios, statistics.median(tp), statistics.median(ts)
+
+
+def line(label: str, threads: int, ratios: list[float], t_plain: float, t_sim: float, load: float) -> None:
+    print(f"{label:38s} {threads:2d} thr  load {load:4.1f}  plain {t_plain * 1e3:8.2f} ms  sim {t_sim * 1e3:9.2f} ms  "
+          f"ratio {min(ratios):.4f} - {statistics.median(ratios):.4f} - {max(ratios):.4f}x  (target >= 0.5x)")
+
+
+def table_only(rows: int, repeats: int, threads: int, batch: int = 1024, pooling: int = 20, dim: int = 64) -> None:
+    torch.manual_seed(0)
+    model = OneTable(rows, dim).eval()
+    cim = cimflow.program(cimflow.convert(model, CHIP), seed=0)
+    gen = torch.Generator().manual_seed(1)
+    values = torch.randint(0, rows, (batch * pooling,), generator=gen)
+    offsets = torch.arange(0, batch * pooling, pooling)
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
+    ratios, tp, ts = interleaved_ratios(lambda: model(values, offsets), lambda: cim(values, offsets), repeats)
+    line(f"EmbeddingBag {rows:>9,d} x {dim}, table only", threads, ratios, tp, ts, load)
+
+
+def whole_model(repeats: int, threads: int, batch: int = 1024) -> None:
+    torch.manual_seed(0)
+    cfg = DLRMConfig(dense_features=4, table_sizes=(943, 1682, 19, 21, 7, 2, 11), embedding_dim=16, bottom_mlp=(64, 16),
+                     top_mlp=(64, 32, 1))
+    model = DLRM(cfg).eval()
+    data = SyntheticCriteo(table_sizes=cfg.table_sizes, pooling_factors=None, alpha=1.05, dense_features=cfg.dense_features, seed=0)
+    dense, sparse, _ = data.batch(batch, 0)
+    pairs = sparse.per_feature()
+    cim = cimflow.program(cimflow.convert(model, CHIP), seed=0)
+    torch.set_num_threads(threads)
+    load = os.getloadavg()[0]
+    ratios, tp, ts = interleaved_ratios(lambda: model(dense, pairs), lambda: cim(dense, pairs), repeats)
+    line("DLRM, MovieLens shape, whole model", threads, ratios, tp, ts, load)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error("--repeats must be at least 5 (the spread needs them)")
+    print(f"chip {CHIP}; batch 1024, pooling 20, dim 64; {args.repeats} interleaved repeats; ratio = simulated / plain throughput")
+    for threads in args.threads:
+        for rows in args.rows:
+            table_only(rows, args.repeats, threads)
+        whole_model(args.repeats, threads)
+
+
+if __name__ == "__main__":
+    main()
