@@ -15,8 +15,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from cimflow.errors import CimflowError
-
-__version__ = "0.1.0"
+from cimflow.version import __version__
 
 #: Each public name imported on first use, and the module it comes from.
 _LAZY = {

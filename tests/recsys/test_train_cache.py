@@ -127,7 +127,7 @@ def test_settings_seed_split_and_code_version_are_in_the_key(tmp_path: Path, mon
         movielens_dlrm_cache_entry(seed=0, epochs=1, cache_dir=tmp_path, data=data,
                                    settings=TrainSettings(batch_size=256, patience=1, learning_rate=1e-3))[0],
     ]
-    monkeypatch.setattr(cimflow, "__version__", "999.0")
+    monkeypatch.setattr(cimflow.version, "__version__", "999.0")
     variants.append(movielens_dlrm_cache_entry(seed=0, epochs=1, cache_dir=tmp_path, settings=FAST, data=data)[0])
     monkeypatch.undo()
     monkeypatch.setattr(cache_module, "CACHE_FORMAT", cache_module.CACHE_FORMAT + 1)

@@ -9,7 +9,7 @@ One reader and one writer for every cached model (the float MovieLens DLRM of
 - **Key**: :func:`cache_key` — canonical JSON of everything the weights depend on: the
   kind of model, a digest of the training data actually used (:func:`dataset_digest`
   of the split tensors), the model config, every training setting and the seed, and the
-  code version (``cimflow.__version__`` and :data:`CACHE_FORMAT`). The file name is
+  code version (``cimflow.version.__version__`` and :data:`CACHE_FORMAT`). The file name is
   ``<kind>_<first 16 hex of sha256(key)>.pt``; the full key is stored inside and compared.
 - **Checksum**: beside each ``X.pt`` a ``X.pt.sha256`` in ``sha256sum`` format
   (``sha256sum -c`` checks it by hand); :func:`read_entry` verifies it before unpickling.
@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cimflow import version
 from cimflow.errors import CimflowError
 from cimflow.fileio import atomic_write_bytes
 
@@ -104,10 +105,8 @@ def dataset_digest(*datasets: Any) -> str:
 
 def cache_key(kind: str, **parts: Any) -> str:
     """The key of a cache entry: canonical JSON of ``kind``, :data:`CACHE_FORMAT`,
-    ``cimflow.__version__`` and ``parts`` (data digest, config, settings, seed...)."""
-    import cimflow  # here, not at import time: cimflow/__init__ imports this package
-
-    payload = {"kind": kind, "format": CACHE_FORMAT, "cimflow": cimflow.__version__, **parts}
+    ``cimflow.version.__version__`` and ``parts`` (data digest, config, settings, seed...)."""
+    payload = {"kind": kind, "format": CACHE_FORMAT, "cimflow": version.__version__, **parts}
     try:
         return json.dumps(payload, sort_keys=True, allow_nan=False, default=str)
     except ValueError as error:
