@@ -85,3 +85,14 @@ def test_bad_traffic_is_refused(mlp_plan):
         ChipTraffic(dram_lookups=-1.0)
     with pytest.raises(CimflowError, match="host_in_bytes"):
         ChipTraffic(host_in_bytes=math.nan)
+
+
+def test_buffers_and_interconnect_bind_when_the_chip_gives_their_bandwidth(mlp_plan):
+    plan, cost = mlp_plan
+    unbounded = system_model(cost, plan, [ChipTraffic(host_in_bytes=1.0)])
+    assert any("interconnect" in n for n in unbounded.notes) and any("buffers" in n for n in unbounded.notes)
+    chip = plan.chip.model_copy(update={"buffer": plan.chip.buffer.model_copy(update={"bandwidth_bytes_per_s": 1e6})})
+    bits = sum(c.events.get("buffer_bits", 0.0) for c in cost.per_op)
+    slow = system_model(cost, plan, [ChipTraffic(host_in_bytes=1.0)], chip=chip)
+    assert slow.bound_by == "on-chip buffers"
+    assert slow.qps == pytest.approx(1e6 / (bits / 8 / 32))

@@ -24,6 +24,8 @@ host link     the larger direction: dense features + indices + offsets in,    ``
               results out                                                     bandwidth
 chip links    pooled vectors and activations between chips (several chips)    ``chip_link`` bandwidth
 host          operators the plan leaves on the host (listed, never silent)    1 s/s
+interconnect  activation bytes between cores (when the chip gives a bandwidth) ``interconnect`` bandwidth
+buffers       bits through the on-chip buffers (when the chip gives a bandwidth) ``buffer`` bandwidth
 ============  ==============================================================  ==================
 
 Energy per query = the plan's dynamic energy (its leakage term removed) + link bits x
@@ -210,9 +212,17 @@ def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], c
         if chip_link is not None:
             resources.append(Resource(f"chip link{tag}", chip_link.bandwidth_bytes_per_s, max(t.link_in_bytes, t.link_out_bytes), "B",
                                       f"{chip_link.name or 'chip link'}: {t.link_in_bytes:.0f} B in, {t.link_out_bytes:.0f} B out per query"))
-    if chip.interconnect.bandwidth_bytes_per_s and plan.placement.traffic_bytes:
+    if chip.interconnect.bandwidth_bytes_per_s:
         resources.append(Resource("on-chip interconnect", chip.interconnect.bandwidth_bytes_per_s * n,
                                   plan.placement.traffic_bytes / batch, "B", "activations between cores"))
+    else:
+        notes.append("the chip gives no interconnect.bandwidth_bytes_per_s: the on-chip interconnect is not a bound")
+    buffer_bits = sum(c.events.get("buffer_bits", 0.0) for c in cost.per_op)
+    if chip.buffer is not None and chip.buffer.bandwidth_bytes_per_s:
+        resources.append(Resource("on-chip buffers", chip.buffer.bandwidth_bytes_per_s * n, buffer_bits / 8 / batch, "B",
+                                  "inputs, outputs and hot rows through the buffers"))
+    else:
+        notes.append("the chip gives no buffer.bandwidth_bytes_per_s: the on-chip buffers are not a bound")
     host_ops = [{"name": c.name, "op_type": c.op_type, "latency_s": c.latency_s, "energy_j": c.total_energy_j}
                 for c in cost.per_op if c.substrate == HOST]
     host_ops = [h for h in host_ops if h["latency_s"] > 0 or h["energy_j"] > 0]
