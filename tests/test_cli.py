@@ -1,19 +1,69 @@
-"""The CLI: one line and exit status 2 on bad input, no traceback; verbs work end to end."""
+"""The CLI: one line and exit status 2 on bad input, no traceback; verbs work end to end.
+
+Every verb runs in this process through :func:`cimflow.cli.main` (a fresh interpreter costs seconds a call); one
+test starts a real process, because what it checks is the process: its exit status and stderr, and that starting
+the CLI imports no torch.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+#: Warning categories a plain ``python`` does not print; any other warning would be a line on a real run's stderr.
+_HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cimflow.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+@dataclass(frozen=True)
+class Ran:
+    """One in-process CLI run, read as a process would be."""
+
+    returncode: int
+    stdout: str
+    stderr: str  # what the CLI printed to stderr, then each warning and log record a real process would print there
+
+
+def _log_line(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except (TypeError, ValueError):  # a record whose arguments do not fit its format (a process prints "--- Logging error ---")
+        return f"--- Logging error --- {record.msg!r} {record.args!r}"
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Ran]:
+    """``cli(*args, cwd=None)``: run ``cimflow ARGS`` through :func:`cimflow.cli.main`, in ``cwd`` if given."""
+    from cimflow.cli import main
+
+    def run(*args: str, cwd: Path | None = None) -> Ran:
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+            warnings.simplefilter("always")
+            with pytest.raises(SystemExit) as info:
+                main(list(args))
+        out, err = capsys.readouterr()
+        err += "".join(warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+                       for w in caught if not issubclass(w.category, _HIDDEN_BY_DEFAULT))
+        err += "".join(f"{_log_line(record)}\n" for record in caplog.records if record.levelno >= logging.WARNING)
+        code = info.value.code
+        if code is None or isinstance(code, int):
+            return Ran(code or 0, out, err)
+        return Ran(1, out, err + f"{code}\n")  # sys.exit("text"): the process prints it and exits 1
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -28,7 +78,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["run", "--workload", "speech"], "--workload 'speech'"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(cli, args, needle, tmp_path):
     result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -37,9 +87,10 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_bad_yaml_file_names_file_field_and_line(tmp_path):
+def test_bad_yaml_file_names_file_field_and_line(cli, tmp_path):
     bad = tmp_path / "chip.yaml"
-    bad.write_text("name: x\ntechnology: {node_nm: 28, supply_v: 0.9}\nclock_hz: 1.0e9\narrays:\n  a:\n    device: {technology: rram, g_min: -1.0e-6, g_max: 1.0e-5}\n"
+    bad.write_text("name: x\ntechnology: {node_nm: 28, supply_v: 0.9}\nclock_hz: 1.0e9\narrays:\n  a:\n"
+                   "    device: {technology: rram, g_min: -1.0e-6, g_max: 1.0e-5}\n"
                    "    rows: 8\n    cols: 8\n    adc: {bits: 0}\nroles: {mvm: a}\ncores: {count: 1, arrays: {a: 1}}\n")
     result = cli("chips", "show", str(bad))
     assert result.returncode == 2
@@ -47,7 +98,7 @@ def test_bad_yaml_file_names_file_field_and_line(tmp_path):
     assert f"{bad}:6" in result.stderr
 
 
-def test_chips_list_and_show():
+def test_chips_list_and_show(cli):
     listing = cli("chips")
     assert listing.returncode == 0
     for name in ("ideal", "pcm-hermes-like", "hybrid-rram-sram-28nm", "rram-analog-generic", "sram-digital-22nm"):
@@ -56,9 +107,10 @@ def test_chips_list_and_show():
     assert json.loads(shown.stdout)["name"] == "pcm-hermes-like"
 
 
-def test_compile_writes_a_plan(tmp_path):
+def test_compile_writes_a_plan(cli, tmp_path):
     out = tmp_path / "plan.json"
-    result = cli("compile", str(EXAMPLES / "mlp_model.py"), "--chip", "hybrid-rram-sram-28nm", "--rule", "fc3=host", "--explain", "--out", str(out))
+    result = cli("compile", str(EXAMPLES / "mlp_model.py"), "--chip", "hybrid-rram-sram-28nm", "--rule", "fc3=host", "--explain",
+                 "--out", str(out))
     assert result.returncode == 0, result.stderr
     plan = json.loads(out.read_text())
     ops = {o["name"]: o for o in plan["ops"]}
@@ -66,13 +118,66 @@ def test_compile_writes_a_plan(tmp_path):
     assert "fc1" in result.stdout and "operators on the host" in result.stdout
 
 
-def test_help_has_examples():
+def test_help_has_examples(cli):
     for verb in (["chips"], ["compile"], ["run"], ["validate", "macros"], ["validate", "calibrate"]):
         result = cli(*verb, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, verb
 
 
-def test_estimate_and_recsys_verbs(tmp_path):
+def test_help_names_the_cache_looked_up_when_shown(cli, tmp_path, monkeypatch):
+    from cimflow.cli import _CACHE_HELP
+    from cimflow.recsys.cache import CACHE_DIR_ENV
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: the path is not wrapped
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "my-cache"))  # set after the CLI was imported: still named
+    for verb in ("run", "train-hwa"):
+        result = cli(verb, "--help")
+        assert result.returncode == 0, result.stderr
+        assert str(tmp_path / "my-cache") in result.stdout and CACHE_DIR_ENV in result.stdout, verb
+        assert _CACHE_HELP not in result.stdout
+
+
+def test_console_script_is_the_cli_entry_point():
+    from importlib.metadata import entry_points
+
+    from cimflow.cli import main
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "cimflow"]
+    assert script.load() is main
+
+
+#: Run in a fresh interpreter: the CLI's entry point, then (at exit, to stdout) which heavy modules it imported.
+_FRESH_PROCESS = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(m for m in ("torch", "numpy", "cimflow.api", "cimflow.recsys") if m in sys.modules))))
+from cimflow.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "args, returncode, needle",
+    [
+        (["--help"], 0, None),
+        (["run", "--workload", "speech"], 2, "--workload 'speech'"),
+        (["chips", "show", "no-such-chip"], 2, "unknown chip preset 'no-such-chip'"),
+    ],
+)
+def test_a_real_process_exits_with_one_line_and_imports_no_torch(args, returncode, needle, tmp_path):
+    # a subprocess is the point here: the exit status and all of stderr of a real process, and what a fresh
+    # interpreter imports to show the help or a one-line error (torch alone takes seconds)
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == returncode, result.stderr
+    *shown, imported = result.stdout.splitlines()
+    assert json.loads(imported) == [], imported
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if needle is None:
+        assert lines == [] and "Usage: cimflow" in "\n".join(shown) and "compile" in "\n".join(shown)
+    else:
+        assert len(lines) == 1 and lines[0].startswith("cimflow: error:") and needle in lines[0], result.stderr
+
+
+def test_estimate_and_recsys_verbs(cli, tmp_path):
     out = tmp_path / "cost.json"
     result = cli("estimate", str(EXAMPLES / "mlp_model.py"), "--chip", "pcm-hermes-like", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -88,34 +193,28 @@ def test_estimate_and_recsys_verbs(tmp_path):
     assert bad.returncode == 2 and "row counts separated by commas" in bad.stderr
 
 
-def _run_in_process(argv: list[str]) -> int:
-    from cimflow.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    return int(info.value.code or 0)
-
-
-def test_validate_macros_and_calibrate_default_to_the_shipped_file(tmp_path, capsys):
+def test_validate_macros_and_calibrate_default_to_the_shipped_file(cli, tmp_path):
     out = tmp_path / "macros.json"
-    assert _run_in_process(["validate", "macros", "--out", str(out)]) == 0
-    assert "imc_macros.csv (94 rows" in capsys.readouterr().out
-    result = json.loads(out.read_text())
-    assert result["n_rows"] == 94 and result["n_scored_tops_w"] == 83
+    result = cli("validate", "macros", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "imc_macros.csv (94 rows" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["n_rows"] == 94 and data["n_scored_tops_w"] == 83
     fit = tmp_path / "fit.json"
-    assert _run_in_process(["validate", "calibrate", "--k", "2", "--out", str(fit)]) == 0
-    assert "calibration on imc_macros.csv" in capsys.readouterr().out
+    result = cli("validate", "calibrate", "--k", "2", "--out", str(fit))
+    assert result.returncode == 0, result.stderr
+    assert "calibration on imc_macros.csv" in result.stdout
     assert json.loads(fit.read_text())["k"] == 2
 
 
-def test_run_without_movielens_says_how_to_install_it_before_any_work(tmp_path, capsys, monkeypatch):
+def test_run_without_movielens_says_how_to_install_it_before_any_work(cli, tmp_path, monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "recbole" else real_find_spec(name, *a))
-    monkeypatch.chdir(tmp_path)
-    assert _run_in_process(["run", "--instances", "1", "--times", "1s"]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    result = cli("run", "--instances", "1", "--times", "1s", cwd=tmp_path)
+    assert result.returncode == 2
+    err = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "pip install 'recbole>=1.1.1,<1.2'" in err[0]
     assert list(tmp_path.iterdir()) == []  # nothing written, nothing trained
 
@@ -129,19 +228,19 @@ def _export_mlp(path: Path) -> None:
     torch.export.save(torch.export.export(model, (torch.randn(4, 16),)), str(path))
 
 
-def test_pt2_runs_in_compile_estimate_and_simulate(tmp_path, capsys):
+def test_pt2_runs_in_compile_estimate_and_simulate(cli, tmp_path):
     model = tmp_path / "mlp.pt2"
     _export_mlp(model)
-    assert _run_in_process(["compile", str(model), "--out", str(tmp_path / "plan.json")]) == 0
+    assert cli("compile", str(model), "--out", str(tmp_path / "plan.json")).returncode == 0
     assert {op["name"] for op in json.loads((tmp_path / "plan.json").read_text())["ops"] if op["substrate"] == "array"} == {"0", "2"}
-    assert _run_in_process(["estimate", str(model), "--out", str(tmp_path / "cost.json")]) == 0
+    assert cli("estimate", str(model), "--out", str(tmp_path / "cost.json")).returncode == 0
     assert json.loads((tmp_path / "cost.json").read_text())["energy_j"] > 0
-    assert _run_in_process(["simulate", str(model), "--times", "1s", "--instances", "1", "--out", str(tmp_path / "t.json")]) == 0
+    assert cli("simulate", str(model), "--times", "1s", "--instances", "1", "--out", str(tmp_path / "t.json")).returncode == 0
     assert json.loads((tmp_path / "t.json").read_text())["metric"] == "relative output error"
 
 
 @pytest.mark.parametrize("verb", ["compile", "estimate", "simulate"])
-def test_code_executing_pt2_is_refused_in_one_line_unless_trusted(verb, tmp_path, capsys):
+def test_code_executing_pt2_is_refused_in_one_line_unless_trusted(cli, verb, tmp_path):
     import io
     import zipfile
 
@@ -159,20 +258,21 @@ def test_code_executing_pt2_is_refused_in_one_line_unless_trusted(verb, tmp_path
         for info in source.infolist():  # example inputs that only full unpickling can read
             data = payload.getvalue() if "/data/sample_inputs/" in info.filename else source.read(info)
             target.writestr(info.filename, data)
-    capsys.readouterr()
-    assert _run_in_process([verb, str(evil)]) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    refused = cli(verb, str(evil))
+    assert refused.returncode == 2
+    err = [line for line in refused.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("cimflow: error: refusing to load 'evil.pt2'") and "--trust-model-file" in err[0]
     assert not (tmp_path / "pwned").exists()
-    _run_in_process([verb, str(evil), "--trust-model-file"])  # trusted on purpose: torch unpickles it
+    cli(verb, str(evil), "--trust-model-file")  # trusted on purpose: torch unpickles it (what happens next does not matter)
     assert (tmp_path / "pwned").exists()
 
 
-def test_simulate_refuses_nan_example_inputs_in_one_line(tmp_path, capsys):
+def test_simulate_refuses_nan_example_inputs_in_one_line(cli, tmp_path):
     model = tmp_path / "nan_model.py"
     model.write_text("import torch\nfrom torch import nn\n\ndef model():\n    return nn.Sequential(nn.Linear(4, 2))\n\n"
                      "def example_inputs():\n    return (torch.tensor([[1.0, float('nan'), 0.0, 2.0]]),)\n")
     for verb in ("compile", "estimate", "simulate"):
-        assert _run_in_process([verb, str(model)]) == 2
-        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        result = cli(verb, str(model))
+        assert result.returncode == 2
+        err = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and "holds 1 NaN or infinite value(s)" in err[0]
