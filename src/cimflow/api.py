@@ -6,8 +6,9 @@ Wherever a verb takes a chip it accepts a preset name, a YAML path or a
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 import typer
@@ -114,7 +113,7 @@ def compile_cmd(
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (name, glob, re:REGEX or type:Type = digital | host | digital_unit | ARRAY_KIND); repeatable"),
     mode: str = typer.Option("pipelined", "--mode", help="pipelined | layer_by_layer"),
     explain: bool = typer.Option(False, "--explain", help="show why each op went where, with source locations, and list host ops"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the plan as JSON"),
+    out: Path | None = typer.Option(None, "--out", help="write the plan as JSON"),
 ) -> None:
     """Compile a model onto a chip and print the plan.
 
@@ -144,9 +143,9 @@ def estimate_cmd(
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (see `cimflow compile --help`); repeatable"),
     data_dependent: bool = typer.Option(True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
-    host: Optional[str] = typer.Option(None, "--host", help="host preset for operators left on the host (default: the chip's host block, else server-cpu-2s)"),
+    host: str | None = typer.Option(None, "--host", help="host preset for operators left on the host (default: the chip's host block, else server-cpu-2s)"),
     all_ops: bool = typer.Option(False, "--all-ops", help="list every operator, not only those that cost energy"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the cost report as JSON"),
+    out: Path | None = typer.Option(None, "--out", help="write the cost report as JSON"),
 ) -> None:
     """Energy, latency, area and throughput of a model on a chip, per operator and per component.
 
@@ -179,15 +178,15 @@ def recsys_cmd(
     dim: int = typer.Option(64, "--dim", help="custom shape: embedding width (1-4096)"),
     pooling: int = typer.Option(4, "--pooling", help="custom shape: lookups per table per sample (1-10000)"),
     skew: float = typer.Option(1.05, "--skew", help="Zipf exponent of row accesses (0 = uniform, at most 5)"),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="access trace (.npz / .pt, TorchRec KJT layout: indices, offsets or lengths, batch_size) instead of --skew; its first half places rows, its second half measures hits"),
+    trace: Path | None = typer.Option(None, "--trace", help="access trace (.npz / .pt, TorchRec KJT layout: indices, offsets or lengths, batch_size) instead of --skew; its first half places rows, its second half measures hits"),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
-    chips: Optional[int] = typer.Option(None, "--chips", help="number of chips (default: the fewest that hold the model)"),
+    chips: int | None = typer.Option(None, "--chips", help="number of chips (default: the fewest that hold the model)"),
     sharding: str = typer.Option("auto", "--sharding", help="auto | table_wise | row_wise | column_wise"),
     batch: int = typer.Option(256, "--batch", help="queries per inference for the estimate and the CPU reference"),
     sample_queries: int = typer.Option(4096, "--sample-queries", help="queries in each access sample (placement, held out)"),
     host: str = typer.Option("server-cpu-2s", "--host", help="host preset for the CPU reference roofline"),
     cpu: str = typer.Option("roofline", "--cpu", help="roofline | measured (also time plain PyTorch on this machine; the ratios then use it)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON (top level: qps, qps_per_w, chips, bound_by, utilization, tiers, ...)"),
+    out: Path | None = typer.Option(None, "--out", help="write the result as JSON (top level: qps, qps_per_w, chips, bound_by, utilization, tiers, ...)"),
 ) -> None:
     """Estimate a recommendation configuration on one or several chips: sharding, tiers, the
     binding resource, QPS and QPS/W against a CPU.
@@ -212,7 +211,7 @@ def recsys_cmd(
         console.print(f"wrote {out}")
 
 
-def _check_outputs(**paths: Optional[Path]) -> None:
+def _check_outputs(**paths: Path | None) -> None:
     """Refuse an unwritable output location (``--out``, ``--html``, ``--save``) before any work starts."""
     from cimflow.fileio import check_output_path
 
@@ -257,14 +256,14 @@ validate_app = typer.Typer(help="Validate the cost model against published silic
 app.add_typer(validate_app, name="validate")
 
 
-def _pct(x: Optional[float]) -> str:
+def _pct(x: float | None) -> str:
     return "-" if x is None or x != x else f"{100 * x:.1f} %"
 
 
 @validate_app.command("macros")
 def validate_macros_cmd(
-    csv: Optional[Path] = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the summary and per-row results as JSON"),
+    csv: Path | None = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
+    out: Path | None = typer.Option(None, "--out", help="write the summary and per-row results as JSON"),
 ) -> None:
     """Predict TOPS/W and TOPS/mm2 (1-bit normalized) of every macro from its design parameters alone.
 
@@ -293,7 +292,7 @@ def validate_macros_cmd(
 @validate_app.command("chips")
 def validate_chips_cmd(
     chip: list[str] = typer.Option([], "--chip", help="only this benchmark (e.g. neurram@4b/6b) or validation preset (e.g. validation/neurram); repeatable"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write every row and the summary as JSON"),
+    out: Path | None = typer.Option(None, "--out", help="write every row and the summary as JSON"),
 ) -> None:
     """Reproduce the published TOPS/W and TOPS/mm2 of CIM chips through compile + estimate.
 
@@ -330,11 +329,11 @@ def validate_chips_cmd(
 
 @validate_app.command("calibrate")
 def validate_calibrate_cmd(
-    csv: Optional[Path] = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
+    csv: Path | None = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
     k: int = typer.Option(5, "--k", help=f"folds (grouped by paper), 2 to {MAX_FOLDS}"),
     seed: int = typer.Option(0, "--seed"),
-    save: Optional[Path] = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the calibration result as JSON"),
+    save: Path | None = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
+    out: Path | None = typer.Option(None, "--out", help="write the calibration result as JSON"),
 ) -> None:
     """Fit the macro model's constants and report k-fold cross-validated error.
 
@@ -394,9 +393,9 @@ def run(
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
     times: str = typer.Option("1s,1d", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y; at most 1000y)"),
     batch: int = typer.Option(64, "--batch", help=f"batch for the cost estimate and the CPU comparison, 1 to {MAX_BATCH}"),
-    host_watts: Optional[float] = typer.Option(None, "--host-watts", help="CPU power in watts, > 0 (default: RAPL when readable, else the preset)"),
+    host_watts: float | None = typer.Option(None, "--host-watts", help="CPU power in watts, > 0 (default: RAPL when readable, else the preset)"),
     out: Path = typer.Option(Path("report.json"), "--out", help="JSON report"),
-    html: Optional[Path] = typer.Option(Path("report.html"), "--html", help="HTML report"),
+    html: Path | None = typer.Option(Path("report.html"), "--html", help="HTML report"),
     seed: int = typer.Option(0, "--seed"),
     workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
     hwa: bool = typer.Option(False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
@@ -472,8 +471,8 @@ def simulate_cmd(
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
     compensation: str = typer.Option("global", "--compensation", help="drift compensation to compare with none: global | per_column | none"),
     seed: int = typer.Option(0, "--seed", help="first instance seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write the results as JSON"),
-    html: Optional[Path] = typer.Option(None, "--html", help="write an HTML page with a plot of the metric vs time"),
+    out: Path | None = typer.Option(None, "--out", help="write the results as JSON"),
+    html: Path | None = typer.Option(None, "--html", help="write an HTML page with a plot of the metric vs time"),
 ) -> None:
     """Accuracy over time after programming: the model's metric (its evaluate(), else the relative output error
     vs the float model on example_inputs()) on several chip instances, without and with drift compensation.
@@ -539,7 +538,7 @@ def _model_file_function(path: Path, name: str):  # noqa: ANN202 - returns the u
     return None
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI; a CimflowError prints one line and exits 2."""
     try:
         app(args=argv, prog_name="cimflow")

@@ -4,8 +4,8 @@ code on this machine (the RecSys CPU baseline, the cost model's measured host mo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 class RaplMeter:

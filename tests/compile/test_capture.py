@@ -16,6 +16,7 @@ from cimflow.compile.capture import CaptureFallbackWarning, capture, load_model_
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.errors import CompileError
 
+
 def only(graph: Graph, **fields: object) -> Op:
     """The single op whose fields equal ``fields``."""
     found = [op for op in graph.ops if all(getattr(op, k) == v for k, v in fields.items())]

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from cimtest import chip_with
 from torch import nn
 
 import cimflow
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, Plan
 from cimflow.errors import CompileError
-from cimtest import chip_with
 
 
 class Attention(nn.Module):

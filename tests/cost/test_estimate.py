@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+from cimtest import chip_with
 from rich.console import Console
 from torch import nn
 
@@ -28,7 +29,6 @@ from cimflow.cost.report_types import COMPONENTS, print_cost
 from cimflow.errors import ChipSpecError, CimflowError
 from cimflow.mapping.tiling import TileGrid
 from cimflow.sim.stats import gather_stats
-from cimtest import chip_with
 
 PJ = 1e-12
 REAL_PRESETS = ("rram-analog-generic", "pcm-hermes-like", "sram-digital-22nm", "hybrid-rram-sram-28nm")

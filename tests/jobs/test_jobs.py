@@ -8,7 +8,6 @@ import pytest
 from rich.console import Console
 
 import cimflow
-
 from cimflow.errors import CimflowError
 from cimflow.jobs.recsys import RunConfig, run_recsys
 from cimflow.jobs.recsys_config import RecsysConfig, run_recsys_config

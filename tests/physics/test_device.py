@@ -8,7 +8,7 @@ std has std about sigma/sqrt(2n); a rate p over n cells has std sqrt(p(1-p)/n).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch

@@ -6,10 +6,10 @@ import statistics
 
 import pytest
 import torch
+from cimtest import chip_with
 
 import cimflow
 from cimflow.vision import accuracy, load_digits_data, small_cnn, train_classifier
-from cimtest import chip_with
 
 
 @pytest.fixture(scope="module")

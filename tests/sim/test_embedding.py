@@ -8,13 +8,13 @@ import resource
 
 import pytest
 import torch
+from cimtest import chip_with
 from torch import nn
 
 import cimflow
 from cimflow.errors import DataError
 from cimflow.physics.hashing import hash_normal, hash_uniform
 from cimflow.sim import CIMEmbeddingBag, HashedTable
-from cimtest import chip_with
 
 
 class Bags(nn.Module):

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
+from cimtest import chip_with
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import cimflow
 from cimflow.sim import cim_layers, fastmm
-from cimtest import chip_with
 
 
 @pytest.fixture

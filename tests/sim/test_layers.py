@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from cimtest import chip_with
 from torch import nn
 
 import cimflow
 from cimflow.errors import MappingError, SimulationError
 from cimflow.sim import CIMConv, CIMLinear, cim_layers
-from cimtest import chip_with
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

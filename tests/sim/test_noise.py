@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from cimtest import chip_with
 from torch import nn
 
 import cimflow
-from cimtest import chip_with
 
 G_MAX = 100e-6  # the ideal preset's window is [0, 100 uS]
 

@@ -243,7 +243,7 @@ def load_preset(name: str) -> Chip:
     return load_chip_yaml(text, f"preset:{name}")
 
 
-def resolve_chip(chip: "Chip | str | Path") -> Chip:
+def resolve_chip(chip: Chip | str | Path) -> Chip:
     """Accept a :class:`Chip`, a preset name (``"validation/<name>"`` for a validation reference)
     or a YAML path; return a validated Chip (a copy)."""
     if isinstance(chip, Chip):

@@ -75,13 +75,22 @@ from cimflow.compile.calls import _first_line
 from cimflow.compile.example_inputs import _forward_arg_names, check_example_inputs
 from cimflow.compile.export_layers import lift_weight_layers
 from cimflow.compile.fx_capture import (
-    _CaptureTracer, _build_from_fx, _capture_graph_module, _eager_error, _input_mismatch_error,
+    _build_from_fx,
+    _capture_graph_module,
+    _CaptureTracer,
+    _eager_error,
+    _input_mismatch_error,
 )
 from cimflow.compile.graph import Graph
 from cimflow.compile.model_files import MODEL_FILE_SUFFIXES, load_model_file
 from cimflow.compile.operators import canonical_op_name, is_leaf_module
 from cimflow.compile.shapes import (
-    _META_NOTE, PROPAGATE_ON, _device_plan, _has_meta_state, _inference_mode_flags, _propagate,
+    _META_NOTE,
+    PROPAGATE_ON,
+    _device_plan,
+    _has_meta_state,
+    _inference_mode_flags,
+    _propagate,
     _PropagationFailure,
 )
 from cimflow.compile.traversal import _capture_by_traversal

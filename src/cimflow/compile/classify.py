@@ -10,12 +10,27 @@ from typing import Any
 from torch import nn
 
 from cimflow.compile.calls import (
-    _Call, _Emitter, _Ref, _TensorInfo, _first_tensor, _iter_refs, _plain_arg, _tensor_infos,
+    _Call,
+    _Emitter,
+    _first_tensor,
+    _iter_refs,
+    _plain_arg,
+    _Ref,
+    _tensor_infos,
+    _TensorInfo,
 )
 from cimflow.compile.graph import OpKind
 from cimflow.compile.operators import (
-    _DATA_FUNCS, _DATA_MODULES, _MATRIX_FUNCS, _MODULE_ATTRIBUTES, _STATIC_MODULES,
-    _VECTOR_FUNCS, _VECTOR_MODULES, _nn_classes, _target_label, canonical_op_name,
+    _DATA_FUNCS,
+    _DATA_MODULES,
+    _MATRIX_FUNCS,
+    _MODULE_ATTRIBUTES,
+    _STATIC_MODULES,
+    _VECTOR_FUNCS,
+    _VECTOR_MODULES,
+    _nn_classes,
+    _target_label,
+    canonical_op_name,
 )
 
 
@@ -33,8 +48,8 @@ def _module_attributes(module: nn.Module) -> dict[str, Any]:
             value = getattr(module, attr)
             if value is None or isinstance(value, (bool, int, float, str, tuple, list)):
                 attrs[attr] = value
-    if hasattr(module, "bias") and not isinstance(getattr(module, "bias"), bool):
-        attrs["bias"] = getattr(module, "bias") is not None
+    if hasattr(module, "bias") and not isinstance(module.bias, bool):
+        attrs["bias"] = module.bias is not None
     return attrs
 
 

@@ -12,15 +12,29 @@ import torch.fx as fx
 from torch import nn
 
 from cimflow.compile.calls import (
-    _Call, _Emitter, _Ref, _first_line, _first_tensor, _host_warning, _iter_refs,
-    _location_from_stack_trace, _param_numel, _prune_unused_data_movement, _user_location,
+    _Call,
+    _Emitter,
+    _first_line,
+    _first_tensor,
+    _host_warning,
+    _iter_refs,
+    _location_from_stack_trace,
+    _param_numel,
+    _prune_unused_data_movement,
+    _Ref,
+    _user_location,
 )
 from cimflow.compile.classify import _classify
 from cimflow.compile.example_inputs import _describe_inputs
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.compile.operators import _target_label, is_leaf_module
 from cimflow.compile.shapes import (
-    _META_NOTE, _PropagationFailure, _RunPlan, _has_meta_state, _propagate, _run_with_plan,
+    _META_NOTE,
+    _has_meta_state,
+    _propagate,
+    _PropagationFailure,
+    _run_with_plan,
+    _RunPlan,
 )
 from cimflow.errors import CompileError
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan
 from cimflow.compile.rules import DIGITAL, matching_rule, refuse_unmatched_rules
-from cimflow.compile.rules import HOST as RULE_HOST
 from cimflow.compile.rules import DIGITAL_UNIT as RULE_DIGITAL_UNIT
+from cimflow.compile.rules import HOST as RULE_HOST
 from cimflow.errors import CompileError
 from cimflow.mapping.tiling import expected_lookup_reads, tile_grid
 

@@ -68,7 +68,7 @@ class OpPlan:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OpPlan":
+    def from_dict(cls, data: dict[str, Any]) -> OpPlan:
         data = dict(data)
         if data.get("tiles") is not None:
             data["tiles"] = TileGrid(**data["tiles"])
@@ -197,7 +197,7 @@ class Plan:
         atomic_write_text(path, self.to_json(), what="plan")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
         if not isinstance(data, dict):
             raise CompileError(f"a plan must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
@@ -219,7 +219,7 @@ class Plan:
             raise CompileError(f"malformed plan: {err!r}; compile the model again") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Plan":
+    def from_json(cls, text: str) -> Plan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -229,7 +229,7 @@ class Plan:
         return cls.from_dict(data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         if not path.is_file():
             raise CompileError(f"plan file {str(path)!r} does not exist")

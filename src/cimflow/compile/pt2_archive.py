@@ -31,7 +31,8 @@ import math
 import operator
 import re
 import zipfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.fx as fx

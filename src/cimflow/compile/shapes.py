@@ -4,8 +4,9 @@ the model's device or on meta tensors, and recording a summary of every value.""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.fx as fx

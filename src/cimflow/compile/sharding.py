@@ -18,8 +18,8 @@ from the chip's tiers (:func:`cimflow.compile.tiers.tier_capacities_rows`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from cimflow.chip.spec import Chip
 from cimflow.errors import CompileError

@@ -20,8 +20,8 @@ each tier holds (their expected share when nothing distinguishes them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import torch
 

@@ -13,14 +13,26 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from cimflow.compile.calls import (
-    _Call, _Emitter, _Ref, _first_line, _first_tensor, _host_warning, _param_numel,
-    _prune_unused_data_movement, _summarize, _user_location,
+    _Call,
+    _Emitter,
+    _first_line,
+    _first_tensor,
+    _host_warning,
+    _param_numel,
+    _prune_unused_data_movement,
+    _Ref,
+    _summarize,
+    _user_location,
 )
 from cimflow.compile.classify import _classify, _module_attributes, _static_base
 from cimflow.compile.example_inputs import _describe_inputs, _forward_arg_names, _iter_tensors
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.compile.operators import (
-    _STATIC_MODULES, _TO_HOST_FUNCS, _target_label, canonical_op_name, is_leaf_module,
+    _STATIC_MODULES,
+    _TO_HOST_FUNCS,
+    _target_label,
+    canonical_op_name,
+    is_leaf_module,
 )
 from cimflow.compile.shapes import _META_NOTE, _device_plan, _run_with_plan
 from cimflow.errors import CompileError

@@ -83,8 +83,9 @@ Latency and throughput come from the plan's schedule; host ops add their rooflin
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Op, OpKind

@@ -29,9 +29,10 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from cimflow.chip.spec import Chip, Host
 from cimflow.compile.graph import Graph, Op, OpKind

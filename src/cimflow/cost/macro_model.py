@@ -43,8 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-from cimflow.cost.macro_data import MacroDesign, _cells, _dot_length, _ops_per_invocation, compute_class
-from cimflow.cost.macro_data import missing_for_tops_mm2, missing_for_tops_w
+from cimflow.cost.macro_data import (
+    MacroDesign,
+    _cells,
+    _dot_length,
+    _ops_per_invocation,
+    compute_class,
+    missing_for_tops_mm2,
+    missing_for_tops_w,
+)
 from cimflow.cost.technology import REFERENCE_NODE_M, REFERENCE_SUPPLY_V
 from cimflow.errors import DataError
 from cimflow.fileio import atomic_write_text, dumps_json

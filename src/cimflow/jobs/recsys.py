@@ -126,7 +126,7 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
     headline = _headline(cfg, perf, per_variant, fp32, times, variants)
     report: dict[str, Any] = {
         "title": f"cimflow run: DLRM on MovieLens-100k on {chip.name}",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cimflow_version": cimflow.__version__,
         "chip": {"name": chip.name, "description": chip.description},
         "model": {"name": "DLRM (dot interaction)", "dataset": "MovieLens-100k (recbole wheel), label = rating >= 4, random split",

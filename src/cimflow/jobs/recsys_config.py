@@ -37,8 +37,18 @@ from cimflow.compile.partition import assign_substrates
 from cimflow.compile.pipeline import compile_graph
 from cimflow.compile.plan import ARRAY
 from cimflow.compile.sharding import STRATEGIES, ShardingPlan, TableShape, plan_sharding, scale_chip
-from cimflow.compile.tiers import (ARRAYS, DRAM, SRAM, TIERS, TablePlacement, count_accesses, dram_access_bytes, measure_held_out,
-                                   place_tables, tier_capacities_rows)
+from cimflow.compile.tiers import (
+    ARRAYS,
+    DRAM,
+    SRAM,
+    TIERS,
+    TablePlacement,
+    count_accesses,
+    dram_access_bytes,
+    measure_held_out,
+    place_tables,
+    tier_capacities_rows,
+)
 from cimflow.cost.system import ChipTraffic, system_model
 from cimflow.errors import CimflowError
 from cimflow.mapping.tiling import expected_lookup_reads

@@ -9,8 +9,8 @@ from cimflow.physics.converters import adc_quantize, dac_quantize, quantize_symm
 from cimflow.physics.device import (
     apply_drift,
     apply_stuck_at,
-    ir_drop_path_cells,
     ir_drop_attenuate,
+    ir_drop_path_cells,
     program_conductances,
     programming_sigma,
     quantize_to_levels,

@@ -3,7 +3,7 @@ cells and first-order IR drop. Conductances in siemens; times in seconds."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -30,9 +30,9 @@ from cimflow.recsys.data import MovieLensSplits, RecDataset, load_movielens_100k
 from cimflow.recsys.jagged import JaggedFeatures
 from cimflow.recsys.models import (
     CRITEO_KAGGLE_TABLE_SIZES,
+    DLRM,
     MLPERF_DLRM_V2_POOLING_FACTORS,
     MLPERF_DLRM_V2_TABLE_SIZES,
-    DLRM,
     DLRMConfig,
     criteo_kaggle,
     fx_trace,

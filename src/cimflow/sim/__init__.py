@@ -1,7 +1,14 @@
 """CIM modules that execute a mapping: crossbar engine, CIM layers, whole-model transforms."""
 
 from cimflow.sim.convert import (
-    ConversionReport, calibrate_model, cim_layers, compensate_model, convert_model, drift_model, program_model, write_pulses,
+    ConversionReport,
+    calibrate_model,
+    cim_layers,
+    compensate_model,
+    convert_model,
+    drift_model,
+    program_model,
+    write_pulses,
 )
 from cimflow.sim.embedding import CIMEmbeddingBag, HashedTable, TensorTable
 from cimflow.sim.engine import CrossbarEngine, ReadStats

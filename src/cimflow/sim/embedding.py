@@ -29,10 +29,10 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec
 from cimflow.errors import DataError, SimulationError
-from cimflow.sim.engine import check_compensation_mode
 from cimflow.mapping import encode_weights
 from cimflow.physics import adc_quantize, apply_drift, generator_for, programming_sigma, quantize_symmetric
-from cimflow.physics.hashing import hash_normal, hash_uniform
+from cimflow.physics.hashing import cell_draws, cell_normal, cell_uniform
+from cimflow.sim.engine import check_compensation_mode
 
 #: Tables with at most this many cells are programmed once and cached.
 CACHE_CELLS = 1 << 24
@@ -90,8 +90,7 @@ class HashedTable:
         self.seed, self.scale, self.name = seed, float(scale), name
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        counters = idx.to(torch.int64).unsqueeze(1) * self.embedding_dim + torch.arange(self.embedding_dim, device=idx.device)
-        return self.scale * (2.0 * hash_uniform(counters, self.seed, self.name, "values") - 1.0)
+        return self.scale * (2.0 * cell_uniform(idx, self.embedding_dim, self.seed, self.name, "values") - 1.0)
 
     def column_scale(self) -> torch.Tensor:
         return torch.full((self.embedding_dim,), self.scale)
@@ -100,7 +99,7 @@ class HashedTable:
 class _ParameterTable(TensorTable):
     """The owning module's ``weight`` parameter (read live, so optimizers keep working)."""
 
-    def __init__(self, owner: "CIMEmbeddingBag") -> None:
+    def __init__(self, owner: CIMEmbeddingBag) -> None:
         self.owner = owner
         self.num_embeddings, self.embedding_dim = owner.num_embeddings, owner.embedding_dim
         self.chunk_rows = 1 << 20
@@ -313,27 +312,29 @@ class CIMEmbeddingBag(nn.Module):
         if targets.reference_per_col_tile:
             neg = neg.expand(-1, -1, self.embedding_dim)
         s_count, n, d = pos.shape
-        cell = (idx.to(torch.int64).view(1, n, 1) * s_count + torch.arange(s_count, device=idx.device).view(-1, 1, 1)) * d + torch.arange(d, device=idx.device).view(1, 1, -1)
+        seed, table = self.seed or 0, self.layer_name
+        noisy = not dev.programming_noise.is_zero or bool(dev.stuck_on_rate or dev.stuck_off_rate) or dev.drift.nu_std > 0
         out = []
         for side, target in (("pos", pos), ("neg", neg)):
-            seed, table = self.seed or 0, self.layer_name
+            if noisy:  # cell (row, s, column) of this side: two normals and a uniform, hashed
+                draws = [x.view(n, s_count, d).permute(1, 0, 2) for x in cell_draws(idx, s_count * d, seed, table, side)]
             g = target
             sigma = None
             if not dev.programming_noise.is_zero:
                 sigma = programming_sigma(target, dev.g_max, dev.programming_noise.coefficients)
-                g = (target + sigma * hash_normal(cell, seed, table, side, "program")).clamp_min(0.0)
+                g = (target + sigma * draws[0]).clamp_min(0.0)
             stuck = None
             if dev.stuck_on_rate or dev.stuck_off_rate:
-                u = hash_uniform(cell, seed, table, side, "stuck")
+                u = draws[2]
                 stuck_on = u < dev.stuck_on_rate
                 stuck_off = (u >= dev.stuck_on_rate) & (u < dev.stuck_on_rate + dev.stuck_off_rate)
                 stuck = stuck_on | stuck_off
                 g = torch.where(stuck_on, torch.full_like(g, dev.g_max), g)
                 g = torch.where(stuck_off, torch.full_like(g, dev.g_min), g)
             if self.verify_iterations and sigma is not None:
-                g = self._verify(g, target, sigma, stuck, cell, side, count_pulses)
+                g = self._verify(g, target, sigma, stuck, idx, side, count_pulses)
             if dev.drift.nu_std > 0:
-                nu = (dev.drift.nu_mean + dev.drift.nu_std * hash_normal(cell, seed, table, side, "drift")).clamp_min(0.0)
+                nu = (dev.drift.nu_mean + dev.drift.nu_std * draws[1]).clamp_min(0.0)
             else:
                 nu = torch.full_like(g, max(dev.drift.nu_mean, 0.0))
             out.append((g, nu))
@@ -342,7 +343,7 @@ class CIMEmbeddingBag(nn.Module):
         return out[0][0], out[1][0], out[0][1], out[1][1]
 
     def _verify(self, g: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, stuck: torch.Tensor | None,
-                cell: torch.Tensor, side: str, count_pulses: bool) -> torch.Tensor:
+                idx: torch.Tensor, side: str, count_pulses: bool) -> torch.Tensor:
         """Program-and-verify with hashed re-programming draws (iteration k draws with key k)."""
         dev = self.spec.device
         tol = sigma if self.verify_tolerance is None else torch.full_like(target, self.verify_tolerance * dev.g_max)
@@ -352,7 +353,9 @@ class CIMEmbeddingBag(nn.Module):
                 self._verify_pulses += int(bad.sum())
             if not bool(bad.any()):
                 break
-            fresh = (target + sigma * hash_normal(cell, self.seed or 0, self.layer_name, side, "program", k)).clamp_min(0.0)
+            s_count, n, d = target.shape
+            draw = cell_normal(idx, s_count * d, self.seed or 0, self.layer_name, side, "program", k).view(n, s_count, d).permute(1, 0, 2)
+            fresh = (target + sigma * draw).clamp_min(0.0)
             g = torch.where(bad if stuck is None else bad & ~stuck, fresh, g)
         return g
 

@@ -702,7 +702,7 @@ class _StraightThroughWeight(torch.autograd.Function):
     ``w + (w_programmed - w).detach()`` without building the live weights' layout."""
 
     @staticmethod
-    def forward(ctx, weight_in_out: torch.Tensor, w_eff: torch.Tensor, engine: "CrossbarEngine") -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, weight_in_out: torch.Tensor, w_eff: torch.Tensor, engine: CrossbarEngine) -> torch.Tensor:  # noqa: ANN001
         ctx.engine = engine
         return w_eff.view_as(w_eff)
 

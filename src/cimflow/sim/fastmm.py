@@ -52,8 +52,8 @@ def matrix_units_available() -> bool:
 
 @dataclass
 class IntegerReadPlan:
-    """One programmed slice laid out for :func:`signal_and_variance`: ``limbs`` (3, in, G*out)
-    int8, ``col_scale`` (G*out,) float32 (``c / Q``), ``var_bf16`` (in, G*out) bfloat16 per-cell
+    """One programmed slice laid out for :func:`signal_and_variance`: ``limbs`` (in, 3*G*out)
+    int8 (the three limbs side by side, one matmul), ``col_scale`` (G*out,) float32 (``c / Q``), ``var_bf16`` (in, G*out) bfloat16 per-cell
     read-noise variances divided by ``col_scale**2``, or None."""
 
     limbs: torch.Tensor
@@ -86,6 +86,11 @@ def split_limbs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return limbs, (peak / LIMB_SCALE).to(torch.float32)
 
 
+def join_limbs(limbs: torch.Tensor) -> torch.Tensor:
+    """(3, in, K) limbs side by side as one (in, 3K) int8 matrix."""
+    return torch.cat(list(limbs), dim=1).contiguous()
+
+
 def make_plan(w_grouped: torch.Tensor, var_grouped: torch.Tensor | None, sizes: list[int]) -> IntegerReadPlan:
     """Lay out one slice's effective weights (G, gr, out) and per-cell read-noise variances
     (G, gr, out) or None for :func:`signal_and_variance`."""
@@ -93,7 +98,7 @@ def make_plan(w_grouped: torch.Tensor, var_grouped: torch.Tensor | None, sizes: 
     var = None
     if var_grouped is not None:  # in limb units squared, so the noise adds to the integer sums
         var = (block_diagonal(var_grouped, sizes) / scale.square()).to(torch.bfloat16).contiguous()
-    return IntegerReadPlan(limbs.contiguous(), scale, var)
+    return IntegerReadPlan(join_limbs(limbs), scale, var)
 
 
 def signal_and_variance(codes: torch.Tensor, plan: IntegerReadPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -101,10 +106,10 @@ def signal_and_variance(codes: torch.Tensor, plan: IntegerReadPlan) -> tuple[tor
     without read noise), for integer DAC codes ``codes`` (N, in) in [-127, 127], both in limb
     units: multiply the sums (and the noise's standard deviation) by ``plan.col_scale`` for
     DAC-code units."""
-    xi8 = codes.to(torch.int8)
-    limbs = plan.limbs
-    acc = torch._int_mm(xi8, limbs[0]).to(torch.float32)
-    acc.mul_(65536.0).add_(torch._int_mm(xi8, limbs[1]), alpha=256.0).add_(torch._int_mm(xi8, limbs[2]))
+    k = plan.col_scale.shape[0]
+    sums = torch._int_mm(codes.to(torch.int8), plan.limbs)  # (N, 3K) exact int32
+    acc = sums[:, :k].to(torch.float32)
+    acc.mul_(65536.0).add_(sums[:, k : 2 * k], alpha=256.0).add_(sums[:, 2 * k :])
     if plan.var_bf16 is None:
         return acc, None
     xb = codes.to(torch.bfloat16)
@@ -112,4 +117,4 @@ def signal_and_variance(codes: torch.Tensor, plan: IntegerReadPlan) -> tuple[tor
     return acc, var
 
 
-__all__ = ["IntegerReadPlan", "LIMB_SCALE", "MAX_INT8_ROWS", "block_diagonal", "make_plan", "matrix_units_available", "signal_and_variance", "split_limbs"]
+__all__ = ["IntegerReadPlan", "LIMB_SCALE", "MAX_INT8_ROWS", "block_diagonal", "join_limbs", "make_plan", "matrix_units_available", "signal_and_variance", "split_limbs"]
