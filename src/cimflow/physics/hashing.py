@@ -54,3 +54,80 @@ def hash_normal(counters: torch.Tensor, seed: int, *keys: object, dtype: torch.d
     u1 = ((h & 0xFFFFFFFF).to(torch.float64) + 0.5) * scale
     u2 = (_shr(h, 32).to(torch.float64) + 0.5) * scale
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
+
+
+# --------------------------------------------------------------------------- 32-bit cell draws
+# The per-cell work of a lazily read table is hashing, so it is done in int32 / float32
+# arithmetic (3x cheaper than int64 / float64 on CPUs): one 64-bit-salted hash per row,
+# one per column (both tiny), and a 32-bit mix per cell and draw. Multiplication wraps
+# modulo 2^32, as PyTorch's int32 kernels do on every device.
+
+_M32_1 = 0x7FEB352D
+_M32_2 = 0x846CA68B - (1 << 32)  # as int32
+_G32 = 0x9E3779B9 - (1 << 32)
+
+
+def _shr32(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int32 values."""
+    return (x >> k) & ((1 << (32 - k)) - 1)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective avalanche mix of int32 values (the "lowbias32" finalizer)."""
+    x = x ^ _shr32(x, 16)
+    x = x * _M32_1
+    x = x ^ _shr32(x, 15)
+    x = x * _M32_2
+    return x ^ _shr32(x, 16)
+
+
+def _int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _uniform24(h: torch.Tensor) -> torch.Tensor:
+    """Uniform (0, 1) float32 from the top 24 bits of int32 hashes (exact in float32)."""
+    return (_shr32(h, 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def cell_hashes(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torch.Tensor:
+    """int32 hashes (n, cols) of the cells (row, 0..cols-1) of ``rows`` under the stream
+    (seed, keys). Rows may exceed 2^32 (both halves are mixed in)."""
+    salt = derive_seed(seed, *keys)
+    r = rows.to(torch.int64)
+    lo = _int32_tensor(r & 0xFFFFFFFF)
+    hi = _int32_tensor((r >> 32) & 0xFFFFFFFF)
+    row_key = mix32(lo ^ mix32(hi ^ _int32(salt)))
+    col = torch.arange(cols, device=rows.device, dtype=torch.int32)
+    col_key = mix32(col * _G32 ^ _int32(salt >> 32))
+    return mix32(row_key.unsqueeze(1) ^ col_key.unsqueeze(0))
+
+
+def _int32_tensor(x: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) as the int32 with the same bits."""
+    return torch.where(x >= (1 << 31), x - (1 << 32), x).to(torch.int32)
+
+
+def cell_draws(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three independent float32 draws per cell (n, cols): two standard normals (the cosine
+    and sine outputs of one Box-Muller pair on 24-bit uniforms, so |z| < 5.9) and a uniform
+    (0, 1), reproducible for the same (seed, keys, row, column)."""
+    h1 = cell_hashes(rows, cols, seed, *keys)
+    h2 = mix32(h1 ^ _G32)
+    h3 = mix32(h2 ^ _M32_1)
+    radius = torch.sqrt(-2.0 * torch.log(_uniform24(h1)))
+    angle = (2.0 * math.pi) * _uniform24(h2)
+    return radius * torch.cos(angle), radius * torch.sin(angle), _uniform24(h3)
+
+
+def cell_normal(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torch.Tensor:
+    """One float32 standard normal per cell (n, cols) (the cosine output of :func:`cell_draws`)."""
+    h1 = cell_hashes(rows, cols, seed, *keys)
+    h2 = mix32(h1 ^ _G32)
+    return torch.sqrt(-2.0 * torch.log(_uniform24(h1))) * torch.cos((2.0 * math.pi) * _uniform24(h2))
+
+
+def cell_uniform(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torch.Tensor:
+    """One float32 uniform (0, 1) per cell (n, cols), on a 2^-24 grid."""
+    return _uniform24(cell_hashes(rows, cols, seed, *keys))
