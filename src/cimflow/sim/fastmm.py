@@ -73,10 +73,14 @@ def block_diagonal(grouped: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return full
 
 
-def split_limbs(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def split_limbs(w: torch.Tensor, floor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a float (in, K) matrix into three int8 limbs (3, in, K) and per-column scales
-    (K,), ``w ~= col_scale * (L1 * 65536 + L2 * 256 + L3)``."""
-    peak = w.abs().amax(dim=0).clamp_min(1e-30)
+    (K,), ``w ~= col_scale * (L1 * 65536 + L2 * 256 + L3)``. ``floor`` (K,) is the smallest
+    column peak allowed (see :func:`make_plan`); an all-zero column gets scale 1 / Q (exact)."""
+    peak = w.abs().amax(dim=0)
+    if floor is not None:
+        peak = torch.maximum(peak, floor.to(peak.dtype))
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     q = torch.round(w.double() * (LIMB_SCALE / peak.double())).to(torch.int64)
     l3 = torch.remainder(q + 128, 256) - 128
     q2 = torch.div(q - l3, 256, rounding_mode="floor")
@@ -94,10 +98,15 @@ def join_limbs(limbs: torch.Tensor) -> torch.Tensor:
 def make_plan(w_grouped: torch.Tensor, var_grouped: torch.Tensor | None, sizes: list[int]) -> IntegerReadPlan:
     """Lay out one slice's effective weights (G, gr, out) and per-cell read-noise variances
     (G, gr, out) or None for :func:`signal_and_variance`."""
-    limbs, scale = split_limbs(block_diagonal(w_grouped, sizes))
+    block_var = None if var_grouped is None else block_diagonal(var_grouped, sizes)
+    # A column's peak is at least its largest noise sigma, so var / scale^2 <= Q^2 stays finite in
+    # bfloat16 (a column of stuck cells has w = 0 and var > 0: 0 / 0 was NaN); float64 division,
+    # as scale^2 underflows float32 for tiny columns.
+    floor = None if block_var is None else block_var.amax(dim=0).sqrt()
+    limbs, scale = split_limbs(block_diagonal(w_grouped, sizes), floor)
     var = None
-    if var_grouped is not None:  # in limb units squared, so the noise adds to the integer sums
-        var = (block_diagonal(var_grouped, sizes) / scale.square()).to(torch.bfloat16).contiguous()
+    if block_var is not None:  # in limb units squared, so the noise adds to the integer sums
+        var = (block_var.double() / scale.double().square()).to(torch.bfloat16).contiguous()
     return IntegerReadPlan(join_limbs(limbs), scale, var)
 
 
