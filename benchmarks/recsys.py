@@ -57,7 +57,8 @@ def dlrm_ratio(label: str, cfg: DLRMConfig, batch: int) -> None:
 
 def main() -> None:
     torch.set_num_threads(2)
-    movielens = DLRMConfig(dense_features=4, table_sizes=(943, 1682, 19, 21, 7, 2, 11), embedding_dim=16, bottom_mlp=(64, 16), top_mlp=(64, 32, 1))
+    movielens = DLRMConfig(dense_features=4, table_sizes=(943, 1682, 19, 21, 7, 2, 11), embedding_dim=16,
+                           bottom_mlp=(64, 16), top_mlp=(64, 32, 1))
     dlrm_ratio("DLRM, MovieLens shape", movielens, 1024)
     criteo_like = DLRMConfig(dense_features=13, table_sizes=(100_000,) * 26, embedding_dim=16, bottom_mlp=(512, 256, 64, 16),
                              top_mlp=(512, 256, 1), pooling_factors=(4,) * 26)

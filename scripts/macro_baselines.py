@@ -97,7 +97,8 @@ def main() -> None:
         mask = kinds == name
         if mask.any():
             print(f"  {name}: {np.median(errors[mask]):.2f} ({mask.sum()} rows)")
-    print(f"  within 30%: {(errors <= 0.3).sum()} rows; within 2x: {(np.abs(np.log([h['predicted'] / h['reported'] for h in first])) <= math.log(2)).sum()} rows")
+    within_2x = (np.abs(np.log([h["predicted"] / h["reported"] for h in first])) <= math.log(2)).sum()
+    print(f"  within 30%: {(errors <= 0.3).sum()} rows; within 2x: {within_2x} rows")
 
 
 if __name__ == "__main__":

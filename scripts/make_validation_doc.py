@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -154,7 +155,8 @@ def macros_section(result: MacroValidation, csv: Path) -> list[str]:
     ]
     out += table(
         ["metric", "rows scored", "rows skipped", "median |error|", "p90 |error|"],
-        [["TOPS/W (1b)", result.n_scored_tops_w, result.n_skipped, percent(result.median_abs_err_tops_w), percent(result.p90_abs_err_tops_w)],
+        [["TOPS/W (1b)", result.n_scored_tops_w, result.n_skipped, percent(result.median_abs_err_tops_w),
+          percent(result.p90_abs_err_tops_w)],
          ["TOPS/mm^2 (1b)", result.n_scored_tops_mm2, result.n_skipped_tops_mm2, percent(result.median_abs_err_tops_mm2),
           percent(result.p90_abs_err_tops_mm2)]],
         ["l", "r", "r", "r", "r"],
@@ -165,8 +167,7 @@ def macros_section(result: MacroValidation, csv: Path) -> list[str]:
             by_class[row["compute_class"] or "?"].append(row["abs_err_tops_w"])
     out += ["", "By compute class (TOPS/W, in sample):", ""]
     out += table(["class", "rows", "median |error|"],
-                 [[k, len(v), percent(sorted(v)[len(v) // 2] if len(v) % 2 else 0.5 * (sorted(v)[len(v) // 2 - 1] + sorted(v)[len(v) // 2]))]
-                  for k, v in sorted(by_class.items())], ["l", "r", "r"])
+                 [[k, len(v), percent(statistics.median(v))] for k, v in sorted(by_class.items())], ["l", "r", "r"])
     out += ["", f"Every row of `{csv.name}` (1-bit-normalized values):", ""]
     out += table(
         ["index", "title", "class", "TOPS/W predicted", "reported", "|error|", "TOPS/mm^2 predicted", "reported", "|error|"],

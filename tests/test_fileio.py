@@ -75,8 +75,9 @@ def test_check_output_path_refuses_before_work(tmp_path: Path, make: str) -> Non
 
 
 _numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.booleans(), st.none(), st.text(max_size=5))
-_json_like = st.recursive(_numbers, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
-                          max_leaves=20)
+_json_like = st.recursive(
+    _numbers, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)), max_leaves=20,
+)
 
 
 @settings(max_examples=200, deadline=None)

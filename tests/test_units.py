@@ -70,7 +70,8 @@ def test_bad_unit_message_lists_the_units():
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(DAY, "1d"), (3600.0, "1h"), (90.0, "1.5min"), (0.5, "0.5s"), (365 * DAY, "1y"), (30 * DAY, "1mo"), (0.0, "0s"), (7 * DAY, "7d"), (45.0, "45s")],
+    [(DAY, "1d"), (3600.0, "1h"), (90.0, "1.5min"), (0.5, "0.5s"), (365 * DAY, "1y"), (30 * DAY, "1mo"), (0.0, "0s"), (7 * DAY, "7d"),
+     (45.0, "45s")],
 )
 def test_format_duration(seconds: float, text: str):
     assert format_duration(seconds) == text

@@ -54,7 +54,8 @@ def test_tiling_counts_and_utilization():
 
 def test_capacity_error_names_the_numbers():
     chip = chip_with("ideal", **{"cores.count": 1, "cores.arrays": {"analog": 2, "digital": 1}})
-    with pytest.raises(CompileError, match=r"9 arrays of kind 'analog' \(256x256\) are needed but the chip has 2 .*'0' with 9 arrays \(700x300"):
+    needed = r"9 arrays of kind 'analog' \(256x256\) are needed but the chip has 2 .*'0' with 9 arrays \(700x300"
+    with pytest.raises(CompileError, match=needed):
         cimflow.compile(nn.Sequential(nn.Linear(700, 300)), chip, torch.randn(1, 700))
 
 

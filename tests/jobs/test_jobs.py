@@ -53,7 +53,8 @@ def _check_bounds(result):
 
 
 def test_recsys_configuration_places_tiers_and_estimates():
-    result = run_recsys_config(RecsysConfig(tables=(20000, 5000), dim=16, pooling=2, batch=32, sample_queries=512), Console(width=160, record=True))
+    config = RecsysConfig(tables=(20000, 5000), dim=16, pooling=2, batch=32, sample_queries=512)
+    result = run_recsys_config(config, Console(width=160, record=True))
     for tier in result["tiers"]:
         assert sum(tier["placement"].values()) == tier["rows"]
         assert sum(tier["hit_fraction"].values()) == pytest.approx(1.0)

@@ -58,7 +58,8 @@ def test_each_step_draws_programming_noise_with_the_chips_sigma():
 
 def test_each_step_draws_stuck_cells_at_the_chips_rates():
     on, off = 0.01, 0.02
-    _, cim = _converted(_chip(**{DEV + "programming_noise": {"coefficients": [0.02]}, DEV + "stuck_on_rate": on, DEV + "stuck_off_rate": off}))
+    _, cim = _converted(_chip(**{DEV + "programming_noise": {"coefficients": [0.02]}, DEV + "stuck_on_rate": on,
+                                 DEV + "stuck_off_rate": off}))
     gen = torch.Generator().manual_seed(0)
     sample_instance(cim, step_seed(3, 0), None, gen)
     eng = cim[0].engine

@@ -93,7 +93,8 @@ def _format_validation_error(err: ValidationError, origin: str, root: yaml.Node 
         elif item["type"] == "missing":
             msg = "required field is missing"
         elif item["type"] in _BOUND_WORDS and _bound_limit(item) is not None:
-            msg = f"must be {_BOUND_WORDS[item['type']]} {_bound_limit(item):g} (see the spec bounds in docs/guide.md), got {item.get('input')!r}"
+            msg = (f"must be {_BOUND_WORDS[item['type']]} {_bound_limit(item):g} (see the spec bounds in docs/guide.md), "
+                   f"got {item.get('input')!r}")
         msg = msg.removeprefix("Value error, ")
         line = _line_of(root, loc) if root is not None else None
         where = f"{origin}:{line}" if line else origin
@@ -117,18 +118,21 @@ def _bound_yaml_events(text: str, origin: str) -> None:
             continue
         nodes += 1
         if nodes > MAX_YAML_NODES:
-            raise ChipSpecError(f"{origin}:{line}: the chip description has more than {MAX_YAML_NODES:,} YAML nodes (keys and values); that is the limit")
+            raise ChipSpecError(
+                f"{origin}:{line}: the chip description has more than {MAX_YAML_NODES:,} YAML nodes (keys and values); that is the limit")
         if isinstance(event, yaml.AliasEvent):
             aliases += 1
             if event.anchor in open_anchors:
                 raise ChipSpecError(f"{origin}:{line}: alias *{event.anchor} refers to a block that contains it (a recursive alias); "
                                     "write the values out instead")
             if aliases > MAX_YAML_ALIASES:
-                raise ChipSpecError(f"{origin}:{line}: the chip description uses more than {MAX_YAML_ALIASES} aliases (*name); that is the limit")
+                raise ChipSpecError(
+                    f"{origin}:{line}: the chip description uses more than {MAX_YAML_ALIASES} aliases (*name); that is the limit")
         elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             open_anchors.append(event.anchor)
             if len(open_anchors) > MAX_YAML_DEPTH:
-                raise ChipSpecError(f"{origin}:{line}: the chip description nests more than {MAX_YAML_DEPTH} levels deep; that is the limit")
+                raise ChipSpecError(
+                    f"{origin}:{line}: the chip description nests more than {MAX_YAML_DEPTH} levels deep; that is the limit")
 
 
 def _expanded_size(root: yaml.Node, origin: str) -> int:
@@ -168,7 +172,8 @@ def _refuse_duplicate_keys(root: yaml.Node | None, origin: str) -> None:
             seen: set = set()
             for key, value in node.value:
                 if not isinstance(key, yaml.ScalarNode):
-                    raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: a key must be a plain name or number, not a list or a mapping")
+                    raise ChipSpecError(
+                        f"{origin}:{key.start_mark.line + 1}: a key must be a plain name or number, not a list or a mapping")
                 if getattr(key, "value", None) in seen:
                     raise ChipSpecError(f"{origin}:{key.start_mark.line + 1}: key {key.value!r} appears twice in one block; keep one")
                 seen.add(getattr(key, "value", None))
@@ -221,7 +226,8 @@ def load_chip_file(path: str | Path) -> Chip:
         with path.open("rb") as handle:
             raw = handle.read(MAX_YAML_BYTES + 1)
         if len(raw) > MAX_YAML_BYTES:
-            raise ChipSpecError(f"chip file {str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; that is the limit for a chip description")
+            raise ChipSpecError(
+                f"chip file {str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; that is the limit for a chip description")
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ChipSpecError(f"cannot read chip file {str(path)!r}: {err}") from None
@@ -248,7 +254,8 @@ def resolve_chip(chip: Chip | str | Path) -> Chip:
     or a YAML path; return a validated Chip (a copy)."""
     if isinstance(chip, Chip):
         return chip.model_copy(deep=True)
-    if isinstance(chip, str) and chip.startswith(f"{VALIDATION_FOLDER}/") and not chip.endswith((".yaml", ".yml")) and not Path(chip).exists():
+    if (isinstance(chip, str) and chip.startswith(f"{VALIDATION_FOLDER}/") and not chip.endswith((".yaml", ".yml"))
+            and not Path(chip).exists()):
         return load_preset(chip)
     if isinstance(chip, Path) or (isinstance(chip, str) and (chip.endswith((".yaml", ".yml")) or "/" in chip)):
         return load_chip_file(chip)

@@ -36,7 +36,8 @@ def _array_for_rule(target: Any, chip: Chip, op: Op) -> tuple[str, str | None]:
         return DIGITAL_UNIT, None
     if target == DIGITAL:
         if chip.roles.digital is None:
-            raise CompileError(f"op {op.name!r}: rule asks for 'digital', but chip {chip.name!r} has no digital CIM array (roles.digital); use 'host' or 'digital_unit'")
+            raise CompileError(f"op {op.name!r}: rule asks for 'digital', but chip {chip.name!r} has no digital CIM array (roles.digital); "
+                               "use 'host' or 'digital_unit'")
         return ARRAY, chip.roles.digital
     if isinstance(target, str) and target in chip.arrays:
         return ARRAY, target
@@ -71,7 +72,8 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
         elif rule is not None:
             plan.substrate, plan.array_kind = _array_for_rule(rule[1], chip, op)
             if plan.substrate == ARRAY and kind != OpKind.STATIC_MVM:
-                raise CompileError(f"op {op.name!r} ({op.op_type}, {kind.value}) has no static weight matrix, so rule {rule[0]!r} cannot put it on arrays; allowed: 'digital_unit' or 'host'")
+                raise CompileError(f"op {op.name!r} ({op.op_type}, {kind.value}) has no static weight matrix, so rule {rule[0]!r} "
+                                   "cannot put it on arrays; allowed: 'digital_unit' or 'host'")
             plan.reason = f"rule {rule[0]!r}"
         elif kind == OpKind.STATIC_MVM:
             groups = int(op.attributes.get("groups", 1) or 1)

@@ -18,7 +18,9 @@ from cimflow.errors import CompileError
 MODES = ("pipelined", "layer_by_layer")
 
 #: Parameterized modules that are vector operations, not weight matrices.
-_VECTOR_MODULES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "PReLU", "RMSNorm")
+_VECTOR_MODULES = (
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "PReLU", "RMSNorm",
+)
 
 
 class SingleLayer(nn.Module):
@@ -108,7 +110,8 @@ def compile_graph(graph: Graph, chip: Chip | str, rules: Mapping[Any, Any] | Non
     warnings = list(graph.warnings)
     host_ops = [p for p in plans if p.substrate == HOST and p.kind == OpKind.HOST.value]
     if host_ops:
-        warnings.append("on the host (unknown to cimflow): " + ", ".join(f"{p.name} ({p.op_type} at {p.source_location})" for p in host_ops))
+        unknown = ", ".join(f"{p.name} ({p.op_type} at {p.source_location})" for p in host_ops)
+        warnings.append("on the host (unknown to cimflow): " + unknown)
     return Plan(chip=chip, graph=graph, ops=plans, schedule=sched, placement=placement, model_name=model_name, warnings=warnings)
 
 

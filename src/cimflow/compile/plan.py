@@ -123,7 +123,8 @@ class Placement:
     traffic_bytes: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mesh": list(self.mesh), "core_usage": self.core_usage, "traffic_byte_hops": self.traffic_byte_hops, "traffic_bytes": self.traffic_bytes}
+        return {"mesh": list(self.mesh), "core_usage": self.core_usage, "traffic_byte_hops": self.traffic_byte_hops,
+                "traffic_bytes": self.traffic_bytes}
 
 
 @dataclass
@@ -202,7 +203,8 @@ class Plan:
             raise CompileError(f"a plan must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
         if version != PLAN_SCHEMA_VERSION:
-            raise CompileError(f"plan schema version {version!r} is not supported (this cimflow reads version {PLAN_SCHEMA_VERSION}); compile the model again")
+            raise CompileError(f"plan schema version {version!r} is not supported (this cimflow reads version {PLAN_SCHEMA_VERSION}); "
+                               "compile the model again")
         try:
             placement = data["placement"]
             return cls(
@@ -210,7 +212,8 @@ class Plan:
                 graph=Graph.from_dict(data["graph"]),
                 ops=[OpPlan.from_dict(o) for o in data["ops"]],
                 schedule=Schedule(**data["schedule"]),
-                placement=Placement(tuple(placement["mesh"]), placement["core_usage"], placement["traffic_byte_hops"], placement["traffic_bytes"]),
+                placement=Placement(tuple(placement["mesh"]), placement["core_usage"], placement["traffic_byte_hops"],
+                                    placement["traffic_bytes"]),
                 model_name=data.get("model_name", ""),
                 warnings=list(data.get("warnings", [])),
                 schema_version=version,

@@ -24,7 +24,8 @@ def rule_matches(key: Any, name: str, type_names: tuple[str, ...]) -> bool:
     if isinstance(key, type):
         return key.__name__ in type_names
     if not isinstance(key, str):
-        raise CompileError(f"a placement rule's key must be a layer name, a glob, 're:<regex>', 'type:<Type>' or a module type; got {key!r}")
+        raise CompileError(
+            f"a placement rule's key must be a layer name, a glob, 're:<regex>', 'type:<Type>' or a module type; got {key!r}")
     if key.startswith("type:"):
         return key[5:] in type_names
     if key.startswith("re:"):

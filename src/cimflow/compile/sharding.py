@@ -182,7 +182,8 @@ def plan_sharding(tables: Sequence[TableShape], capacity_rows: Callable[[int], i
             total = sum(t.rows for t in tables)
             raise CompileError(
                 f"the tables ({len(tables)} tables, {total:,} rows of width {tables[0].dim}) do not fit on {chips} chips "
-                f"holding {per_chip:,} rows each ({strategy} sharding): give more chips (--chips) or leave --chips out to choose automatically"
+                f"holding {per_chip:,} rows each ({strategy} sharding): give more chips (--chips) "
+                "or leave --chips out to choose automatically"
             )
         return ShardingPlan(chips, shards, dense_chips)
     total_values = sum(t.rows * t.dim for t in tables)
@@ -195,7 +196,8 @@ def plan_sharding(tables: Sequence[TableShape], capacity_rows: Callable[[int], i
             break
     raise CompileError(
         f"the tables ({len(tables)} tables, {sum(t.rows for t in tables):,} rows of width {tables[0].dim}) fit on no "
-        f"system of up to {min(MAX_CHIPS, 2 * lower + 64)} chips holding {per_chip:,} rows each; describe a chip with a DRAM tier or more memory"
+        f"system of up to {min(MAX_CHIPS, 2 * lower + 64)} chips holding {per_chip:,} rows each; "
+        "describe a chip with a DRAM tier or more memory"
     )
 
 

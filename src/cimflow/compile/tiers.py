@@ -80,7 +80,8 @@ class TablePlacement:
 
     def to_dict(self) -> dict:
         return {"table": self.table, "rows": self.rows, "dim": self.dim, "placement": dict(self.placement),
-                "hit_fraction": dict(self.hit_fraction), "hit_fraction_measured_on": "held-out sample" if self.held_out else "placement sample"}
+                "hit_fraction": dict(self.hit_fraction),
+                "hit_fraction_measured_on": "held-out sample" if self.held_out else "placement sample"}
 
 
 def dram_row_bytes(chip: Chip, dim: int) -> int:
@@ -103,7 +104,8 @@ def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve
         per_array = emb.rows * max(1, emb.weight_columns // dim) if dim <= emb.weight_columns else emb.rows // -(-dim // emb.weight_columns)
         used = 0
         if plan is not None:
-            used = sum(o.arrays * o.replication for o in plan.ops if o.substrate == ARRAY and o.array_kind == chip.embedding_kind and o.op_type not in ("Embedding", "EmbeddingBag"))
+            used = sum(o.arrays * o.replication for o in plan.ops
+                       if o.substrate == ARRAY and o.array_kind == chip.embedding_kind and o.op_type not in ("Embedding", "EmbeddingBag"))
         caps[ARRAYS] = max(chip.arrays_on_chip(chip.embedding_kind) - used, 0) * per_array
     if chip.roles.digital is not None:
         dig = chip.arrays[chip.roles.digital]
@@ -154,7 +156,8 @@ def place_tables(accesses: Sequence[TableAccess], chip: Chip, plan: Plan | None 
         left[tier] -= take
         start += take
     if start < order.numel():
-        raise CompileError(f"the tables do not fit: {order.numel() - start} frequently used rows are left after every tier is full (capacity in rows: {caps})")
+        raise CompileError(f"the tables do not fit: {order.numel() - start} frequently used rows are left after every tier is full "
+                           f"(capacity in rows: {caps})")
     # rows never seen: fill what remains, the slowest tier last
     result = []
     for i, a in enumerate(accesses):

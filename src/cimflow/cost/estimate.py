@@ -596,7 +596,8 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
                          + (" ..." if len(unknown) > 10 else ""))
         missing = [c.name for c in per_op if c.substrate == ARRAY and not c.data_dependent]
         if missing:
-            notes.append("no statistics for array ops (fixed estimate used): " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+            more = " ..." if len(missing) > 10 else ""
+            notes.append("no statistics for array ops (fixed estimate used): " + ", ".join(missing[:10]) + more)
 
     sched = plan.schedule
     chip_latency = sched.latency_s
@@ -626,7 +627,8 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         notes.append(f"host ops run on {spec_host.name} (roofline): {host_s:.3g} s per inference")
     for kind, kc in ctx.kinds.items():
         if kc.analog and kc.conversion_source == "converter_law":
-            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used (Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor)")
+            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used (Walden FOM {options.adc_fom_j_per_step * 1e15:g} "
+                         "fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor)")
     macs = sum(o.macs for o in plan.ops)
     return CostReport(
         chip=chip.name, model_name=plan.model_name, host=spec_host.name,

@@ -344,7 +344,8 @@ def validate_benchmark(benchmark: ChipBenchmark) -> ChipValidation:
     tops_w, tops_mm2, tops = report.tops_per_w, report.tops_per_mm2, report.tops
     for label, value in (("TOPS/W", tops_w), ("TOPS/mm^2", tops_mm2), ("TOPS", tops)):
         if not (math.isfinite(value) and value > 0):
-            raise CimflowError(f"validation benchmark {benchmark.name!r}: the estimate gave {label} = {value!r}; check preset {benchmark.preset!r}")
+            raise CimflowError(
+                f"validation benchmark {benchmark.name!r}: the estimate gave {label} = {value!r}; check preset {benchmark.preset!r}")
     error_w = _relative_error(tops_w, benchmark.reported_tops_w)
     error_mm2 = _relative_error(tops_mm2, benchmark.reported_tops_mm2)
     return ChipValidation(

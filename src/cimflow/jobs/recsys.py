@@ -131,7 +131,8 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         "chip": {"name": chip.name, "description": chip.description},
         "model": {"name": "DLRM (dot interaction)", "dataset": "MovieLens-100k (recbole wheel), label = rating >= 4, random split",
                   "parameters": sum(p.numel() for p in model.parameters()), "tables": len(keys),
-                  "train_seconds": None if metrics.cached else metrics.seconds, "cached": bool(metrics.cached), "hwa": hwa_model is not None,
+                  "train_seconds": None if metrics.cached else metrics.seconds, "cached": bool(metrics.cached),
+                  "hwa": hwa_model is not None,
                   "hwa_fine_tuning": hwa_info, "total_seconds": time.perf_counter() - started},
         "accuracy": {"metric": "AUC", "fp32": fp32, "instances": cfg.instances, "series": [{
             "label": label_v, "compensation": mode, "points": [
@@ -189,7 +190,8 @@ def _hwa_model(cfg: RunConfig, chip_name: str, progress: Any) -> tuple[torch.nn.
     how = f"loaded from the cache ({info.cache_path})" if info.cached else f"trained now in {info.seconds:.0f} s"
     info_dict = {k: v for k, v in asdict(info).items() if k != "cache_path"}
     return model, info_dict, (f"using the HWA-fine-tuned DLRM, {how}: {info.steps} steps on chip instances aged up to "
-                              f"{info.settings.get('t_max')}, fp32 test AUC {info.fp32_test_auc:.4f} (float model {info.base_fp32_test_auc:.4f})")
+                              f"{info.settings.get('t_max')}, fp32 test AUC {info.fp32_test_auc:.4f} "
+                              f"(float model {info.base_fp32_test_auc:.4f})")
 
 
 def _performance(cfg: RunConfig, chip: Any) -> dict[str, Any]:
@@ -219,14 +221,16 @@ def _performance_section(perf: dict[str, Any], cpu: dict[str, Any] | None) -> di
             "qps_per_chip": perf["qps_per_chip"], "bound_by": perf["bound_by"], "power_w": system["power_w"],
             "area_mm2": system["area_mm2_per_chip"], "data_dependent": perf["cost"]["data_dependent"]}
     section: dict[str, Any] = {"workload": perf["workload"], "chip": chip, "cpu_roofline": roof,
-                               "ratios_roofline": {"qps": _ratio(perf["qps"], roof, "qps"), "qps_per_w": _ratio(perf["qps_per_w"], roof, "qps_per_w")}}
+                               "ratios_roofline": {"qps": _ratio(perf["qps"], roof, "qps"),
+                                                   "qps_per_w": _ratio(perf["qps_per_w"], roof, "qps_per_w")}}
     section["ratios"] = {"against": f"{roof['host']} roofline", **section["ratios_roofline"]}
     if cpu:
         section["cpu"] = {"qps": cpu["qps"], "qps_per_w": cpu["qps_per_w"], "energy_per_inference_j": 1 / cpu["qps_per_w"],
                           "latency_s": cpu["batch"] / cpu["qps"], "batch": cpu["batch"], "power_w": cpu["power_w"],
                           "power_source": cpu["power_source"], "threads": cpu["threads"], "cpu": cpu["cpu"],
                           "qps_min": cpu["qps_min"], "qps_max": cpu["qps_max"], "spread": cpu["spread"], "describe": cpu["describe"],
-                          "per_batch": [{"batch": cpu["batch"], "qps": cpu["qps"], "latency_s": cpu["batch"] / cpu["qps"], "qps_per_w": cpu["qps_per_w"]}]}
+                          "per_batch": [{"batch": cpu["batch"], "qps": cpu["qps"], "latency_s": cpu["batch"] / cpu["qps"],
+                                         "qps_per_w": cpu["qps_per_w"]}]}
         section["ratios_measured"] = {"against": "measured CPU", "qps": _ratio(perf["qps"], cpu, "qps"),
                                       "qps_per_w": _ratio(perf["qps_per_w"], cpu, "qps_per_w")}
     return section
@@ -264,7 +268,8 @@ def _sensitivity(cfg: RunConfig, chip: Any, perf: dict[str, Any]) -> list[dict[s
                                                sample_queries=min(cfg.sample_queries, 2048), quiet=True))
             rows.append({"assumption": label, "factor": (skew / cfg.perf_skew) if path == ("skew",) else factor,
                          "value": f"skew {skew:g}" if path == ("skew",) else f"x{factor:g}",
-                         "qps_per_w_ratio": r["qps_per_w"] / cpu["qps_per_w"], "qps_ratio": r["qps"] / cpu["qps"], "bound_by": r["bound_by"]})
+                         "qps_per_w_ratio": r["qps_per_w"] / cpu["qps_per_w"], "qps_ratio": r["qps"] / cpu["qps"],
+                         "bound_by": r["bound_by"]})
     return rows
 
 

@@ -312,7 +312,8 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         f_sram, f_dram = hits[SRAM], hits[DRAM]
         s = {"bags": b, "lookups": lookups, "hot_lookups": lookups * f_sram, "dram_lookups": lookups * f_dram}
         if op.tiles is not None:
-            s["reads"] = b * expected_lookup_reads(per_query * (1 - f_sram - f_dram), op.tiles.row_tiles * op.tiles.segments, op.tiles.group_rows)
+            s["reads"] = b * expected_lookup_reads(per_query * (1 - f_sram - f_dram), op.tiles.row_tiles * op.tiles.segments,
+                                                   op.tiles.group_rows)
         stats[op.name] = s
     cost = estimate(plan, stats=stats, host=cfg.host, batch_size=b)
     traffic = _traffic(chip, mcfg, sharding, shard_place, shard_lookups, on_unit, dense_chips)
@@ -320,7 +321,8 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
 
     cpu = _cpu_reference(cfg, graph, mcfg)
     ratio_base = cpu["measured"] if cfg.cpu == "measured" and cpu.get("measured") else cpu["roofline"]
-    ratios = {"against": ratio_base["label"], "qps": system.qps / ratio_base["qps"], "qps_per_w": system.qps_per_w / ratio_base["qps_per_w"]}
+    ratios = {"against": ratio_base["label"], "qps": system.qps / ratio_base["qps"],
+              "qps_per_w": system.qps_per_w / ratio_base["qps_per_w"]}
     result = {
         "qps": system.qps, "qps_per_w": system.qps_per_w, "qps_per_chip": system.qps_per_chip, "chips": n_chips,
         "bound_by": system.bound_by, "utilization": system.utilization,
@@ -337,7 +339,8 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         "cpu": cpu,
         "ratios": ratios,
         "notes": list(cfg.notes) + system.notes + ([f"{len(on_unit)} tables have no rows in arrays and pool on the digital unit "
-                                                     f"from SRAM/DRAM: {', '.join(on_unit[:8])}{' ...' if len(on_unit) > 8 else ''}"] if on_unit else []),
+                                                     f"from SRAM/DRAM: {', '.join(on_unit[:8])}{' ...' if len(on_unit) > 8 else ''}"]
+                                                    if on_unit else []),
     }
     if not cfg.quiet:
         print_recsys_result(result, console)
@@ -362,14 +365,14 @@ def _law_fractions(samples: _Samples, t: int, placement: TablePlacement, seed: i
     ranks, counts = np.unique(sample_zipf_ranks(rows, alpha, int(samples.place[t].numel()), rng), return_counts=True)
     order = ranks[np.lexsort((rng.random(ranks.size), -counts))]
     prob = (order + 1.0) ** -alpha / generalized_harmonic(rows, alpha)
+    seen = {tier: int(placement.seen_rows[tier].numel()) if tier in placement.seen_rows else 0 for tier in TIERS}
     expected, start = {}, 0
     for tier in TIERS:
-        n = min(int(placement.seen_rows[tier].numel()) if tier in placement.seen_rows else 0, order.size - start)
+        n = min(seen[tier], order.size - start)
         expected[tier] = float(prob[start : start + n].sum())
         start += n
     unseen_mass = max(1.0 - float(prob.sum()), 0.0)
-    unseen = {tier: max(placement.placement.get(tier, 0) - (int(placement.seen_rows[tier].numel()) if tier in placement.seen_rows else 0), 0)
-              for tier in TIERS}
+    unseen = {tier: max(placement.placement.get(tier, 0) - seen[tier], 0) for tier in TIERS}
     total_unseen = sum(unseen.values()) + max(order.size - start, 0)
     for tier in TIERS:
         if total_unseen:

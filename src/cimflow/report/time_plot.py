@@ -34,7 +34,8 @@ def time_plot_png(result: Mapping[str, Any]) -> bytes | None:
         if not pts:
             continue
         xs = [p["t_seconds"] for p in pts]
-        line = axes.errorbar(xs, [p["mean"] for p in pts], yerr=[p["std"] for p in pts], marker="o", capsize=3, label=series.get("label", ""))
+        line = axes.errorbar(xs, [p["mean"] for p in pts], yerr=[p["std"] for p in pts], marker="o", capsize=3,
+                             label=series.get("label", ""))
         color = line.lines[0].get_color()
         for p in pts:
             axes.scatter([p["t_seconds"]] * len(p.get("values", [])), p.get("values", []), s=9, alpha=0.3, color=color, linewidths=0)
@@ -51,7 +52,8 @@ def time_plot_png(result: Mapping[str, Any]) -> bytes | None:
     axes.minorticks_off()
     axes.set_xlabel("time after programming")
     axes.set_ylabel(str(result.get("metric", "metric")))
-    axes.set_title(f"{result.get('metric', 'metric')} on {result.get('chip', '')}: mean ± std over {result.get('instances', '?')} instances")
+    axes.set_title(f"{result.get('metric', 'metric')} on {result.get('chip', '')}: "
+                   f"mean ± std over {result.get('instances', '?')} instances")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     buffer = io.BytesIO()

@@ -179,7 +179,9 @@ def _require_converted(model: nn.Module) -> list[tuple[str, CIMLayer]]:
     return layers
 
 
-def program_model(model: nn.Module, seed: int = 0, verify_iterations: int | None = None, verify_tolerance: float | None = None) -> nn.Module:
+def program_model(
+    model: nn.Module, seed: int = 0, verify_iterations: int | None = None, verify_tolerance: float | None = None,
+) -> nn.Module:
     """Program one chip instance: sample every layer's programming noise, stuck cells and
     drift exponents once from ``seed``, and reset the time since programming.
 

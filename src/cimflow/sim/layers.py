@@ -77,7 +77,8 @@ class CIMLinear(CIMLayer):
 
     def extra_repr(self) -> str:
         g = self.engine.grid
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, array={self.array_kind!r}, tiles={g.row_tiles}x{g.col_tiles}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"array={self.array_kind!r}, tiles={g.row_tiles}x{g.col_tiles}")
 
 
 class CIMConv(CIMLayer):

@@ -115,5 +115,6 @@ def partition_by_sensitivity(
     final_rules = {**base_rules, **{n: DIGITAL for n in moved}}
     final_plan = compile_model(model, chip, rules=final_rules, replicate=False)
     digital_arrays = sum(o.arrays for o in final_plan.array_ops() if o.array_kind == chip.roles.digital)
-    notes = [] if history[-1] <= budget else [f"the budget {budget:g} is not met even with every analog layer on digital CIM (loss {history[-1]:.4g})"]
-    return SensitivityResult(reference, sensitivity, moved, {n: DIGITAL for n in moved}, history, budget, history[-1] <= budget, digital_arrays, notes)
+    met = history[-1] <= budget
+    notes = [] if met else [f"the budget {budget:g} is not met even with every analog layer on digital CIM (loss {history[-1]:.4g})"]
+    return SensitivityResult(reference, sensitivity, moved, {n: DIGITAL for n in moved}, history, budget, met, digital_arrays, notes)
