@@ -1,7 +1,7 @@
-"""The ``fast`` read (cimflow.sim.fastmm: int8 weight limbs, bfloat16 noise variance, read
-groups block-diagonal) against the ``exact`` float32 read: the signal to float32 rounding,
-the output noise equal in mean and variance per column within a tolerance computed from
-the sample size. The matrix-unit path is forced on, so these run on any CPU."""
+"""The ``fast`` read (cimflow.sim.fastmm: read-noise variance in bfloat16, read groups over
+their true rows) against the ``exact`` float32 read: the same signal, the output noise equal
+in mean and variance per column within a tolerance computed from the sample size. The
+bfloat16 path is forced on, so these run on any CPU (slowly where it has no matrix units)."""
 
 from __future__ import annotations
 
@@ -58,56 +58,50 @@ def test_fast_read_noise_has_the_exact_reads_moments(matrix_units):
 
 
 def test_fast_read_signal_equals_exact_without_noise(matrix_units):
-    """Without read noise the two modes compute the same partial sums (float32 rounding):
-    at most a rare ADC code flips at a rounding boundary, by one step."""
+    """Without read noise the two modes are the same float32 arithmetic: equal outputs."""
     torch.manual_seed(12)
     x = torch.randn(256, 600)
     cim_f, cim_e = _layer("fast", read_noise=0.0), _layer("exact", read_noise=0.0)
     with torch.no_grad():
         y_f, y_e = cim_f(x), cim_e(x)
-    assert not torch.equal(y_f, torch.zeros_like(y_f))
-    differ = (y_f - y_e).abs() > 1e-5 * float(y_e.abs().max())
-    assert float(differ.float().mean()) < 0.005
+    assert float(y_e.abs().max()) > 0 and torch.equal(y_f, y_e)
 
 
-def test_fast_read_keeps_drift_compensation_and_groups(matrix_units):
+def test_fast_read_keeps_drift_compensation(matrix_units):
     """Per-column drift compensation (ahead of the ADC) gives the same outputs in both modes."""
     torch.manual_seed(13)
     x = torch.randn(64, 600)
     outs = []
     for mode in ("fast", "exact"):
-        cim = _layer(mode, read_noise=0.0)
+        cim = _layer(mode)
         cimflow.compensate(cim, "per_column")
         cimflow.drift(cim, "30d")
         with torch.no_grad():
             outs.append(cim(x))
     scale = float(outs[1].abs().max())
-    assert float(((outs[0] - outs[1]).abs() > 1e-5 * scale).float().mean()) < 0.005
+    # same noise draws; the bfloat16 variance moves a rare ADC code by one step
+    assert float(((outs[0] - outs[1]).abs() > 1e-5 * scale).float().mean()) < 0.01
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 300), cols=st.integers(1, 40), n=st.integers(1, 9), seed=st.integers(0, 2**31 - 1),
-       spread=st.floats(-6, 6))
-def test_limbs_reproduce_the_float_matmul(rows, cols, n, seed, spread):
-    """codes @ W through three int8 limbs is within float32 rounding of the float64 product
-    (error <= 2^-21 of sum_i |code_i| max|W_col|); the bfloat16 variance within 1 %."""
+@given(groups=st.integers(1, 4), group_rows=st.integers(1, 40), last=st.integers(1, 40), out=st.integers(1, 12),
+       n=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), spread=st.floats(-6, 6))
+def test_grouped_products_equal_the_padded_products(groups, group_rows, last, out, n, seed, spread):
+    """Each group's product over its true rows equals the zero-padded float64 product; the
+    bfloat16 variance is within 1 % of the float64 one (8-bit codes, positive cell variances)."""
+    last = min(last, group_rows)
+    rows = (groups - 1) * group_rows + last
     gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(rows, cols, generator=gen) * torch.exp(spread * torch.rand(rows, cols, generator=gen))
+    w = torch.randn(groups, group_rows, out, generator=gen) * torch.exp(spread * torch.rand(groups, group_rows, out, generator=gen))
+    w[-1, last:] = float("nan")  # rows past the last group's true rows are never read
     codes = torch.randint(-127, 128, (n, rows), generator=gen).float()
-    var = w.square() * 6e-4 + 1e-9
-    plan = fastmm.make_plan(w.unsqueeze(0), var.unsqueeze(0), [rows])
-    acc, v = fastmm.signal_and_variance(codes, plan)
-    ref = codes.double() @ w.double()
-    bound = (codes.abs().double().sum(1, keepdim=True) * w.abs().double().amax(0)) * 2.0**-21 + 1e-30
-    assert bool(((acc.double() * plan.col_scale.double() - ref).abs() <= bound).all())
-    vref = codes.double().square() @ var.double()
-    v = v.double() * plan.col_scale.double().square()
-    assert bool(((v - vref).abs() <= 0.01 * vref + 1e-30).all())
-
-
-def test_block_diagonal_keeps_each_group_on_its_own_columns():
-    grouped = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2) + 1
-    full = fastmm.block_diagonal(grouped, [3, 1])
-    assert full.shape == (4, 4)
-    assert torch.equal(full[:3, :2], grouped[0]) and torch.equal(full[3:, 2:], grouped[1, :1])
-    assert float(full[:3, 2:].abs().sum()) == 0.0 and float(full[3:, :2].abs().sum()) == 0.0
+    padded = torch.cat([codes, codes.new_zeros(n, groups * group_rows - rows)], 1).view(n, groups, group_rows).transpose(0, 1)
+    w0 = torch.nan_to_num(w, nan=0.0)
+    ref = torch.matmul(padded.double(), w0.double())
+    got = fastmm.grouped_products(codes, w, rows)
+    assert got.shape == (groups, n, out) and bool(torch.isfinite(got).all())
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()) + 1e-30)
+    cell = w0.square() * 6e-4 + 1e-9
+    var = fastmm.variance_products(codes, cell.to(torch.bfloat16), rows).double()
+    vref = torch.matmul(padded.double().square(), cell.double())
+    assert bool(((var - vref).abs() <= 0.01 * vref + 1e-30).all())

@@ -105,7 +105,7 @@ class CrossbarEngine(torch.nn.Module):
         self.seed: int | None = None
         self.t_seconds: float = spec.device.drift.t0_s
         self.read_noise_mode = "fast"
-        self._int_plan: fastmm.IntegerReadPlan | None = None  # the read on CPU matrix units (fastmm)
+        self._read_var_bf16: torch.Tensor | None = None  # read_var[0] in bfloat16 (fast mode, fastmm)
         self.collect_stats = False
         self.stats = ReadStats()
         self._calibrating = False
@@ -287,7 +287,7 @@ class CrossbarEngine(torch.nn.Module):
     def _refresh(self, set_adc_range: bool = False) -> None:
         """Recompute the cached effective weights (and read-noise variances) at ``t_seconds``."""
         g_pos, g_neg = self._conductances_now()
-        self._int_plan = None  # rebuilt from the new weights on the next read that uses it
+        self._read_var_bf16 = None  # re-made from the new variances on the next fast read
         w_eff = (g_pos - g_neg) / self.denominator  # (S, in, out), normalized
         self.w_eff = self._grouped(w_eff.permute(1, 0, 2)).permute(2, 0, 1, 3).contiguous()  # (S, G, gr, out)
         rel = self.spec.device.read_noise
@@ -396,8 +396,8 @@ class CrossbarEngine(torch.nn.Module):
 
     def set_read_noise_mode(self, mode: str) -> None:
         """How a read's noise variance is computed (every mode samples it on the column sums):
-        ``fast`` (default) the exact per-cell formula, on the CPU's int8/bfloat16 matrix units
-        where it has them (:mod:`cimflow.sim.fastmm`, equal in distribution), else as ``exact``;
+        ``fast`` (default) the exact per-cell formula, on the CPU's bfloat16 matrix units where
+        it has them (:mod:`cimflow.sim.fastmm`; each variance within ~0.4 %), else as ``exact``;
         ``exact`` the formula as a float32 matmul; ``column_mean`` each column's mean cell
         variance (an approximation unless a column's cells share one conductance)."""
         if mode not in READ_NOISE_MODES:
@@ -483,67 +483,47 @@ class CrossbarEngine(torch.nn.Module):
             self._record_stats(xi)
         if self.is_digital:
             return (xi @ self.w_eff[0]).mul_(self.w_scale / steps_in).mul_(scale_x)
-        if self._use_matrix_units(xi):
-            return self._read_on_matrix_units(xi, steps_in).mul_(scale_x)
         w = self.w_eff[0]  # (G, gr, out): one slice, G read groups
-        g, gr, out = w.shape
-        if xi.shape[-1] != g * gr:
-            xi = torch.nn.functional.pad(xi, (0, g * gr - xi.shape[-1]))
-        xg = xi.view(-1, g, gr).transpose(0, 1) if g > 1 else xi.unsqueeze(0)  # (G, N, gr)
-        acc = torch.bmm(xg, w) if g > 1 else (xi @ w[0]).unsqueeze(0)  # partial sums in DAC-code units
+        g = w.shape[0]
+        # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding
+        acc = fastmm.grouped_products(xi, w, self.grid.in_features)
         if self.read_var is not None:
-            var = self._read_noise_variance(xg.unsqueeze(0).unsqueeze(0)).view_as(acc)
+            var = self._read_variance(xi)  # one normal draw below for all groups
             if self._read_gen is None or self._read_gen.device != acc.device:
                 self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
             noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
             acc.addcmul_(noise, var.sqrt_())
-        if self.output_gain is not None:
-            acc.mul_(self.output_gain)  # drift compensation, ahead of the ADC
         bits = self.spec.adc.bits
         rng = self.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
         if bits > 1:
             steps_adc = float((1 << (bits - 1)) - 1)
-            acc.mul_(steps_adc / rng).clamp_(-steps_adc, steps_adc).round_()
-            acc.mul_(rng / steps_adc)
+            ahead = steps_adc / rng
+            if self.output_gain is not None:
+                ahead = ahead * self.output_gain  # drift compensation, ahead of the ADC
+            acc.mul_(ahead).clamp_(-steps_adc, steps_adc).round_()
+            acc.mul_(rng * (self.w_scale / (steps_adc * steps_in)))  # ADC step and weight scale in one pass
         else:
-            acc = torch.sign(acc).mul_(rng)
+            if self.output_gain is not None:
+                acc.mul_(self.output_gain)
+            acc = torch.sign(acc).mul_(rng * (self.w_scale / steps_in))
         y = acc[0] if g == 1 else acc.sum(dim=0)
-        return y.mul_(self.w_scale / steps_in).mul_(scale_x)
+        return y.mul_(scale_x)
 
-    def _use_matrix_units(self, xi: torch.Tensor) -> bool:
-        """Whether this read runs on the CPU's int8/bfloat16 matrix units (:mod:`fastmm`)."""
-        return (self.read_noise_mode == "fast" and xi.device.type == "cpu" and xi.dtype == torch.float32
-                and self.spec.input_encoding.bits <= 8 and self.spec.adc.bits > 1 and self.w_eff.shape[0] == 1
-                and self.grid.in_features <= fastmm.MAX_INT8_ROWS and fastmm.matrix_units_available())
-
-    def _read_on_matrix_units(self, xi: torch.Tensor, steps_in: float) -> torch.Tensor:
-        """:meth:`_forward_single_read` from the DAC codes ``xi`` (N, in) on, with every read
-        group in one int8 matmul over the true input rows, the noise variance in one bfloat16
-        matmul and one normal draw for all groups (same draw order as the float32 path), and
-        every per-column factor (weight limbs, drift compensation, ADC step) folded into one
-        multiply ahead of the ADC and one after it. Returns y / scale_x, shape (N, out)."""
-        if self._int_plan is None or self._int_plan.limbs.device != xi.device:
-            var = None if self.read_var is None else self.read_var[0]
-            self._int_plan = fastmm.make_plan(self.w_eff[0], var, self.grid.group_sizes())
-        plan = self._int_plan
-        _, g, _, out = self.w_eff.shape
-        n = xi.shape[0]
-        acc, var = fastmm.signal_and_variance(xi, plan)  # (N, G*out), limb units
-        acc3 = acc.view(n, g, out)
-        if var is not None:
-            if self._read_gen is None or self._read_gen.device != acc.device:
-                self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
-            noise = torch.randn((g, n, out), generator=self._read_gen, device=acc.device, dtype=acc.dtype)
-            acc3.addcmul_(noise.transpose(0, 1), var.sqrt_().view(n, g, out))
-        steps_adc = float((1 << (self.spec.adc.bits - 1)) - 1)
-        rng = self.adc_range[0, :, 0] * steps_in  # (G, out): full scale in DAC-code units
-        ahead = plan.col_scale.view(g, out) * (steps_adc / rng)
-        if self.output_gain is not None:
-            ahead = ahead * self.output_gain  # drift compensation, ahead of the ADC
-        acc3.mul_(ahead).clamp_(-steps_adc, steps_adc).round_()
-        after = rng * self.w_scale / (steps_adc * steps_in)
-        acc3.mul_(after)
-        return acc if g == 1 else acc3.sum(dim=1)
+    def _read_variance(self, xi: torch.Tensor) -> torch.Tensor:
+        """Read-noise variance (G, N, out) of each group's column sums for DAC codes ``xi``
+        (N, in), over each group's true rows: bfloat16 cell variances in ``fast`` mode on a
+        CPU with matrix units (:mod:`cimflow.sim.fastmm`), float32 otherwise."""
+        rows = self.grid.in_features
+        if self.read_noise_mode == "column_mean":  # (1, G, 1, out): mean cell variance per group
+            ones = xi.new_ones(self.read_var.shape[1], self.w_eff.shape[2], 1)
+            return fastmm.grouped_products(xi.square(), ones, rows) * self.read_var[0]
+        cell = self.read_var[0]
+        if (self.read_noise_mode == "fast" and xi.device.type == "cpu" and self.spec.input_encoding.bits <= 9
+                and fastmm.matrix_units_available()):  # codes |c| <= 255 are exact in bfloat16
+            if self._read_var_bf16 is None or self._read_var_bf16.device != cell.device:
+                self._read_var_bf16 = cell.to(torch.bfloat16)
+            cell = self._read_var_bf16
+        return fastmm.variance_products(xi, cell, rows)
 
     def has_fixed_input_range(self) -> bool:
         """True when inputs are scaled by one range per layer (calibrated or learned), not per vector."""
