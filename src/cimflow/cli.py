@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -379,7 +379,7 @@ _CACHE_HELP = "<where the trained-model cache lives>"
 class _CacheHelpCommand(TyperCommand):
     """A verb whose --help says where the trained-model cache lives, looked up when the help is shown."""
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # typer's click types (vendored as typer._click)
         for param in self.params:
             text = getattr(param, "help", None)
             if isinstance(text, str) and _CACHE_HELP in text:
