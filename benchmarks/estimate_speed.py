@@ -65,7 +65,7 @@ def dlrm_v2_graph():
     batch = 4
     torch.manual_seed(0)
     sparse = [(torch.randint(0, rows, (batch * pf,)), torch.arange(0, batch * pf + 1, pf))
-              for rows, pf in zip(config.table_sizes, config.pooling_factors)]
+              for rows, pf in zip(config.table_sizes, config.pooling_factors, strict=True)]
     return capture(model, (torch.randn(batch, config.dense_features), sparse))
 
 

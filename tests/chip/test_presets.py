@@ -17,6 +17,7 @@ Provenance convention (what these tests enforce on every preset but the placehol
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator
@@ -229,7 +230,7 @@ def test_hybrid_fits_the_criteo_dlrm_mlps_in_sram():
     chip = load_preset("hybrid-rram-sram-28nm")
     spec = chip.arrays["sram_dcim"]
     bottom, top = [13, 512, 256, 64, 16], [367, 512, 256, 1]
-    layers = list(zip(bottom, bottom[1:])) + list(zip(top, top[1:]))
+    layers = list(itertools.pairwise(bottom)) + list(itertools.pairwise(top))
     needed = sum(tile_grid(i, o, spec).arrays for i, o in layers)
     assert needed <= chip.arrays_on_chip("sram_dcim")
 

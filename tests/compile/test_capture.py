@@ -416,7 +416,7 @@ class ListInputs(nn.Module):
         self.top = nn.Linear(16 * (len(rows) + 1), 1)
 
     def forward(self, dense: torch.Tensor, sparse: list[torch.Tensor]) -> torch.Tensor:
-        pooled = [table(indices) for table, indices in zip(self.tables, sparse)]
+        pooled = [table(indices) for table, indices in zip(self.tables, sparse, strict=True)]
         return self.top(torch.cat([self.bottom(dense)] + pooled, dim=1))
 
 

@@ -26,7 +26,7 @@ def test_hottest_rows_go_to_the_fastest_tier_and_capacities_hold():
     assert sum(p.placement.get(ARRAYS, 0) for p in placed) == 800
     assert all(sum(p.placement.values()) == p.rows for p in placed)
     # every SRAM row is at least as hot as every row placed elsewhere
-    counts = {("a", int(i)): int(c) for i, c in zip(a.row_ids, a.counts)} | {("b", int(i)): int(c) for i, c in zip(b.row_ids, b.counts)}
+    counts = {(t.name, int(i)): int(c) for t in (a, b) for i, c in zip(t.row_ids, t.counts, strict=True)}
     hot = {(p.table, int(r)) for p in placed for r in p.hot_rows}
     coldest_hot = min(counts[k] for k in hot)
     hottest_other = max(c for k, c in counts.items() if k not in hot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import Counter
@@ -136,7 +137,7 @@ def _adc_energy(chip, options=None) -> float:
 
 def test_more_adc_bits_cost_more_with_the_converter_law():
     energies = [_adc_energy(_one_read_chip(**{"arrays.rram.adc.conversion": {}, "arrays.rram.adc.bits": b})) for b in range(3, 11)]
-    assert all(b > a for a, b in zip(energies, energies[1:]))
+    assert all(b > a for a, b in itertools.pairwise(energies))
     assert energies[-1] / energies[-2] == pytest.approx(2.0, rel=1e-2)  # Walden regime: 2x per bit
 
 
@@ -170,7 +171,7 @@ def test_bigger_node_costs_more_per_op():
         return (a.energy_j["adc"] + a.energy_j["adder_tree_shift_add"]) / (256 * 128), d.energy_j["adder_tree_shift_add"] / (256 * 64)
 
     values = [per_mac(n) for n in (7, 14, 28, 65, 130)]
-    for (a0, d0), (a1, d1) in zip(values, values[1:]):
+    for (a0, d0), (a1, d1) in itertools.pairwise(values):
         assert a1 > a0 and d1 > d0
     # the digital default is Chih et al.'s 1.40 fJ re-targeted by C V^2: linear in the node
     assert values[-1][1] / values[0][1] == pytest.approx(130 / 7)

@@ -143,7 +143,7 @@ def test_a_recorded_access_trace_drives_placement_and_held_out_hits(tmp_path):
     _check_bounds(result)
     assert [t["rows"] for t in result["tiers"]] == list(sizes)
     assert result["workload"]["sample_queries"] == batch // 2
-    for t, p in zip(result["tiers"], pools):
+    for t, p in zip(result["tiers"], pools, strict=True):
         assert t["lookups_per_query"] == pytest.approx(p)
         assert t["access_law"]["alpha_source"] == "fitted to the placement sample"
         assert t["access_law"]["alpha"] == pytest.approx(1.2, abs=0.1)

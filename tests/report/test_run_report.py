@@ -32,7 +32,7 @@ def sample_report() -> dict[str, Any]:
     def points(means: list[float], std: float) -> list[dict[str, Any]]:
         times = (("1s", 1.0), ("1h", 3600.0), ("1d", 86400.0), ("1y", 31536000.0))
         return [{"t": t, "t_seconds": s, "mean": m, "std": std, "values": [m - std, m, m + std]}
-                for (t, s), m in zip(times, means)]
+                for (t, s), m in zip(times, means, strict=True)]
 
     return {
         "title": "DLRM on MovieLens-100k, hybrid RRAM/SRAM chip",

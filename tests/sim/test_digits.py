@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import pytest
@@ -45,7 +46,7 @@ def test_accuracy_falls_monotonically_as_programming_noise_grows(trained):
         for s in sigmas
     ]
     # 449 test images x 3 instances: one image is 0.07 %; allow a 1 % bump from instance sampling
-    for lo, hi in zip(accs[1:], accs[:-1]):
+    for hi, lo in itertools.pairwise(accs):
         assert lo <= hi + 0.01, accs
     assert accs[-1] < accs[0] - 0.2, accs
 

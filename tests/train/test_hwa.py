@@ -98,7 +98,7 @@ def test_learned_input_ranges_train_and_survive_a_state_dict_round_trip(trained)
     enable_learned_input_ranges(fresh, {name: 1.0 for name in ranges})
     fresh.load_state_dict(state)
     cimflow.program(fresh, 0)
-    assert {n: l.engine.learned_input_range for n, l in cimflow.sim.cim_layers(fresh)} == pytest.approx(ranges)
+    assert {n: layer.engine.learned_input_range for n, layer in cimflow.sim.cim_layers(fresh)} == pytest.approx(ranges)
 
 
 def test_resampling_every_k_steps_keeps_the_instance_between_draws(trained):

@@ -67,7 +67,10 @@ def test_stuck_cells_fail_every_verify_and_cost_a_pulse_each_time():
     eng = stuck[0].engine
     mask_pos, mask_neg = eng.stuck_masks()
     targets = encode_weights(lin.weight.detach().t() / eng.w_scale, eng.spec)
-    off_target = lambda mask, target: int((mask[0] & ((G_MAX - target).abs() > SIGMA * G_MAX)).sum())
+
+    def off_target(mask: torch.Tensor, target: torch.Tensor) -> int:
+        return int((mask[0] & ((G_MAX - target).abs() > SIGMA * G_MAX)).sum())
+
     stuck_bad = off_target(mask_pos, targets.positive[0]) + off_target(mask_neg, targets.negative[0])
     assert stuck_bad > 100
     # the healthy cells' pulses follow the same law in both instances; the stuck ones add one per iteration

@@ -279,7 +279,7 @@ def _classify_matrix_function(call: _Call, em: _Emitter, name: str) -> None:
     out = _first_tensor(call.output)
     attrs: dict[str, Any] = {}
     if name in ("conv1d", "conv2d", "conv3d", "convolution"):
-        x, weight = call.arg(0, "input"), call.arg(1, "weight")
+        weight = call.arg(1, "weight")
         transposed = bool(call.arg(6, "transposed", False)) if name == "convolution" else False
         groups = call.arg(8 if name == "convolution" else 6, "groups", 1)
         weight_shape = _shape(weight)
@@ -398,7 +398,7 @@ def _einsum_sizes(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[li
     sizes: dict[str, int] = {}
     labels: list[list[str]] = []
     ellipsis_rank = 0
-    for term, shape in zip(terms, shapes):
+    for term, shape in zip(terms, shapes, strict=False):  # user input: a short operand list is not an error here
         tokens = _EINSUM_LETTERS.findall(term)
         explicit = len([t for t in tokens if t != "..."])
         rank = len(shape) - explicit
@@ -409,7 +409,7 @@ def _einsum_sizes(equation: str, shapes: list[tuple[int, ...]]) -> tuple[list[li
                 expanded += [f"...{rank - i}" for i in range(rank)]
             else:
                 expanded.append(token)
-        for label, dim in zip(expanded, shape):
+        for label, dim in zip(expanded, shape, strict=False):
             sizes[label] = max(sizes.get(label, 1), int(dim))
         labels.append(expanded)
     if arrow:
@@ -447,9 +447,9 @@ def _classify_einsum(call: _Call, em: _Emitter, attrs: dict[str, Any]) -> None:
     if len(static) == 1 and len(operands) == 2:
         weight_index = operands.index(static[0])
         weight_labels, other_labels = labels[weight_index], labels[1 - weight_index]
-        rows = math.prod(sizes[l] for l in weight_labels if l in contracted)
-        columns = math.prod(sizes[l] for l in weight_labels if l in output and l not in other_labels)
-        batch = math.prod(sizes[l] for l in weight_labels if l in output and l in other_labels)
+        rows = math.prod(sizes[x] for x in weight_labels if x in contracted)
+        columns = math.prod(sizes[x] for x in weight_labels if x in output and x not in other_labels)
+        batch = math.prod(sizes[x] for x in weight_labels if x in output and x in other_labels)
         attrs.update(weight=",".join(static[0].roots), weight_batch=batch)
         em.emit(call, OpKind.STATIC_MVM, "einsum", weight_shape=(rows, columns),
                 mvm_count=macs // (rows * columns) if rows * columns else 0, macs=macs,

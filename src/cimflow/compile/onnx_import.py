@@ -379,7 +379,7 @@ class _Converter:
         if begins == ends:
             return begins, None
         torch_pad: list[int] = []
-        for begin, end in zip(reversed(begins), reversed(ends)):
+        for begin, end in zip(reversed(begins), reversed(ends), strict=False):
             torch_pad += [int(begin), int(end)]
         return [0] * spatial, torch_pad
 

@@ -14,7 +14,7 @@ def time_ops(plans: list[OpPlan], graph: Graph, chip: Chip) -> None:
     """Fill ``latency_s`` and ``cycles`` of every op (per inference, one copy)."""
     clock = chip.clock_hz
     unit = chip.digital_unit
-    for p, op in zip(plans, graph.ops):
+    for p, op in zip(plans, graph.ops, strict=True):  # one plan per op
         if p.substrate == ARRAY:
             spec = chip.arrays[p.array_kind]
             if op.op_type in EMBEDDING_TYPES:

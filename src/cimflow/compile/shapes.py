@@ -147,7 +147,7 @@ def _bind_placeholders(graph: fx.Graph, args: tuple[Any, ...], kwargs: dict[str,
             f"it takes: {', '.join(names)}"
         )
     bound: list[Any] = []
-    for index, (node, name) in enumerate(zip(placeholders, names)):
+    for index, (node, name) in enumerate(zip(placeholders, names, strict=True)):
         if index < len(args):
             bound.append(args[index])
         elif name in kwargs:
@@ -200,7 +200,7 @@ def _propagate(model: nn.Module, graph: fx.Graph, args: tuple[Any, ...], kwargs:
         bound = _bind_placeholders(graph, plan.args, plan.kwargs, pytree_inputs)
         try:
             _run_with_plan(model, _RunPlan(plan.on_meta, plan.swap, plan.names, tuple(bound), {}),
-                           lambda *flat: recorder.run(*flat))
+                           recorder.run)
             return plan
         except CompileError:
             raise

@@ -17,6 +17,7 @@ from the chip's tiers (:func:`cimflow.compile.tiers.tier_capacities_rows`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ def scale_chip(chip: Chip, n: int) -> Chip:
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
     edges = [total * i // parts for i in range(parts + 1)]
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
 def _pack(tables: Sequence[TableShape], n: int, capacity_rows: Callable[[int], int], strategy: str) -> list[Shard] | None:
@@ -112,7 +113,7 @@ def _pack(tables: Sequence[TableShape], n: int, capacity_rows: Callable[[int], i
     for t in sorted(tables, key=lambda t: t.rows * t.dim, reverse=True):
         if strategy == "column_wise":
             parts = _split(t.dim, min(n, t.dim))
-            for chip, (a, b) in zip(sorted(range(n), key=lambda c: (-free[c], load[c])), parts):
+            for chip, (a, b) in zip(sorted(range(n), key=lambda c: (-free[c], load[c])), parts, strict=False):  # parts <= chips
                 need = t.rows / max(capacity_rows(b - a), 1)
                 if need > free[chip] + 1e-12:
                     return None

@@ -219,7 +219,7 @@ def measure_held_out(placements: Sequence[TablePlacement], indices: Sequence[tor
     (one tensor of lookups per table, in the same order)."""
     if len(placements) != len(indices):
         raise CompileError(f"{len(indices)} held-out index sets for {len(placements)} tables")
-    for p, idx in zip(placements, indices):
+    for p, idx in zip(placements, indices, strict=True):
         if torch.as_tensor(idx).numel():
             p.hit_fraction = held_out_hits(p, idx)
             p.held_out = True

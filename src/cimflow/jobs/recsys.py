@@ -90,7 +90,7 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         keys = list(splits.train.sparse.keys)
         pairs = splits.train.sparse.per_feature()
         accesses = [count_accesses(f"embeddings.{k}", size, model.config.embedding_dim, [values])
-                    for k, (size, (values, _)) in enumerate(zip(splits.train.table_sizes, pairs))]
+                    for k, (size, (values, _)) in enumerate(zip(splits.train.table_sizes, pairs, strict=True))]
         ex_dense, ex_sparse, _ = test.take(torch.arange(min(cfg.batch, len(test.labels))))
         example_inputs = (ex_dense, ex_sparse.per_feature())
         plan = cimflow.compile(model, chip, example_inputs)

@@ -225,7 +225,6 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
     pools = tuple(int(p) for p in (mcfg.pooling_factors or (1,) * len(mcfg.table_sizes)))
     dim = mcfg.embedding_dim
     names = [f"embeddings.{t}" for t in range(len(mcfg.table_sizes))]
-    pool_of = dict(zip(names, pools))
     model = DLRM(mcfg, device="meta")
     b = cfg.batch
     dense = torch.zeros(b, mcfg.dense_features, device="meta")
@@ -239,7 +238,7 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
     need = _dense_footprint(graph, chip)
     dense_chips = max([1] + [math.ceil(n / max(chip.arrays_on_chip(k), 1)) for k, n in need.items()])
     dense_per_chip = {k: math.ceil(n / dense_chips) for k, n in need.items()}
-    tables = [TableShape(n, int(r), dim, held_pool[n]) for n, r in zip(names, mcfg.table_sizes)]
+    tables = [TableShape(n, int(r), dim, held_pool[n]) for n, r in zip(names, mcfg.table_sizes, strict=True)]
     sharding = plan_sharding(tables, lambda d: sum(_chip_capacities(chip, d, dense_per_chip, len(tables)).values()),
                              chips=cfg.chips, strategy=cfg.sharding, dense_chips=dense_chips)
     n_chips = sharding.chips
@@ -261,7 +260,7 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
             held.append(_restrict(samples.held[t], s.row_start, s.row_stop))
         placed = place_tables(accesses, chip, capacities=caps)
         measure_held_out(placed, held)
-        for s, p, h in zip(shards, placed, held):
+        for s, p, h in zip(shards, placed, held, strict=True):
             shard_place[(s.table, c)] = p
             shard_lookups[(s.table, c)] = h.numel() / samples.queries
 

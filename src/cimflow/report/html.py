@@ -145,7 +145,7 @@ def _energy_figure(report: Mapping[str, Any], figure_class: Any) -> Any | None:
     axes.barh(positions, percents, color=_CHIP_COLOR)
     axes.set_yticks(positions, labels=[share.component for share in shares])
     axes.invert_yaxis()
-    for position, percent, share in zip(positions, percents, shares):
+    for position, percent, share in zip(positions, percents, shares, strict=True):
         label = f"{format_percent(share.fraction)}  ({format_si(share.joules, 'J')})"
         axes.annotate(label, xy=(max(percent, 0.0), position), xytext=(4, 0), textcoords="offset points",
                       va="center", fontsize="small")
@@ -169,7 +169,7 @@ def _performance_figure(report: Mapping[str, Any], figure_class: Any) -> Any | N
     if not any(bars_per_panel):
         return None
     figure = figure_class(figsize=(8.0, 4.2), layout="constrained")
-    for axes, (metric, key, reference_key, unit), bars in zip(figure.subplots(1, 2), panels, bars_per_panel):
+    for axes, (metric, key, reference_key, unit), bars in zip(figure.subplots(1, 2), panels, bars_per_panel, strict=True):
         axes.set_yscale("log")
         if bars:
             values = [value for _, value, _ in bars]
@@ -247,12 +247,12 @@ def _cell(tag: str, text: str, numeric: bool, extra: str = "") -> str:
 def _table_html(table: ReportTable) -> str:
     lines = ["<table>"]
     if table.show_header:
-        header = "".join(_cell("th", name, numeric, ' scope="col"') for name, numeric in zip(table.columns, table.numeric))
+        header = "".join(_cell("th", name, numeric, ' scope="col"') for name, numeric in zip(table.columns, table.numeric, strict=False))
         lines.append(f"<thead><tr>{header}</tr></thead>")
     lines.append("<tbody>")
     for row in table.rows:
         cells = []
-        for index, (text, numeric) in enumerate(zip(row, table.numeric)):
+        for index, (text, numeric) in enumerate(zip(row, table.numeric, strict=False)):
             row_header = index == 0 and not table.show_header
             cells.append(_cell("th", text, numeric, ' scope="row"') if row_header else _cell("td", text, numeric))
         lines.append(f"<tr>{''.join(cells)}</tr>")

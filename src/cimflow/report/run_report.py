@@ -439,7 +439,7 @@ def header_line(report: Mapping[str, Any]) -> str:
 def _rich_table(table: ReportTable) -> Table:
     """A rich Table; every cell is a Text so that brackets in labels are never read as markup."""
     rendered = Table(title=Text(table.title, style="bold"), title_justify="left", show_header=table.show_header)
-    for name, numeric in zip(table.columns, table.numeric):
+    for name, numeric in zip(table.columns, table.numeric, strict=False):
         rendered.add_column(Text(name), justify="right" if numeric else "left")
     for row in table.rows:
         rendered.add_row(*(Text(cell) for cell in row))

@@ -74,7 +74,7 @@ def relative_output_error(reference: Any, output: Any) -> float:
     ref, out = _tensors(reference), _tensors(output)
     if not ref or len(ref) != len(out):
         raise CimflowError("the model's outputs hold no tensors to compare (or a different number of them on the chip)")
-    num = sum(float((o - r).square().sum()) for o, r in zip(out, ref))
+    num = sum(float((o - r).square().sum()) for o, r in zip(out, ref, strict=True))
     den = sum(float(r.square().sum()) for r in ref)
     return (num / den) ** 0.5 if den > 0 else (0.0 if num == 0 else float("inf"))
 
