@@ -16,6 +16,7 @@ from torch import nn
 
 import cimflow
 from cimflow.sim import cim_layers, fastmm
+from cimflow.sim.layers import patch_max
 
 
 @pytest.fixture
@@ -105,3 +106,16 @@ def test_grouped_products_equal_the_padded_products(groups, group_rows, last, ou
     var = fastmm.variance_products(codes, cell.to(torch.bfloat16), rows).double()
     vref = torch.matmul(padded.double().square(), cell.double())
     assert bool(((var - vref).abs() <= 0.01 * vref + 1e-30).all())
+
+
+@settings(max_examples=60, deadline=None)
+@given(h=st.integers(1, 20), w=st.integers(1, 20), kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), dh=st.integers(1, 3), dw=st.integers(1, 3), seed=st.integers(0, 2**31 - 1))
+def test_patch_max_equals_max_pool(h, w, kh, kw, sh, sw, dh, dw, seed):
+    """The separable patch maximum (convolution input ranges) is max_pool2d's, exactly."""
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if span_h > h or span_w > w:
+        return
+    a = torch.rand(2, 1, h, w, generator=torch.Generator().manual_seed(seed))
+    expect = torch.nn.functional.max_pool2d(a, (kh, kw), stride=(sh, sw), dilation=(dh, dw))
+    assert torch.equal(patch_max(a, (kh, kw), (sh, sw), (dh, dw)), expect)

