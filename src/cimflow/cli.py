@@ -7,6 +7,7 @@ on one line and exits with status 2, never a traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-chips_app = typer.Typer(help="List the shipped chip presets, or show one (preset or YAML file).\n\nExample: cimflow chips show pcm-hermes-like")
+chips_app = typer.Typer(
+    help="List the shipped chip presets, or show one (preset or YAML file).\n\nExample: cimflow chips show pcm-hermes-like")
 app.add_typer(chips_app, name="chips")
 console = Console()
 if not console.is_terminal:  # pipes and CI logs: do not squeeze tables into 80 columns
@@ -110,7 +112,8 @@ def compile_cmd(
     model: Path = typer.Argument(..., help=_MODEL_HELP),
     trust_model_file: bool = typer.Option(False, "--trust-model-file", help=_TRUST_HELP),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
-    rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (name, glob, re:REGEX or type:Type = digital | host | digital_unit | ARRAY_KIND); repeatable"),
+    rule: list[str] = typer.Option([], "--rule", help=(
+        "placement rule PATTERN=TARGET (name, glob, re:REGEX or type:Type = digital | host | digital_unit | ARRAY_KIND); repeatable")),
     mode: str = typer.Option("pipelined", "--mode", help="pipelined | layer_by_layer"),
     explain: bool = typer.Option(False, "--explain", help="show why each op went where, with source locations, and list host ops"),
     out: Path | None = typer.Option(None, "--out", help="write the plan as JSON"),
@@ -130,7 +133,8 @@ def compile_cmd(
     print_plan(plan, console, explain=explain)
     if explain:
         host = [o for o in plan.ops if o.kind == "host"]
-        console.print("operators on the host (unknown to cimflow): " + (", ".join(f"{o.name} [{o.op_type}] at {o.source_location}" for o in host) if host else "none"))
+        listed = ", ".join(f"{o.name} [{o.op_type}] at {o.source_location}" for o in host) if host else "none"
+        console.print("operators on the host (unknown to cimflow): " + listed)
     if out is not None:
         _write_text(out, plan.to_json(), "plan")
         console.print(f"wrote {out}")
@@ -142,8 +146,10 @@ def estimate_cmd(
     trust_model_file: bool = typer.Option(False, "--trust-model-file", help=_TRUST_HELP),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     rule: list[str] = typer.Option([], "--rule", help="placement rule PATTERN=TARGET (see `cimflow compile --help`); repeatable"),
-    data_dependent: bool = typer.Option(True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
-    host: str | None = typer.Option(None, "--host", help="host preset for operators left on the host (default: the chip's host block, else server-cpu-2s)"),
+    data_dependent: bool = typer.Option(
+        True, "--data/--no-data", help="simulate the example inputs and weight energies by the measured activity"),
+    host: str | None = typer.Option(
+        None, "--host", help="host preset for operators left on the host (default: the chip's host block, else server-cpu-2s)"),
     all_ops: bool = typer.Option(False, "--all-ops", help="list every operator, not only those that cost energy"),
     out: Path | None = typer.Option(None, "--out", help="write the cost report as JSON"),
 ) -> None:
@@ -178,15 +184,19 @@ def recsys_cmd(
     dim: int = typer.Option(64, "--dim", help="custom shape: embedding width (1-4096)"),
     pooling: int = typer.Option(4, "--pooling", help="custom shape: lookups per table per sample (1-10000)"),
     skew: float = typer.Option(1.05, "--skew", help="Zipf exponent of row accesses (0 = uniform, at most 5)"),
-    trace: Path | None = typer.Option(None, "--trace", help="access trace (.npz / .pt, TorchRec KJT layout: indices, offsets or lengths, batch_size) instead of --skew; its first half places rows, its second half measures hits"),
+    trace: Path | None = typer.Option(None, "--trace", help=(
+        "access trace (.npz / .pt, TorchRec KJT layout: indices, offsets or lengths, batch_size) instead of --skew; "
+        "its first half places rows, its second half measures hits")),
     chip: str = typer.Option("hybrid-rram-sram-28nm", "--chip", help="preset name or chip YAML file"),
     chips: int | None = typer.Option(None, "--chips", help="number of chips (default: the fewest that hold the model)"),
     sharding: str = typer.Option("auto", "--sharding", help="auto | table_wise | row_wise | column_wise"),
     batch: int = typer.Option(256, "--batch", help="queries per inference for the estimate and the CPU reference"),
     sample_queries: int = typer.Option(4096, "--sample-queries", help="queries in each access sample (placement, held out)"),
     host: str = typer.Option("server-cpu-2s", "--host", help="host preset for the CPU reference roofline"),
-    cpu: str = typer.Option("roofline", "--cpu", help="roofline | measured (also time plain PyTorch on this machine; the ratios then use it)"),
-    out: Path | None = typer.Option(None, "--out", help="write the result as JSON (top level: qps, qps_per_w, chips, bound_by, utilization, tiers, ...)"),
+    cpu: str = typer.Option(
+        "roofline", "--cpu", help="roofline | measured (also time plain PyTorch on this machine; the ratios then use it)"),
+    out: Path | None = typer.Option(
+        None, "--out", help="write the result as JSON (top level: qps, qps_per_w, chips, bound_by, utilization, tiers, ...)"),
 ) -> None:
     """Estimate a recommendation configuration on one or several chips: sharding, tiers, the
     binding resource, QPS and QPS/W against a CPU.
@@ -252,7 +262,8 @@ def _check_times(times: str) -> int:
     return len(labels)
 
 
-validate_app = typer.Typer(help="Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros --out results.json")
+validate_app = typer.Typer(help=(
+    "Validate the cost model against published silicon.\n\nExample: cimflow validate chips; cimflow validate macros --out results.json"))
 app.add_typer(validate_app, name="validate")
 
 
@@ -262,7 +273,8 @@ def _pct(x: float | None) -> str:
 
 @validate_app.command("macros")
 def validate_macros_cmd(
-    csv: Path | None = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
+    csv: Path | None = typer.Argument(
+        None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
     out: Path | None = typer.Option(None, "--out", help="write the summary and per-row results as JSON"),
 ) -> None:
     """Predict TOPS/W and TOPS/mm2 (1-bit normalized) of every macro from its design parameters alone.
@@ -282,8 +294,10 @@ def validate_macros_cmd(
         table.add_row(str(row["index"]), str(row.get("title", ""))[:48], fmt(row["predicted_tops_w"]), fmt(row["reported_tops_w"]),
                       fmt(row["predicted_tops_mm2"]), fmt(row["reported_tops_mm2"]))
     console.print(table)
-    console.print(f"TOPS/W: median abs error {_pct(result.median_abs_err_tops_w)}, p90 {_pct(result.p90_abs_err_tops_w)} over {result.n_scored_tops_w} rows; "
-                  f"TOPS/mm2: median {_pct(result.median_abs_err_tops_mm2)}, p90 {_pct(result.p90_abs_err_tops_mm2)} over {result.n_scored_tops_mm2} rows")
+    console.print(f"TOPS/W: median abs error {_pct(result.median_abs_err_tops_w)}, p90 {_pct(result.p90_abs_err_tops_w)} "
+                  f"over {result.n_scored_tops_w} rows; "
+                  f"TOPS/mm2: median {_pct(result.median_abs_err_tops_mm2)}, p90 {_pct(result.p90_abs_err_tops_mm2)} "
+                  f"over {result.n_scored_tops_mm2} rows")
     if out is not None:
         _write_json(out, result.to_json())
         console.print(f"wrote {out}")
@@ -291,7 +305,8 @@ def validate_macros_cmd(
 
 @validate_app.command("chips")
 def validate_chips_cmd(
-    chip: list[str] = typer.Option([], "--chip", help="only this benchmark (e.g. neurram@4b/6b) or validation preset (e.g. validation/neurram); repeatable"),
+    chip: list[str] = typer.Option(
+        [], "--chip", help="only this benchmark (e.g. neurram@4b/6b) or validation preset (e.g. validation/neurram); repeatable"),
     out: Path | None = typer.Option(None, "--out", help="write every row and the summary as JSON"),
 ) -> None:
     """Reproduce the published TOPS/W and TOPS/mm2 of CIM chips through compile + estimate.
@@ -329,10 +344,12 @@ def validate_chips_cmd(
 
 @validate_app.command("calibrate")
 def validate_calibrate_cmd(
-    csv: Path | None = typer.Argument(None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
+    csv: Path | None = typer.Argument(
+        None, help="a CSV in the schema of imc_macros.csv (default: the published-macro file shipped with cimflow)"),
     k: int = typer.Option(5, "--k", help=f"folds (grouped by paper), 2 to {MAX_FOLDS}"),
     seed: int = typer.Option(0, "--seed"),
-    save: Path | None = typer.Option(None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
+    save: Path | None = typer.Option(
+        None, "--save", help="write the fitted constants (JSON) here; the shipped ones are src/cimflow/cost/macro_constants.json"),
     out: Path | None = typer.Option(None, "--out", help="write the calibration result as JSON"),
 ) -> None:
     """Fit the macro model's constants and report k-fold cross-validated error.
@@ -346,13 +363,16 @@ def validate_calibrate_cmd(
     _check_range("--seed", seed, 0, MAX_SEED)
     _check_outputs(save=save, out=out)
     result = calibrate(csv, k=k, seed=seed)
-    table = Table(title=f"calibration on {csv.name}: {len(result.constants.values())} constants, {k}-fold CV grouped by paper (seed {seed})")
+    table = Table(
+        title=f"calibration on {csv.name}: {len(result.constants.values())} constants, {k}-fold CV grouped by paper (seed {seed})")
     table.add_column("metric")
     table.add_column("held-out median", justify="right")
     table.add_column("held-out p90", justify="right")
     table.add_column("in-sample median", justify="right")
-    table.add_row("TOPS/W", _pct(result.cv_median_abs_err_tops_w), _pct(result.cv_p90_abs_err_tops_w), _pct(result.fit_median_abs_err_tops_w))
-    table.add_row("TOPS/mm2", _pct(result.cv_median_abs_err_tops_mm2), _pct(result.cv_p90_abs_err_tops_mm2), _pct(result.fit_median_abs_err_tops_mm2))
+    table.add_row("TOPS/W", _pct(result.cv_median_abs_err_tops_w), _pct(result.cv_p90_abs_err_tops_w),
+                  _pct(result.fit_median_abs_err_tops_w))
+    table.add_row("TOPS/mm2", _pct(result.cv_median_abs_err_tops_mm2), _pct(result.cv_p90_abs_err_tops_mm2),
+                  _pct(result.fit_median_abs_err_tops_mm2))
     console.print(table)
     for name, value in result.constants.values().items():
         console.print(f"  {name} = {value:.6g}")
@@ -393,12 +413,14 @@ def run(
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
     times: str = typer.Option("1s,1d", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y; at most 1000y)"),
     batch: int = typer.Option(64, "--batch", help=f"batch for the cost estimate and the CPU comparison, 1 to {MAX_BATCH}"),
-    host_watts: float | None = typer.Option(None, "--host-watts", help="CPU power in watts, > 0 (default: RAPL when readable, else the preset)"),
+    host_watts: float | None = typer.Option(
+        None, "--host-watts", help="CPU power in watts, > 0 (default: RAPL when readable, else the preset)"),
     out: Path = typer.Option(Path("report.json"), "--out", help="JSON report"),
     html: Path | None = typer.Option(Path("report.html"), "--html", help="HTML report"),
     seed: int = typer.Option(0, "--seed"),
     workload: str = typer.Option("recsys", "--workload", help="recsys (DLRM on MovieLens) | digits (a CNN on every preset)"),
-    hwa: bool = typer.Option(False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
+    hwa: bool = typer.Option(
+        False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
     no_cache: bool = typer.Option(False, "--no-cache", help=f"train afresh, neither reading nor writing the cache; {_CACHE_HELP}"),
 ) -> None:
     """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
@@ -430,8 +452,8 @@ def run(
     movielens_100k_dir()  # MovieLens-100k comes from the recbole wheel: if it is missing, say how to install it before any work
 
     labels = tuple(t.strip() for t in times.split(",") if t.strip())
-    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html, hwa=hwa,
-                       cache=not no_cache)
+    config = RunConfig(chip=chip, instances=instances, times=labels, seed=seed, batch=batch, host_watts=host_watts, out=out, html=html,
+                       hwa=hwa, cache=not no_cache)
     run_recsys(config, console)
     console.print(f"wrote {out}" + (f" and {html}" if html else ""))
 
@@ -457,7 +479,10 @@ def train_hwa_cmd(
         task = progress.add_task(f"HWA fine-tuning the DLRM on {settings.chip}", total=1)
         _, info = hwa_movielens_dlrm(seed=seed, settings=settings, cache=True, threads=threads, retrain=retrain,
                                      progress=lambda step, steps: progress.update(task, completed=step, total=steps))
-    state = "loaded from the cache" if info.cached else f"fine-tuned in {info.seconds:.0f} s ({info.steps} steps, best step {info.best_step})"
+    if info.cached:
+        state = "loaded from the cache"
+    else:
+        state = f"fine-tuned in {info.seconds:.0f} s ({info.steps} steps, best step {info.best_step})"
     console.print(f"HWA DLRM {state}: fp32 test AUC {info.fp32_test_auc:.4f} (float model {info.base_fp32_test_auc:.4f}), "
                   f"on-chip validation AUC at {settings.validation_time} {info.validation_auc_on_chip:.4f}; {info.cache_path}")
 
@@ -469,7 +494,8 @@ def simulate_cmd(
     chip: str = typer.Option("pcm-hermes-like", "--chip", help="preset name or chip YAML file"),
     times: str = typer.Option("1s,1h,1d,1mo,1y", "--times", help="times after programming, comma-separated (1s, 1h, 1d, 1mo, 1y)"),
     instances: int = typer.Option(5, "--instances", help=f"chip instances (programming seeds), 1 to {MAX_INSTANCES}"),
-    compensation: str = typer.Option("global", "--compensation", help="drift compensation to compare with none: global | per_column | none"),
+    compensation: str = typer.Option(
+        "global", "--compensation", help="drift compensation to compare with none: global | per_column | none"),
     seed: int = typer.Option(0, "--seed", help="first instance seed"),
     out: Path | None = typer.Option(None, "--out", help="write the results as JSON"),
     html: Path | None = typer.Option(None, "--html", help="write an HTML page with a plot of the metric vs time"),
@@ -477,7 +503,7 @@ def simulate_cmd(
     """Accuracy over time after programming: the model's metric (its evaluate(), else the relative output error
     vs the float model on example_inputs()) on several chip instances, without and with drift compensation.
 
-    Example: cimflow simulate examples/mlp_model.py --chip pcm-hermes-like --times 1s,1h,1d,1mo,1y --instances 5 --compensation global --out t.json --html t.html
+    Example: cimflow simulate examples/mlp_model.py --chip pcm-hermes-like --times 1s,1d,1y --compensation global --out t.json --html t.html
     """
     from cimflow.compile.capture import load_model_file
     from cimflow.progress import progress_bar
@@ -525,17 +551,22 @@ def _model_file_function(path: Path, name: str):  # noqa: ANN202 - returns the u
                 return None
             if not callable(fn):
                 raise CimflowError(f"{path.name}: {name} must be a function {name}(model) -> float")
-
-            def call(model):  # noqa: ANN001, ANN202
-                try:
-                    return float(fn(model))
-                except CimflowError:
-                    raise
-                except Exception as error:  # noqa: BLE001 - user code
-                    raise CimflowError(f"{path.name}: {name}(model) raised {type(error).__name__}: {error}") from error
-
-            return call
+            return _user_metric(fn, path, name)
     return None
+
+
+def _user_metric(fn: Callable[[Any], Any], path: Path, name: str) -> Callable[[Any], float]:
+    """``fn`` as a metric: a float, and any error it raises as one CimflowError line."""
+
+    def call(model: Any) -> float:
+        try:
+            return float(fn(model))
+        except CimflowError:
+            raise
+        except Exception as error:  # noqa: BLE001 - user code
+            raise CimflowError(f"{path.name}: {name}(model) raised {type(error).__name__}: {error}") from error
+
+    return call
 
 
 def main(argv: list[str] | None = None) -> None:

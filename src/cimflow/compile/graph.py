@@ -34,7 +34,7 @@ __all__ = ["OpKind", "Op", "Graph", "CAPTURE_METHODS"]
 CAPTURE_METHODS = ("fx", "module_traversal", "export", "onnx")
 
 
-class OpKind(str, enum.Enum):
+class OpKind(str, enum.Enum):  # noqa: UP042 - a StrEnum would change str()/f-strings of members, which messages print
     """What kind of work an operator is, as far as placement on a CIM chip is concerned.
 
     * ``static_mvm``: activation times a fixed weight matrix (Linear, ConvNd as im2col MVM,
