@@ -44,6 +44,8 @@ REFERENCE_ROWS = 4096
 #: than that from every decision boundary therefore converts to the same code with or
 #: without noise, and its draw is skipped: same distribution of codes, far fewer draws.
 NOISE_TAIL = 6.0
+#: Reads converted per block on a CPU (a block's sums, noise and codes stay in cache).
+READ_BLOCK = 1024
 
 
 class TableSource(Protocol):
@@ -206,6 +208,9 @@ class CIMEmbeddingBag(nn.Module):
         self._read_gen = None
         self.t_seconds = self.spec.device.drift.t0_s
         self.w_scale = self.table.column_scale().to(self._device())
+        if self.spec.kind != "digital":  # slice significances and span, known before any row is read
+            targets = encode_weights(torch.zeros(1, self.embedding_dim), self.spec, 1)
+            self._significance, self._denominator = torch.tensor(targets.significance), targets.denominator
         self.pool_cache = None
         self._refresh_cache()
         self._version = self._weight_version()
@@ -469,28 +474,29 @@ class CIMEmbeddingBag(nn.Module):
         idx_s, read_starts, read_bags = self._reads(idx, bags)
         if self.collect_stats:
             self.stats["reads"] += int(read_starts.numel())
-        if self.pool_cache is not None:
-            sums = _read_sums(self.pool_cache, read_starts, idx_s)
-        else:
-            w, var = self._rows_effective(idx_s)  # (n, S, dim)
-            sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), read_starts)
-        s_count = self._significance.numel()
-        width = s_count * self.embedding_dim
-        psum, var = sums[:, :width], (sums[:, width:] if sums.shape[1] > width else None)
+        s_count, dim = self._significance.numel(), self.embedding_dim
         gain = None
         if self.output_gain is not None:  # drift compensation, ahead of the ADC (see set_compensation)
-            gain = self.output_gain.to(psum.device).reshape(-1).repeat(s_count) if self.output_gain.dim() else self.output_gain
-            psum = psum * gain
-        if var is not None:
-            sigma = var.clamp_min(0.0).sqrt()
-            if gain is not None:
-                sigma = sigma * gain.abs()
-            psum = self._add_read_noise(psum, sigma)
-        if self._calibrating:
-            self._calib_psums.append(psum.detach().abs().reshape(-1))
-        q = adc_quantize(psum, self.spec.adc.bits, self.adc_range).view(-1, s_count, self.embedding_dim)
-        per_read = torch.matmul(self._significance.to(q), q) if s_count > 1 else q[:, 0]  # (reads, dim)
-        return out.index_add_(0, read_bags, per_read * self.w_scale)
+            gain = self.output_gain.to(out.device).reshape(-1).repeat(s_count) if self.output_gain.dim() else self.output_gain
+        per_slice = torch.zeros(s_count, n_bags, dim, device=out.device)
+        n_reads, unit = read_starts.numel(), 1.0
+        # blocks of reads small enough that a block's partial sums, noise and codes stay in a
+        # CPU core's cache through every pass (one block on a GPU)
+        block = n_reads if out.device.type != "cpu" else READ_BLOCK
+        cuts = [0] + (read_starts[block::block].tolist() if n_reads > block else []) + [idx_s.numel()]
+        for k, r0 in enumerate(range(0, n_reads, block)):
+            r1 = min(r0 + block, n_reads)
+            lookups, starts = idx_s[cuts[k] : cuts[k + 1]], read_starts[r0:r1] - cuts[k]
+            if self.pool_cache is not None:
+                sums = _read_sums(self.pool_cache, starts, lookups)
+            else:
+                w, var = self._rows_effective(lookups)  # (n, S, dim)
+                sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), starts)
+            psum, var = sums[:, : s_count * dim], (sums[:, s_count * dim :] if sums.shape[1] > s_count * dim else None)
+            codes, unit = self._convert(psum, var, gain)  # (reads, S*dim); codes x unit = cell units
+            per_slice.index_add_(1, read_bags[r0:r1], codes.view(-1, s_count, dim).transpose(0, 1))
+        weights = self._significance.to(out).view(-1, 1, 1) * (self.w_scale * unit)  # slices by significance, to table units
+        return out.add_((per_slice * weights).sum(dim=0))
 
     def _reads(self, idx: torch.Tensor, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so
@@ -508,23 +514,45 @@ class CIMEmbeddingBag(nn.Module):
         read_starts = torch.nonzero(first | ((pos - group_start) % self.group_rows == 0)).squeeze(1)
         return idx[order], read_starts, bags[order][read_starts]
 
-    def _add_read_noise(self, psum: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """``psum + sigma * z`` with z standard normal truncated at :data:`NOISE_TAIL`, drawn
-        only where it could change the ADC code (every draw when calibrating, whose partial
-        sums are recorded before the ADC)."""
+    def _convert(self, psum: torch.Tensor, var: torch.Tensor | None, gain: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        """ADC codes of the reads' partial sums ``psum`` (cell units, times the compensation
+        ``gain``) with read noise of variance ``var`` (cell units squared), and the code's
+        value in cell units.
+
+        Noise is ``sigma * z`` with z standard normal truncated at :data:`NOISE_TAIL`. It is
+        drawn only where it could change the code: a sum whose distance to every decision
+        boundary exceeds the noise's reach converts to the same code whatever the draw, so
+        the codes have the distribution of drawing everywhere. (When calibrating, the noisy
+        sums themselves are recorded, so every sum gets its draw.)"""
+        bits, full = self.spec.adc.bits, self.adc_range
         if self._read_gen is None or self._read_gen.device != psum.device:
             self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
-        if self._calibrating:
-            z = torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
-            return psum + z.clamp_(-NOISE_TAIL, NOISE_TAIL) * sigma
-        bits, full = self.spec.adc.bits, self.adc_range
-        reach = NOISE_TAIL * sigma
-        near = adc_quantize(psum - reach, bits, full) != adc_quantize(psum + reach, bits, full)
+        if var is None or bits <= 1 or self._calibrating:
+            if gain is not None:
+                psum = psum * gain
+            if var is not None:
+                sigma = var.clamp_min(0.0).sqrt() if gain is None else var.clamp_min(0.0).sqrt() * gain.abs()
+                z = torch.randn(psum.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
+                psum = psum + z.clamp_(-NOISE_TAIL, NOISE_TAIL) * sigma
+            if self._calibrating:
+                self._calib_psums.append(psum.detach().abs().reshape(-1))
+            return adc_quantize(psum, bits, full), 1.0
+        steps = (1 << (bits - 1)) - 1
+        k = steps / full  # ADC steps per cell
+        x = psum * (k if gain is None else gain * k)  # in ADC steps
+        reach = var.sqrt().mul_(k * NOISE_TAIL)  # the farthest the noise can move x (var >= 0: a sum of variances)
+        if gain is not None:
+            reach = reach.mul_(gain.abs())
+        codes = x.round()
+        # a draw can change the code only where a rounding boundary (an odd multiple of half
+        # a step) lies within reach; clamping afterwards commutes with rounding
+        near = torch.sub(x, codes).abs_().add_(reach) >= 0.5
         where = torch.nonzero(near.view(-1)).squeeze(1)
         if where.numel():
-            z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
-            psum = psum.reshape(-1).index_add(0, where, z.clamp_(-NOISE_TAIL, NOISE_TAIL) * sigma.reshape(-1)[where]).view(psum.shape)
-        return psum
+            z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
+            codes.view(-1)[where] = x.view(-1)[where].addcmul_(z, reach.view(-1)[where], value=1.0 / NOISE_TAIL).round_()
+        codes = codes.clamp_(-steps, steps)
+        return codes, 1.0 / k
 
     @property
     def adc_range(self) -> float:
