@@ -56,7 +56,8 @@ def workloads() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
     torch.manual_seed(0)
     return [
         ("Linear 512x512, batch 1024", nn.Sequential(nn.Linear(512, 512)), torch.randn(1024, 512), 1.3),
-        ("MLP 784-256-128-10, batch 256", nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)), torch.randn(256, 784), 2.0),
+        ("MLP 784-256-128-10, batch 256",
+         nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10)), torch.randn(256, 784), 2.0),
         ("LeNet-5, 1x28x28, batch 256", lenet5(), torch.randn(256, 1, 28, 28), 3.0),
     ]
 
@@ -142,16 +143,18 @@ def main() -> None:
     for threads in threads_list:
         torch.set_num_threads(threads)
         print(f"\ntorch threads {threads}")
-        print(f"{'workload':32s} {'variant':9s} {'plain ms':>9s} {'cim ms':>9s} {'ratio min-med-max':>20s} {'target':>7s}  load before -> after")
+        print(f"{'workload':32s} {'variant':9s} {'plain ms':>9s} {'cim ms':>9s} {'ratio min-med-max':>20s} {'target':>7s}  "
+              "load before -> after")
         for label, model, x, target in workloads():
             before = load()
             times = bench_workload(label, model, x, chip, variants, args.repeats)
             after = load()
             plain = statistics.median(times["plain"])
             for name in variants:
-                ratios = sorted(t / p for t, p in zip(times[name], times["plain"]))
+                ratios = sorted(t / p for t, p in zip(times[name], times["plain"], strict=True))
                 spread = f"{ratios[0]:.2f}-{statistics.median(ratios):.2f}-{ratios[-1]:.2f}x"
-                print(f"{label:32s} {name:9s} {plain * 1e3:9.2f} {statistics.median(times[name]) * 1e3:9.2f} {spread:>20s} {target:6.1f}x  {before} -> {after}")
+                print(f"{label:32s} {name:9s} {plain * 1e3:9.2f} {statistics.median(times[name]) * 1e3:9.2f} {spread:>20s} "
+                      f"{target:6.1f}x  {before} -> {after}")
 
 
 if __name__ == "__main__":

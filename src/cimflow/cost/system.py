@@ -44,8 +44,9 @@ assumption for 28 nm logic and SRAM at operating temperature).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from cimflow.chip.spec import Chip, Link
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, Plan
@@ -211,7 +212,8 @@ def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], c
                                   f"{host_link.name or 'host link'}: {t.host_in_bytes:.0f} B in, {t.host_out_bytes:.0f} B out per query"))
         if chip_link is not None:
             resources.append(Resource(f"chip link{tag}", chip_link.bandwidth_bytes_per_s, max(t.link_in_bytes, t.link_out_bytes), "B",
-                                      f"{chip_link.name or 'chip link'}: {t.link_in_bytes:.0f} B in, {t.link_out_bytes:.0f} B out per query"))
+                                      f"{chip_link.name or 'chip link'}: {t.link_in_bytes:.0f} B in, "
+                                      f"{t.link_out_bytes:.0f} B out per query"))
     if chip.interconnect.bandwidth_bytes_per_s:
         resources.append(Resource("on-chip interconnect", chip.interconnect.bandwidth_bytes_per_s * n,
                                   plan.placement.traffic_bytes / batch, "B", "activations between cores"))
