@@ -476,7 +476,10 @@ class CrossbarEngine(torch.nn.Module):
         steps_in = float((1 << (self.spec.input_encoding.bits - 1)) - 1) if self.spec.input_encoding.bits > 1 else 1.0
         scale_x = self._input_scale(x)
         if self.spec.input_encoding.bits > 1:
-            xi = (x * (steps_in / scale_x)).clamp_(-steps_in, steps_in).round_()  # DAC codes
+            xi = x * (steps_in / scale_x)
+            if self.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
+                xi.clamp_(-steps_in, steps_in)
+            xi.round_()  # DAC codes
         else:
             xi = torch.sign(x)
         if self.collect_stats:
@@ -562,7 +565,7 @@ class CrossbarEngine(torch.nn.Module):
         per_out = (self.w_scale / steps_in).view(1, -1, 1)
         if not self.is_digital:
             if self.read_var is not None:
-                sq = xi * xi
+                sq = xi.square_()  # the codes are not needed after the signal matmul
                 var = torch.matmul(self.read_var[0, 0].t(), sq) if self.read_var.shape[2] > 1 else sq.sum(1, keepdim=True) * self.read_var[0, 0, 0].view(1, -1, 1)
                 if self._read_gen is None or self._read_gen.device != acc.device:
                     self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
