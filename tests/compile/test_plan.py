@@ -123,6 +123,27 @@ def test_plan_json_round_trip(tmp_path):
         Plan.from_json("not json")
 
 
+def test_a_plan_file_with_an_array_op_but_no_array_kind_or_tiles_is_refused():
+    plan = cimflow.compile(nn.Sequential(nn.Linear(8, 4)), "hybrid-rram-sram-28nm", torch.randn(1, 8))
+    assert [o.placed_kind() for o in plan.array_ops()] == [o.array_kind for o in plan.array_ops()]
+    for key in ("array_kind", "tiles"):
+        data = plan.to_dict()
+        array_op = next(o for o in data["ops"] if o["substrate"] == ARRAY)
+        array_op[key] = None
+        with pytest.raises(CompileError, match="on arrays but names no array_kind or tiles"):
+            Plan.from_dict(data)
+    host_op = next(o for o in plan.ops if o.substrate != ARRAY)
+    with pytest.raises(CompileError, match="is not on an array"):
+        host_op.placed_kind()
+
+
+def test_graph_json_must_be_an_object():
+    from cimflow.compile.graph import Graph
+
+    with pytest.raises(CompileError, match="must be an object"):
+        Graph.from_json("[1, 2]")
+
+
 def test_simulate_plan_equals_convert_on_same_seed():
     chip = chip_with("ideal", **{"arrays.analog.device.programming_noise": {"coefficients": [0.03]},
                                  "arrays.analog.device.read_noise": 0.01, "arrays.analog.adc.bits": 7})

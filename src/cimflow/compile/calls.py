@@ -172,7 +172,7 @@ class _Emitter:
         """Append one op built from ``call`` (fields given here override the call's)."""
         activation = call.activation_refs()
         if inputs is None:
-            inputs = list(dict.fromkeys(ref.op for ref in activation))
+            inputs = list(dict.fromkeys(ref.op for ref in activation if ref.op is not None))
             input_shapes = [list(ref.tensor.shape) if ref.tensor else None for ref in activation]
         else:  # composite parts: shapes of the ops they read
             shapes = [self.by_name[n].output_shape if n in self.by_name else None for n in inputs]

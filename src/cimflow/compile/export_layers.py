@@ -68,7 +68,8 @@ def _build_layer(node: fx.Node, root: nn.Module, path: str, type_name: str) -> n
         if not isinstance(groups, int) or not all(
                 isinstance(v, (int, list, tuple)) for v in (stride, padding, dilation)):
             return None
-        layer = _CONV_TYPES[spatial](weight.shape[1] * groups, weight.shape[0],
+        conv: Any = _CONV_TYPES[spatial]  # stride/padding/dilation: ints or lists, checked above
+        layer = conv(weight.shape[1] * groups, weight.shape[0],
                                      tuple(weight.shape[2:]), stride=stride, padding=padding,
                                      dilation=dilation, groups=groups, bias=bias is not None,
                                      device="meta")

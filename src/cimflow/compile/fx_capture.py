@@ -86,7 +86,7 @@ def _fx_call(node: fx.Node, refs: dict[fx.Node, _Ref], root: nn.Module) -> _Call
         extra["module_class"] = module_type if isinstance(module_type, str) else getattr(
             module_type, "__name__", str(module_type))
     style = {"call_module": "module", "call_function": "function", "call_method": "method"}[node.op]
-    module = root.get_submodule(node.target) if style == "module" else None
+    module = root.get_submodule(str(node.target)) if style == "module" else None
     if style == "module":
         name = str(node.target)
     return _Call(style, node.target, module, tuple(args), dict(kwargs),
@@ -102,9 +102,10 @@ def _build_from_fx(root: nn.Module, graph: fx.Graph, method: str, warnings_out: 
     for node in graph.nodes:
         value = node.meta.get("cimflow_value")
         if node.op == "placeholder":
+            first = _first_tensor(value)
             op = Op(name=em.unique(node.name), kind=OpKind.INPUT, target=str(node.target),
-                    op_type="input", output_shape=_first_tensor(value).shape if _first_tensor(value) else None,
-                    output_dtype=_first_tensor(value).dtype if _first_tensor(value) else "",
+                    op_type="input", output_shape=first.shape if first else None,
+                    output_dtype=first.dtype if first else "",
                     source_location=node.meta.get("cimflow_source", ""))
             em.ops.append(op)
             inputs.append(op.name)
@@ -114,10 +115,12 @@ def _build_from_fx(root: nn.Module, graph: fx.Graph, method: str, warnings_out: 
             refs[node] = _Ref(None, (str(node.target),), value)
             continue
         if node.op == "output":
-            activation = [ref.op for ref in _iter_refs(fx.node.map_aggregate(
-                node.args, lambda n: refs.get(n) if isinstance(n, fx.Node) else n)) if ref and ref.op]
+            def to_ref(n: Any) -> Any:
+                return refs.get(n) if isinstance(n, fx.Node) else n
+
+            output_ops = [ref.op for ref in _iter_refs(fx.node.map_aggregate(node.args, to_ref)) if ref and ref.op]
             op = Op(name=em.unique("output"), kind=OpKind.OUTPUT, target="output",
-                    op_type="output", inputs=list(dict.fromkeys(activation)))
+                    op_type="output", inputs=list(dict.fromkeys(output_ops)))
             em.ops.append(op)
             outputs.append(op.name)
             continue

@@ -299,6 +299,8 @@ class Graph:
                 raise CompileError(f"graph JSON is malformed: {error}") from error
             except RecursionError:
                 raise CompileError("graph JSON nests too deeply to be a graph") from None
+        if not isinstance(data, dict):
+            raise CompileError(f"graph JSON must be an object (as Graph.to_dict writes it), not {type(data).__name__}")
         return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:

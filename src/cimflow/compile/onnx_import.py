@@ -396,7 +396,7 @@ class _Converter:
         bias = self.const(inputs[2]) if len(inputs) > 2 and inputs[2] else None
         if len(inputs) > 2 and inputs[2] and bias is None:
             raise self._unsupported(label, "Conv with a bias that is not an initializer")
-        cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial - 1]
+        cls: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial - 1]  # one of three signatures, chosen at run time
         layer = cls(
             in_channels=int(weight.shape[1]) * groups,
             out_channels=int(weight.shape[0]),
@@ -522,7 +522,7 @@ class _Converter:
             raise self._unsupported(label, f"AveragePool with {spatial} spatial dimensions")
         if torch_pad is not None:
             raise self._unsupported(label, "AveragePool with asymmetric pads")
-        cls = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[spatial - 1]
+        cls: Any = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[spatial - 1]  # one of three signatures, chosen at run time
         kernel = tuple(int(k) for k in attrs["kernel_shape"])
         layer = cls(kernel, stride=tuple(attrs.get("strides", [1] * spatial)), padding=tuple(padding),
                     ceil_mode=bool(attrs.get("ceil_mode", 0)),
@@ -539,16 +539,18 @@ class _Converter:
     def _op_BatchNormalization(self, node: Any, inputs: list[str], attrs: dict[str, Any], name: str, label: str) -> fx.Node:
         if len([out for out in node.output if out]) > 1:
             raise self._unsupported(label, "BatchNormalization in training mode (extra outputs)")
-        stats = [self.const(item) for item in inputs[1:5]]
-        if any(stat is None for stat in stats):
+        scale, bias, mean, var = (self.const(item) for item in inputs[1:5])
+        if scale is None or bias is None or mean is None or var is None:
             raise self._unsupported(label, "BatchNormalization with non-initializer statistics")
-        scale, bias, mean, var = stats
         rank = self.rank(inputs[0], 4) or 4
         cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}.get(rank)
         if cls is None:
             raise self._unsupported(label, f"BatchNormalization on a rank-{rank} tensor")
         layer = cls(int(scale.numel()), eps=float(attrs.get("epsilon", 1e-5)),
                     momentum=1.0 - float(attrs.get("momentum", 0.9)))
+        # affine and tracking running statistics, the defaults
+        assert layer.weight is not None and layer.bias is not None
+        assert layer.running_mean is not None and layer.running_var is not None
         with torch.no_grad():
             layer.weight.copy_(scale.to(torch.float32))
             layer.bias.copy_(bias.to(torch.float32))

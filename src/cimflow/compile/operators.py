@@ -174,4 +174,4 @@ def _target_label(style: str, target: Any) -> str:
     module = getattr(target, "__module__", None) or ""
     qualname = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
     module = "operator" if module == "_operator" else module
-    return f"{module}.{qualname}" if module else qualname
+    return f"{module}.{qualname}" if module else str(qualname)

@@ -90,7 +90,7 @@ def assign_substrates(graph: Graph, chip: Chip, rules: Mapping[Any, Any] | None 
         else:
             plan.reason = kind.value
         if plan.substrate == ARRAY:
-            spec = chip.array(plan.array_kind)
+            spec = chip.array(plan.placed_kind())
             if not op.weight_shape or len(op.weight_shape) != 2:
                 raise CompileError(f"op {op.name!r} is placed on arrays but has no 2-D weight shape")
             rows = int(op.weight_shape[0])
@@ -112,7 +112,7 @@ def check_capacity(plans: list[OpPlan], chip: Chip, reserved: Mapping[str, int] 
     need: dict[str, int] = {}
     for p in plans:
         if p.substrate == ARRAY:
-            need[p.array_kind] = need.get(p.array_kind, 0) + p.arrays * p.replication
+            need[p.placed_kind()] = need.get(p.placed_kind(), 0) + p.arrays * p.replication
     over = []
     for kind, n in need.items():
         have = chip.arrays_on_chip(kind) - int(reserved.get(kind, 0))
@@ -123,7 +123,7 @@ def check_capacity(plans: list[OpPlan], chip: Chip, reserved: Mapping[str, int] 
                 f"{n} arrays of kind {kind!r} ({a.rows}x{a.cols}) are needed but the chip has {have} "
                 f"({chip.cores.count} cores x {chip.cores.arrays.get(kind, 0)}"
                 + (f", less {reserved[kind]} reserved" if reserved.get(kind) else "") + f"); the largest op is {biggest.name!r} "
-                f"with {biggest.arrays} arrays ({biggest.weight_shape[0]}x{biggest.weight_shape[1]} weights)"
+                f"with {biggest.arrays} arrays ({'x'.join(str(d) for d in biggest.weight_shape or ())} weights)"
             )
     if over:
         raise CompileError(
@@ -155,6 +155,7 @@ def mvm_time_s(spec: ArraySpec, tiles, clock_hz: float) -> float:
         return pulses * cycle
     rows_in_tile = min(spec.rows, tiles.in_features)
     groups = math.ceil(rows_in_tile / tiles.group_rows)
+    assert spec.adc is not None  # an analog array validates only with an ADC
     conv = spec.adc.conversion.latency_s or cycle
     step = spec.read.read_pulse_s + spec.adc.columns_per_adc * conv
     return pulses * groups * step
@@ -174,6 +175,7 @@ def lookup_time_s(spec: ArraySpec, tiles, bags: int, lookups: int, clock_hz: flo
     cycle = 1.0 / clock_hz
     if spec.kind == "digital":
         return reads * cycle / max(tiles.arrays, 1)
+    assert spec.adc is not None  # an analog array validates only with an ADC
     conv = spec.adc.conversion.latency_s or cycle
     # a read digitizes only its segment's columns: each ADC converts at most columns_per_adc of them
     physical_cols = tiles.used_columns * spec.cells_per_weight
@@ -188,7 +190,7 @@ def replicate_bottlenecks(plans: list[OpPlan], chip: Chip, need: dict[str, int],
     ``reserved`` per kind are not spare."""
     reserved = reserved or {}
     spare = {k: chip.arrays_on_chip(k) - need.get(k, 0) - int(reserved.get(k, 0)) for k in chip.arrays}
-    heap = []
+    heap: list[tuple[float, int]] = []
     for i, p in enumerate(plans):
         if p.substrate == ARRAY and p.mvm_count > 1:
             heapq.heappush(heap, (-p.latency_s, i))
@@ -196,9 +198,10 @@ def replicate_bottlenecks(plans: list[OpPlan], chip: Chip, need: dict[str, int],
     while heap and steps < max_steps:
         _, i = heapq.heappop(heap)
         p = plans[i]
-        if p.arrays > spare[p.array_kind] or p.replication >= p.mvm_count:
+        kind = p.placed_kind()
+        if p.arrays > spare[kind] or p.replication >= p.mvm_count:
             continue  # this op cannot grow; the next slowest may
-        spare[p.array_kind] -= p.arrays
+        spare[kind] -= p.arrays
         p.replication += 1
         per = p.latency_s * (p.replication - 1) / p.replication
         p.latency_s = per

@@ -76,7 +76,21 @@ class OpPlan:
             data["weight_shape"] = tuple(data["weight_shape"])
         if data.get("substrate") not in SUBSTRATES:
             raise CompileError(f"op {data.get('name')!r}: substrate {data.get('substrate')!r} is not one of {SUBSTRATES}")
+        if data["substrate"] == ARRAY and (data.get("array_kind") is None or data.get("tiles") is None):
+            raise CompileError(f"op {data.get('name')!r} is on arrays but names no array_kind or tiles; compile the model again")
         return cls(**data)
+
+    def placed_kind(self) -> str:
+        """``array_kind`` of an op on arrays (every such op has one)."""
+        if self.array_kind is None:
+            raise CompileError(f"op {self.name!r} is not on an array (substrate {self.substrate!r})")
+        return self.array_kind
+
+    def tile_grid(self) -> TileGrid:
+        """``tiles`` of an op on arrays (every such op has them)."""
+        if self.tiles is None:
+            raise CompileError(f"op {self.name!r} has no tiling (substrate {self.substrate!r})")
+        return self.tiles
 
 
 @dataclass
@@ -153,12 +167,12 @@ class Plan:
         """Arrays used per array kind (copies included)."""
         used: dict[str, int] = {}
         for o in self.array_ops():
-            used[o.array_kind] = used.get(o.array_kind, 0) + o.arrays * o.replication
+            used[o.placed_kind()] = used.get(o.placed_kind(), 0) + o.arrays * o.replication
         return used
 
     def module_targets(self) -> dict[str, str]:
         """Module name -> array kind for every module-backed op placed on arrays."""
-        return {o.module: o.array_kind for o in self.array_ops() if o.module}
+        return {o.module: o.placed_kind() for o in self.array_ops() if o.module}
 
     def totals(self) -> dict[str, Any]:
         by_sub: dict[str, int] = {}

@@ -16,7 +16,7 @@ def time_ops(plans: list[OpPlan], graph: Graph, chip: Chip) -> None:
     unit = chip.digital_unit
     for p, op in zip(plans, graph.ops, strict=True):  # one plan per op
         if p.substrate == ARRAY:
-            spec = chip.arrays[p.array_kind]
+            spec = chip.arrays[p.placed_kind()]
             if op.op_type in EMBEDDING_TYPES:
                 lookups = op.macs // max(int(op.weight_shape[1]), 1) if op.weight_shape else op.mvm_count
                 p.latency_s = lookup_time_s(spec, p.tiles, op.mvm_count, lookups, clock) / p.replication
@@ -56,19 +56,20 @@ def place(plans: list[OpPlan], graph: Graph, chip: Chip) -> Placement:
     for p in plans:
         if p.substrate != ARRAY:
             continue
-        per_core = chip.cores.arrays[p.array_kind]
+        kind = p.placed_kind()
+        per_core = chip.cores.arrays[kind]
         left = p.arrays * p.replication
         cores = []
-        while left > 0 and cursor[p.array_kind] < chip.cores.count:
-            core = cursor[p.array_kind]
-            free = per_core - usage[core][p.array_kind]
+        while left > 0 and cursor[kind] < chip.cores.count:
+            core = cursor[kind]
+            free = per_core - usage[core][kind]
             take = min(free, left)
             if take > 0:
-                usage[core][p.array_kind] += take
+                usage[core][kind] += take
                 cores.append(core)
                 left -= take
-            if usage[core][p.array_kind] >= per_core:
-                cursor[p.array_kind] += 1
+            if usage[core][kind] >= per_core:
+                cursor[kind] += 1
         p.cores = cores
     # traffic: each array op receives its input vectors from its nearest array-op ancestors
     by_name = {p.name: p for p in plans}
@@ -94,8 +95,8 @@ def place(plans: list[OpPlan], graph: Graph, chip: Chip) -> Placement:
     for p in plans:
         if p.substrate != ARRAY or not p.cores:
             continue
-        spec = chip.arrays[p.array_kind]
-        vector_bytes = p.tiles.in_features * max(spec.input_encoding.bits, 1) / 8.0
+        spec = chip.arrays[p.placed_kind()]
+        vector_bytes = p.tile_grid().in_features * max(spec.input_encoding.bits, 1) / 8.0
         sources = array_sources(p.name, set())
         if not sources:
             continue
@@ -119,7 +120,7 @@ def schedule(plans: list[OpPlan], graph: Graph, mode: str = "pipelined") -> Sche
                 best, arg = finish[src], src
         finish[op.name] = best + lat.get(op.name, 0.0)
         prev[op.name] = arg
-    end = max(finish, key=finish.get) if finish else None
+    end = max(finish, key=lambda name: finish[name]) if finish else None
     path = []
     while end is not None:
         path.append(end)

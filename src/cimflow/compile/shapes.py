@@ -90,7 +90,8 @@ def _swapped_state(model: nn.Module, swap: dict[int, torch.Tensor]) -> Iterator[
     try:
         if swap:
             for module in model.modules():
-                for store in (module._parameters, module._buffers):
+                stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+                for store in stores:
                     for key, value in list(store.items()):
                         if value is not None and id(value) in swap:
                             saved.append((store, key, value))
