@@ -542,6 +542,8 @@ class CrossbarEngine(torch.nn.Module):
     @torch.no_grad()
     def read_columns(self, cols: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """Inference on im2col columns without transposing them: ``cols`` (N, in, L) -> (N, out, L).
+        ``cols`` may also be the patches as a strided view (N, C, kh, kw, Ho, Wo)
+        (:func:`cimflow.sim.layers.patch_view`): quantizing it writes the columns once.
 
         ``scale`` (N, 1, L) is each patch's absolute maximum (the per-vector input range; a
         convolution gets it from a max-pool over the input, far cheaper than from the columns),
@@ -549,15 +551,20 @@ class CrossbarEngine(torch.nn.Module):
         laid out channel-first so the result is already a feature map.
         """
         per_patch = scale is not None  # each patch's own maximum: its codes are within range
+        n = cols.shape[0]
+        length = cols.shape[-1] if cols.dim() == 3 else cols.shape[-2] * cols.shape[-1]
         if scale is None:
             scale = self._input_scale(cols).reshape(1, 1, 1)
+        per_element = scale.view(n, 1, 1, 1, cols.shape[-2], cols.shape[-1]) if per_patch and cols.dim() == 6 else scale
         enc = self.spec.input_encoding
         steps_in = float((1 << (enc.bits - 1)) - 1) if enc.bits > 1 else 1.0
+        xi = torch.empty(cols.shape, dtype=cols.dtype, device=cols.device)  # the columns, written once
         if enc.bits > 1:
-            xi = cols * (steps_in / scale)
-            xi = (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
+            torch.mul(cols, steps_in / per_element, out=xi)
+            (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
         else:
-            xi = torch.sign(cols)
+            torch.sign(cols, out=xi)
+        xi = xi.view(n, -1, length)
         w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
         if xi.shape[1] != w.shape[0]:
             xi = torch.nn.functional.pad(xi, (0, 0, 0, w.shape[0] - xi.shape[1]))

@@ -25,6 +25,15 @@ def patch_max(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     return a
 
 
+def patch_view(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+    """The convolution patches of ``x`` (N, C, H, W) as a strided view (N, C, kh, kw, Ho, Wo),
+    no copy; ``.reshape(N, C*kh*kw, Ho*Wo)`` of it is ``F.unfold(x, kernel, dilation, 0,
+    stride)``. Quantizing the view writes the columns once (unfold, then quantize, twice)."""
+    for dim, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
+        x = x.unfold(dim, d * (k - 1) + 1, s)[..., ::d]
+    return x.permute(0, 1, 4, 5, 2, 3)
+
+
 class CIMLayer(nn.Module):
     """Common part of the CIM layers: the engine, programming and drift."""
 
@@ -116,22 +125,23 @@ class CIMConv(CIMLayer):
         if any(self._pad):
             x = F.pad(x, self._pad, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
         n, _, h, w = x.shape
-        cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
         ho = (h - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
         wo = (w - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
         self._sync_programming()
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if not needs_grad and self.engine.can_read_columns():
-            # inference: keep the columns channel-first; each patch's range from a max-pool
+            # inference: the patches as a view (quantized straight into channel-first columns);
+            # each patch's range from a separable max
             scale = None
             if not self.engine.has_fixed_input_range():
                 scale = patch_max(x.detach().abs().amax(dim=1, keepdim=True), k, stride, dilation)
                 scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
-            y = self.engine.read_columns(cols, scale)
+            y = self.engine.read_columns(patch_view(x, k, stride, dilation), scale)
             if self.bias is not None:
                 y = y + self.bias.view(1, -1, 1)
             y = y.reshape(n, self.out_channels, ho, wo)
             return y.squeeze(-2) if squeeze else y
+        cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
         y = self.mvm(cols.transpose(1, 2).reshape(-1, cols.shape[1]))
         if self.bias is not None:
             y = y + self.bias
