@@ -412,13 +412,15 @@ class CIMEmbeddingBag(nn.Module):
         if offsets is None:
             raise DataError(f"embedding bag {self.layer_name!r}: a 1-D input needs offsets")
         offsets = offsets.to(torch.int64)
-        if offsets.numel() == 0 or int(offsets[0]) != 0 or bool((offsets[1:] < offsets[:-1]).any()) or int(offsets[-1]) > input.numel():
+        checks = [] if offsets.numel() == 0 else torch.stack([offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)]).tolist()
+        if not checks or checks[0] != 0 or checks[2] or checks[1] > input.numel():  # one host sync
             raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the {input.numel()} indices")
         ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
         n_bags = ends.numel() - 1
-        bags = torch.searchsorted(ends[1:], torch.arange(int(ends[-1]), device=input.device), right=True)
+        used = checks[1] if self.include_last_offset else input.numel()
+        bags = torch.searchsorted(ends[1:], torch.arange(used, device=input.device), right=True)
         self._out_shape = (n_bags,)
-        return input[: int(ends[-1])], bags, n_bags
+        return input[:used], bags, n_bags
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None, per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         if self.seed is None:
@@ -431,8 +433,9 @@ class CIMEmbeddingBag(nn.Module):
             if t != self.t_seconds:
                 self.set_time(t)
         idx, bags, n_bags = self._flatten(input, offsets)
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
-            bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
+        lowest, highest = torch.stack(list(torch.aminmax(idx))).tolist() if idx.numel() else (0, 0)  # one host sync
+        if lowest < 0 or highest >= self.num_embeddings:
+            bad = lowest if lowest < 0 else highest
             raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows (0..{self.num_embeddings - 1})")
         if self.padding_idx is not None:
             keep = idx != self.padding_idx
