@@ -3,6 +3,7 @@ code on this machine (the RecSys CPU baseline, the cost model's measured host mo
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ class RaplMeter:
 
     _PACKAGE = re.compile(r"intel-rapl:\d+$")
 
-    def __init__(self, root: str | Path = "/sys/class/powercap") -> None:
+    def __init__(self, root: str | os.PathLike[str] = "/sys/class/powercap") -> None:
         self.root = Path(root)
         try:
             self.zones = sorted(p for p in self.root.glob("intel-rapl:*") if self._PACKAGE.fullmatch(p.name))

@@ -190,6 +190,7 @@ def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, wei
     conduction, line = cell_read_energy_j(spec, supply, fill) if analog else (0.0, 0.0)
     e_conv, conv_src = 0.0, "none"
     if analog:
+        assert spec.adc is not None  # an analog array validates only with an ADC
         e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, options.adc_fom_j_per_step)
     e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
     enc = spec.weight_encoding
@@ -298,7 +299,7 @@ class _Activity:
 
 def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity) -> tuple[dict[str, float], dict[str, float]]:
     """Energy by component and event counts of one array op (see the module docstring)."""
-    t = o.tiles
+    t = o.tile_grid()
     m, p = float(o.mvm_count), float(kc.pulses)
     n_in, n_out, c = t.in_features, t.out_features, t.col_tiles
     e = zero_components()
@@ -311,7 +312,7 @@ def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity
         reads = m * p * act.reads * c
         cell_reads = m * p * act.rows * used_cols
         conversions = m * p * act.reads * n_out * kc.slices
-        acc_bits = accumulator_bits(ctx.chip.arrays[o.array_kind], kc.slices, _total_groups(t))
+        acc_bits = accumulator_bits(ctx.chip.arrays[o.placed_kind()], kc.slices, _total_groups(t))
         e_add = add_energy_j(acc_bits, ctx.node_m, ctx.supply_v)
         e["cells_lines"] = cell_reads * (kc.e_cell_conduction + kc.e_cell_line)
         e["adc"] = conversions * kc.e_conversion
@@ -367,7 +368,7 @@ def _is_lookup(o: OpPlan, op: Op) -> bool:
 
 
 def _fixed_activity(o: OpPlan, op: Op, options: CostOptions) -> _Activity:
-    t = o.tiles
+    t = o.tile_grid()
     if _is_lookup(o, op):
         k = float(op.attributes.get("lookups", 0) or o.mvm_count) / max(o.mvm_count, 1)
         return _Activity(reads=expected_lookup_reads(k, t.row_tiles, t.group_rows), rows=k)
@@ -384,7 +385,7 @@ def _measured_activity(o: OpPlan, op: Op, s: Mapping[str, Any], name: str) -> _A
     ``reads``, ``hot_lookups``, optional ``dram_lookups``), whose reads are counted per
     column tile and pulse.
     """
-    t = o.tiles
+    t = o.tile_grid()
     if "bags" in s and "lookups" in s:
         bags = float(s["bags"])
         if bags <= 0:
@@ -408,8 +409,8 @@ def _measured_activity(o: OpPlan, op: Op, s: Mapping[str, Any], name: str) -> _A
 
 
 def _activity_dict(act: _Activity, o: OpPlan, prefix: str) -> dict[str, float]:
-    groups = _total_groups(o.tiles)
-    d = {f"{prefix}row_activity": act.rows / o.tiles.in_features,
+    groups = _total_groups(o.tile_grid())
+    d = {f"{prefix}row_activity": act.rows / o.tile_grid().in_features,
          f"{prefix}skipped_reads": 1.0 - act.reads / groups if groups else 0.0}
     if act.sram_lookups or act.dram_lookups:
         d.update({f"{prefix}sram_lookups_per_vector": act.sram_lookups, f"{prefix}dram_lookups_per_vector": act.dram_lookups})
@@ -417,7 +418,7 @@ def _activity_dict(act: _Activity, o: OpPlan, prefix: str) -> dict[str, float]:
 
 
 def _cost_array_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, Any] | None) -> OpCost:
-    kc = ctx.kinds[o.array_kind]
+    kc = ctx.kinds[o.placed_kind()]
     fixed_act = _fixed_activity(o, op, ctx.options)
     fixed, events = _array_energy(o, op, kc, ctx, fixed_act)
     activity = _activity_dict(fixed_act, o, "fixed_")
@@ -427,7 +428,8 @@ def _cost_array_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, A
         if act is not None:
             kc_dd = kc
             if "weight_fill" in layer_stats and kc.analog:
-                kc_dd = kind_costs(ctx.chip.arrays[o.array_kind], o.array_kind, ctx.chip, ctx.options, float(layer_stats["weight_fill"]))
+                kc_dd = kind_costs(ctx.chip.arrays[o.placed_kind()], o.placed_kind(), ctx.chip, ctx.options,
+                                   float(layer_stats["weight_fill"]))
             energy, events = _array_energy(o, op, kc_dd, ctx, act)
             activity.update(_activity_dict(act, o, ""))
             dd = True

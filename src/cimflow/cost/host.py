@@ -181,7 +181,7 @@ def host_from_chip(block: Host) -> HostSpec:
     def scaled(value: float | None, factor: float) -> float | None:
         return None if value is None else value * factor
 
-    overrides = {
+    overrides: dict[str, Any] = {
         "kind": block.kind,
         "peak_flops": scaled(block.peak_gflops, 1e9),
         "memory_bandwidth_bytes_per_s": scaled(block.memory_bandwidth_gb_per_s, 1e9),
@@ -192,13 +192,13 @@ def host_from_chip(block: Host) -> HostSpec:
         "op_overhead_s": scaled(block.op_overhead_us, 1e-6),
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    labels = {key: value for key, value in (("name", block.name), ("source", block.source)) if value is not None}
+    labels: dict[str, Any] = {key: value for key, value in (("name", block.name), ("source", block.source)) if value is not None}
     if block.preset is not None:
         base = resolve_host(block.preset)
         if overrides and "name" not in labels:
             labels["name"] = f"{base.name} (modified by the chip)"
         return replace(base, **overrides, **labels)
-    defaults = {"kind": "cpu", "description": "the chip's host", "cores": 1,
+    defaults: dict[str, Any] = {"kind": "cpu", "description": "the chip's host", "cores": 1,
                 "memory_energy_per_bit_j": DDR_ENERGY_PER_BIT_J, "row_activation_j": ROW_ACTIVATION_J}
     return HostSpec(**{**defaults, **overrides, **labels})
 

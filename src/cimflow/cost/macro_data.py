@@ -296,14 +296,14 @@ def read_macro_csv(
     rows: list[MacroRow] = []
     for number, record in enumerate(records, start=1):
         # cells beyond the header are ignored; a short row's missing cells read as empty
-        cells = {name: (record[i] if i < len(record) else "") for i, name in enumerate(header) if name}
-        index = cells.get("Index", "").strip() or f"row{number}"
-        title = cells.get("Paper Title", "").strip()
-        design_cells = {column: cells[column] for column in DESIGN_COLUMNS if column in cells}
+        named = {name: (record[i] if i < len(record) else "") for i, name in enumerate(header) if name}
+        index = named.get("Index", "").strip() or f"row{number}"
+        title = named.get("Paper Title", "").strip()
+        design_cells = {column: named[column] for column in DESIGN_COLUMNS if column in named}
         design = _design_from_cells(design_cells)
         missing = tuple(missing_for_tops_w(design))
         reported_tops_w, reported_tops_mm2 = _reported_from_cells(
-            {column: cells.get(column, "") for column in ("TOPS/W", "TOPS/mm2")}
+            {column: named.get(column, "") for column in ("TOPS/W", "TOPS/mm2")}
         )
         rows.append(
             MacroRow(

@@ -225,7 +225,7 @@ def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], c
                                   "inputs, outputs and hot rows through the buffers"))
     else:
         notes.append("the chip gives no buffer.bandwidth_bytes_per_s: the on-chip buffers are not a bound")
-    host_ops = [{"name": c.name, "op_type": c.op_type, "latency_s": c.latency_s, "energy_j": c.total_energy_j}
+    host_ops: list[dict[str, Any]] = [{"name": c.name, "op_type": c.op_type, "latency_s": c.latency_s, "energy_j": c.total_energy_j}
                 for c in cost.per_op if c.substrate == HOST]
     host_ops = [h for h in host_ops if h["latency_s"] > 0 or h["energy_j"] > 0]
     if cost.host_latency_s > 0:

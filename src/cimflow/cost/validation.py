@@ -186,6 +186,7 @@ def _dcim5_at_09v(chip: Chip) -> dict[str, Any]:
     """The 5 nm macro at 0.9 V: energy per bit-op re-targeted by C V^2 from the preset's
     0.5 V, clock from the 0.9 V T_core of [imc_macros] (one input bit per clock)."""
     spec = chip.arrays["sram_dcim"]
+    assert spec.adder_tree is not None  # the preset's digital array states its adder tree
     node_m = chip.technology.node_nm * 1e-9
     e_bit = retarget_energy(spec.adder_tree.energy_per_bit_op_pj, node_m, chip.technology.supply_v, node_m, 0.9)
     cycle = DCIM5_T_CORE_09V_S / spec.input_encoding.bits
@@ -346,7 +347,7 @@ def validate_benchmark(benchmark: ChipBenchmark) -> ChipValidation:
         if not (math.isfinite(value) and value > 0):
             raise CimflowError(
                 f"validation benchmark {benchmark.name!r}: the estimate gave {label} = {value!r}; check preset {benchmark.preset!r}")
-    error_w = _relative_error(tops_w, benchmark.reported_tops_w)
+    error_w = tops_w / benchmark.reported_tops_w - 1.0  # every benchmark reports TOPS/W
     error_mm2 = _relative_error(tops_mm2, benchmark.reported_tops_mm2)
     return ChipValidation(
         name=benchmark.name, preset=benchmark.preset, workload=benchmark.workload,
