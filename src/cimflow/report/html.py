@@ -9,10 +9,8 @@ Like every report, this reads results and never recomputes them.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cimflow.errors import CimflowError
+from cimflow.fileio import atomic_write_text
 from cimflow.report.run_report import (
     MISSING,
     ReportTable,
@@ -300,28 +299,6 @@ def render_html(report: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise CimflowError(f"cannot write the HTML report to {path}: {error}") from error
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(error, OSError):
-            raise CimflowError(f"cannot write the HTML report to {path}: {error}") from error
-        raise
-
-
 def write_html(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Write the report of ``cimflow run`` to ``path`` as one self-contained HTML file.
 
@@ -329,4 +306,9 @@ def write_html(report: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     time after programming, chip vs CPU QPS and QPS/W with the published ratios, and the energy
     breakdown. The file is written atomically (a temporary file, then ``os.replace``).
     """
-    _write_atomically(Path(path), render_html(report))
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CimflowError(f"cannot write the HTML report to {target}: {error}") from error
+    atomic_write_text(target, render_html(report), "the HTML report")
