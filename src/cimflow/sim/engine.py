@@ -413,7 +413,8 @@ class CrossbarEngine(torch.nn.Module):
             return self.input_range_log.exp().to(x.dtype)
         if enc.range == "calibrated" and self.input_range is not None:
             return torch.as_tensor(self.input_range, dtype=x.dtype, device=x.device)
-        return x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(_EPS)
+        x = x.detach()  # max |x| per vector from max and min: no |x| copy
+        return torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_()).clamp_min_(_EPS)
 
     def _input_planes(self, x_q: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
         """Split DAC-quantized inputs in [-1, 1] into pulses: (P, N, in) and their weights."""
