@@ -523,6 +523,7 @@ class CrossbarEngine(torch.nn.Module):
             return fastmm.grouped_products(xi.square(), ones, rows) * self.read_var[0]
         cell = self.read_var[0]
         if (self.read_noise_mode == "fast" and xi.device.type == "cpu" and self.spec.input_encoding.bits <= 9
+                and xi.shape[0] * cell.shape[-2] * cell.shape[0] * cell.shape[-1] >= fastmm.BF16_MIN_MACS
                 and fastmm.matrix_units_available()):  # codes |c| <= 255 are exact in bfloat16
             if self._read_var_bf16 is None or self._read_var_bf16.device != cell.device:
                 self._read_var_bf16 = cell.to(torch.bfloat16)

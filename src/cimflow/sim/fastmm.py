@@ -22,6 +22,10 @@ import os
 
 import torch
 
+#: Multiply-accumulates below which a bfloat16 variance costs more than float32 (conversions
+#: and small-matrix overheads dominate; measured on a 2-core AMX CPU).
+BF16_MIN_MACS = 1 << 23
+
 _AVAILABLE: bool | None = None
 
 
@@ -68,4 +72,4 @@ def variance_products(codes: torch.Tensor, cell_var: torch.Tensor, rows: int) ->
     return var if var.dtype == torch.float32 else var.to(torch.float32)
 
 
-__all__ = ["grouped_products", "matrix_units_available", "variance_products"]
+__all__ = ["BF16_MIN_MACS", "grouped_products", "matrix_units_available", "variance_products"]
