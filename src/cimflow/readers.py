@@ -16,7 +16,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -68,7 +68,7 @@ _BLOCK_BYTES = 1 << 20
 
 def iter_text_lines(
     path: str | os.PathLike[str], limits: ReadLimits, what: str = "input file", encoding: str = "utf-8"
-) -> Iterator[tuple[int, str]]:
+) -> Generator[tuple[int, str], None, None]:
     """Yield ``(1-based line number, line without its line ending)`` of a text or gzip file,
     decoding with ``errors="replace"``; raise DataError at the first limit exceeded.
 

@@ -30,7 +30,7 @@ from torch import nn
 from cimflow.chip.io import resolve_chip
 from cimflow.recsys.cache import cache_key, discard_entry, entry_path, read_entry, write_entry
 from cimflow.recsys.data import load_movielens_100k
-from cimflow.recsys.models import DLRM
+from cimflow.recsys.models import DLRM, table_weights
 from cimflow.recsys.train import evaluate_auc, movielens_dlrm_cache_entry, train_movielens_dlrm
 from cimflow.sim.convert import (
     compensate_model,
@@ -84,8 +84,8 @@ def embedding_penalty(weight_decay: float) -> Callable[[nn.Module, tuple[Any, ..
     def penalty(model: nn.Module, inputs: tuple[Any, ...]) -> torch.Tensor:
         dense, pairs = inputs
         total = torch.zeros(())
-        for bag, (values, _) in zip(model.embeddings, pairs, strict=True):
-            total = total + bag.weight[values].pow(2).sum()
+        for weight, (values, _) in zip(table_weights(model), pairs, strict=True):
+            total = total + weight[values].pow(2).sum()
         return weight_decay * total / dense.shape[0]
 
     return penalty

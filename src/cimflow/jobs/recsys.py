@@ -98,7 +98,7 @@ def run_recsys(config: RunConfig | None = None, console: Console | None = None) 
         hot = {p.table: p.hot_rows for p in placements}
 
         comp = cfg.compensation
-        variants = [("on chip", model, None)]
+        variants: list[tuple[str, torch.nn.Module, str | None]] = [("on chip", model, None)]
         if hwa_model is not None:
             variants += [("HWA fine-tuned", hwa_model, None), (f"HWA fine-tuned, drift compensation ({comp})", hwa_model, comp)]
         else:

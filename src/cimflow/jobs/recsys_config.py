@@ -178,7 +178,7 @@ def _dense_footprint(graph: Any, chip: Any) -> dict[str, int]:
     need: dict[str, int] = {}
     for p in plans:
         if p.substrate == ARRAY:
-            need[p.array_kind] = need.get(p.array_kind, 0) + p.arrays
+            need[p.placed_kind()] = need.get(p.placed_kind(), 0) + p.arrays
     return need
 
 
@@ -309,11 +309,11 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
             continue
         lookups = b * per_query
         f_sram, f_dram = hits[SRAM], hits[DRAM]
-        s = {"bags": b, "lookups": lookups, "hot_lookups": lookups * f_sram, "dram_lookups": lookups * f_dram}
+        op_stats = {"bags": b, "lookups": lookups, "hot_lookups": lookups * f_sram, "dram_lookups": lookups * f_dram}
         if op.tiles is not None:
-            s["reads"] = b * expected_lookup_reads(per_query * (1 - f_sram - f_dram), op.tiles.row_tiles * op.tiles.segments,
-                                                   op.tiles.group_rows)
-        stats[op.name] = s
+            op_stats["reads"] = b * expected_lookup_reads(per_query * (1 - f_sram - f_dram), op.tiles.row_tiles * op.tiles.segments,
+                                                          op.tiles.group_rows)
+        stats[op.name] = op_stats
     cost = estimate(plan, stats=stats, host=cfg.host, batch_size=b)
     traffic = _traffic(chip, mcfg, sharding, shard_place, shard_lookups, on_unit, dense_chips)
     system = system_model(cost, plan, traffic, chip=chip)

@@ -529,6 +529,7 @@ def measure_dlrm_cpu(
                 wall = time.perf_counter() - started
                 cpu_qps.append(batch * (calls[0] - calls_before) / max(time.process_time() - cpu_started, 1e-9))
                 energy = _rapl_joules(meter, before, meter.read() if meter is not None else None)
+                source: PowerSource
                 source, power = ("rapl", energy / wall) if energy > 0 else _fixed_power(power_w, preset)
                 sources.add(source)
                 qps.append(batch / measurement.median)

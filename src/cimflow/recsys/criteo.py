@@ -33,7 +33,7 @@ import torch
 from cimflow.errors import DataError
 from cimflow.fileio import atomic_write_text
 from cimflow.readers import ReadLimits, iter_text_lines
-from cimflow.recsys.jagged import JaggedFeatures
+from cimflow.recsys.jagged import FeaturePair, JaggedFeatures
 
 if TYPE_CHECKING:
     from cimflow.recsys.data import RecDataset
@@ -220,7 +220,7 @@ def read_criteo_tsv(
     dense = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[2] for p in parts])
     # re-assemble key-major jagged features across chunks
-    per_key = [[] for _ in range(CRITEO_CATEGORICAL_FEATURES)]
+    per_key: list[list[FeaturePair]] = [[] for _ in range(CRITEO_CATEGORICAL_FEATURES)]
     for _, sparse, _ in parts:
         for k, pair in enumerate(sparse.per_feature()):
             per_key[k].append(pair)

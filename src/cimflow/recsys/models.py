@@ -54,6 +54,7 @@ __all__ = [
     "criteo_kaggle",
     "mlperf_dlrm_v2",
     "fx_trace",
+    "table_weights",
 ]
 
 #: Rows of the 26 tables of Criteo Kaggle (Display Advertising Challenge) after the
@@ -373,9 +374,9 @@ class DLRM(nn.Module):
     def _init_embeddings(self) -> None:
         # facebookresearch/dlrm convention: rows ~ U(-sqrt(1/n), sqrt(1/n)) for n rows.
         with torch.no_grad():
-            for bag in self.embeddings:
-                bound = math.sqrt(1.0 / bag.num_embeddings)
-                bag.weight.uniform_(-bound, bound)
+            for weight in table_weights(self):
+                bound = math.sqrt(1.0 / weight.shape[0])
+                weight.uniform_(-bound, bound)
 
     def reset_parameters(self) -> None:
         """Re-initialize every parameter (e.g. after ``to_empty`` from meta)."""
@@ -427,6 +428,12 @@ class DLRM(nn.Module):
     def predict_proba(self, dense: Tensor, sparse: JaggedFeatures | Sequence[FeaturePair]) -> Tensor:
         """Click probabilities ``sigmoid(forward(...))``, ``[B]``."""
         return torch.sigmoid(self.forward(dense, sparse))
+
+
+def table_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The weight (rows x dim) of each embedding table of a DLRM, in table order; also of a
+    DLRM whose tables were replaced by other modules that keep a ``weight`` parameter."""
+    return [bag.get_parameter("weight") for bag in model.get_submodule("embeddings").children()]
 
 
 def fx_trace(model: DLRM) -> torch.fx.GraphModule:

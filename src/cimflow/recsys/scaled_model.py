@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cimflow.errors import CimflowError
-from cimflow.recsys.models import DLRM, DLRMConfig, criteo_kaggle, mlperf_dlrm_v2
+from cimflow.recsys.models import DLRM, DLRMConfig, criteo_kaggle, mlperf_dlrm_v2, table_weights
 from cimflow.recsys.synthetic import SyntheticCriteo
 
 __all__ = ["Pairs", "build_scaled_dlrm", "input_pool", "scale_tables", "shape_name", "split_pool"]
@@ -65,8 +65,8 @@ def build_scaled_dlrm(config: DLRMConfig, seed: int) -> DLRM:
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
         pattern = torch.linspace(-0.01, 0.01, config.embedding_dim)
-        for bag in model.embeddings:
-            bag.weight.copy_(pattern.expand_as(bag.weight))
+        for weight in table_weights(model):
+            weight.copy_(pattern.expand_as(weight))
     return model.eval()
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from cimflow.errors import DataError
 from cimflow.recsys.cache import cache_key, dataset_digest, default_cache_dir, discard_entry, entry_path, read_entry, write_entry
 from cimflow.recsys.data import MovieLensSplits, RecDataset, load_movielens_100k
-from cimflow.recsys.models import DLRM, DLRMConfig
+from cimflow.recsys.models import DLRM, DLRMConfig, table_weights
 
 __all__ = [
     "roc_auc",
@@ -170,8 +170,8 @@ def _torch_threads(threads: int | None) -> Iterator[int]:
 
 def _embedding_penalty(model: DLRM, sparse_pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
     total = torch.zeros(())
-    for bag, (values, _) in zip(model.embeddings, sparse_pairs, strict=True):
-        total = total + bag.weight[values].pow(2).sum()
+    for weight, (values, _) in zip(table_weights(model), sparse_pairs, strict=True):
+        total = total + weight[values].pow(2).sum()
     return total
 
 
@@ -241,7 +241,7 @@ def movielens_dlrm_config(table_sizes: Sequence[int], dense_features: int, keys:
     """The small DLRM used for MovieLens-100k: dim 16, bottom n-64-16, top 44-64-32-1."""
     return DLRMConfig(
         dense_features=dense_features,
-        table_sizes=list(table_sizes),
+        table_sizes=tuple(table_sizes),
         embedding_dim=16,
         bottom_mlp=(64, 16),
         top_mlp=(64, 32, 1),
