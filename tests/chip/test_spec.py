@@ -321,3 +321,13 @@ def test_model_round_trips_through_a_plain_dict():
     chip = chip_from_dict(minimal_chip())
     again = Chip.model_validate(chip.model_dump(mode="json"))
     assert again == chip
+
+
+def test_analog_adc_is_the_adc_of_an_analog_array_and_a_chip_spec_error_elsewhere():
+    from cimflow.chip import load_preset
+
+    chip = load_preset("hybrid-rram-sram-28nm")
+    kinds = {spec.kind: spec for spec in chip.arrays.values()}
+    assert kinds["analog"].analog_adc() is kinds["analog"].adc is not None
+    with pytest.raises(ChipSpecError, match="digital array has no ADC"):
+        kinds["digital"].analog_adc()

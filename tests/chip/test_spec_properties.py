@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import annotated_types
 import pytest
@@ -409,7 +411,7 @@ def test_a_huge_array_with_wire_resistance_simulates_without_the_whole_array() -
 
 def test_every_shipped_preset_is_inside_the_bounds_and_runs() -> None:
     for name in BASES:
-        assert loads_and_runs_or_is_refused(lambda: chip_from_dict(BASES[name], name)) in ("ran", "cimflow error"), name
+        assert loads_and_runs_or_is_refused(functools.partial(chip_from_dict, BASES[name], name)) in ("ran", "cimflow error"), name
 
 
 @pytest.mark.parametrize(
@@ -608,7 +610,7 @@ def test_each_field_alone_at_each_of_its_bounds_runs_with_finite_numbers(base: s
         for edge in {bounds[0], bounds[1]} - {None}:
             data = copy.deepcopy(BASES[base])
             set_path(data, path, int(edge) if bounds[2] is int else float(edge))
-            outcomes.append(loads_and_runs_or_is_refused(lambda: chip_from_dict(data, f"{base}+edge")))
+            outcomes.append(loads_and_runs_or_is_refused(functools.partial(chip_from_dict, data, f"{base}+edge")))
     assert outcomes.count("ran") > len(outcomes) // 2, outcomes
 
 

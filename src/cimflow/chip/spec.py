@@ -18,7 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+from cimflow.errors import ChipSpecError
+
+SCHEMA_VERSION: Literal[1] = 1
 
 # Shared physical limits (see the module docstring). Energies per event: 1 uJ is beyond any
 # single circuit event (a DRAM row activation is ~1 nJ). Areas: 1e11 um^2 = 0.1 m^2, more than a
@@ -81,7 +83,7 @@ class ProgrammingNoise(StrictModel):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ProgrammingNoise":
+    def _check(self) -> ProgrammingNoise:
         if not self.coefficients:
             raise ValueError("coefficients must hold at least one number (use [0.0] for no noise)")
         if any(not math.isfinite(c) for c in self.coefficients):
@@ -133,7 +135,7 @@ class Device(StrictModel):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "Device":
+    def _check(self) -> Device:
         if self.g_max <= self.g_min:
             raise ValueError(f"g_max ({self.g_max:g} S) must be greater than g_min ({self.g_min:g} S)")
         if self.levels is not None and self.bits_per_cell is not None and self.levels != 2**self.bits_per_cell:
@@ -178,7 +180,7 @@ class WeightEncoding(StrictModel):
     slices: int = Field(default=1, ge=1, le=16)
 
     @model_validator(mode="after")
-    def _check(self) -> "WeightEncoding":
+    def _check(self) -> WeightEncoding:
         if self.scheme != "bit_sliced" and self.slices != 1:
             raise ValueError(f"slices={self.slices} needs scheme 'bit_sliced' (scheme is {self.scheme!r})")
         return self
@@ -203,7 +205,7 @@ class InputEncoding(StrictModel):
     dac: Cost = Field(default_factory=Cost, description="one row driven for one read (DAC or word-line driver)")
 
     @model_validator(mode="after")
-    def _check(self) -> "InputEncoding":
+    def _check(self) -> InputEncoding:
         if self.scheme == "bit_serial" and self.bits_per_pulse > max(self.bits - 1, 1):
             raise ValueError(f"bits_per_pulse ({self.bits_per_pulse}) must not exceed the magnitude bits (bits - 1 = {self.bits - 1})")
         return self
@@ -229,7 +231,9 @@ class ADC(StrictModel):
     """
 
     bits: int = Field(ge=1, le=24, description="resolution; 24 is float32-exact (no quantization)")
-    columns_per_adc: int = Field(default=1, ge=1, le=1 << 16, description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
+    columns_per_adc: int = Field(
+        default=1, ge=1, le=1 << 16,
+        description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
     range: Literal["fixed", "per_array_max", "percentile"] = "per_array_max"
     full_scale: float = Field(default=1.0, gt=0, le=1)
     percentile: float = Field(default=99.99, gt=0, le=100)
@@ -245,7 +249,9 @@ class ArrayReadCost(StrictModel):
 
     read_voltage: float = Field(default=0.2, ge=1e-3, le=5, description="volts across a cell during a read: 1 mV to 5 V")
     read_pulse_s: float = Field(default=10e-9, ge=1e-12, le=1e-3, description="read (integration) time, seconds: 1 ps to 1 ms")
-    line_capacitance_f: float = Field(default=0.2e-15, ge=0, le=1e-12, description="word/bit-line capacitance per cell, farads: at most 1 pF")
+    line_capacitance_f: float = Field(
+        default=0.2e-15, ge=0, le=1e-12,
+        description="word/bit-line capacitance per cell, farads: at most 1 pF")
     area_per_cell_um2: float | None = Field(default=None, ge=0, le=1e4, description="um^2 per cell, at most 1e4 (100 um x 100 um)")
     source: str | None = None
 
@@ -253,7 +259,9 @@ class ArrayReadCost(StrictModel):
 class AdderTree(StrictModel):
     """Digital CIM: the adder tree and accumulator behind each column."""
 
-    energy_per_bit_op_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="energy per 1-bit x 1-bit multiply-accumulate, pJ (at most 1e6)")
+    energy_per_bit_op_pj: float = Field(
+        default=0.0, ge=0, le=MAX_ENERGY_PJ,
+        description="energy per 1-bit x 1-bit multiply-accumulate, pJ (at most 1e6)")
     area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2)
     source: str | None = None
 
@@ -270,14 +278,16 @@ class ArraySpec(StrictModel):
     adc: ADC | None = None
     weight_bits: int | None = Field(default=None, ge=1, le=24, description="digital CIM: weight precision, sign included")
     weight_scaling: Literal["per_column", "per_layer"] = "per_column"
-    wire_resistance: float = Field(default=0.0, ge=0, le=1e6, description="ohms per cell segment of word and bit line (IR drop): at most 1 MOhm")
+    wire_resistance: float = Field(
+        default=0.0, ge=0, le=1e6,
+        description="ohms per cell segment of word and bit line (IR drop): at most 1 MOhm")
     max_active_rows: int | None = Field(default=None, ge=1, le=1 << 16, description="rows that may be driven in one read (None: all)")
     read: ArrayReadCost = Field(default_factory=ArrayReadCost)
     adder_tree: AdderTree | None = None
     source: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ArraySpec":
+    def _check(self) -> ArraySpec:
         if self.kind == "analog":
             if self.adc is None:
                 raise ValueError("an analog array needs an 'adc' block (bits, range, ...)")
@@ -294,6 +304,12 @@ class ArraySpec(StrictModel):
         if self.max_active_rows is not None and self.max_active_rows > self.rows:
             raise ValueError(f"max_active_rows ({self.max_active_rows}) cannot exceed rows ({self.rows})")
         return self
+
+    def analog_adc(self) -> ADC:
+        """The ADC of an analog array (validation gives every analog array one)."""
+        if self.adc is None:
+            raise ChipSpecError(f"a {self.kind} array has no ADC; only analog arrays convert through one")
+        return self.adc
 
     @property
     def cells_per_weight(self) -> int:
@@ -326,7 +342,7 @@ class Core(StrictModel):
     buffer_bytes: int = Field(default=0, ge=0, le=MAX_BYTES, description="bytes per core, at most 1e15")
 
     @model_validator(mode="after")
-    def _check(self) -> "Core":
+    def _check(self) -> Core:
         if not self.arrays:
             raise ValueError("a core needs at least one array kind")
         for name, n in self.arrays.items():
@@ -341,7 +357,9 @@ class DigitalUnit(StrictModel):
     ops_per_cycle: int = Field(default=64, ge=1, le=10**7, description="operations per clock cycle, at most 1e7")
     energy_per_op_pj: float = Field(default=0.05, ge=0, le=MAX_ENERGY_PJ)
     area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2)
-    leakage_uw: float | None = Field(default=None, ge=0, le=MAX_LEAKAGE_UW, description="static power of the whole unit, microwatts (at most 10 W)")
+    leakage_uw: float | None = Field(
+        default=None, ge=0, le=MAX_LEAKAGE_UW,
+        description="static power of the whole unit, microwatts (at most 10 W)")
     source: str | None = None
 
 
@@ -350,15 +368,23 @@ class Memory(StrictModel):
 
     energy_per_bit_pj: float = Field(ge=0, le=MAX_ENERGY_PJ, description="pJ per bit moved (DRAM ~20-40), at most 1e6")
     capacity_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES, description="bytes, at most 1e15 (1 PB)")
-    bandwidth_bytes_per_s: float | None = Field(default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S, description="bytes/s: 1e3 to 1e15")
-    row_activation_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="DRAM: energy per random row activation (~1000 pJ), at most 1e6")
+    bandwidth_bytes_per_s: float | None = Field(
+        default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
+        description="bytes/s: 1e3 to 1e15")
+    row_activation_pj: float = Field(
+        default=0.0, ge=0, le=MAX_ENERGY_PJ,
+        description="DRAM: energy per random row activation (~1000 pJ), at most 1e6")
     area_um2_per_kib: float | None = Field(default=None, ge=0, le=1e8, description="um^2 per KiB (SRAM ~1e3-1e4), at most 1e8")
-    leakage_uw_per_kib: float | None = Field(default=None, ge=0, le=1e4, description="static power per KiB held on chip, microwatts (buffers), at most 1e4")
+    leakage_uw_per_kib: float | None = Field(
+        default=None, ge=0, le=1e4,
+        description="static power per KiB held on chip, microwatts (buffers), at most 1e4")
     stored_bits: int | None = Field(
         default=None, ge=1, le=64,
         description="DRAM: bits per embedding value as stored (8 = int8 rows); None = 32 (fp32). Sets bytes per row fetched",
     )
-    access_bytes: int = Field(default=64, ge=1, le=1 << 20, description="DRAM: smallest transfer (one burst), bytes; a row read moves whole bursts")
+    access_bytes: int = Field(
+        default=64, ge=1, le=1 << 20,
+        description="DRAM: smallest transfer (one burst), bytes; a row read moves whole bursts")
     source: str | None = None
 
 
@@ -370,7 +396,9 @@ class Link(StrictModel):
     """
 
     name: str | None = None
-    bandwidth_bytes_per_s: float = Field(ge=MIN_BANDWIDTH_B_PER_S, le=1e13, description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9): 1e3 to 1e13")
+    bandwidth_bytes_per_s: float = Field(
+        ge=MIN_BANDWIDTH_B_PER_S, le=1e13,
+        description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9): 1e3 to 1e13")
     energy_per_bit_pj: float = Field(default=0.0, ge=0, le=1e4, description="energy per bit moved, pJ")
     latency_ns: float = Field(default=0.0, ge=0, le=1e9, description="one-way latency, ns")
     source: str | None = None
@@ -391,7 +419,9 @@ class Board(StrictModel):
 
 class Interconnect(StrictModel):
     energy_per_bit_hop_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="pJ per bit per hop, at most 1e6")
-    bandwidth_bytes_per_s: float | None = Field(default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S, description="bytes/s: 1e3 to 1e15")
+    bandwidth_bytes_per_s: float | None = Field(
+        default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
+        description="bytes/s: 1e3 to 1e15")
     source: str | None = None
 
 
@@ -416,7 +446,7 @@ class Host(StrictModel):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "Host":
+    def _check(self) -> Host:
         if self.preset is None:
             missing = [f for f in ("name", "peak_gflops", "memory_bandwidth_gb_per_s", "power_w") if getattr(self, f) is None]
             if missing:
@@ -460,25 +490,23 @@ class Chip(StrictModel):
     assumptions: list[str] = Field(default_factory=list, description="assumptions made where the source is silent, with reasons")
 
     @model_validator(mode="after")
-    def _check(self) -> "Chip":
+    def _check(self) -> Chip:
         if not self.arrays:
             raise ValueError("a chip needs at least one array kind under 'arrays'")
         known = sorted(self.arrays)
         for kind in self.cores.arrays:
             if kind not in self.arrays:
                 raise ValueError(f"cores.arrays names array kind {kind!r}, but the chip has only {known}")
-        for role, kind in (("mvm", self.roles.mvm), ("embedding", self.roles.embedding), ("digital", self.roles.digital)):
-            if kind is not None and kind not in self.arrays:
-                raise ValueError(f"roles.{role} names array kind {kind!r}, but the chip has only {known}")
-            if kind is not None and kind not in self.cores.arrays:
-                raise ValueError(f"roles.{role} names array kind {kind!r}, but cores.arrays places none on the chip")
+        for role, role_kind in (("mvm", self.roles.mvm), ("embedding", self.roles.embedding), ("digital", self.roles.digital)):
+            if role_kind is not None and role_kind not in self.arrays:
+                raise ValueError(f"roles.{role} names array kind {role_kind!r}, but the chip has only {known}")
+            if role_kind is not None and role_kind not in self.cores.arrays:
+                raise ValueError(f"roles.{role} names array kind {role_kind!r}, but cores.arrays places none on the chip")
         if self.roles.digital is not None and self.arrays[self.roles.digital].kind != "digital":
             raise ValueError(f"roles.digital must name a digital array kind; {self.roles.digital!r} is analog")
         return self
 
     def array(self, kind: str) -> ArraySpec:
-        from cimflow.errors import ChipSpecError
-
         if kind not in self.arrays:
             raise ChipSpecError(f"chip {self.name!r} has no array kind {kind!r}; it has {sorted(self.arrays)}")
         return self.arrays[kind]
