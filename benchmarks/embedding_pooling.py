@@ -27,6 +27,7 @@ from torch import nn
 import cimflow
 from cimflow.recsys.models import DLRM, DLRMConfig
 from cimflow.recsys.synthetic import SyntheticCriteo
+from cimflow.sim import embedding
 
 CHIP = "hybrid-rram-sram-28nm"
 
@@ -52,8 +53,9 @@ def interleaved_ratios(plain, simulated, repeats: int) -> tuple[list[float], flo
     and the median seconds of each. Each repeat times both back to back."""
     with torch.no_grad():
         plain(), simulated()  # warm-up
-        t_plain = _seconds(plain, 1)
-        calls = max(1, min(50, int(0.05 / max(t_plain, 1e-6))))  # ~50 ms of plain calls per repeat
+        t_plain, t_sim = _seconds(plain, 1), _seconds(simulated, 1)
+        # ~50 ms of plain calls per repeat, at most ~0.5 s of simulated ones
+        calls = max(1, min(50, int(0.05 / max(t_plain, 1e-6)), int(0.5 / max(t_sim, 1e-6))))
         ratios, tp, ts = [], [], []
         for _ in range(repeats):
             a = _seconds(plain, calls)
@@ -72,7 +74,9 @@ def line(label: str, threads: int, ratios: list[float], t_plain: float, t_sim: f
 def table_only(rows: int, repeats: int, threads: int, batch: int = 1024, pooling: int = 20, dim: int = 64) -> None:
     torch.manual_seed(0)
     model = OneTable(rows, dim).eval()
+    start = time.perf_counter()
     cim = cimflow.program(cimflow.convert(model, CHIP), seed=0)
+    programmed = time.perf_counter() - start
     gen = torch.Generator().manual_seed(1)
     values = torch.randint(0, rows, (batch * pooling,), generator=gen)
     offsets = torch.arange(0, batch * pooling, pooling)
@@ -80,6 +84,7 @@ def table_only(rows: int, repeats: int, threads: int, batch: int = 1024, pooling
     load = os.getloadavg()[0]
     ratios, tp, ts = interleaved_ratios(lambda: model(values, offsets), lambda: cim(values, offsets), repeats)
     line(f"EmbeddingBag {rows:>9,d} x {dim}, table only", threads, ratios, tp, ts, load)
+    print(f"{'':38s} convert + program {programmed:.1f} s, {'cached' if cim.table.pool_cache is not None else 'lazy (hashed rows)'}")
 
 
 def whole_model(repeats: int, threads: int, batch: int = 1024) -> None:
@@ -102,10 +107,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cache-cells", type=int, default=None,
+                        help=f"programme and cache tables of up to this many cells (default {embedding.CACHE_CELLS:,}; "
+                             "larger tables are read lazily through the hash)")
     args = parser.parse_args()
+    if args.cache_cells is not None:
+        embedding.CACHE_CELLS = args.cache_cells
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (the spread needs them)")
-    print(f"chip {CHIP}; batch 1024, pooling 20, dim 64; {args.repeats} interleaved repeats; ratio = simulated / plain throughput")
+    print(f"chip {CHIP}; batch 1024, pooling 20, dim 64; {args.repeats} interleaved repeats; ratio = simulated / plain throughput; "
+          f"tables of up to {embedding.CACHE_CELLS:,} cells cached")
     for threads in args.threads:
         for rows in args.rows:
             table_only(rows, args.repeats, threads)

@@ -16,7 +16,7 @@ def test_same_stream_same_values_other_stream_other_values():
     b = cell_draws(rows, 16, 7, "t", "pos")
     c = cell_draws(rows, 16, 8, "t", "pos")
     d = cell_draws(rows, 16, 7, "t", "neg")
-    for x, y, z, w in zip(a, b, c, d):
+    for x, y, z, w in zip(a, b, c, d, strict=True):
         assert torch.equal(x, y) and x.dtype == torch.float32 and x.shape == (4, 16)
         assert not torch.equal(x, z) and not torch.equal(x, w)
         assert torch.equal(x[1], x[3])  # a row is the same wherever it is read

@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from cimtest import chip_with
 from torch import nn
 
 import cimflow
 import cimflow.sim.embedding as embedding
-from cimtest import chip_with
 
 EMB = "rram_emb"
 

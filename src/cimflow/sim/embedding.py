@@ -7,9 +7,16 @@ bag with more rows in one array takes several reads, each digitized, then accumu
 digital. Rows of a *hot tier* (SRAM / digital lookup) are read exactly and added in digital.
 
 Programming noise, stuck cells and drift exponents of every cell come from a
-counter-based hash of (seed, table, row, cell, purpose) (:mod:`cimflow.physics.hashing`):
-a table of 10^8 rows never has a noisy copy. Small tables are programmed once and cached
-(the same values the hash gives), which makes them fast.
+counter-based hash of (seed, table, row, cell, side) in int32 / float32 arithmetic
+(:func:`cimflow.physics.hashing.cell_draws`): a table of 10^8 rows never has a noisy copy.
+Tables of up to :data:`CACHE_CELLS` cells are programmed once and cached (the same values
+the hash gives), which makes them fast.
+
+Speed (``benchmarks/embedding_pooling.py``): the lookups are grouped into reads by one
+sort of (bag, array) keys; every read's partial sums and read-noise variances come from
+one ``F.embedding_bag`` over the cached rows; reads are converted in cache-sized blocks;
+read noise is drawn only for the partial sums within its reach of an ADC decision
+boundary (elsewhere the code cannot change, so the codes keep their distribution).
 
 As for matrix layers (:mod:`cimflow.sim.engine`): program-and-verify
 (:meth:`CIMEmbeddingBag.set_program_verify`; its re-programming draws are hashed per
@@ -412,7 +419,8 @@ class CIMEmbeddingBag(nn.Module):
         if offsets is None:
             raise DataError(f"embedding bag {self.layer_name!r}: a 1-D input needs offsets")
         offsets = offsets.to(torch.int64)
-        checks = [] if offsets.numel() == 0 else torch.stack([offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)]).tolist()
+        checks = [] if offsets.numel() == 0 else torch.stack(
+            [offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)]).tolist()
         if not checks or checks[0] != 0 or checks[2] or checks[1] > input.numel():  # one host sync
             raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the {input.numel()} indices")
         ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
