@@ -97,6 +97,11 @@ class CrossbarEngine(torch.nn.Module):
     ``input_range_log`` (state-dict key ``<layer>.engine.input_range_log``).
     """
 
+    # buffers registered as None in __init__, set once programmed (None for what does not apply)
+    read_var: torch.Tensor | None
+    reference_read_t0: torch.Tensor | None
+    output_gain: torch.Tensor | None
+
     def __init__(self, spec: ArraySpec, in_features: int, out_features: int, name: str = "") -> None:
         super().__init__()
         self.spec = spec
@@ -111,7 +116,7 @@ class CrossbarEngine(torch.nn.Module):
         self._calibrating = False
         self._calib_inputs: list[torch.Tensor] = []
         self._calib_psums: list[torch.Tensor] = []
-        self._weight_version: tuple[int, int] | None = None
+        self._weight_version: int | None = None  # the weight tensor's _version when programmed
         self._read_gen: torch.Generator | None = None
         self.input_range: float | None = None  # calibrated input range (input_encoding.range == "calibrated")
         self.input_range_log: torch.nn.Parameter | None = None  # learned input range (opt-in), log of the range
@@ -211,13 +216,15 @@ class CrossbarEngine(torch.nn.Module):
             nonlocal pulses
             gen = generator_for(seed, self.name, "program", side, device=w.device)
             g = program_conductances(target, dev.g_max, coeffs, gen)
-            mask = sample_stuck_mask(target.shape, dev.stuck_on_rate, dev.stuck_off_rate, generator_for(seed, self.name, "stuck", side, device=w.device), device=w.device)
+            stuck_gen = generator_for(seed, self.name, "stuck", side, device=w.device)
+            mask = sample_stuck_mask(target.shape, dev.stuck_on_rate, dev.stuck_off_rate, stuck_gen, device=w.device)
             g = apply_stuck_at(g, mask, dev.g_min, dev.g_max)
             pulses += target.numel()
             if verify_iterations:
                 g, extra = program_and_verify(g, target, mask, dev.g_min, dev.g_max, coeffs, gen, verify_iterations, verify_tolerance)
                 pulses += extra
-            nu = sample_drift_exponents(target.shape, dev.drift.nu_mean, dev.drift.nu_std, generator_for(seed, self.name, "drift", side, device=w.device), device=w.device)
+            drift_gen = generator_for(seed, self.name, "drift", side, device=w.device)
+            nu = sample_drift_exponents(target.shape, dev.drift.nu_mean, dev.drift.nu_std, drift_gen, device=w.device)
             return g, nu
 
         if targets.reference_per_col_tile:
@@ -249,7 +256,7 @@ class CrossbarEngine(torch.nn.Module):
         dev = self.spec.device
         seed, device = self.seed or 0, self.g_pos.device
 
-        def side_mask(side: str, shape: torch.Size) -> torch.Tensor:
+        def side_mask(side: str, shape: tuple[int, ...]) -> torch.Tensor:
             gen = generator_for(seed, self.name, "stuck", side, device=device)
             return sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, gen, device=device) != 0
 
@@ -312,7 +319,8 @@ class CrossbarEngine(torch.nn.Module):
         adc = self.spec.adc
         assert adc is not None
         if adc.range == "fixed":
-            return torch.full(self.w_eff.shape[:2] + (1, self.grid.out_features), adc.full_scale * self.grid.group_rows, dtype=self.w_eff.dtype, device=self.w_eff.device)
+            return torch.full(self.w_eff.shape[:2] + (1, self.grid.out_features), adc.full_scale * self.grid.group_rows,
+                              dtype=self.w_eff.dtype, device=self.w_eff.device)
         col_sum = self.w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
         rng = self._col_tile_max(col_sum).unsqueeze(2)
         if adc.range == "percentile" and self.adc_range_calibrated is not None:
@@ -363,8 +371,10 @@ class CrossbarEngine(torch.nn.Module):
             return
         if self.reference_read_t0 is None:  # the read right after programming (taken when first needed)
             self.reference_read_t0 = self.reference_read(self.spec.device.drift.t0_s)
-        now = self.reference_read()
-        ref = self.reference_read_t0
+        now, ref = self.reference_read(), self.reference_read_t0
+        if now is None or ref is None:  # not reached: a programmed analog array has both reads
+            self.output_gain = None
+            return
         if self.compensation == "global":
             self.output_gain = (ref.sum() / now.sum().clamp_min(_EPS)).reshape(())
         else:
@@ -497,7 +507,7 @@ class CrossbarEngine(torch.nn.Module):
                 self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
             noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
             acc.addcmul_(noise, var.sqrt_())
-        bits = self.spec.adc.bits
+        bits = self.spec.analog_adc().bits
         rng = self.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
         if bits > 1:
             steps_adc = float((1 << (bits - 1)) - 1)
@@ -517,6 +527,7 @@ class CrossbarEngine(torch.nn.Module):
         """Read-noise variance (G, N, out) of each group's column sums for DAC codes ``xi``
         (N, in), over each group's true rows: bfloat16 cell variances in ``fast`` mode on a
         CPU with matrix units (:mod:`cimflow.sim.fastmm`), float32 otherwise."""
+        assert self.read_var is not None  # called only when reads are noisy
         rows = self.grid.in_features
         if self.read_noise_mode == "column_mean":  # (1, G, 1, out): mean cell variance per group
             ones = xi.new_ones(self.read_var.shape[1], self.w_eff.shape[2], 1)
@@ -575,13 +586,16 @@ class CrossbarEngine(torch.nn.Module):
         if not self.is_digital:
             if self.read_var is not None:
                 sq = xi.square_()  # the codes are not needed after the signal matmul
-                var = torch.matmul(self.read_var[0, 0].t(), sq) if self.read_var.shape[2] > 1 else sq.sum(1, keepdim=True) * self.read_var[0, 0, 0].view(1, -1, 1)
+                if self.read_var.shape[2] > 1:
+                    var = torch.matmul(self.read_var[0, 0].t(), sq)
+                else:
+                    var = sq.sum(1, keepdim=True) * self.read_var[0, 0, 0].view(1, -1, 1)
                 if self._read_gen is None or self._read_gen.device != acc.device:
                     self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
                 acc.addcmul_(torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype), var.sqrt_())
             if self.output_gain is not None:
                 acc.mul_(self.output_gain.view(1, -1, 1) if self.output_gain.dim() == 1 else self.output_gain)
-            bits = self.spec.adc.bits
+            bits = self.spec.analog_adc().bits
             rng = (self.adc_range[0, 0, 0] * steps_in).view(1, -1, 1)
             if bits > 1:
                 steps_adc = float((1 << (bits - 1)) - 1)
@@ -597,7 +611,7 @@ class CrossbarEngine(torch.nn.Module):
         n = x_q.shape[0]
         s_count, g, gr, out = w_eff.shape
         p_count = planes.shape[0]
-        adc = self.spec.adc
+        adc = self.spec.analog_adc()
         if p_count == 1 and s_count == 1 and g == 1:
             xg = planes[0]
             if xg.shape[-1] != gr:
@@ -628,6 +642,7 @@ class CrossbarEngine(torch.nn.Module):
 
     def _read_noise_variance(self, xg: torch.Tensor) -> torch.Tensor:
         """Variance of each column sum's read noise for inputs ``xg`` (P, 1, G, N, gr)."""
+        assert self.read_var is not None  # called only when reads are noisy
         sq = xg.square()
         if self.read_noise_mode != "column_mean":
             return torch.matmul(sq, self.read_var.unsqueeze(0))
@@ -688,7 +703,7 @@ class CrossbarEngine(torch.nn.Module):
 
     def adc_error_bound(self) -> torch.Tensor:
         """Largest ADC error on an in-range partial sum (normalized units), per (S, G, 1, out)."""
-        bits = self.spec.adc.bits
+        bits = self.spec.analog_adc().bits
         return self.adc_range / (2 * ((1 << (bits - 1)) - 1)) if bits > 1 else self.adc_range
 
 
@@ -769,4 +784,5 @@ def input_pulses(spec: ArraySpec) -> int:
     return spec.input_encoding.pulses if spec.kind == "analog" else max(spec.input_encoding.bits - 1, 1)
 
 
-__all__ = ["COMPENSATION_MODES", "READ_NOISE_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode", "input_pulses", "program_and_verify"]
+__all__ = ["COMPENSATION_MODES", "READ_NOISE_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode",
+           "input_pulses", "program_and_verify"]
