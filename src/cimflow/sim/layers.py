@@ -90,7 +90,7 @@ class CIMLinear(CIMLayer):
         lead = x.shape[:-1]
         y = self.mvm(x.reshape(-1, self.in_features))
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias if y.requires_grad else y.add_(self.bias)  # the read's output is a fresh tensor
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -138,7 +138,7 @@ class CIMConv(CIMLayer):
                 scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
             y = self.engine.read_columns(patch_view(x, k, stride, dilation), scale)
             if self.bias is not None:
-                y = y + self.bias.view(1, -1, 1)
+                y.add_(self.bias.view(1, -1, 1))  # no-grad read: a fresh tensor
             y = y.reshape(n, self.out_channels, ho, wo)
             return y.squeeze(-2) if squeeze else y
         cols = F.unfold(x, k, dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
