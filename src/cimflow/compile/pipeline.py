@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -90,7 +91,7 @@ def graph_from_modules(model: nn.Module) -> Graph:
                  warnings=["graph built from the module list without example inputs: no shapes, counts or timing"])
 
 
-def compile_graph(graph: Graph, chip: Chip | str, rules: Mapping[Any, Any] | None = None, mode: str = "pipelined",
+def compile_graph(graph: Graph, chip: Chip | str | Path, rules: Mapping[Any, Any] | None = None, mode: str = "pipelined",
                   replicate: bool = True, model_name: str = "", table_rows: Mapping[str, int] | None = None,
                   reserved: Mapping[str, int] | None = None) -> Plan:
     """Partition, map, place and schedule a captured graph on ``chip``. ``table_rows``: rows of
@@ -115,7 +116,7 @@ def compile_graph(graph: Graph, chip: Chip | str, rules: Mapping[Any, Any] | Non
     return Plan(chip=chip, graph=graph, ops=plans, schedule=sched, placement=placement, model_name=model_name, warnings=warnings)
 
 
-def compile_model(model: nn.Module, chip: Chip | str, example_inputs: Any = None, rules: Mapping[Any, Any] | None = None,
+def compile_model(model: nn.Module, chip: Chip | str | Path, example_inputs: Any = None, rules: Mapping[Any, Any] | None = None,
                   mode: str = "pipelined", replicate: bool = True) -> Plan:
     """Compile ``model`` for ``chip``. With ``example_inputs`` the model is captured with
     torch.fx (module traversal as a fallback) and every count and cycle is filled in;

@@ -7,6 +7,7 @@ import copy
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,7 +79,7 @@ def _unsupported_reason(module: nn.Module) -> str | None:
 
 
 def convert_model(
-    model: nn.Module, chip: Chip | str, overrides: Mapping[Any, Any] | None = None,
+    model: nn.Module, chip: Chip | str | Path, overrides: Mapping[Any, Any] | None = None,
     allow_host: bool = False, inplace: bool = False, plan: Plan | None = None,
     hot_rows: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, ConversionReport]:
@@ -136,6 +137,7 @@ def convert_model(
             report.host[name] = f"{type(module).__name__}: {why}"
             continue
         spec = target_chip.array(kind)
+        layer: CIMLayer | CIMEmbeddingBag
         if isinstance(module, nn.Linear):
             layer = CIMLinear(module, spec, kind, name)
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
@@ -152,10 +154,10 @@ def convert_model(
         )
     if refused:
         warnings.warn("running on the host (not mapped): " + "; ".join(refused), stacklevel=3)
-    for name, layer in replacements:
-        _set_submodule(model, name, layer)
-    model._cimflow_report = report  # type: ignore[attr-defined]
-    model._cimflow_plan = plan  # type: ignore[attr-defined]
+    for name, replacement in replacements:
+        _set_submodule(model, name, replacement)
+    model._cimflow_report = report  # type: ignore[assignment]  # a plain attribute, not a submodule
+    model._cimflow_plan = plan  # type: ignore[assignment]  # a plain attribute, not a submodule
     return model, report
 
 
@@ -172,7 +174,7 @@ def cim_layers(model: nn.Module) -> list[tuple[str, CIMLayer | CIMEmbeddingBag]]
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (CIMLayer, CIMEmbeddingBag))]
 
 
-def _require_converted(model: nn.Module) -> list[tuple[str, CIMLayer]]:
+def _require_converted(model: nn.Module) -> list[tuple[str, CIMLayer | CIMEmbeddingBag]]:
     layers = cim_layers(model)
     if not layers:
         raise SimulationError("the model has no CIM layers: call cimflow.convert(model, chip) first")

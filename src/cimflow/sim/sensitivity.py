@@ -88,7 +88,7 @@ def partition_by_sensitivity(
         reference = metric(model)
     base_rules = dict(rules or {})
     plan = compile_model(model, chip, rules=base_rules, replicate=False)
-    analog = [o.module for o in plan.array_ops() if o.module and chip.arrays[o.array_kind].kind == "analog"]
+    analog = [o.module for o in plan.array_ops() if o.module and chip.arrays[o.placed_kind()].kind == "analog"]
     if not analog:
         raise CompileError(f"no layer of this model is on an analog array of {chip.name!r}: nothing to partition")
 

@@ -8,7 +8,7 @@ re-iterable of ready batches ``(input_1, ..., input_k, target)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ def _ready_batches(data: Iterable[Any]) -> TrainData:
                 raise CimflowError("each training batch must be a tuple (input_1, ..., input_k, target)")
             yield tuple(batch[:-1]), batch[-1]
 
-    count = len(batches) if batches is not None else (len(data) if hasattr(data, "__len__") else 0)
+    count = len(batches) if batches is not None else (len(data) if isinstance(data, Sized) else 0)
     return TrainData(epoch, count, nn.functional.cross_entropy, "batches")
 
 

@@ -205,8 +205,9 @@ def eapu_train(
     started = time.perf_counter()
     chip = resolve_chip(chip)
     cim, _ = convert_model(model, chip, overrides=overrides)
-    layers = cim_layers(cim)
-    if any(not isinstance(layer, CIMLayer) for _, layer in layers):
+    all_layers = cim_layers(cim)
+    layers = [(name, layer) for name, layer in all_layers if isinstance(layer, CIMLayer)]
+    if len(layers) != len(all_layers):
         raise CimflowError("eapu_train supports Linear and Conv layers on arrays; keep embedding tables on the host or digital")
     for name, layer in layers:
         _check_layer(name, layer)
@@ -216,6 +217,7 @@ def eapu_train(
     stuck: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, layer in analog:
         masks = layer.engine.stuck_masks()
+        assert masks is not None  # an analog layer, programmed above
         stuck[name] = (masks[0][0], masks[1][0])
         _sync_weight(layer)
         write = layer.engine.spec.device.write

@@ -120,8 +120,9 @@ def learned_input_ranges(model: nn.Module) -> dict[str, float]:
     """The learned input range of every matrix layer that has one."""
     out = {}
     for name, layer in cim_layers(model):
-        if isinstance(layer, CIMLayer) and layer.engine.input_range_log is not None:
-            out[name] = float(layer.engine.learned_input_range)
+        learned = layer.engine.learned_input_range if isinstance(layer, CIMLayer) else None
+        if learned is not None:
+            out[name] = learned
     return out
 
 
