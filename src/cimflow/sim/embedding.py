@@ -135,6 +135,10 @@ class CIMEmbeddingBag(nn.Module):
     (sorted row ids) are served exactly from a digital tier.
     """
 
+    # buffers registered in __init__ (None when absent or not built yet)
+    hot_rows: torch.Tensor | None
+    pool_cache: torch.Tensor | None
+
     def __init__(self, source: nn.EmbeddingBag | nn.Embedding | TableSource, spec: ArraySpec, array_kind: str, name: str = "",
                  hot_rows: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -142,7 +146,8 @@ class CIMEmbeddingBag(nn.Module):
         self.is_bag = isinstance(source, nn.EmbeddingBag)
         if isinstance(source, (nn.EmbeddingBag, nn.Embedding)):
             if self.is_bag and source.mode not in ("sum", "mean"):
-                raise SimulationError(f"embedding bag {name!r}: mode {source.mode!r} cannot be pooled in an array (sum or mean only); keep it on the host")
+                raise SimulationError(f"embedding bag {name!r}: mode {source.mode!r} cannot be pooled in an array (sum or mean only); "
+                                      "keep it on the host")
             self.mode = source.mode if self.is_bag else "sum"
             self.include_last_offset = bool(getattr(source, "include_last_offset", False))
             self.padding_idx = source.padding_idx
@@ -155,7 +160,8 @@ class CIMEmbeddingBag(nn.Module):
             self.table = source
         self.seed: int | None = None
         self.t_seconds = spec.device.drift.t0_s
-        self.register_buffer("hot_rows", None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values, persistent=False)
+        hot = None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values
+        self.register_buffer("hot_rows", hot, persistent=False)
         # pool_cache: every row's effective weights, then (with read noise) their read-noise
         # variances, (rows, S * dim) each side by side; w_cache / var_cache are views of it
         for buf in ("w_scale", "pool_cache"):
@@ -220,7 +226,7 @@ class CIMEmbeddingBag(nn.Module):
             self._significance, self._denominator = torch.tensor(targets.significance), targets.denominator
         self.pool_cache = None
         self._refresh_cache()
-        self._version = self._weight_version()
+        self._programmed_version = self._weight_version()
         self.write_pulses = self._base_pulses()
         if self.verify_iterations and self.spec.kind != "digital":
             self._verify_pulses = 0
@@ -422,7 +428,8 @@ class CIMEmbeddingBag(nn.Module):
         checks = [] if offsets.numel() == 0 else torch.stack(
             [offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)]).tolist()
         if not checks or checks[0] != 0 or checks[2] or checks[1] > input.numel():  # one host sync
-            raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the {input.numel()} indices")
+            raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the "
+                            f"{input.numel()} indices")
         ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
         n_bags = ends.numel() - 1
         used = checks[1] if self.include_last_offset else input.numel()
@@ -430,12 +437,14 @@ class CIMEmbeddingBag(nn.Module):
         self._out_shape = (n_bags,)
         return input[:used], bags, n_bags
 
-    def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None, per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
+                per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
         if self.seed is None:
             raise SimulationError(f"embedding {self.layer_name!r} is not programmed: call cimflow.program(model, seed=...) first")
         if per_sample_weights is not None:
-            raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; keep this table on the host")
-        if self._version is not None and self._weight_version() != self._version:
+            raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; "
+                                  "keep this table on the host")
+        if self._programmed_version is not None and self._weight_version() != self._programmed_version:
             t = self.t_seconds
             self.program(self.seed)
             if t != self.t_seconds:
@@ -444,7 +453,8 @@ class CIMEmbeddingBag(nn.Module):
         lowest, highest = torch.stack(list(torch.aminmax(idx))).tolist() if idx.numel() else (0, 0)  # one host sync
         if lowest < 0 or highest >= self.num_embeddings:
             bad = lowest if lowest < 0 else highest
-            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows (0..{self.num_embeddings - 1})")
+            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows "
+                            f"(0..{self.num_embeddings - 1})")
         if self.padding_idx is not None:
             keep = idx != self.padding_idx
             idx, bags = idx[keep], bags[keep]
@@ -535,7 +545,7 @@ class CIMEmbeddingBag(nn.Module):
         boundary exceeds the noise's reach converts to the same code whatever the draw, so
         the codes have the distribution of drawing everywhere. (When calibrating, the noisy
         sums themselves are recorded, so every sum gets its draw.)"""
-        bits, full = self.spec.adc.bits, self.adc_range
+        bits, full = self.spec.analog_adc().bits, self.adc_range
         if self._read_gen is None or self._read_gen.device != psum.device:
             self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
         if var is None or bits <= 1 or self._calibrating:
@@ -570,7 +580,7 @@ class CIMEmbeddingBag(nn.Module):
         """ADC full scale in cell units: ``full_scale x group_rows`` (fixed), the largest
         sum ``group_rows`` rows can give (per_array_max), or the calibrated percentile
         (not calibrated yet for tables: per_array_max until it is)."""
-        adc = self.spec.adc
+        adc = self.spec.analog_adc()
         rows = self.group_rows if self.is_bag else 1  # a plain Embedding reads one row at a time
         if adc.range == "fixed":
             return adc.full_scale * rows

@@ -80,7 +80,7 @@ def keep_programmed(model: nn.Module) -> None:
             if layer.engine.programmed:
                 layer.engine._weight_version = layer.weight._version
         elif layer.seed is not None:
-            layer._version = layer._weight_version()
+            layer._programmed_version = layer._weight_version()
 
 
 __all__ = ["keep_programmed", "layer_spec_t0", "log_uniform_fraction", "sample_instance", "step_seed", "time_at"]
