@@ -16,7 +16,7 @@ from cimflow.chip.spec import ArraySpec
 from cimflow.sim.engine import CrossbarEngine
 
 
-def patch_max(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+def patch_max(a: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
     """Each convolution patch's maximum of ``a`` (N, 1, H, W), as ``F.max_pool2d(a, kernel,
     stride, dilation=dilation)`` gives it, computed separably (rows, then columns) on strided
     views: a max is exact in any order, and this is ~7x faster than the stride-1 max-pool."""
@@ -25,7 +25,7 @@ def patch_max(a: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
     return a
 
 
-def patch_view(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> torch.Tensor:
+def patch_view(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
     """The convolution patches of ``x`` (N, C, H, W) as a strided view (N, C, kh, kw, Ho, Wo),
     no copy; ``.reshape(N, C*kh*kw, Ho*Wo)`` of it is ``F.unfold(x, kernel, dilation, 0,
     stride)``. Quantizing the view writes the columns once (unfold, then quantize, twice)."""
@@ -37,8 +37,8 @@ def patch_view(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int]
 class CIMLayer(nn.Module):
     """Common part of the CIM layers: the engine, programming and drift."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: torch.Tensor  # the wrapped layer's nn.Parameter
+    bias: torch.Tensor | None
 
     def _init_engine(self, spec: ArraySpec, array_kind: str, in_features: int, out_features: int, name: str) -> None:
         self.array_kind = array_kind
