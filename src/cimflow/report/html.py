@@ -137,7 +137,7 @@ def _energy_figure(report: Mapping[str, Any], figure_class: Any) -> Any | None:
     shares = [share for share in energy_shares(report) if share.fraction is not None]
     if not shares:
         return None
-    percents = [100.0 * share.fraction for share in shares]
+    percents = [100.0 * (share.fraction or 0.0) for share in shares]  # every fraction is known here
     figure = figure_class(figsize=(7.5, 1.3 + 0.36 * len(shares)), layout="constrained")
     axes = figure.add_subplot()
     positions = list(range(len(shares)))
@@ -171,12 +171,12 @@ def _performance_figure(report: Mapping[str, Any], figure_class: Any) -> Any | N
     for axes, (metric, key, reference_key, unit), bars in zip(figure.subplots(1, 2), panels, bars_per_panel, strict=True):
         axes.set_yscale("log")
         if bars:
-            values = [value for _, value, _ in bars]
-            axes.bar([name for name, _, _ in bars], values, color=[color for _, _, color in bars], width=0.6)
+            heights = [value for _, value, _ in bars]
+            axes.bar([name for name, _, _ in bars], heights, color=[color for _, _, color in bars], width=0.6)
             for name, value, _ in bars:
                 axes.annotate(format_si(value), xy=(name, value), xytext=(0, 3), textcoords="offset points",
                               ha="center", fontsize="small")
-            axes.set_ylim(min(values) / 3.0, max(values) * 6.0)
+            axes.set_ylim(min(heights) / 3.0, max(heights) * 6.0)
         modeled = format_ratio(field(performance, "ratios", key))
         published = format_ratio(field(reference, reference_key))
         axes.set_title(f"{metric}\nchip / CPU: modeled {modeled}, reference {published}", fontsize="medium")
