@@ -37,6 +37,7 @@ from typing import Any, Literal
 from cimflow.chip.spec import Chip, Host
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.errors import CimflowError
+from cimflow.fileio import json_safe
 from cimflow.power import RaplMeter
 
 PowerSource = Literal["user", "rapl", "preset"]
@@ -318,7 +319,7 @@ class _Rates:
         d = asdict(self)  # type: ignore[call-overload]
         d.update(throughput_per_s=self.throughput_per_s, qps=self.qps, energy_per_query_j=self.energy_per_query_j,
                  qps_per_w=self.qps_per_w)
-        return _json_safe(d)
+        return json_safe(d)
 
 
 @dataclass
@@ -520,17 +521,6 @@ def measure_host(model: Any, example_inputs: Any, repeats: int = 20, threads: in
     return HostMeasurement(device=device, processor=_processor_name(device), threads=used_threads, batch_size=batch_size,
                            repeats=repeats, latency_s=latency, latency_p90_s=p90, power_w=power, power_source=source,
                            power_note=note, energy_per_inference_j=energy)
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 __all__ = [

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from cimflow.fileio import json_safe
+
 #: Energy components, in report order.
 COMPONENTS = (
     "cells_lines",           # analog cell conduction + line charging
@@ -29,22 +31,6 @@ DATA_DEPENDENT_COMPONENTS = ("cells_lines", "dac_drivers", "adc", "adder_tree_sh
 
 def zero_components() -> dict[str, float]:
     return dict.fromkeys(COMPONENTS, 0.0)
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    if x is None:
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return _finite_or_none(value)
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 @dataclass
@@ -81,7 +67,7 @@ class OpCost:
         return sum(self.fixed_energy_j.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe({
+        return json_safe({
             "name": self.name, "op_type": self.op_type, "kind": self.kind, "substrate": self.substrate,
             "array_kind": self.array_kind, "energy_j": dict(self.energy_j), "fixed_energy_j": dict(self.fixed_energy_j),
             "total_energy_j": self.total_energy_j, "total_fixed_energy_j": self.total_fixed_energy_j,
@@ -187,7 +173,7 @@ class CostReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (non-finite numbers become null)."""
-        return _json_safe({
+        return json_safe({
             "chip": self.chip, "model_name": self.model_name, "host": self.host, "batch_size": self.batch_size,
             "schedule_mode": self.schedule_mode, "data_dependent": self.data_dependent,
             "energy_j": self.energy_j, "fixed_energy_j": self.fixed_energy_j, "energy_ratio": self.energy_ratio,
