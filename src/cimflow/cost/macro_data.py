@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cimflow.errors import DataError
+from cimflow.readers import read_text_bounded
 
 __all__ = [
     "DESIGN_COLUMNS",
@@ -229,23 +230,10 @@ def _duplicated(names: list[str]) -> list[str]:
 
 
 def _read_bounded_text(file_path: Path, max_bytes: int) -> str:
-    """The file's text (UTF-8, BOM dropped), refusing files over ``max_bytes`` and binary files."""
+    """The file's text (UTF-8, BOM dropped) through the one bounded reader; binary files refused."""
     if not file_path.is_file():
         raise DataError(f"macro file not found: {file_path} (give a CSV in the imc_macros.csv schema)")
-    try:
-        with file_path.open("rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read macro file {file_path}: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise DataError(
-            f"{file_path} is larger than {max_bytes} bytes, the most a macro file may have "
-            f"(the shipped imc_macros.csv has ~29 kB); is it the right file?"
-        )
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{file_path} is not a text CSV file (cannot decode it as UTF-8: {exc.reason})") from exc
+    text = read_text_bounded(file_path, max_bytes, "macro file", encoding="utf-8-sig")
     if "\x00" in text:
         raise DataError(f"{file_path} is not a text CSV file (it contains NUL bytes)")
     return text
