@@ -23,7 +23,7 @@ count and batch go in. Steps:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -481,10 +481,4 @@ def print_recsys_result(result: dict[str, Any], console: Console) -> None:
         console.print(f"note: {note}")
 
 
-def with_overrides(cfg: RecsysConfig, **changes: Any) -> RecsysConfig:
-    """A copy of ``cfg`` with some fields changed (for sensitivity runs)."""
-    return replace(cfg, **changes)
-
-
-__all__ = ["CPU_MODES", "SHAPES", "RecsysConfig", "check_config", "measure_cpu", "print_recsys_result", "run_recsys_config",
-           "with_overrides"]
+__all__ = ["CPU_MODES", "SHAPES", "RecsysConfig", "check_config", "measure_cpu", "print_recsys_result", "run_recsys_config"]
