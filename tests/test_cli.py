@@ -276,3 +276,15 @@ def test_simulate_refuses_nan_example_inputs_in_one_line(cli, tmp_path):
         assert result.returncode == 2
         err = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(err) == 1 and "holds 1 NaN or infinite value(s)" in err[0]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["recsys", "--dim", "1e300"], "Invalid value for '--dim'"),
+    (["compile", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["estimate"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_too(cli: Callable[..., Ran], args: list[str], needle: str) -> None:
+    ran = cli(*args)
+    lines = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert ran.returncode == 2 and len(lines) == 1, ran.stderr
+    assert lines[0].startswith("cimflow: error:") and needle in lines[0]

@@ -423,8 +423,9 @@ def run(
         False, "--hwa", help="fine-tune the DLRM for the chip (HWA) when no fine-tuned model is cached; a cached one is always used"),
     no_cache: bool = typer.Option(False, "--no-cache", help=f"train afresh, neither reading nor writing the cache; {_CACHE_HELP}"),
 ) -> None:
-    """The main job on built-in defaults: DLRM on MovieLens-100k compiled onto the hybrid RRAM/SRAM chip,
-    accuracy over chip instances and time, QPS and QPS/W against this CPU.
+    """The main job on built-in defaults: DLRM accuracy on MovieLens-100k over chip instances and
+    time on the hybrid RRAM/SRAM chip, and QPS and QPS/W on the Criteo-Kaggle shape against a server
+    CPU's roofline and this CPU measured.
 
     Example: cimflow run --instances 5 --times 1s,1d
     """
@@ -570,15 +571,26 @@ def _user_metric(fn: Callable[[Any], Any], path: Path, name: str) -> Callable[[A
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI; a CimflowError prints one line and exits 2."""
+    """Entry point: run the CLI. A CimflowError, and a flag typer cannot parse (a usage error),
+    print one line and exit 2."""
+    from typer.exceptions import Abort, Exit, TyperException
+
     try:
-        app(args=argv, prog_name="cimflow")
+        code = app(args=argv, prog_name="cimflow", standalone_mode=False)
     except CimflowError as err:
         print(f"cimflow: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except TyperException as err:  # typer's usage errors (bad flag value, unknown option, missing argument)
+        message = " ".join(err.format_message().split())
+        if message:  # an empty message: typer already printed the help (e.g. `cimflow` alone)
+            print(f"cimflow: error: {message} (see cimflow --help)", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 2) or 2)
+    except Exit as done:
+        sys.exit(done.exit_code)
+    except (KeyboardInterrupt, Abort):
         print("cimflow: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
