@@ -170,3 +170,20 @@ def test_sensitivity_partition_moves_the_most_sensitive_layer_first():
     assert result.met and result.history[-1] <= 0.05 < result.history[0]
     plan = cimflow.compile(model, chip, x, rules=result.rules)
     assert plan.op("2").array_kind == "digital" and result.digital_arrays >= 1
+
+
+def test_the_digital_unit_is_one_pipeline_stage_shared_by_its_ops():
+    import torch
+    from torch import nn
+
+    import cimflow
+
+    # one small matmul, then eight element-wise ops that all run on the one digital unit
+    model = nn.Sequential(nn.Linear(8, 8), *[nn.ReLU(), nn.Sigmoid(), nn.Tanh(), nn.ReLU()] * 2)
+    plan = cimflow.compile(model, "hybrid-rram-sram-28nm", torch.zeros(4096, 8))
+    unit = [o.latency_s for o in plan.ops if o.substrate == "digital_unit"]
+    arrays = [o.latency_s for o in plan.ops if o.substrate == "array"]
+    assert len(unit) == 8 and sum(unit) > max(arrays) > max(unit)
+    # before: the interval was the slowest single op (the matmul); the unit's ops add up instead
+    assert plan.schedule.pipelined_interval_s == pytest.approx(sum(unit))
+    assert plan.schedule.bottleneck == "digital unit (all its ops)"

@@ -126,12 +126,18 @@ def schedule(plans: list[OpPlan], graph: Graph, mode: str = "pipelined") -> Sche
         path.append(end)
         end = prev[end]
     path.reverse()
+    # pipelined: every array op is a stage on its own arrays; the chip has ONE digital unit, so the
+    # ops it runs share it and their times add up into one stage
+    unit_s = sum(p.latency_s for p in plans if p.substrate == DIGITAL_UNIT)
+    array_s = max((p.latency_s for p in plans if p.substrate != DIGITAL_UNIT), default=0.0)
     bottleneck = max(plans, key=lambda p: p.latency_s).name if plans else None
+    if unit_s > array_s and plans:
+        bottleneck = "digital unit (all its ops)"
     return Schedule(
         mode=mode,
         layer_by_layer_s=sum(lat.values()),
         critical_path_s=max(finish.values()) if finish else 0.0,
-        pipelined_interval_s=max(lat.values()) if lat else 0.0,
+        pipelined_interval_s=max(unit_s, array_s),
         critical_path=[n for n in path if lat.get(n, 0) > 0],
         bottleneck=bottleneck,
     )
