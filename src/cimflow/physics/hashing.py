@@ -131,3 +131,23 @@ def cell_normal(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torc
 def cell_uniform(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torch.Tensor:
     """One float32 uniform (0, 1) per cell (n, cols), on a 2^-24 grid."""
     return _uniform24(cell_hashes(rows, cols, seed, *keys))
+
+
+def stream_key(seed: int, *keys: object) -> int:
+    """The int32 key of the stream (seed, keys) for :func:`counter_normal` (computed once,
+    outside any compiled region: the key derivation is host work)."""
+    return _int32(derive_seed(seed, *keys))
+
+
+def counter_normal(counter: torch.Tensor, key: int, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normals of ``shape`` for draw number ``counter`` (an int32 scalar tensor) of
+    the stream ``key`` (:func:`stream_key`): one 32-bit mix per element, Box-Muller on 24-bit
+    uniforms. Pure tensor arithmetic with no generator object and no host sync, so it traces
+    into one fused kernel under ``torch.compile``; the same (key, counter) gives the same values."""
+    numel = math.prod(shape)
+    base = mix32(counter.to(torch.int32) ^ key)
+    index = torch.arange(numel, device=counter.device, dtype=torch.int32)
+    h1 = mix32(index * _G32 ^ base)
+    h2 = mix32(h1 ^ _G32)
+    radius = torch.sqrt(-2.0 * torch.log(_uniform24(h1)))
+    return (radius * torch.cos((2.0 * math.pi) * _uniform24(h2))).to(dtype).view(shape)

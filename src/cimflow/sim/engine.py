@@ -49,6 +49,7 @@ from cimflow.physics import (
     sample_drift_exponents,
     sample_stuck_mask,
 )
+from cimflow.physics.hashing import counter_normal, stream_key
 from cimflow.sim import fastmm
 
 _EPS = 1e-12
@@ -101,6 +102,10 @@ class CrossbarEngine(torch.nn.Module):
     read_var: torch.Tensor | None
     reference_read_t0: torch.Tensor | None
     output_gain: torch.Tensor | None
+    significance: torch.Tensor  # (S,) slice significances (analog arrays, once programmed)
+    _read_var_bf16: torch.Tensor | None  # read_var[0] in bfloat16 (fast mode, fastmm), a cache
+    _gather_index: torch.Tensor | None  # row layout of non-contiguous read groups
+    read_counter: torch.Tensor  # int32 draw counter of the compiled read-noise stream
 
     def __init__(self, spec: ArraySpec, in_features: int, out_features: int, name: str = "") -> None:
         super().__init__()
@@ -110,7 +115,6 @@ class CrossbarEngine(torch.nn.Module):
         self.seed: int | None = None
         self.t_seconds: float = spec.device.drift.t0_s
         self.read_noise_mode = "fast"
-        self._read_var_bf16: torch.Tensor | None = None  # read_var[0] in bfloat16 (fast mode, fastmm)
         self.collect_stats = False
         self.stats = ReadStats()
         self._calibrating = False
@@ -118,6 +122,7 @@ class CrossbarEngine(torch.nn.Module):
         self._calib_psums: list[torch.Tensor] = []
         self._weight_version: int | None = None  # the weight tensor's _version when programmed
         self._read_gen: torch.Generator | None = None
+        self._read_key = 0  # stream key of the counter-based read noise drawn under torch.compile
         self.input_range: float | None = None  # calibrated input range (input_encoding.range == "calibrated")
         self.input_range_log: torch.nn.Parameter | None = None  # learned input range (opt-in), log of the range
         self.compensation: str | None = None  # drift compensation mode (COMPENSATION_MODES)
@@ -125,10 +130,10 @@ class CrossbarEngine(torch.nn.Module):
         self.verify_iterations: int = 0  # program-and-verify (set_program_verify)
         self.verify_tolerance: float | None = None
         for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range", "w_scale",
-                      "adc_range_calibrated", "reference_read_t0", "output_gain"):
+                      "adc_range_calibrated", "reference_read_t0", "output_gain", "significance", "_read_var_bf16", "_gather_index"):
             self.register_buffer(name_, None, persistent=False)
+        self.register_buffer("read_counter", torch.zeros((), dtype=torch.int32), persistent=False)
         sizes = self.grid.group_sizes()
-        self._gather_index: torch.Tensor | None = None
         if not self.grid.contiguous:
             idx, start = [], 0
             for size in sizes:
@@ -154,7 +159,7 @@ class CrossbarEngine(torch.nn.Module):
                 m = torch.cat([m, m.new_zeros((pad,) + tuple(m.shape[1:]))])
             return m.reshape((g, gr) + tuple(m.shape[1:]))
         m = torch.cat([m, m.new_zeros((1,) + tuple(m.shape[1:]))])
-        return m[self._gather_index.to(m.device)].reshape((g, gr) + tuple(m.shape[1:]))
+        return m[self._gather_index].reshape((g, gr) + tuple(m.shape[1:]))
 
     def _col_tile_expand(self, per_tile: torch.Tensor) -> torch.Tensor:
         """Expand a (..., col_tiles) tensor to (..., out) (each column takes its array's value)."""
@@ -194,6 +199,8 @@ class CrossbarEngine(torch.nn.Module):
         w = weight_in_out.detach()
         self.seed = int(seed)
         self._read_gen = None
+        self._read_key = stream_key(self.seed, self.name, "read", "counter")
+        self.read_counter.zero_()
         dev = self.spec.device
         self.w_scale = weight_scales(w, self.spec.weight_scaling)
         w_norm = w / self.w_scale
@@ -503,10 +510,7 @@ class CrossbarEngine(torch.nn.Module):
         acc = fastmm.grouped_products(xi, w, self.grid.in_features)
         if self.read_var is not None:
             var = self._read_variance(xi)  # one normal draw below for all groups
-            if self._read_gen is None or self._read_gen.device != acc.device:
-                self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
-            noise = torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype)
-            acc.addcmul_(noise, var.sqrt_())
+            acc.addcmul_(self._read_normal(acc), var.sqrt_())
         bits = self.spec.analog_adc().bits
         rng = self.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
         if bits > 1:
@@ -534,9 +538,10 @@ class CrossbarEngine(torch.nn.Module):
             return fastmm.grouped_products(xi.square(), ones, rows) * self.read_var[0]
         cell = self.read_var[0]
         if (self.read_noise_mode == "fast" and xi.device.type == "cpu" and self.spec.input_encoding.bits <= 9
+                and not torch.compiler.is_compiling()  # the compiler fuses the float32 form
                 and xi.shape[0] * cell.shape[-2] * cell.shape[0] * cell.shape[-1] >= fastmm.BF16_MIN_MACS
                 and fastmm.matrix_units_available()):  # codes |c| <= 255 are exact in bfloat16
-            if self._read_var_bf16 is None or self._read_var_bf16.device != cell.device:
+            if self._read_var_bf16 is None or self._read_var_bf16.device != cell.device or self._read_var_bf16.dtype != torch.bfloat16:
                 self._read_var_bf16 = cell.to(torch.bfloat16)
             cell = self._read_var_bf16
         return fastmm.variance_products(xi, cell, rows)
@@ -571,13 +576,14 @@ class CrossbarEngine(torch.nn.Module):
         per_element = scale.view(n, 1, 1, 1, cols.shape[-2], cols.shape[-1]) if per_patch and cols.dim() == 6 else scale
         enc = self.spec.input_encoding
         steps_in = float((1 << (enc.bits - 1)) - 1) if enc.bits > 1 else 1.0
-        xi = torch.empty(cols.shape, dtype=cols.dtype, device=cols.device)  # the columns, written once
-        if enc.bits > 1:
-            torch.mul(cols, steps_in / per_element, out=xi)
-            (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
+        if torch.compiler.is_compiling():  # functional form: an ``out=`` tensor would take ``cols``' strides there
+            xi = cols * (steps_in / per_element) if enc.bits > 1 else torch.sign(cols)
         else:
-            torch.sign(cols, out=xi)
-        xi = xi.view(n, -1, length)
+            xi = torch.empty(cols.shape, dtype=cols.dtype, device=cols.device)  # the columns, written once
+            torch.mul(cols, steps_in / per_element, out=xi) if enc.bits > 1 else torch.sign(cols, out=xi)
+        if enc.bits > 1:
+            (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
+        xi = xi.reshape(n, -1, length)  # a view, but for the compiled form's copy
         w = self.w_eff[0] if self.is_digital else self.w_eff[0, 0]
         if xi.shape[1] != w.shape[0]:
             xi = torch.nn.functional.pad(xi, (0, 0, 0, w.shape[0] - xi.shape[1]))
@@ -590,9 +596,7 @@ class CrossbarEngine(torch.nn.Module):
                     var = torch.matmul(self.read_var[0, 0].t(), sq)
                 else:
                     var = sq.sum(1, keepdim=True) * self.read_var[0, 0, 0].view(1, -1, 1)
-                if self._read_gen is None or self._read_gen.device != acc.device:
-                    self._read_gen = generator_for(self.seed or 0, self.name, "read", device=acc.device)
-                acc.addcmul_(torch.randn(acc.shape, generator=self._read_gen, device=acc.device, dtype=acc.dtype), var.sqrt_())
+                acc.addcmul_(self._read_normal(acc), var.sqrt_())
             if self.output_gain is not None:
                 acc.mul_(self.output_gain.view(1, -1, 1) if self.output_gain.dim() == 1 else self.output_gain)
             bits = self.spec.analog_adc().bits
@@ -659,10 +663,21 @@ class CrossbarEngine(torch.nn.Module):
         one conductance, an approximation otherwise, and cheaper).
         """
         var = self._read_noise_variance(xg)
-        if self._read_gen is None or self._read_gen.device != var.device:
-            self._read_gen = generator_for(self.seed or 0, self.name, "read", device=var.device)
-        noise = torch.randn(shape, generator=self._read_gen, device=var.device, dtype=var.dtype)
-        return noise.mul_(var.sqrt_())
+        return self._read_normal(var.new_empty(shape)).mul_(var.sqrt_())
+
+    def _read_normal(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normals shaped like ``like``, the read noise's draw. Eager: from the
+        instance's seeded read generator. Under ``torch.compile`` (a generator object cannot
+        enter a graph): from the counter-based stream (seed, layer, "read") at the draw number
+        :attr:`read_counter`, advanced by every draw - equal in distribution, fused by the
+        compiler, seeded just the same."""
+        if torch.compiler.is_compiling():
+            noise = counter_normal(self.read_counter, self._read_key, tuple(like.shape), like.dtype)
+            self.read_counter.add_(1)
+            return noise
+        if self._read_gen is None or self._read_gen.device != like.device:
+            self._read_gen = generator_for(self.seed or 0, self.name, "read", device=like.device)
+        return torch.randn(like.shape, generator=self._read_gen, device=like.device, dtype=like.dtype)
 
     def _record_stats(self, x_q: torch.Tensor) -> None:
         st = self.stats
@@ -728,7 +743,7 @@ class _StraightThroughWeight(torch.autograd.Function):
             if engine._gather_index is None:
                 g = flat[:in_features]
             else:
-                g = flat.new_zeros(in_features + 1, out).index_add_(0, engine._gather_index.to(flat.device), flat)[:in_features]
+                g = flat.new_zeros(in_features + 1, out).index_add_(0, engine._gather_index, flat)[:in_features]
         return g / engine.w_scale, None, None
 
 

@@ -34,6 +34,13 @@ def patch_view(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]
     return x.permute(0, 1, 4, 5, 2, 3)
 
 
+def _refresh_before_forward(layer: CIMLayer, args: tuple) -> None:
+    """Forward pre-hook: re-program a layer whose weights changed (skipped while torch.compile
+    traces: reading a tensor's version and programming are host work, outside the graph)."""
+    if not torch.compiler.is_compiling():
+        layer.refresh()
+
+
 class CIMLayer(nn.Module):
     """Common part of the CIM layers: the engine, programming and drift."""
 
@@ -44,6 +51,8 @@ class CIMLayer(nn.Module):
         self.array_kind = array_kind
         self.layer_name = name
         self.engine = CrossbarEngine(spec, in_features, out_features, name=name)
+        # re-programming after a weight change happens before forward, never inside it
+        self.register_forward_pre_hook(_refresh_before_forward)
 
     def weight_matrix(self) -> torch.Tensor:
         """The weight as the crossbar holds it: (in_features, out_features)."""
@@ -57,17 +66,22 @@ class CIMLayer(nn.Module):
         """Age this layer's chip instance to ``t_seconds`` after programming."""
         self.engine.set_time(t_seconds)
 
-    def _sync_programming(self) -> None:
-        if self.engine.programmed and self.engine._weight_version != self.weight._version:
-            # the weights changed since programming (an optimizer step): program again,
-            # same instance seed, at the same time after programming
-            t = self.engine.t_seconds
-            self.program(self.engine.seed or 0)
-            if t != self.engine.t_seconds:
-                self.engine.set_time(t)
+    def refresh(self) -> bool:
+        """Program this layer again if its weights changed since programming (an optimizer
+        step): same instance seed, same time after programming. Returns whether it did.
+
+        Eager forwards call it first (a forward pre-hook); a model compiled with
+        ``torch.compile`` does not (programming is not part of the compiled graph): call
+        ``cimflow.program`` or this method after changing the weights of a compiled model."""
+        if not self.engine.programmed or self.engine._weight_version == self.weight._version:
+            return False
+        t = self.engine.t_seconds
+        self.program(self.engine.seed or 0)
+        if t != self.engine.t_seconds:
+            self.engine.set_time(t)
+        return True
 
     def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
-        self._sync_programming()
         self.engine.record_input(x2d)
         return self.engine(x2d, self.weight_matrix())
 
@@ -127,7 +141,6 @@ class CIMConv(CIMLayer):
         n, _, h, w = x.shape
         ho = (h - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
         wo = (w - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
-        self._sync_programming()
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if not needs_grad and self.engine.can_read_columns():
             # inference: the patches as a view (quantized straight into channel-first columns);
