@@ -132,9 +132,8 @@ def test_read_text_bounded(tmp_path: Path) -> None:
         read_text_bounded(tmp_path, 10)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_a_fifo_is_not_read(tmp_path: Path) -> None:
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no FIFOs on this platform")
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="not a regular file"):

@@ -163,7 +163,7 @@ def test_undecodable_file_is_refused(tmp_path: Path):
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"name: \xff\xfe\x00bad\n")
     message = file_refusal(path)
-    assert "cannot read chip file" in message
+    assert "chip file is not utf-8 text" in message
 
 
 def test_unknown_preset_lists_the_presets():

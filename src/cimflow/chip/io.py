@@ -18,7 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from cimflow.chip.spec import Chip
-from cimflow.errors import ChipSpecError
+from cimflow.errors import ChipSpecError, DataError
+from cimflow.readers import read_text_bounded
 
 PRESET_PACKAGE = "cimflow.chip.presets"
 #: Sub-folder of the presets that holds validation references (published chips under their
@@ -223,14 +224,9 @@ def load_chip_file(path: str | Path) -> Chip:
     if not path.is_file():
         raise ChipSpecError(f"chip file {str(path)!r} does not exist; give a preset name ({', '.join(preset_names())}) or a YAML file")
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)
-        if len(raw) > MAX_YAML_BYTES:
-            raise ChipSpecError(
-                f"chip file {str(path)!r} is larger than {MAX_YAML_BYTES:,} bytes; that is the limit for a chip description")
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ChipSpecError(f"cannot read chip file {str(path)!r}: {err}") from None
+        text = read_text_bounded(path, MAX_YAML_BYTES, "chip file")
+    except DataError as err:  # one bounded reader; a chip file's problems are chip-spec errors
+        raise ChipSpecError(str(err)) from None
     return load_chip_yaml(text, str(path))
 
 

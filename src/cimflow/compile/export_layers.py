@@ -133,8 +133,8 @@ def lift_weight_layers(module: fx.GraphModule) -> fx.GraphModule:
     return lifted
 
 
-def _install(root: nn.Module, path: str, layer: nn.Module) -> None:
-    *parents, leaf = path.split(".")
+def _owner(root: nn.Module, parents: list[str]) -> nn.Module:
+    """The module at ``parents`` under ``root``, creating empty containers on the way."""
     owner = root
     for part in parents:
         child = getattr(owner, part, None)
@@ -142,7 +142,12 @@ def _install(root: nn.Module, path: str, layer: nn.Module) -> None:
             child = nn.Module()
             owner.add_module(part, child)
         owner = child
-    owner.add_module(leaf, layer)
+    return owner
+
+
+def _install(root: nn.Module, path: str, layer: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    _owner(root, parents).add_module(leaf, layer)
 
 
 def _copy_attr(source: nn.Module, root: nn.Module, target: str) -> None:
@@ -150,13 +155,7 @@ def _copy_attr(source: nn.Module, root: nn.Module, target: str) -> None:
     value = source
     for part in target.split("."):
         value = getattr(value, part)
-    owner = root
-    for part in parents:
-        child = getattr(owner, part, None)
-        if not isinstance(child, nn.Module):
-            child = nn.Module()
-            owner.add_module(part, child)
-        owner = child
+    owner = _owner(root, parents)
     if hasattr(owner, leaf):
         return
     if isinstance(value, nn.Parameter):
