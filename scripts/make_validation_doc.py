@@ -34,8 +34,10 @@ from cimflow.cost.macros import (
     validate_macros,
 )
 from cimflow.cost.validation import (
+    DERIVED,
+    PREDICTED,
     TOLERANCE,
-    ChipValidation,
+    ValidationRow,
     chip_benchmarks,
     summarize,
     validate_chips,
@@ -79,67 +81,63 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[
 
 # ----------------------------------------------------------------------------- sections
 
-def chips_section(rows: list[ChipValidation]) -> list[str]:
+def chips_section(rows: list[ValidationRow]) -> list[str]:
     summary = summarize(rows)
     benchmarks = {b.name: b for b in chip_benchmarks()}
     out = [
         "## 1. Published chips through the plan-level model (`cimflow validate chips`)",
         "",
-        "Each chip of the reference table in `docs/architecture.md` has a validation preset "
+        "Each published chip has a validation preset "
         "(`src/cimflow/chip/presets/validation/*.yaml`, loaded as `validation/<name>`) whose numbers are paper "
         "facts, documented assumptions, or parameters derived from a reported figure (each preset's header and "
-        "`assumptions` say which). The measurement is the paper's benchmark condition: one full-array MVM per "
-        "array at the stated precision, every row of a read driven (`nn.Linear(rows, weight columns, bias=False)`, "
+        "`assumptions` say which). The measurement is the paper's benchmark condition (for a macro: one full-array MVM "
+        "per array at the stated precision, every row of a read driven, `nn.Linear(rows, weight columns, bias=False)`, "
         "two input vectors per array so the compiler replicates the layer into every array), compiled with "
         "`cimflow.compile.pipeline.compile_model` and estimated with `cimflow.cost.estimate.estimate` (fixed per-op "
         "activity). TOPS/W = 2 x MACs / energy and TOPS/mm^2 = 2 x MACs / latency / chip area, one MAC = two "
-        "operations at the stated input and weight precision, as the papers count them. Operating points (NeuRRAM's "
-        "precision sweep, the 5 nm macro at 0.9 V) override only the fields named in "
-        "`cimflow.cost.validation`.",
+        "operations at the stated input and weight precision, as the papers count them. Operating points override only "
+        "the fields named in `cimflow.cost.validation`. One row per operating point and metric "
+        "(`cimflow validate chips --out FILE.json` writes the same rows).",
         "",
         "**basis**: `derived` = a preset parameter was computed from this very figure (agreement by construction: "
-        "it checks the event counting and the normalization, not the energy or area model); `predicted` = no "
-        "parameter was derived from this figure. Errors are predicted / reported - 1.",
+        "it checks the event counting and the normalization, not the energy or area model; shown, **not counted**); "
+        "`predicted` = no parameter was derived from this figure. Errors are predicted / reported - 1.",
         "",
     ]
     out += table(
-        ["chip", "basis (TOPS/W)", "TOPS/W reported", "predicted", "error", "basis (TOPS/mm^2)", "TOPS/mm^2 reported",
-         "predicted", "error", "TOPS reported", "predicted", f"within {TOLERANCE:.0%}"],
-        [[r.name, r.basis_tops_w, number(r.reported_tops_w), number(r.predicted_tops_w), signed_percent(r.error_tops_w),
-          r.basis_tops_mm2 or "-", number(r.reported_tops_mm2),
-          number(r.predicted_tops_mm2) if r.reported_tops_mm2 is not None else "-", signed_percent(r.error_tops_mm2),
-          number(r.reported_tops), number(r.predicted_tops) if r.reported_tops is not None else "-",
-          "yes" if r.within_20pct_tops_w and r.within_20pct_tops_mm2 is not False else "NO"] for r in rows],
-        ["l", "l", "r", "r", "r", "l", "r", "r", "r", "r", "r", "l"],
+        ["chip", "metric", "basis", "reported", "predicted", "error", f"within {TOLERANCE:.0%}"],
+        [[r.chip, f"{r.metric} [{r.unit}]", r.basis, number(r.reported), number(r.predicted), signed_percent(r.error),
+          "(derived)" if r.derived else ("yes" if r.within_tolerance else "NO")] for r in rows],
+        ["l", "l", "l", "r", "r", "r", "l"],
     )
-    predicted, derived = summary["tops_w_predicted"], summary["tops_w_derived"]
-    mm2_predicted = summary["tops_mm2_predicted"]
+    predicted, derived = summary["predicted"], summary["derived"]
     out += [
         "",
-        f"**Summary.** {summary['rows']} rows; every one within {TOLERANCE:.0%}: {'yes' if summary['within_20pct'] else 'NO'}. "
-        f"TOPS/W *predicted*: {predicted['n']} rows, median |error| {percent(predicted['median_abs_error'])}, "
-        f"max {percent(predicted['max_abs_error'])}. TOPS/mm^2 *predicted*: {mm2_predicted['n']} rows, "
-        f"max |error| {percent(mm2_predicted['max_abs_error'])}. TOPS/W *derived* (by construction): "
-        f"{derived['n']} rows, max |error| {percent(derived['max_abs_error'])}.",
-        "",
-        "The TOPS column is informational (not part of the 20 % target): NeuRRAM's throughput at each precision "
-        "(Ext. Data Fig. 12d; its 8b/10b latency was used to derive the conversion latency) and HERMES's 63.1 TOPS.",
-        "",
-        "### What was derived and what was predicted",
+        f"**Summary.** {summary['rows']} figures of {summary['chips']} chips / operating points. *Predicted*: "
+        f"{predicted['n']} rows, {predicted['within_tolerance']} within {TOLERANCE:.0%}, median |error| "
+        f"{percent(predicted['median_abs_error'])}, max {percent(predicted['max_abs_error'])}. *Derived* (by "
+        f"construction, not counted): {derived['n']} rows, max |error| {percent(derived['max_abs_error'])}.",
         "",
     ]
-    groups: dict[tuple[str, tuple[str, ...]], list[ChipValidation]] = {}
-    for r in rows:
-        groups.setdefault((r.preset, tuple(r.derived_parameters)), []).append(r)
+    out += table(
+        ["metric", "predicted rows", "median |error|", "max |error|", "derived rows"],
+        [[metric, s[PREDICTED]["n"], percent(s[PREDICTED]["median_abs_error"]), percent(s[PREDICTED]["max_abs_error"]),
+          s[DERIVED]["n"]] for metric, s in summary["by_metric"].items()],
+        ["l", "r", "r", "r", "r"],
+    )
+    out += ["", "### What was derived and what was predicted", ""]
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for name, benchmark in benchmarks.items():
+        if any(r.chip == name for r in rows):
+            groups.setdefault((benchmark.preset, benchmark.derived_parameters), []).append(name)
     for (preset, derived_parameters), members in groups.items():
-        names = ", ".join(m.name for m in members)
-        out.append(f"* **{names}** (`{preset}`; workload {benchmarks[members[0].name].workload}).")
+        out.append(f"* **{', '.join(members)}** (`{preset}`; workload {benchmarks[members[0]].workload.describe()}).")
         out += [f"  * derived from a reported figure: {p}" for p in derived_parameters]
-        for m in members:
-            label = f"{m.name}: " if len(members) > 1 else ""
-            out.append(f"  * {label}TOPS/W {m.basis_tops_w}"
-                       + (f", TOPS/mm^2 {m.basis_tops_mm2}" if m.basis_tops_mm2 else "")
-                       + f"; reported: {m.reported_source}; {m.notes}")
+        for name in members:
+            b = benchmarks[name]
+            label = f"{name}: " if len(members) > 1 else ""
+            bases = ", ".join(f"{f.metric} {f.basis}" for f in b.reported)
+            out.append(f"  * {label}{bases}; reported: {b.reported_source}; {b.notes}")
     out.append("")
     return out
 
@@ -209,7 +207,7 @@ def calibration_section(result: CalibrationResult, csv: Path) -> list[str]:
     return out
 
 
-def render(chips: list[ChipValidation], macros: MacroValidation, calibration: CalibrationResult, csv: Path) -> str:
+def render(chips: list[ValidationRow], macros: MacroValidation, calibration: CalibrationResult, csv: Path) -> str:
     lines = [
         "# Validation of cimflow's cost model",
         "",

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import re
+import statistics
 from collections.abc import Iterator
 
 import pytest
@@ -25,10 +26,17 @@ from cimflow.chip.io import validation_preset_names
 from cimflow.cost.components import add_energy_j, mean_cell_conductance
 from cimflow.cost.validation import (
     DERIVED,
+    METRICS,
     PREDICTED,
     TOLERANCE,
+    ChipBenchmark,
+    LinearMVM,
+    ModelWorkload,
+    Reported,
     benchmark_chip,
     chip_benchmarks,
+    compare,
+    measure,
     operating_point,
     summarize,
     validate_chips,
@@ -54,7 +62,7 @@ DESIGN_TABLE = {
 
 @pytest.fixture(scope="module")
 def rows():
-    return {row.name: row for row in validate_chips()}
+    return {(row.chip, row.metric): row for row in validate_chips()}
 
 
 def sourced_blocks(model: BaseModel, path: str = "") -> Iterator[tuple[str, BaseModel]]:
@@ -130,45 +138,74 @@ def test_validation_presets_are_physically_plausible(name: str):
 
 # ---------------------------------------------------------------- the measurement
 def test_every_chip_of_the_design_table_is_validated(rows):
-    assert len(rows) == len(chip_benchmarks())
+    assert {r.chip for r in rows.values()} == {b.name for b in chip_benchmarks()}
     for name, (tops_w, tops_mm2) in DESIGN_TABLE.items():
-        assert rows[name].reported_tops_w == pytest.approx(tops_w, rel=0.01), name
+        assert rows[name, "tops_w"].reported == pytest.approx(tops_w, rel=0.01), name
         if tops_mm2 is not None:
-            assert rows[name].reported_tops_mm2 == pytest.approx(tops_mm2, rel=0.01), name
-    assert rows["tsmc-dcim-5nm@0.9V"].reported_tops_mm2 == 221.0
-    assert sum(name.startswith("neurram@") for name in rows) >= 3
+            assert rows[name, "tops_mm2"].reported == pytest.approx(tops_mm2, rel=0.01), name
+    assert rows["tsmc-dcim-5nm@0.9V", "tops_mm2"].reported == 221.0
+    assert sum(chip.startswith("neurram@") for chip, metric in rows if metric == "tops_w") >= 3
 
 
 def test_every_benchmark_runs_on_a_validation_preset():
     for benchmark in chip_benchmarks():
         assert benchmark.preset in VALIDATION
-        assert benchmark.basis_tops_w in (DERIVED, PREDICTED)
-        assert (benchmark.reported_tops_mm2 is None) == (benchmark.basis_tops_mm2 is None)
+        assert benchmark.reported and all(figure.metric in METRICS for figure in benchmark.reported)
         assert benchmark.derived_parameters, f"{benchmark.name}: say which parameters came from reported figures"
 
 
-@pytest.mark.parametrize("name", [b.name for b in chip_benchmarks()])
-def test_tops_per_watt_within_20_percent(rows, name: str):
-    row = rows[name]
-    assert abs(row.error_tops_w) <= TOLERANCE, f"{name}: predicted {row.predicted_tops_w:.4g} vs reported {row.reported_tops_w:.4g}"
-    assert row.within_20pct_tops_w
-    if row.basis_tops_w == DERIVED:
+def test_one_row_per_benchmark_and_reported_figure(rows):
+    expected = {(b.name, f.metric): f for b in chip_benchmarks() for f in b.reported}
+    assert set(rows) == set(expected)
+    for key, row in rows.items():
+        assert row.reported == expected[key].value and row.derived == expected[key].derived
+        assert row.error == pytest.approx(row.predicted / row.reported - 1.0, rel=1e-12)
+        assert row.within_tolerance == (abs(row.error) <= TOLERANCE)
+        assert row.unit == METRICS[row.metric].unit
+
+
+@pytest.mark.parametrize("key", [(b.name, f.metric) for b in chip_benchmarks() for f in b.reported
+                                 if f.metric in ("tops_w", "tops_mm2")], ids=lambda key: "-".join(key))
+def test_efficiency_figures_within_20_percent(rows, key):
+    row = rows[key]
+    assert abs(row.error) <= TOLERANCE, f"{key}: predicted {row.predicted:.4g} vs reported {row.reported:.4g}"
+    if row.derived:
         # derived from this figure: agreement by construction, up to the digitization of the source
-        assert abs(row.error_tops_w) < 0.02
+        assert abs(row.error) < 0.02
 
 
-@pytest.mark.parametrize("name", [b.name for b in chip_benchmarks() if b.reported_tops_mm2 is not None])
-def test_tops_per_mm2_within_20_percent_where_reported(rows, name: str):
-    row = rows[name]
-    assert abs(row.error_tops_mm2) <= TOLERANCE and row.within_20pct_tops_mm2
-    if row.basis_tops_mm2 == DERIVED:
-        assert abs(row.error_tops_mm2) < 0.01
+def test_reported_figures_are_checked():
+    with pytest.raises(CimflowError, match="unknown metric"):
+        Reported("tops_per_banana", 1.0)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(CimflowError, match="finite number > 0"):
+            Reported("tops_w", bad)
+    workload = LinearMVM(8, 8, batch=2)
+    with pytest.raises(CimflowError, match="reported twice"):
+        ChipBenchmark("x", "validation/neurram", workload, (Reported("tops_w", 1.0), Reported("tops_w", 2.0)), ("none",), "")
+    with pytest.raises(CimflowError, match="at least one"):
+        ChipBenchmark("x", "validation/neurram", workload, (), ("none",), "")
 
 
-def test_unreported_figures_carry_no_error(rows):
-    for row in rows.values():
-        if row.reported_tops_mm2 is None:
-            assert row.error_tops_mm2 is None and row.within_20pct_tops_mm2 is None and row.basis_tops_mm2 is None
+def test_a_model_workload_and_any_metric_make_rows():
+    """A benchmark with a model of its own and metrics other than TOPS/W (power, energy per inference)."""
+    import torch
+    from torch import nn
+
+    def factory():
+        return nn.Sequential(nn.Linear(64, 32, bias=False), nn.ReLU(), nn.Linear(32, 10, bias=False)), torch.zeros(4, 64)
+
+    benchmark = ChipBenchmark(
+        "toy", "validation/neurram", ModelWorkload("two-layer MLP x 4", 4, factory),
+        (Reported("power_w", 1e-3), Reported("energy_per_inference_j", 1e-9, derived=True), Reported("area_mm2", 1.0)),
+        ("nothing",), "test")
+    report = measure(benchmark)
+    got = {r.metric: r for r in compare(benchmark, report)}
+    assert got["power_w"].predicted == pytest.approx(report.power_w, rel=1e-12)
+    assert got["energy_per_inference_j"].predicted == pytest.approx(report.energy_j, rel=1e-12)
+    assert got["energy_per_inference_j"].derived and not got["power_w"].derived
+    assert got["area_mm2"].predicted == pytest.approx(report.area_mm2, rel=1e-12)
+    assert got["power_w"].workload == "two-layer MLP x 4"
 
 
 def test_neurram_energy_matches_the_closed_form_from_the_preset(rows):
@@ -182,14 +219,14 @@ def test_neurram_energy_matches_the_closed_form_from_the_preset(rows):
         e_pulse = (256 * spec.input_encoding.dac.energy_pj * 1e-12 + 256 * 256 * e_cell
                    + 128 * (spec.adc.conversion.energy_pj * 1e-12 + add_energy_j(acc_bits, 130e-9, chip.technology.supply_v)))
         expected = 2 * 256 * 128 / (pulses * e_pulse) / 1e12
-        assert rows[f"neurram@{bits}b/{bits + 2}b"].predicted_tops_w == pytest.approx(expected, rel=1e-9)
+        assert rows[f"neurram@{bits}b/{bits + 2}b", "tops_w"].predicted == pytest.approx(expected, rel=1e-9)
 
 
 def test_neurram_sweep_falls_with_input_pulses(rows):
-    sweep = [rows[f"neurram@{b}b/{b + 2}b"].predicted_tops_w for b in range(2, 9)]
+    sweep = [rows[f"neurram@{b}b/{b + 2}b", "tops_w"].predicted for b in range(2, 9)]
     assert all(a > b for a, b in itertools.pairwise(sweep))
     # only one of the eight points was used to derive parameters
-    assert [r.basis_tops_w for n, r in rows.items() if n.startswith("neurram@")].count(DERIVED) == 1
+    assert [r.basis for (n, m), r in rows.items() if n.startswith("neurram@") and m == "tops_w"].count(DERIVED) == 1
 
 
 def test_hermes_throughput_is_64_cores_over_one_integration_window(rows):
@@ -197,13 +234,13 @@ def test_hermes_throughput_is_64_cores_over_one_integration_window(rows):
     spec = chip.arrays["pcm"]
     step = spec.read.read_pulse_s + spec.adc.columns_per_adc * spec.adc.conversion.latency_s
     tops = 64 * 2 * 256 * 256 / step / 1e12
-    assert rows["ibm-hermes"].predicted_tops == pytest.approx(tops, rel=1e-9)
-    assert abs(rows["ibm-hermes"].error_tops) <= TOLERANCE  # 63.1 TOPS reported
+    assert rows["ibm-hermes", "tops"].predicted == pytest.approx(tops, rel=1e-9)
+    assert abs(rows["ibm-hermes", "tops"].error) <= TOLERANCE  # 63.1 TOPS reported
 
 
 def test_dcim_5nm_at_09v_is_the_05v_preset_scaled_by_v_squared(rows):
-    low = rows["tsmc-dcim-5nm@0.5V"].predicted_tops_w
-    high = rows["tsmc-dcim-5nm@0.9V"].predicted_tops_w
+    low = rows["tsmc-dcim-5nm@0.5V", "tops_w"].predicted
+    high = rows["tsmc-dcim-5nm@0.9V", "tops_w"].predicted
     assert low / high == pytest.approx((0.9 / 0.5) ** 2, rel=1e-9)
 
 
@@ -219,23 +256,30 @@ def test_operating_point_overrides_and_refuses_unknown_fields():
 
 def test_validate_chips_selects_by_name_or_preset_and_refuses_unknown():
     selected = validate_chips(["validation/tsmc-dcim-5nm"])
-    assert {r.name for r in selected} == {"tsmc-dcim-5nm@0.5V", "tsmc-dcim-5nm@0.9V"}
+    assert {r.chip for r in selected} == {"tsmc-dcim-5nm@0.5V", "tsmc-dcim-5nm@0.9V"}
     with pytest.raises(CimflowError, match="unknown chip benchmark"):
         validate_chips(["not-a-chip"])
 
 
 def test_summary_separates_predicted_from_derived(rows):
     summary = summarize(rows.values())
-    assert summary["rows"] == len(rows) and summary["within_20pct"] is True
-    predicted = [abs(r.error_tops_w) for r in rows.values() if r.basis_tops_w == PREDICTED]
-    assert summary["tops_w_predicted"]["n"] == len(predicted)
-    assert summary["tops_w_predicted"]["max_abs_error"] == pytest.approx(max(predicted))
-    assert summary["tops_w_derived"]["max_abs_error"] < 0.02
+    assert summary["rows"] == len(rows) and summary["chips"] == len(chip_benchmarks())
+    predicted = sorted(abs(r.error) for r in rows.values() if r.basis == PREDICTED)
+    assert summary["predicted"]["n"] == len(predicted)
+    assert summary["predicted"]["max_abs_error"] == pytest.approx(max(predicted))
+    assert summary["predicted"]["median_abs_error"] == pytest.approx(statistics.median(predicted))
+    assert summary["predicted"]["within_tolerance"] == sum(e <= TOLERANCE for e in predicted)
+    assert summary["all_predicted_within_tolerance"] == all(e <= TOLERANCE for e in predicted)
+    # derived rows are shown but never counted in the verdict
+    assert summary["derived"]["n"] == sum(r.derived for r in rows.values())
+    tops_w = summary["by_metric"]["tops_w"]
+    assert tops_w[PREDICTED]["n"] + tops_w[DERIVED]["n"] == sum(m == "tops_w" for _, m in rows)
 
 
 def test_rows_serialize_to_json(rows):
     payload = json.loads(json.dumps([r.to_dict() for r in rows.values()]))
-    assert all(math.isfinite(p["predicted_tops_w"]) for p in payload)
+    assert all(math.isfinite(p["predicted"]) and p["predicted"] > 0 for p in payload)
+    assert all({"chip", "metric", "predicted", "reported", "derived", "error"} <= set(p) for p in payload)
 
 
 def test_cli_validate_chips_writes_json(tmp_path):
@@ -247,4 +291,8 @@ def test_cli_validate_chips_writes_json(tmp_path):
     result = CliRunner().invoke(app, ["validate", "chips", "--chip", "ibm-hermes", "--out", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert [r["name"] for r in data["rows"]] == ["ibm-hermes"] and data["summary"]["rows"] == 1
+    assert [(r["chip"], r["metric"]) for r in data["rows"]] == [("ibm-hermes", "tops_w"), ("ibm-hermes", "tops_mm2"),
+                                                                ("ibm-hermes", "tops")]
+    assert data["summary"]["rows"] == 3 and data["summary"]["chips"] == 1
+    for r in data["rows"]:
+        assert r["derived"] is False and r["error"] == pytest.approx(r["predicted"] / r["reported"] - 1, rel=1e-12)

@@ -1,29 +1,32 @@
 """Validation of the plan-level cost model against published CIM silicon: ``validate_chips()``.
 
-Every published chip of the reference table in docs/architecture.md has a validation preset
-(``cimflow/chip/presets/validation/*.yaml``, loaded as ``"validation/<name>"``) whose numbers
-are paper facts, documented assumptions, or parameters *derived* from a reported figure
-(each preset says which). A :class:`ChipBenchmark` defines the measurement:
+Every published chip has a validation preset (``cimflow/chip/presets/validation/*.yaml``,
+loaded as ``"validation/<name>"``) whose numbers are paper facts, documented assumptions, or
+parameters *derived* from a reported figure (each preset says which). A :class:`ChipBenchmark`
+defines the measurement:
 
-* **workload**: the paper's benchmark condition, one full-array MVM per array at the stated
-  precision with every row of a read driven: ``nn.Linear(in_features, out_features,
-  bias=False)`` with ``in_features`` = the rows driven in one read and ``out_features`` = the
-  weight columns of one array, and a batch of ``batch`` input vectors (two per array, so the
-  compiler replicates the layer into every array of the chip and the pipeline is full);
-* **pipeline**: :func:`cimflow.compile.pipeline.compile_model` (torch.fx capture, tiling,
-  replication, placement, schedule), then :func:`cimflow.cost.estimate.estimate` with the
-  fixed per-op activity (every row driven, ``CostOptions()`` defaults);
-* **normalization**: TOPS/W = 2 x MACs / energy (``CostReport.tops_per_w``), one MAC = two
-  operations at the stated input and weight precision, as the papers count them;
-  TOPS/mm^2 = 2 x MACs / latency / chip area (``CostReport.tops_per_mm2``).
+* **workload**: the paper's benchmark condition. :class:`LinearMVM` is one full-array MVM per
+  array at the stated precision with every row of a read driven (``nn.Linear(in_features,
+  out_features, bias=False)``, ``in_features`` = the rows driven in one read, ``out_features``
+  = the weight columns of one array, two input vectors per array so the compiler replicates the
+  layer into every array and the pipeline is full); :class:`ModelWorkload` is any model with
+  its example input (a CNN, a keyword-spotting network, an embedding pooling);
+* **pipeline**: :func:`cimflow.compile.pipeline.compile_model`, then
+  :func:`cimflow.cost.estimate.estimate` with the fixed per-op activity (``CostOptions()``
+  defaults unless the benchmark names its own);
+* **figures**: one :class:`Reported` per published number, in any metric of :data:`METRICS`
+  (TOPS/W = 2 x MACs / energy, TOPS/mm^2 = 2 x MACs / latency / chip area, one MAC = two
+  operations at the stated precision as the papers count them; power, energy per inference,
+  latency, ...). Each says whether it is ``derived`` (a preset parameter was computed from this
+  very figure, so agreement is by construction and checks only the event counting and
+  normalization) or a prediction (no parameter was derived from it).
 
-An operating point of a preset (NeuRRAM's precision sweep, the 5 nm macro at 0.9 V) is the
-preset with a few fields overridden (:func:`operating_point`); everything else is held.
+:func:`validate_chips` gives one :class:`ValidationRow` per operating point and metric; errors
+are signed relative errors ``predicted / reported - 1``. Only predictions count towards the
+"within tolerance" verdict (:func:`summarize`); derived rows are reported but not counted.
 
-Each result says, per metric, whether the predicted value is ``"derived"`` (a preset
-parameter was computed from this very reported figure, so agreement is by construction and
-checks only the event counting and normalization) or ``"predicted"`` (no parameter was
-derived from it). Errors are signed relative errors ``predicted / reported - 1``.
+Adding a published figure is a local edit of :func:`chip_benchmarks`: one more
+``ChipBenchmark(...)`` (or one more ``Reported(...)`` in an existing one).
 """
 
 from __future__ import annotations
@@ -40,12 +43,111 @@ from cimflow.cost.estimate import CostOptions, estimate
 from cimflow.cost.report_types import CostReport
 from cimflow.errors import CimflowError
 
-#: The agreement the validation asks of every chip (relative error on TOPS/W and TOPS/mm^2).
+#: The agreement the validation asks of every predicted figure (relative error).
 TOLERANCE = 0.20
 
 DERIVED = "derived"
 PREDICTED = "predicted"
 
+
+# ----------------------------------------------------------------------------- metrics
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure a paper reports and the cost report predicts: ``value(report)`` in ``unit``."""
+
+    label: str
+    unit: str
+    value: Callable[[CostReport], float]
+
+
+#: Every metric a validation row may compare, by key (the ``metric`` of a row).
+METRICS: dict[str, Metric] = {
+    "tops_w": Metric("TOPS/W", "TOPS/W", lambda r: r.tops_per_w),
+    "tops_mm2": Metric("TOPS/mm^2", "TOPS/mm^2", lambda r: r.tops_per_mm2),
+    "tops": Metric("TOPS", "TOPS", lambda r: r.tops),
+    "tops_sustained": Metric("sustained TOPS", "TOPS", lambda r: r.tops_sustained),
+    "power_w": Metric("power", "W", lambda r: r.power_w),
+    "energy_per_inference_j": Metric("energy per inference", "J", lambda r: r.energy_j),
+    "energy_per_query_j": Metric("energy per query", "J", lambda r: r.energy_per_query_j),
+    "latency_s": Metric("latency", "s", lambda r: r.latency_s),
+    "qps": Metric("queries per second", "1/s", lambda r: r.qps),
+    "qps_per_w": Metric("queries per joule", "1/J", lambda r: r.qps_per_w),
+    "area_mm2": Metric("area", "mm^2", lambda r: r.area_mm2),
+}
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One published figure of a benchmark.
+
+    Attributes:
+        metric: a key of :data:`METRICS` (``"tops_w"``, ``"power_w"``, ...).
+        value: the published number, in the metric's unit.
+        derived: ``True`` when a preset parameter was computed from this very figure (the
+            row is then reported but not counted towards the tolerance verdict).
+        source: where the number comes from (citation keys of the preset); empty: the
+            benchmark's ``reported_source``.
+    """
+
+    metric: str
+    value: float
+    derived: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise CimflowError(f"reported figure: unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not (
+                math.isfinite(self.value) and self.value > 0):
+            raise CimflowError(f"reported {self.metric}: the value must be a finite number > 0, got {self.value!r}")
+
+    @property
+    def basis(self) -> str:
+        return DERIVED if self.derived else PREDICTED
+
+
+# ----------------------------------------------------------------------------- workloads
+
+@dataclass(frozen=True)
+class LinearMVM:
+    """One full-array MVM per array: ``nn.Linear(in_features, out_features, bias=False)`` on
+    ``batch`` input vectors."""
+
+    in_features: int
+    out_features: int
+    batch: int
+
+    def describe(self) -> str:
+        return f"Linear({self.in_features}, {self.out_features}, bias=False) x {self.batch} vectors"
+
+    def build(self) -> tuple[Any, Any]:
+        import torch
+        from torch import nn
+
+        return nn.Linear(self.in_features, self.out_features, bias=False), torch.zeros(self.batch, self.in_features)
+
+
+@dataclass(frozen=True)
+class ModelWorkload:
+    """Any model: ``factory()`` returns ``(module, example_input)``; ``batch`` queries per
+    inference (the estimate's batch size)."""
+
+    description: str
+    batch: int
+    factory: Callable[[], tuple[Any, Any]]
+
+    def describe(self) -> str:
+        return self.description
+
+    def build(self) -> tuple[Any, Any]:
+        return self.factory()
+
+
+Workload = LinearMVM | ModelWorkload
+
+
+# ----------------------------------------------------------------------------- benchmarks and rows
 
 @dataclass(frozen=True)
 class ChipBenchmark:
@@ -54,71 +156,67 @@ class ChipBenchmark:
     Attributes:
         name: row name, e.g. ``"neurram@4b/6b"``.
         preset: the validation preset, ``"validation/<name>"``.
-        in_features, out_features: the ``nn.Linear`` of the workload (rows driven per read,
-            weight columns per array).
-        batch: input vectors per inference (two per array of the chip).
-        reported_tops_w, reported_tops_mm2, reported_tops: the published figures (``None``
-            where the paper reports none), at the stated precision.
-        basis_tops_w, basis_tops_mm2: ``"derived"`` or ``"predicted"`` (see the module docstring).
-        derived_parameters: the preset fields computed from reported figures, each with the figure.
+        workload: :class:`LinearMVM` or :class:`ModelWorkload`.
+        reported: the published figures, one :class:`Reported` per metric.
+        derived_parameters: the preset fields computed from reported figures, each with the
+            figure (empty only when nothing was derived from any reported figure).
         reported_source: where the reported figures come from (citation keys of the preset).
         notes: conditions, caveats and cross-checks.
         overrides: dotted field path -> value, or a function of the loaded preset returning
             them: the operating point (empty: the preset as shipped).
+        options: cost options of the estimate (``None``: ``CostOptions()``).
     """
 
     name: str
     preset: str
-    in_features: int
-    out_features: int
-    batch: int
-    reported_tops_w: float
-    basis_tops_w: str
+    workload: Workload
+    reported: tuple[Reported, ...]
     derived_parameters: tuple[str, ...]
     reported_source: str
-    reported_tops_mm2: float | None = None
-    basis_tops_mm2: str | None = None
-    reported_tops: float | None = None
     notes: str = ""
     overrides: Mapping[str, Any] | Callable[[Chip], Mapping[str, Any]] = field(default_factory=dict)
+    options: CostOptions | None = None
 
-    @property
-    def workload(self) -> str:
-        return f"Linear({self.in_features}, {self.out_features}, bias=False) x {self.batch} vectors"
+    def __post_init__(self) -> None:
+        metrics = [r.metric for r in self.reported]
+        if not metrics:
+            raise CimflowError(f"chip benchmark {self.name!r}: give at least one reported figure")
+        if len(set(metrics)) != len(metrics):
+            raise CimflowError(f"chip benchmark {self.name!r}: metric reported twice in {metrics}")
+
+    def figure(self, metric: str) -> Reported | None:
+        return next((r for r in self.reported if r.metric == metric), None)
 
 
 @dataclass
-class ChipValidation:
-    """Reported vs predicted figures of one chip or operating point.
+class ValidationRow:
+    """Reported vs predicted value of one metric of one chip or operating point.
 
-    Errors are ``predicted / reported - 1``; ``within_20pct_*`` is ``|error| <= 0.2`` and
-    ``None`` where the paper reports no such figure.
+    ``error = predicted / reported - 1``; ``within_tolerance`` is ``|error| <= TOLERANCE``;
+    ``derived`` rows (the prediction used the reported figure) are not counted by
+    :func:`summarize`'s verdict.
     """
 
-    name: str
+    chip: str
+    metric: str
+    unit: str
+    predicted: float
+    reported: float
+    derived: bool
+    error: float
+    within_tolerance: bool
     preset: str
     workload: str
-    reported_tops_w: float
-    predicted_tops_w: float
-    error_tops_w: float
-    within_20pct_tops_w: bool
-    basis_tops_w: str
-    reported_tops_mm2: float | None
-    predicted_tops_mm2: float
-    error_tops_mm2: float | None
-    within_20pct_tops_mm2: bool | None
-    basis_tops_mm2: str | None
-    reported_tops: float | None
-    predicted_tops: float
-    error_tops: float | None
+    source: str
     derived_parameters: list[str]
-    reported_source: str
     notes: str
+
+    @property
+    def basis(self) -> str:
+        return DERIVED if self.derived else PREDICTED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
 # ----------------------------------------------------------------------------- operating points
 
 def _set_path(data: dict[str, Any], path: str, value: Any, origin: str) -> None:
@@ -164,9 +262,8 @@ def _neurram_point(bits: int) -> ChipBenchmark:
     return ChipBenchmark(
         name=f"neurram@{bits}b/{bits + 2}b",
         preset="validation/neurram",
-        in_features=256, out_features=128, batch=96,
-        reported_tops_w=tops_w, reported_tops=tops,
-        basis_tops_w=DERIVED if derived else PREDICTED,
+        workload=LinearMVM(256, 128, batch=96),
+        reported=(Reported("tops_w", tops_w, derived=derived), Reported("tops", tops, derived=derived)),
         derived_parameters=(
             "arrays.rram.input_encoding.dac.energy_pj <- WL-switching energy at 8b/10b (Ext. Data Fig. 12b)",
             "arrays.rram.read.read_pulse_s <- input-pulse energy at 8b/10b (Ext. Data Fig. 12b)",
@@ -217,9 +314,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="ibm-hermes",
             preset="validation/ibm-hermes",
-            in_features=256, out_features=256, batch=128,
-            reported_tops_w=9.76, reported_tops_mm2=1.55, reported_tops=63.1,
-            basis_tops_w=PREDICTED, basis_tops_mm2=PREDICTED,
+            workload=LinearMVM(256, 256, batch=128),
+            reported=(Reported("tops_w", 9.76), Reported("tops_mm2", 1.55), Reported("tops", 63.1)),
             derived_parameters=(
                 "arrays.pcm.adc.conversion.energy_pj <- HERMES-core energy per MVM E_core = 12.48 nJ (10.5 TOPS/W, [imc_macros])",
                 "area parts (cells, adc, dac) <- HERMES-core area 0.634 mm^2 ([imc_macros])",
@@ -232,9 +328,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="ibm-speech",
             preset="validation/ibm-speech",
-            in_features=512, out_features=512, batch=68,
-            reported_tops_w=12.4,
-            basis_tops_w=DERIVED,
+            workload=LinearMVM(512, 512, batch=68),
+            reported=(Reported("tops_w", 12.4, derived=True),),
             derived_parameters=("arrays.pcm.adc.conversion.energy_pj <- 12.4 TOPS/W (remainder after assumed cell and row energies)",),
             reported_source="[ambrogio2023] (12.4 TOPS/W chip-sustained)",
             notes=("8-bit duration inputs, 34 tiles of 512x512 weights; calibrated: the chip's energy breakdown is not "
@@ -243,9 +338,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="tsmc-dcim-22nm",
             preset="validation/tsmc-dcim-22nm",
-            in_features=256, out_features=64, batch=2,
-            reported_tops_w=89.0, reported_tops_mm2=16.3,
-            basis_tops_w=DERIVED, basis_tops_mm2=DERIVED,
+            workload=LinearMVM(256, 64, batch=2),
+            reported=(Reported("tops_w", 89.0, derived=True), Reported("tops_mm2", 16.3, derived=True)),
             derived_parameters=(
                 "arrays.sram_dcim.adder_tree.energy_per_bit_op_pj <- 89 TOPS/W",
                 "arrays.sram_dcim.read.area_per_cell_um2 <- 16.3 TOPS/mm^2 at an assumed 400 MHz clock",
@@ -256,9 +350,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="tsmc-dcim-5nm@0.5V",
             preset="validation/tsmc-dcim-5nm",
-            in_features=64, out_features=64, batch=2,
-            reported_tops_w=254.0,
-            basis_tops_w=DERIVED,
+            workload=LinearMVM(64, 64, batch=2),
+            reported=(Reported("tops_w", 254.0, derived=True),),
             derived_parameters=("arrays.sram_dcim.adder_tree.energy_per_bit_op_pj <- 254 TOPS/W at 0.5 V",),
             reported_source="[fujiwara2022] (254 TOPS/W, 4b x 4b)",
             notes="4b x 4b, 64-input MACs, one macro at 0.5 V; clock and area from [imc_macros]; TOPS/W calibrated",
@@ -266,9 +359,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="tsmc-dcim-5nm@0.9V",
             preset="validation/tsmc-dcim-5nm",
-            in_features=64, out_features=64, batch=2,
-            reported_tops_w=DCIM5_TOPS_W_09V, reported_tops_mm2=221.0,
-            basis_tops_w=PREDICTED, basis_tops_mm2=PREDICTED,
+            workload=LinearMVM(64, 64, batch=2),
+            reported=(Reported("tops_w", DCIM5_TOPS_W_09V), Reported("tops_mm2", 221.0)),
             derived_parameters=("arrays.sram_dcim.adder_tree.energy_per_bit_op_pj <- 254 TOPS/W at 0.5 V (then scaled by (0.9/0.5)^2)",),
             reported_source="TOPS/W: [imc_macros] 0.9 V row of [fujiwara2022] (1118.4 / 16 = 69.9); TOPS/mm^2: [fujiwara2022] (221)",
             notes=("the 0.5 V preset moved to 0.9 V: energy per bit-op by C V^2 (x3.24), clock 4 / 3.45 ns from "
@@ -279,9 +371,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="tsinghua-reram-2020",
             preset="validation/tsinghua-reram-2020",
-            in_features=784, out_features=100, batch=2,
-            reported_tops_w=78.4,
-            basis_tops_w=DERIVED,
+            workload=LinearMVM(784, 100, batch=2),
+            reported=(Reported("tops_w", 78.4, derived=True),),
             derived_parameters=("arrays.reram.adc.conversion.energy_pj <- 78.4 TOPS/W via E_core = 2.0 nJ ([imc_macros])",),
             reported_source="[liu2020] (78.4 TOPS/W at 1b inputs, 1.5b weights)",
             notes=("784 rows fully parallel, 1-bit inputs, ternary weights; calibrated: checks op counting and normalization only. "
@@ -291,9 +382,8 @@ def chip_benchmarks() -> tuple[ChipBenchmark, ...]:
         ChipBenchmark(
             name="tsinghua-rram-576k",
             preset="validation/tsinghua-rram-576k",
-            in_features=128, out_features=256, batch=2,
-            reported_tops_w=35.6, reported_tops_mm2=2.82,
-            basis_tops_w=DERIVED, basis_tops_mm2=DERIVED,
+            workload=LinearMVM(128, 256, batch=2),
+            reported=(Reported("tops_w", 35.6, derived=True), Reported("tops_mm2", 2.82, derived=True)),
             derived_parameters=(
                 "arrays.rram.adc.conversion.energy_pj <- 35.6 TOPS/W (normalized)",
                 "arrays.rram.adc.conversion.area_um2 <- 2.82 TOPS/mm^2 (normalized)",
@@ -316,57 +406,45 @@ def benchmark_chip(benchmark: ChipBenchmark) -> Chip:
 
 def measure(benchmark: ChipBenchmark, options: CostOptions | None = None) -> CostReport:
     """Compile the benchmark's workload onto its chip and estimate it (fixed per-op activity)."""
-    import torch
-    from torch import nn
-
     from cimflow.compile.pipeline import compile_model
 
     chip = benchmark_chip(benchmark)
-    model = nn.Linear(benchmark.in_features, benchmark.out_features, bias=False)
-    example = torch.zeros(benchmark.batch, benchmark.in_features)
+    model, example = benchmark.workload.build()
     plan = compile_model(model, chip, example)
     plan.model_name = benchmark.name
-    return estimate(plan, options=options or CostOptions(), batch_size=benchmark.batch)
+    return estimate(plan, options=options or benchmark.options or CostOptions(), batch_size=benchmark.workload.batch)
 
 
-def _relative_error(predicted: float, reported: float | None) -> float | None:
-    if reported is None:
-        return None
-    return predicted / reported - 1.0
+def compare(benchmark: ChipBenchmark, report: CostReport) -> list[ValidationRow]:
+    """The rows of one benchmark from its cost report, one per reported figure."""
+    rows = []
+    for figure in benchmark.reported:
+        metric = METRICS[figure.metric]
+        predicted = float(metric.value(report))
+        if not (math.isfinite(predicted) and predicted > 0):
+            raise CimflowError(f"validation benchmark {benchmark.name!r}: the estimate gave {metric.label} = {predicted!r}; "
+                               f"check preset {benchmark.preset!r}")
+        error = predicted / figure.value - 1.0
+        rows.append(ValidationRow(
+            chip=benchmark.name, metric=figure.metric, unit=metric.unit, predicted=predicted, reported=float(figure.value),
+            derived=figure.derived, error=error, within_tolerance=abs(error) <= TOLERANCE, preset=benchmark.preset,
+            workload=benchmark.workload.describe(), source=figure.source or benchmark.reported_source,
+            derived_parameters=list(benchmark.derived_parameters), notes=benchmark.notes,
+        ))
+    return rows
 
 
-def _within(error: float | None) -> bool | None:
-    return None if error is None else abs(error) <= TOLERANCE
-
-
-def validate_benchmark(benchmark: ChipBenchmark) -> ChipValidation:
+def validate_benchmark(benchmark: ChipBenchmark) -> list[ValidationRow]:
     """Measure one benchmark and compare it with its reported figures."""
-    report = measure(benchmark)
-    tops_w, tops_mm2, tops = report.tops_per_w, report.tops_per_mm2, report.tops
-    for label, value in (("TOPS/W", tops_w), ("TOPS/mm^2", tops_mm2), ("TOPS", tops)):
-        if not (math.isfinite(value) and value > 0):
-            raise CimflowError(
-                f"validation benchmark {benchmark.name!r}: the estimate gave {label} = {value!r}; check preset {benchmark.preset!r}")
-    error_w = tops_w / benchmark.reported_tops_w - 1.0  # every benchmark reports TOPS/W
-    error_mm2 = _relative_error(tops_mm2, benchmark.reported_tops_mm2)
-    return ChipValidation(
-        name=benchmark.name, preset=benchmark.preset, workload=benchmark.workload,
-        reported_tops_w=benchmark.reported_tops_w, predicted_tops_w=tops_w, error_tops_w=error_w,
-        within_20pct_tops_w=bool(_within(error_w)), basis_tops_w=benchmark.basis_tops_w,
-        reported_tops_mm2=benchmark.reported_tops_mm2, predicted_tops_mm2=tops_mm2, error_tops_mm2=error_mm2,
-        within_20pct_tops_mm2=_within(error_mm2),
-        basis_tops_mm2=benchmark.basis_tops_mm2 if benchmark.reported_tops_mm2 is not None else None,
-        reported_tops=benchmark.reported_tops, predicted_tops=tops, error_tops=_relative_error(tops, benchmark.reported_tops),
-        derived_parameters=list(benchmark.derived_parameters), reported_source=benchmark.reported_source, notes=benchmark.notes,
-    )
+    return compare(benchmark, measure(benchmark))
 
 
-def validate_chips(names: Iterable[str] | None = None) -> list[ChipValidation]:
-    """Reported vs predicted TOPS/W (and TOPS/mm^2 where reported) of every published chip of
-    the reference table of docs/architecture.md, one row per chip or operating point.
+def validate_chips(names: Iterable[str] | None = None) -> list[ValidationRow]:
+    """Reported vs predicted figures of every published chip, one row per chip or operating
+    point and metric.
 
-    ``names`` restricts the rows (benchmark names, or preset names ``"validation/<name>"``
-    selecting all of a preset's rows).
+    ``names`` restricts the benchmarks (benchmark names, or preset names ``"validation/<name>"``
+    selecting all of a preset's benchmarks).
     """
     benchmarks = chip_benchmarks()
     if names is not None:
@@ -377,30 +455,43 @@ def validate_chips(names: Iterable[str] | None = None) -> list[ChipValidation]:
             raise CimflowError(f"unknown chip benchmark(s) {unknown}; known: {', '.join(b.name for b in benchmarks)} "
                                f"(or a preset: {', '.join(validation_preset_names())})")
         benchmarks = tuple(b for b in benchmarks if b.name in wanted or b.preset in wanted)
-    return [validate_benchmark(b) for b in benchmarks]
+    return [row for b in benchmarks for row in validate_benchmark(b)]
 
 
-def summarize(rows: Iterable[ChipValidation]) -> dict[str, Any]:
-    """Error statistics of a validation, split by basis (predicted vs derived)."""
+def error_stats(errors: Iterable[float]) -> dict[str, Any]:
+    """Count, median and largest absolute relative error, and how many are within tolerance."""
+    absolute = sorted(abs(e) for e in errors)
+    if not absolute:
+        return {"n": 0, "median_abs_error": None, "max_abs_error": None, "within_tolerance": 0}
+    mid = len(absolute) // 2
+    median = absolute[mid] if len(absolute) % 2 else 0.5 * (absolute[mid - 1] + absolute[mid])
+    return {"n": len(absolute), "median_abs_error": median, "max_abs_error": absolute[-1],
+            "within_tolerance": sum(a <= TOLERANCE for a in absolute)}
+
+
+def summarize(rows: Iterable[ValidationRow]) -> dict[str, Any]:
+    """Error statistics of a validation: over all predicted rows (the verdict: every one within
+    :data:`TOLERANCE`), over the derived rows (by construction, not counted), and per metric."""
     rows = list(rows)
-
-    def stats(errors: list[float]) -> dict[str, Any]:
-        if not errors:
-            return {"n": 0, "median_abs_error": None, "max_abs_error": None}
-        absolute = sorted(abs(e) for e in errors)
-        mid = len(absolute) // 2
-        median = absolute[mid] if len(absolute) % 2 else 0.5 * (absolute[mid - 1] + absolute[mid])
-        return {"n": len(absolute), "median_abs_error": median, "max_abs_error": absolute[-1]}
-
-    out: dict[str, Any] = {"rows": len(rows), "within_20pct": all(
-        r.within_20pct_tops_w and r.within_20pct_tops_mm2 is not False for r in rows)}
-    for basis in (PREDICTED, DERIVED):
-        out[f"tops_w_{basis}"] = stats([r.error_tops_w for r in rows if r.basis_tops_w == basis])
-        out[f"tops_mm2_{basis}"] = stats([r.error_tops_mm2 for r in rows if r.basis_tops_mm2 == basis and r.error_tops_mm2 is not None])
-    return out
+    predicted = [r for r in rows if not r.derived]
+    by_metric = {
+        metric: {basis: error_stats(r.error for r in rows if r.metric == metric and r.basis == basis)
+                 for basis in (PREDICTED, DERIVED)}
+        for metric in dict.fromkeys(r.metric for r in rows)
+    }
+    return {
+        "rows": len(rows),
+        "chips": len({r.chip for r in rows}),
+        "tolerance": TOLERANCE,
+        "predicted": error_stats(r.error for r in predicted),
+        "derived": error_stats(r.error for r in rows if r.derived),
+        "by_metric": by_metric,
+        "all_predicted_within_tolerance": all(r.within_tolerance for r in predicted),
+    }
 
 
 __all__ = [
-    "DERIVED", "PREDICTED", "TOLERANCE", "ChipBenchmark", "ChipValidation", "benchmark_chip", "chip_benchmarks", "measure",
-    "operating_point", "summarize", "validate_benchmark", "validate_chips",
+    "DERIVED", "METRICS", "PREDICTED", "TOLERANCE", "ChipBenchmark", "LinearMVM", "Metric", "ModelWorkload", "Reported",
+    "ValidationRow", "Workload", "benchmark_chip", "chip_benchmarks", "compare", "error_stats", "measure", "operating_point",
+    "summarize", "validate_benchmark", "validate_chips",
 ]
