@@ -89,3 +89,46 @@ def test_held_out_hits_on_uniform_access_go_where_the_rows_are():
     assert held[ARRAYS] == pytest.approx(0.01, abs=0.003) and held[DRAM] == pytest.approx(0.99, abs=0.003)
     with pytest.raises(CompileError, match="held-out indices"):
         held_out_hits(p, torch.tensor([rows]))
+
+
+# ---------------------------------------------------------------- the PIM (near-memory compute) tier
+def test_pim_tier_sits_between_arrays_and_dram_and_its_capacity_is_at_stored_precision():
+    from cimflow.compile.tiers import PIM, pim_row_bytes
+
+    chip = load_preset("hbm-pim-recsys")
+    caps = tier_capacities_rows(chip, 64)
+    assert pim_row_bytes(chip, 64) == 64 * chip.pim.stored_bits // 8
+    assert caps[PIM] == chip.pim.capacity_bytes // (64 * chip.pim.stored_bits // 8)
+    assert caps[DRAM] == 0  # this card has no plain DRAM
+    a = count_accesses("a", 1000, 16, [_zipf_indices(1000, 20000, 0)])
+    placed = place_tables([a], chip, capacities={SRAM: 10, ARRAYS: 100, PIM: 500, DRAM: 1000})
+    p = placed[0]
+    assert p.placement == {SRAM: 10, ARRAYS: 100, PIM: 500, DRAM: 390}
+    # seen rows fill the tiers hottest first: SRAM, arrays, then PIM before DRAM
+    counts = dict(zip(a.row_ids.tolist(), a.counts.tolist(), strict=True))
+    pim_min = min(counts[int(r)] for r in p.seen_rows[PIM])
+    assert all(counts[int(r)] <= pim_min for r in p.seen_rows.get(DRAM, torch.empty(0)))
+
+
+@pytest.mark.parametrize("k,f", [(1, 1.0), (20, 1.0), (20, 0.25), (7, 0.5), (3, 0.0)])
+def test_pim_traffic_closed_form(k: int, f: float):
+    from cimflow.compile.tiers import pim_traffic
+
+    chip = load_preset("hbm-pim-recsys")
+    p = chip.pim
+    dim = 40  # 40 x 16 bit = 80 B: 3 bank accesses of 32 B per row, 3 bursts of 32 B per vector
+    t = pim_traffic(chip, dim, k, f)
+    assert t.lookups == pytest.approx(k * f)
+    assert t.internal_bytes == pytest.approx(k * f * 3 * p.access_bytes)
+    assert t.ops == pytest.approx(k * f * dim)
+    # one pooled vector leaves per bag with at least one PIM row: 1 - (1 - f)^k
+    assert t.vectors == pytest.approx(1 - (1 - f) ** k)
+    assert t.external_bytes == pytest.approx((1 - (1 - f) ** k) * 3 * p.burst_bytes)
+    assert t.external_bytes <= t.internal_bytes + 1e-12 or k * f < 1
+
+
+def test_pim_traffic_is_zero_without_a_pim_block():
+    from cimflow.compile.tiers import pim_traffic
+
+    t = pim_traffic(load_preset("hybrid-rram-sram-28nm"), 64, 20, 1.0)
+    assert (t.lookups, t.internal_bytes, t.ops, t.vectors, t.external_bytes) == (0.0, 0.0, 0.0, 0.0, 0.0)

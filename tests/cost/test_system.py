@@ -96,3 +96,58 @@ def test_buffers_and_interconnect_bind_when_the_chip_gives_their_bandwidth(mlp_p
     slow = system_model(cost, plan, [ChipTraffic(host_in_bytes=1.0)], chip=chip)
     assert slow.bound_by == "on-chip buffers"
     assert slow.qps == pytest.approx(1e6 / (bits / 8 / 32))
+
+
+# ---------------------------------------------------------------- the PIM tier's cost law
+@pytest.fixture(scope="module")
+def pim_plan():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    plan = cimflow.compile(model, "hbm-pim-recsys", torch.zeros(32, 64))
+    return plan, estimate(plan, batch_size=32)
+
+
+@pytest.mark.parametrize("which", ["PIM banks", "PIM units", "PIM interface"])
+def test_each_pim_resource_binds_at_its_closed_form(pim_plan, which: str):
+    plan, cost = pim_plan
+    pim = plan.chip.pim
+    # internal bandwidth = units x access_bytes x clock; ops = units x lanes x clock
+    assert pim.internal_bandwidth_bytes_per_s == pytest.approx(pim.units * pim.access_bytes * pim.clock_hz)
+    assert pim.ops_per_s == pytest.approx(pim.units * pim.lanes * pim.clock_hz)
+    big = {"PIM banks": dict(pim_internal_bytes=1e9, pim_ops=1.0, pim_external_bytes=1.0),
+           "PIM units": dict(pim_internal_bytes=1.0, pim_ops=1e9, pim_external_bytes=1.0),
+           "PIM interface": dict(pim_internal_bytes=1.0, pim_ops=1.0, pim_external_bytes=1e9)}[which]
+    sys = system_model(cost, plan, [ChipTraffic(pim_lookups=1.0, **big)])
+    capacity = {"PIM banks": pim.internal_bandwidth_bytes_per_s, "PIM units": pim.ops_per_s,
+                "PIM interface": pim.bandwidth_bytes_per_s}[which]
+    assert sys.bound_by == which
+    assert sys.qps == pytest.approx(capacity / 1e9)
+    assert sys.utilization[which] == pytest.approx(1.0)
+    assert all(u <= 1.0 + 1e-12 for u in sys.utilization.values())
+
+
+def test_pim_traffic_on_a_chip_without_pim_is_refused(mlp_plan):
+    plan, cost = mlp_plan
+    with pytest.raises(CimflowError, match="no 'pim' block"):
+        system_model(cost, plan, [ChipTraffic(pim_lookups=1.0, pim_internal_bytes=64.0)])
+
+
+def test_pim_energy_in_estimate_is_the_dram_tiers_closed_form():
+    from cimflow.compile.tiers import pim_traffic
+
+    # the hybrid chip (rows pooled in RRAM) given the PIM block of hbm-pim-recsys as a further tier
+    chip = load_preset("hybrid-rram-sram-28nm").model_copy(update={"pim": load_preset("hbm-pim-recsys").pim})
+    bag = nn.EmbeddingBag(10_000, 64, mode="sum")
+    idx, off = torch.zeros(20 * 32, dtype=torch.long), torch.arange(0, 20 * 32, 20)
+    plan = cimflow.compile(bag, chip, (idx, off))
+    op = next(o for o in plan.ops if o.op_type == "EmbeddingBag")
+    base = {"bags": 32, "lookups": 640, "hot_lookups": 0.0, "dram_lookups": 0.0}
+    plain = estimate(plan, stats={op.name: base}, batch_size=32)
+    with_pim = estimate(plan, stats={op.name: {**base, "pim_lookups": 320.0}}, batch_size=32)
+    t = pim_traffic(chip, 64, 20, 0.5)
+    p = chip.pim
+    per_bag = (t.internal_bytes * 8 * p.internal_energy_per_bit_pj + t.ops * p.energy_per_op_pj
+               + t.external_bytes * 8 * p.external_energy_per_bit_pj + t.lookups * p.row_activation_pj) * 1e-12
+    assert with_pim.by_component["dram"] - plain.by_component["dram"] == pytest.approx(32 * per_bag, rel=1e-9)
+    bad = {**base, "hot_lookups": 400.0, "pim_lookups": 400.0}
+    with pytest.raises(CimflowError, match="pim_lookups <= lookups"):
+        estimate(plan, stats={op.name: bad}, batch_size=32)

@@ -388,6 +388,50 @@ class Memory(StrictModel):
     source: str | None = None
 
 
+class Pim(StrictModel):
+    """Near-memory compute in DRAM (HBM-PIM / AiM class): a DRAM tier whose banks pool rows.
+
+    ``units`` compute units (one per bank or bank pair), each reading ``access_bytes`` from its
+    bank per ``clock_hz`` cycle and adding ``lanes`` values per cycle. Embedding rows placed in this
+    tier are pooled inside the DRAM; only pooled vectors (``result_bits`` per value) cross the
+    external interface (``bandwidth_bytes_per_s``, whole ``burst_bytes``). Internal bank
+    bandwidth = units x access_bytes x clock_hz. Rows are stored at ``stored_bits`` per value and
+    striped across units, so one bag's slice of a row is summed by the unit that holds it.
+    The cost law is :mod:`cimflow.cost.system` (``pim_*`` resources) and the energy is the DRAM
+    tier's in :func:`cimflow.cost.estimate.estimate`.
+    """
+
+    name: str | None = None
+    capacity_bytes: int = Field(ge=1, le=MAX_BYTES, description="bytes in the PIM tier, at most 1e15")
+    bandwidth_bytes_per_s: float = Field(
+        ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
+        description="external interface, bytes/s (HBM2 stack ~3.07e11): 1e3 to 1e15")
+    units: int = Field(ge=1, le=10**7, description="compute units working in parallel (one per bank or bank pair)")
+    lanes: int = Field(default=16, ge=1, le=4096, description="values one unit adds per cycle (SIMD width)")
+    clock_hz: float = Field(ge=1e6, le=1e10, description="compute-unit clock, Hz: 1 MHz to 10 GHz")
+    access_bytes: int = Field(default=32, ge=1, le=4096, description="bytes one unit reads from its bank per cycle")
+    burst_bytes: int = Field(default=32, ge=1, le=4096, description="smallest external transfer, bytes")
+    stored_bits: int = Field(default=16, ge=1, le=64, description="bits per embedding value as stored in the banks")
+    result_bits: int = Field(default=16, ge=1, le=64, description="bits per pooled value sent out")
+    energy_per_op_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one lane add/MAC, pJ")
+    internal_energy_per_bit_pj: float = Field(
+        default=0.0, ge=0, le=MAX_ENERGY_PJ, description="bank read to the unit (no I/O), pJ per bit")
+    external_energy_per_bit_pj: float = Field(
+        default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one bit over the external interface, pJ")
+    row_activation_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one random row activation, pJ")
+    source: str | None = None
+
+    @property
+    def internal_bandwidth_bytes_per_s(self) -> float:
+        """Aggregate bank bandwidth the units see: units x access_bytes x clock."""
+        return self.units * self.access_bytes * self.clock_hz
+
+    @property
+    def ops_per_s(self) -> float:
+        """Lane operations (adds or MACs) per second over all units."""
+        return self.units * self.lanes * self.clock_hz
+
+
 class Link(StrictModel):
     """A link between the chip and its host (PCIe, CXL) or between two chips.
 
@@ -482,6 +526,7 @@ class Chip(StrictModel):
     buffer: Memory | None = None
     interconnect: Interconnect = Field(default_factory=Interconnect)
     dram: Memory | None = None
+    pim: Pim | None = Field(default=None, description="near-memory compute DRAM tier (HBM-PIM / AiM): rows pooled in the banks")
     host: Host | None = Field(default=None, description="the host that runs host operators (default: cimflow's server CPU preset)")
     host_link: Link | None = Field(default=None, description="chip-to-host link (default: PCIe Gen4 x16, see cimflow.cost.system)")
     chip_link: Link | None = Field(default=None, description="chip-to-chip link of a multi-chip system (default: see cimflow.cost.system)")

@@ -5,6 +5,9 @@ tier, the next to the dense non-volatile arrays, the rest to DRAM when the chip 
 
 - ``sram``: the chip's digital-CIM arrays left over after the plan's MLPs (exact lookups);
 - ``arrays``: the embedding array kind (in-array pooling, with the device's non-idealities);
+- ``pim``: near-memory compute DRAM (``chip.pim``, HBM-PIM / AiM class), when the chip has
+  one: rows are pooled by the banks' compute units and only pooled vectors leave the DRAM
+  (:func:`pim_traffic`);
 - ``dram``: off-chip memory, when the chip describes one (exact lookups, DRAM energy).
 
 Each tier's capacity in rows comes from the chip description. A table that does not fit
@@ -29,8 +32,8 @@ from cimflow.chip.spec import Chip
 from cimflow.compile.plan import ARRAY, Plan
 from cimflow.errors import CompileError
 
-SRAM, ARRAYS, DRAM = "sram", "arrays", "dram"
-TIERS = (SRAM, ARRAYS, DRAM)
+SRAM, ARRAYS, PIM, DRAM = "sram", "arrays", "pim", "dram"
+TIERS = (SRAM, ARRAYS, PIM, DRAM)
 
 
 @dataclass
@@ -96,6 +99,46 @@ def dram_access_bytes(chip: Chip, dim: int) -> int:
     return -(-dram_row_bytes(chip, dim) // burst) * burst
 
 
+def pim_row_bytes(chip: Chip, dim: int) -> int:
+    """Bytes one row of ``dim`` values takes in the PIM tier, at its stored precision."""
+    bits = chip.pim.stored_bits if chip.pim is not None else 16
+    return max(-(-dim * bits // 8), 1)
+
+
+@dataclass(frozen=True)
+class PimTraffic:
+    """What the PIM tier does per query for one table (see :func:`pim_traffic`)."""
+
+    lookups: float
+    internal_bytes: float
+    ops: float
+    vectors: float
+    external_bytes: float
+
+
+def pim_traffic(chip: Chip, dim: int, lookups_per_query: float, pim_fraction: float) -> PimTraffic:
+    """Per query, one table's rows served from the PIM tier.
+
+    ``lookups_per_query`` lookups of the table (its pooling factor), ``pim_fraction`` of them in
+    PIM. Each such row is read inside the banks in whole ``access_bytes`` units at the stored
+    precision (``internal_bytes``) and added lane by lane (``dim`` ops). A bag sends one pooled
+    vector out when at least one of its rows is in PIM: with lookups independent, a bag of
+    ``k`` lookups does so with probability ``1 - (1 - f)^k`` (``vectors``), each of ``dim`` values
+    at ``result_bits`` in whole bursts (``external_bytes``).
+    """
+    if chip.pim is None or lookups_per_query <= 0 or pim_fraction <= 0:
+        return PimTraffic(0.0, 0.0, 0.0, 0.0, 0.0)
+    p = chip.pim
+    f = min(max(pim_fraction, 0.0), 1.0)
+    lookups = lookups_per_query * f
+    per_row = -(-pim_row_bytes(chip, dim) // p.access_bytes) * p.access_bytes
+    vectors = 1.0 - (1.0 - f) ** lookups_per_query
+    vec_raw = -(-dim * p.result_bits // 8)
+    vec_bytes = -(-vec_raw // p.burst_bytes) * p.burst_bytes
+    return PimTraffic(lookups=lookups, internal_bytes=lookups * per_row, ops=lookups * dim, vectors=vectors,
+                      external_bytes=vectors * vec_bytes)
+
+
 def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve_sram_for_plan: bool = True) -> dict[str, int]:
     """Rows of width ``dim`` each tier can hold, from the chip description."""
     caps = dict.fromkeys(TIERS, 0)
@@ -114,6 +157,8 @@ def tier_capacities_rows(chip: Chip, dim: int, plan: Plan | None = None, reserve
             spare -= sum(o.arrays * o.replication for o in plan.ops if o.substrate == ARRAY and o.array_kind == chip.roles.digital)
         bits = max(spare, 0) * dig.rows * dig.cols
         caps[SRAM] = bits // (dim * (dig.weight_bits or 8))
+    if chip.pim is not None:
+        caps[PIM] = chip.pim.capacity_bytes // pim_row_bytes(chip, dim)
     if chip.dram is not None and chip.dram.capacity_bytes:
         caps[DRAM] = chip.dram.capacity_bytes // dram_row_bytes(chip, dim)
     return caps
@@ -162,7 +207,7 @@ def place_tables(accesses: Sequence[TableAccess], chip: Chip, plan: Plan | None 
     result = []
     for i, a in enumerate(accesses):
         unseen = a.rows - int(a.row_ids.numel())
-        for tier in (ARRAYS, DRAM, SRAM):
+        for tier in (ARRAYS, PIM, DRAM, SRAM):
             take = min(left[tier], unseen)
             placed[i][tier] += take
             left[tier] -= take

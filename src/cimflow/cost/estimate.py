@@ -70,8 +70,12 @@ from the simulator's statistics of each layer:
   from the SRAM tier cost an SRAM read (``dim * activation_bits`` bits at the buffer's energy)
   and ``dim`` digital-unit adds each; DRAM-tier lookups move whole bursts of the row at the
   DRAM's stored precision (``dram.stored_bits``, default 32; ``dram.access_bytes``, default 64)
-  plus one row activation each. A table with no rows in arrays pools on the digital unit,
-  with the same tier traffic.
+  plus one row activation each. PIM-tier lookups (optional ``pim_lookups``, a chip with a
+  ``pim`` block) are pooled inside the DRAM: bank reads at the internal energy per bit, one
+  lane op per value and one row activation per row, plus the pooled vectors over the
+  external interface (:func:`~cimflow.compile.tiers.pim_traffic`), which the digital unit
+  adds into the bag (``dim`` adds per vector); all of it is counted as ``dram`` energy.
+  A table with no rows in arrays pools on the digital unit, with the same tier traffic.
 
 Buffers (other than the lookup tiers), interconnect, digital unit, host and leakage do not
 depend on the data here.
@@ -91,12 +95,13 @@ from cimflow.chip.spec import ArraySpec, Chip
 from cimflow.compile.graph import Op, OpKind
 from cimflow.compile.partition import input_pulses
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
-from cimflow.compile.tiers import dram_access_bytes
+from cimflow.compile.tiers import dram_access_bytes, pim_traffic
+from cimflow.cost.adc_law import ADC_LAW_QUANTILES, ADC_REFERENCE_YEAR
 from cimflow.cost.components import (
-    ADC_FOM_J_PER_STEP,
     PJ,
     accumulator_bits,
     adc_conversion_energy_j,
+    adc_sample_rate_hz,
     adcs_per_array,
     add_energy_j,
     array_area,
@@ -121,7 +126,12 @@ class CostOptions:
             (key ``weight_fill``).
         fixed_row_activity: fraction of rows driven per read in the fixed estimate (1 = every
             row, every pulse: the worst case; ~0.5 is typical of random bit-serial inputs).
-        adc_fom_j_per_step: Walden FOM at 28 nm / 0.9 V for ADCs without a chip energy.
+        adc_law: the converter law for ADCs without a chip energy, fitted to the ADC survey
+            (:mod:`cimflow.cost.adc_law`): ``"median"`` (a typical published converter) or
+            ``"frontier"`` (the best tenth).
+        adc_year: design year at which that law costs a converter (1997-2025).
+        adc_fom_j_per_step: ``None`` (the survey law), or a constant Walden FOM, joules per
+            conversion step at 28 nm / 0.9 V, to use instead.
         activation_bits: bits per activation element written to or read from the buffer
             by the digital unit and written by array ops (their outputs, re-quantized
             for the next layer).
@@ -129,8 +139,10 @@ class CostOptions:
 
     weight_fill: float = 0.5
     fixed_row_activity: float = 1.0
-    adc_fom_j_per_step: float = ADC_FOM_J_PER_STEP
+    adc_fom_j_per_step: float | None = None
     activation_bits: int = 8
+    adc_law: str = "median"
+    adc_year: int = ADC_REFERENCE_YEAR
 
     def __post_init__(self) -> None:
         def real(v: Any) -> bool:
@@ -141,8 +153,13 @@ class CostOptions:
             if not (real(v) and 0.0 <= v <= 1.0):
                 raise CimflowError(f"CostOptions.{name} must be within [0, 1], got {v!r}")
         fom = self.adc_fom_j_per_step  # published converters: ~1e-15 to 1e-12 J per step
-        if not (real(fom) and 0 < fom <= 1e-9):
-            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be a number of joules in (0, 1e-9], got {fom!r}")
+        if fom is not None and not (real(fom) and 0 < fom <= 1e-9):
+            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be None or a number of joules in (0, 1e-9], got {fom!r}")
+        if self.adc_law not in ADC_LAW_QUANTILES:
+            raise CimflowError(f"CostOptions.adc_law must be one of {', '.join(ADC_LAW_QUANTILES)}, got {self.adc_law!r}")
+        year = self.adc_year
+        if not (isinstance(year, int) and not isinstance(year, bool) and 1997 <= year <= 2025):
+            raise CimflowError(f"CostOptions.adc_year must be an integer within [1997, 2025] (the survey's years), got {year!r}")
         bits = self.activation_bits
         if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 64):
             raise CimflowError(f"CostOptions.activation_bits must be an integer within [1, 64], got {bits!r}")
@@ -191,7 +208,9 @@ def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, wei
     e_conv, conv_src = 0.0, "none"
     if analog:
         assert spec.adc is not None  # an analog array validates only with an ADC
-        e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, options.adc_fom_j_per_step)
+        e_conv, conv_src = adc_conversion_energy_j(
+            spec.adc, node_m, supply, options.adc_fom_j_per_step, sample_rate_hz=adc_sample_rate_hz(spec.adc, chip.clock_hz),
+            law=options.adc_law, year=options.adc_year)
     e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
     enc = spec.weight_encoding
     area, notes = array_area(spec, node_m)
@@ -295,6 +314,7 @@ class _Activity:
     rows: float
     sram_lookups: float = 0.0
     dram_lookups: float = 0.0
+    pim_lookups: float = 0.0
 
 
 def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity) -> tuple[dict[str, float], dict[str, float]]:
@@ -332,7 +352,29 @@ def _array_energy(o: OpPlan, op: Op, kc: KindCost, ctx: _Context, act: _Activity
     e["buffers"] = buffer_bits * ctx.buffer_bit_j
     ev["buffer_bits"] = buffer_bits
     _add_tier_energy(e, ev, ctx, n_out, m * act.sram_lookups, m * act.dram_lookups, pool_on_unit=True)
+    if act.pim_lookups:
+        per_bag = act.rows + act.sram_lookups + act.dram_lookups + act.pim_lookups
+        _add_pim_energy(e, ev, ctx, n_out, m, per_bag, act.pim_lookups / per_bag, pool_on_unit=True)
     return e, ev
+
+
+def _add_pim_energy(e: dict[str, float], ev: dict[str, float], ctx: _Context, dim: int, bags: float, lookups_per_bag: float,
+                    pim_fraction: float, pool_on_unit: bool) -> None:
+    """Energy of ``bags`` bags whose rows are partly pooled in the PIM tier (added into ``e``, ``ev``,
+    under ``dram``): bank reads, lane ops and row activations inside the DRAM, pooled vectors
+    over its interface, and (``pool_on_unit``) ``dim`` digital-unit adds per pooled vector."""
+    pim = ctx.chip.pim
+    if pim is None or bags <= 0:
+        return
+    t = pim_traffic(ctx.chip, dim, lookups_per_bag, pim_fraction)
+    internal_bits, ext_bits = bags * t.internal_bytes * 8, bags * t.external_bytes * 8
+    e["dram"] += (internal_bits * pim.internal_energy_per_bit_pj + bags * t.ops * pim.energy_per_op_pj
+                  + ext_bits * pim.external_energy_per_bit_pj + bags * t.lookups * pim.row_activation_pj) * PJ
+    ev.update(pim_lookups=bags * t.lookups, pim_internal_bits=internal_bits, pim_ops=bags * t.ops,
+              pim_vectors=bags * t.vectors, pim_external_bits=ext_bits)
+    if pool_on_unit:
+        e["digital_unit"] += bags * t.vectors * dim * ctx.unit_op_j
+        ev["tier_pooling_ops"] = ev.get("tier_pooling_ops", 0.0) + bags * t.vectors * dim
 
 
 def _add_tier_energy(e: dict[str, float], ev: dict[str, float], ctx: _Context, dim: int, sram_lookups: float,
@@ -392,11 +434,13 @@ def _measured_activity(o: OpPlan, op: Op, s: Mapping[str, Any], name: str) -> _A
             return None
         lookups, reads = float(s["lookups"]), float(s.get("reads", 0) or 0)
         hot, dram = float(s.get("hot_lookups", 0) or 0), float(s.get("dram_lookups", 0) or 0)
-        if min(lookups, reads, hot, dram) < 0 or hot + dram > lookups:
-            raise CimflowError(f"stats[{name!r}]: counts must be >= 0 and hot_lookups + dram_lookups <= lookups, got {dict(s)}")
+        pim = float(s.get("pim_lookups", 0) or 0)
+        if min(lookups, reads, hot, dram, pim) < 0 or hot + dram + pim > lookups * (1 + 1e-9):
+            raise CimflowError(f"stats[{name!r}]: counts must be >= 0 and hot_lookups + dram_lookups + pim_lookups <= lookups, "
+                               f"got {dict(s)}")
         per_bag = 1.0 / bags
-        return _Activity(reads=reads * per_bag, rows=(lookups - hot - dram) * per_bag, sram_lookups=hot * per_bag,
-                         dram_lookups=dram * per_bag)
+        return _Activity(reads=reads * per_bag, rows=max(lookups - hot - dram - pim, 0.0) * per_bag, sram_lookups=hot * per_bag,
+                         dram_lookups=dram * per_bag, pim_lookups=pim * per_bag)
     a = _row_activity(s, name)
     if a is None:
         return None
@@ -414,6 +458,8 @@ def _activity_dict(act: _Activity, o: OpPlan, prefix: str) -> dict[str, float]:
          f"{prefix}skipped_reads": 1.0 - act.reads / groups if groups else 0.0}
     if act.sram_lookups or act.dram_lookups:
         d.update({f"{prefix}sram_lookups_per_vector": act.sram_lookups, f"{prefix}dram_lookups_per_vector": act.dram_lookups})
+    if act.pim_lookups:
+        d[f"{prefix}pim_lookups_per_vector"] = act.pim_lookups
     return d
 
 
@@ -458,6 +504,10 @@ def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, An
         dim = int(op.weight_shape[1]) if op.weight_shape and len(op.weight_shape) == 2 else 1
         _add_tier_energy(e, ev, ctx, dim, scale * float(layer_stats.get("hot_lookups", 0) or 0),
                          scale * float(layer_stats.get("dram_lookups", 0) or 0), pool_on_unit=False)
+        pim, lookups = float(layer_stats.get("pim_lookups", 0) or 0), float(layer_stats.get("lookups", 0) or 0)
+        if pim > 0 and lookups > 0:
+            bags = float(layer_stats["bags"])
+            _add_pim_energy(e, ev, ctx, dim, scale * bags, lookups / bags, pim / lookups, pool_on_unit=False)
         dd = True
     return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=None,
                   energy_j=e, fixed_energy_j=fixed, latency_s=o.latency_s, area_m2=0.0, events=ev, data_dependent=dd)
@@ -629,8 +679,10 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         notes.append(f"host ops run on {spec_host.name} (roofline): {host_s:.3g} s per inference")
     for kind, kc in ctx.kinds.items():
         if kc.analog and kc.conversion_source == "converter_law":
-            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used (Walden FOM {options.adc_fom_j_per_step * 1e15:g} "
-                         "fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor)")
+            law = (f"Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor"
+                   if options.adc_fom_j_per_step is not None else
+                   f"the ADC survey's {options.adc_law} law at the chip's node, supply and conversion rate, design year {options.adc_year}")
+            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used ({law})")
     macs = sum(o.macs for o in plan.ops)
     return CostReport(
         chip=chip.name, model_name=plan.model_name, host=spec_host.name,

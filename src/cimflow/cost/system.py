@@ -20,6 +20,11 @@ SRAM tier     hot rows read x bytes per row (at the SRAM kind's weight bits)  ma
                                                                               rows x cols/8 B x clock
 DRAM          cold rows read x bytes moved per row (whole bursts at the       ``dram.bandwidth``
               stored precision, :func:`~cimflow.compile.tiers.dram_access_bytes`)
+PIM banks     rows pooled in the PIM tier x bytes read per row inside the     ``pim`` units x
+              banks (whole ``access_bytes`` at ``pim.stored_bits``)           access_bytes x clock
+PIM units     lane adds of those rows (``dim`` per row)                       units x lanes x clock
+PIM interface pooled vectors out of the PIM DRAM (one per bag with a PIM      ``pim.bandwidth``
+              row, :func:`~cimflow.compile.tiers.pim_traffic`)
 host link     the larger direction: dense features + indices + offsets in,    ``host_link``
               results out                                                     bandwidth
 chip links    pooled vectors and activations between chips (several chips)    ``chip_link`` bandwidth
@@ -76,6 +81,10 @@ class ChipTraffic:
     pool_ops: float = 0.0
     link_in_bytes: float = 0.0
     link_out_bytes: float = 0.0
+    pim_lookups: float = 0.0
+    pim_internal_bytes: float = 0.0
+    pim_ops: float = 0.0
+    pim_external_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -168,12 +177,17 @@ def static_power_w(chip: Chip, area_mm2: float, notes: list[str]) -> tuple[float
     return leak, board
 
 
-def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], chip: Chip | None = None) -> SystemReport:
+def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], chip: Chip | None = None,
+                 pooling_in_traffic: bool = False) -> SystemReport:
     """Steady-state QPS, utilizations and energy of ``len(traffic)`` chips serving ``plan``.
 
     ``plan`` and ``cost`` describe the whole system's operators (for several chips, compiled on
     the chips' union, see :func:`cimflow.compile.sharding.scale_chip`); ``traffic`` holds one
-    :class:`ChipTraffic` per chip; ``chip`` is one chip (default: ``plan.chip``).
+    :class:`ChipTraffic` per chip; ``chip`` is one chip (default: ``plan.chip``). With
+    ``pooling_in_traffic`` the traffic's ``pool_ops`` count every row the digital unit adds,
+    tables that pool on the unit included, so those tables' plan ops (timed for all their
+    lookups, wherever the rows live) are left out of the unit's time: rows pooled in a PIM tier
+    reach the unit as one vector per bag.
     """
     if not traffic:
         raise CimflowError("the system model needs the traffic of at least one chip")
@@ -188,7 +202,9 @@ def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], c
         slow = max(array_ops, key=lambda o: o.latency_s)
         resources.append(Resource("arrays", 1.0, slow.latency_s / batch, "s",
                                   f"slowest array stage {slow.name} ({slow.array_kind}, x{slow.replication} copies)"))
-    unit_s = sum(o.latency_s for o in plan.ops if o.substrate == DIGITAL_UNIT) / batch / n
+    unit_ops = [o for o in plan.ops if o.substrate == DIGITAL_UNIT
+                and not (pooling_in_traffic and o.op_type in ("Embedding", "EmbeddingBag"))]
+    unit_s = sum(o.latency_s for o in unit_ops) / batch / n
     unit_rate = chip.digital_unit.ops_per_cycle * chip.clock_hz
     host_link = _link(chip, "host", notes)
     chip_link = _link(chip, "chip", notes) if n > 1 else None
@@ -208,6 +224,16 @@ def system_model(cost: CostReport, plan: Plan, traffic: Sequence[ChipTraffic], c
                 raise CimflowError("rows are served from DRAM but the chip's dram block gives no bandwidth_bytes_per_s")
             resources.append(Resource(f"DRAM{tag}", chip.dram.bandwidth_bytes_per_s, t.dram_lookups * t.dram_bytes_per_lookup, "B",
                                       f"{t.dram_bytes_per_lookup:g} B moved per row read"))
+        if t.pim_lookups > 0:
+            pim = chip.pim
+            if pim is None:
+                raise CimflowError("rows are pooled in a PIM tier but the chip has no 'pim' block")
+            resources.append(Resource(f"PIM banks{tag}", pim.internal_bandwidth_bytes_per_s, t.pim_internal_bytes, "B",
+                                      f"{pim.units} units x {pim.access_bytes} B x {pim.clock_hz / 1e6:g} MHz inside the DRAM"))
+            resources.append(Resource(f"PIM units{tag}", pim.ops_per_s, t.pim_ops, "op",
+                                      f"{pim.units} units x {pim.lanes} lanes x {pim.clock_hz / 1e6:g} MHz"))
+            resources.append(Resource(f"PIM interface{tag}", pim.bandwidth_bytes_per_s, t.pim_external_bytes, "B",
+                                      f"pooled vectors out of the PIM DRAM ({pim.name or 'pim'})"))
         resources.append(Resource(f"host link{tag}", host_link.bandwidth_bytes_per_s, max(t.host_in_bytes, t.host_out_bytes), "B",
                                   f"{host_link.name or 'host link'}: {t.host_in_bytes:.0f} B in, {t.host_out_bytes:.0f} B out per query"))
         if chip_link is not None:

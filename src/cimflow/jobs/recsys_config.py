@@ -40,12 +40,14 @@ from cimflow.compile.sharding import STRATEGIES, ShardingPlan, TableShape, plan_
 from cimflow.compile.tiers import (
     ARRAYS,
     DRAM,
+    PIM,
     SRAM,
     TIERS,
     TablePlacement,
     count_accesses,
     dram_access_bytes,
     measure_held_out,
+    pim_traffic,
     place_tables,
     tier_capacities_rows,
 )
@@ -308,15 +310,17 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         if op is None:
             continue
         lookups = b * per_query
-        f_sram, f_dram = hits[SRAM], hits[DRAM]
+        f_sram, f_dram, f_pim = hits[SRAM], hits[DRAM], hits[PIM]
         op_stats = {"bags": b, "lookups": lookups, "hot_lookups": lookups * f_sram, "dram_lookups": lookups * f_dram}
+        if f_pim > 0:
+            op_stats["pim_lookups"] = lookups * f_pim
         if op.tiles is not None:
-            op_stats["reads"] = b * expected_lookup_reads(per_query * (1 - f_sram - f_dram), op.tiles.row_tiles * op.tiles.segments,
-                                                          op.tiles.group_rows)
+            op_stats["reads"] = b * expected_lookup_reads(per_query * max(1 - f_sram - f_dram - f_pim, 0.0),
+                                                          op.tiles.row_tiles * op.tiles.segments, op.tiles.group_rows)
         stats[op.name] = op_stats
     cost = estimate(plan, stats=stats, host=cfg.host, batch_size=b)
     traffic = _traffic(chip, mcfg, sharding, shard_place, shard_lookups, on_unit, dense_chips)
-    system = system_model(cost, plan, traffic, chip=chip)
+    system = system_model(cost, plan, traffic, chip=chip, pooling_in_traffic=True)
 
     cpu = _cpu_reference(cfg, graph, mcfg)
     ratio_base = cpu["measured"] if cfg.cpu == "measured" and cpu.get("measured") else cpu["roofline"]
@@ -391,6 +395,7 @@ def _traffic(chip: Any, mcfg: Any, sharding: ShardingPlan, shard_place: dict, sh
     rows = []
     for c in range(n):
         sram_q = dram_q = pool = idx = 0.0
+        pim_q = pim_in = pim_ops = pim_out = 0.0
         sdim, dram_b, macros = mcfg.embedding_dim, 0.0, 0
         hot_bits = 0
         for s in sharding.on_chip(c):
@@ -399,8 +404,9 @@ def _traffic(chip: Any, mcfg: Any, sharding: ShardingPlan, shard_place: dict, sh
             sq, dq = q * p.hit_fraction.get(SRAM, 0.0), q * p.hit_fraction.get(DRAM, 0.0)
             sram_q += sq
             dram_q += dq
-            if s.table not in on_unit:
-                pool += (sq + dq) * s.dim
+            pt = pim_traffic(chip, s.dim, q, p.hit_fraction.get(PIM, 0.0))
+            pim_q, pim_in, pim_ops, pim_out = pim_q + pt.lookups, pim_in + pt.internal_bytes, pim_ops + pt.ops, pim_out + pt.external_bytes
+            pool += (sq + dq + pt.vectors) * s.dim  # every table, those pooling on the unit included
             idx += q * INDEX_BYTES + OFFSET_BYTES
             dram_b = dram_access_bytes(chip, s.dim)
             hot_bits += p.placement.get(SRAM, 0) * s.dim * ((sram.weight_bits or 8) if sram is not None else 8)
@@ -410,7 +416,8 @@ def _traffic(chip: Any, mcfg: Any, sharding: ShardingPlan, shard_place: dict, sh
             macros = -(-hot_bits // (sram.rows * sram.cols))
         rows.append(dict(host_in_bytes=dense_in + idx, host_out_bytes=out, sram_lookups=sram_q,
                          sram_row_bytes=sdim * ((sram.weight_bits or 8) if sram is not None else 8) / 8, sram_macros=macros,
-                         dram_lookups=dram_q, dram_bytes_per_lookup=float(dram_b), pool_ops=pool))
+                         dram_lookups=dram_q, dram_bytes_per_lookup=float(dram_b), pool_ops=pool, pim_lookups=pim_q,
+                         pim_internal_bytes=pim_in, pim_ops=pim_ops, pim_external_bytes=pim_out))
     # activations between the chips of one dense pipeline (the MLPs split over dense_chips)
     cut = 0.0
     if dense_chips > 1:
@@ -455,7 +462,7 @@ def measure_cpu(mcfg: Any, skew: float, batch_sizes: tuple[int, ...], threads: i
 def print_recsys_result(result: dict[str, Any], console: Console) -> None:
     """Terminal tables: tiers per table, resources and utilization, the headline."""
     tiers = Table(title="embedding rows by tier (hit fractions on a held-out sample)")
-    for col in ("table", "rows", "sharding", "sram rows", "array rows", "dram rows", "sram hits", "array hits", "dram hits"):
+    for col in ("table", "rows", "sharding", *(f"{t} rows" for t in TIERS), *(f"{t} hits" for t in TIERS)):
         tiers.add_column(col, justify="left" if col in ("table", "sharding") else "right")
     for e in result["tiers"][:30]:
         tiers.add_row(e["table"], f"{e['rows']:,}", f"{e['sharding']} {e['chips'] if len(e['chips']) <= 4 else len(e['chips'])}",
