@@ -486,6 +486,29 @@ def train_hwa_cmd(
                   f"on-chip validation AUC at {settings.validation_time} {info.validation_auc_on_chip:.4f}; {info.cache_path}")
 
 
+@app.command("explore")
+def explore_cmd(
+    space: Path = typer.Argument(..., help="space file (YAML): base chip, workload, parameters, objectives, constraints"),
+    trials: int | None = typer.Option(None, "--trials", help="trials in the study, all runs together (default: the space file's)"),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Optuna storage: sqlite:///FILE.db or a journal file (default: OUT/study.journal); resumes"),
+    workers: int = typer.Option(1, "--workers", help="parallel trials on Ray (1: in this process, without Ray)"),
+    address: str | None = typer.Option(None, "--address", help="a running Ray cluster (auto or HOST:PORT); default: a local one"),
+    out: Path = typer.Option(Path("explore-out"), "--out", help="folder for trials/, pareto.json, explore.html, best_chip.yaml"),
+) -> None:
+    """Search chip designs and mappings for the Pareto front of accuracy, QPS/W, QPS, energy and area
+    (Optuna; resumable: run it again with the same --out to finish a killed search).
+
+    Example: cimflow explore examples/explore_hybrid_recsys.yaml --trials 60 --out explore-hybrid
+    """
+    from cimflow.jobs.explore import ExploreOptions, run_explore
+
+    if trials is not None:
+        _check_range("--trials", trials, 1, 100_000)
+    _check_range("--workers", workers, 1, 256)
+    run_explore(space, ExploreOptions(trials=trials, storage=storage, workers=workers, address=address, out=out), console)
+
+
 @app.command("simulate")
 def simulate_cmd(
     model: Path = typer.Argument(..., help=_MODEL_HELP + "; a Python file may also define evaluate(model) -> float"),
