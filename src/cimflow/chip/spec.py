@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from cimflow.errors import ChipSpecError
 
@@ -111,6 +111,9 @@ class Drift(StrictModel):
     nu_mean: float = Field(default=0.0, ge=0, le=1)
     nu_std: float = Field(default=0.0, ge=0, le=1)
     t0_s: float = Field(default=1.0, ge=1e-12, le=1e9, description="reference time, s: 1 ps to 1e9 s (~30 years)")
+    activation_energy_ev: float = Field(
+        default=0.0, ge=0, le=5,
+        description="Arrhenius activation energy of drift/retention, eV (0: no temperature dependence); see docs/devices.md")
     source: str | None = None
 
     @property
@@ -118,9 +121,28 @@ class Drift(StrictModel):
         return self.nu_mean == 0 and self.nu_std == 0
 
 
-class Device(StrictModel):
-    """A memory cell: its conductance window, levels and non-idealities."""
+class ArrayYield(StrictModel):
+    """Array yield: each physical row (column) of an array is dead with the given probability;
+    up to ``spare_rows`` dead rows per array are repaired by spare rows, the rest (and every
+    dead column) leave their cells stuck at g_min."""
 
+    dead_row_rate: float = Field(default=0.0, ge=0, le=1, description="probability that a row is dead")
+    dead_col_rate: float = Field(default=0.0, ge=0, le=1, description="probability that a column is dead")
+    spare_rows: int = Field(default=0, ge=0, le=65536, description="spare rows per array that repair dead rows")
+    source: str | None = None
+
+    @property
+    def is_zero(self) -> bool:
+        return self.dead_row_rate == 0 and self.dead_col_rate == 0
+
+
+class Device(StrictModel):
+    """A memory cell: its conductance window, levels and non-idealities.
+
+    This is the ``generic`` device model; ``model: pcm`` etc. select a technology's own model
+    (:mod:`cimflow.chip.devices`), a subclass with its own fields."""
+
+    model: Literal["generic"] = "generic"
     technology: Technology
     g_min: float = Field(ge=0, le=1, description="lowest programmable conductance, siemens: 0 to 1 S")
     g_max: float = Field(ge=1e-12, le=1, description="highest programmable conductance, siemens: 1 pS (1 TOhm) to 1 S (1 Ohm)")
@@ -132,6 +154,10 @@ class Device(StrictModel):
     stuck_on_rate: float = Field(default=0.0, ge=0, le=1, description="fraction of cells stuck at g_max")
     stuck_off_rate: float = Field(default=0.0, ge=0, le=1, description="fraction of cells stuck at g_min")
     write: Cost = Field(default_factory=Cost, description="one programming pulse")
+    temperature_k: float = Field(default=300.0, ge=1, le=1000, description="operating temperature, kelvin: 1 to 1000 K")
+    endurance_cycles: float | None = Field(
+        default=None, ge=1, le=1e16, description="write cycles a cell survives (None: unlimited), at least 1")
+    array_yield: ArrayYield = Field(default_factory=ArrayYield)
     source: str | None = None
 
     @model_validator(mode="after")
@@ -161,6 +187,7 @@ class Device(StrictModel):
             and self.drift.is_zero
             and self.stuck_on_rate == 0
             and self.stuck_off_rate == 0
+            and self.array_yield.is_zero
         )
 
 
@@ -270,7 +297,7 @@ class ArraySpec(StrictModel):
     """One kind of array on the chip: analog (ADC) or digital CIM (exact adder tree)."""
 
     kind: Literal["analog", "digital"] = "analog"
-    device: Device
+    device: SerializeAsAny[Device]  # a Device or a model's subclass (cimflow.chip.devices)
     rows: int = Field(ge=1, le=1 << 16)
     cols: int = Field(ge=1, le=1 << 16)
     weight_encoding: WeightEncoding = Field(default_factory=WeightEncoding)
@@ -285,6 +312,13 @@ class ArraySpec(StrictModel):
     read: ArrayReadCost = Field(default_factory=ArrayReadCost)
     adder_tree: AdderTree | None = None
     source: str | None = None
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_model(cls, value: object) -> object:
+        from cimflow.chip.devices import parse_device  # the models subclass Device: imported when used
+
+        return parse_device(value)
 
     @model_validator(mode="after")
     def _check(self) -> ArraySpec:
