@@ -37,9 +37,17 @@ from torch import nn
 from cimflow.chip.spec import ArraySpec
 from cimflow.errors import DataError, SimulationError
 from cimflow.mapping import encode_weights
-from cimflow.physics import adc_quantize, apply_drift, generator_for, programming_sigma, quantize_symmetric
-from cimflow.physics.hashing import cell_draws, cell_normal, cell_uniform
-from cimflow.sim.engine import check_compensation_mode
+from cimflow.physics import adc_quantize, quantize_symmetric
+from cimflow.physics.hashing import cell_uniform
+from cimflow.sim import pooling
+from cimflow.sim.array_state import (
+    ArrayInstance,
+    drifted,
+    effective_weights,
+    percentile_values,
+    program_hashed_cells,
+    reference_sums,
+)
 
 #: Tables with at most this many cells are programmed once and cached.
 CACHE_CELLS = 1 << 24
@@ -128,11 +136,13 @@ def _read_sums(values: torch.Tensor, starts: torch.Tensor, idx: torch.Tensor | N
     return F.embedding_bag(idx, flat, starts, mode="sum")
 
 
-class CIMEmbeddingBag(nn.Module):
+class CIMEmbeddingBag(ArrayInstance):
     """``nn.EmbeddingBag`` (mode sum or mean) or ``nn.Embedding`` whose table lives in arrays.
 
     ``weight`` stays an ordinary parameter (when the table is in memory). ``hot_rows``
-    (sorted row ids) are served exactly from a digital tier.
+    (sorted row ids) are served exactly from a digital tier. The instance's lifecycle (seed,
+    time, program-and-verify, write pulses, drift compensation, calibration) is
+    :class:`cimflow.sim.array_state.ArrayInstance`'s.
     """
 
     # buffers registered in __init__ (None when absent or not built yet)
@@ -142,7 +152,8 @@ class CIMEmbeddingBag(nn.Module):
     def __init__(self, source: nn.EmbeddingBag | nn.Embedding | TableSource, spec: ArraySpec, array_kind: str, name: str = "",
                  hot_rows: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.spec, self.array_kind, self.layer_name = spec, array_kind, name
+        self._init_instance(spec, name, f"embedding {name!r}")
+        self.array_kind, self.layer_name = array_kind, name
         self.is_bag = isinstance(source, nn.EmbeddingBag)
         if isinstance(source, (nn.EmbeddingBag, nn.Embedding)):
             if self.is_bag and source.mode not in ("sum", "mean"):
@@ -158,23 +169,12 @@ class CIMEmbeddingBag(nn.Module):
             self.is_bag, self.mode, self.include_last_offset, self.padding_idx = True, "sum", True, None
             self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
             self.table = source
-        self.seed: int | None = None
-        self.t_seconds = spec.device.drift.t0_s
         hot = None if hot_rows is None else torch.as_tensor(hot_rows, dtype=torch.int64).sort().values
         self.register_buffer("hot_rows", hot, persistent=False)
         # pool_cache: every row's effective weights, then (with read noise) their read-noise
         # variances, (rows, S * dim) each side by side; w_cache / var_cache are views of it
-        for buf in ("w_scale", "pool_cache"):
-            self.register_buffer(buf, None, persistent=False)
-        self._read_gen: torch.Generator | None = None
-        self.adc_range_calibrated: float | None = None
-        self.compensation: str | None = None  # drift compensation mode (see set_compensation)
-        self.output_gain: torch.Tensor | None = None
-        self.write_pulses = 0  # programming pulses spent on this instance (verify pulses extrapolated when uncached)
-        self.verify_iterations: int = 0
-        self.verify_tolerance: float | None = None
-        self._calibrating = False
-        self._calib_psums: list[torch.Tensor] = []
+        self.register_buffer("pool_cache", None, persistent=False)
+        self._reference_hint: tuple[torch.Tensor, ...] | None = None  # the reference rows' state while refreshing
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
@@ -200,6 +200,15 @@ class CIMEmbeddingBag(nn.Module):
         return c[:, self._cache_width :].view(c.shape[0], -1, self.embedding_dim)
 
     @property
+    def _significance(self) -> torch.Tensor:
+        """The slice significances (the :attr:`significance` buffer, set by :meth:`program`)."""
+        return self.significance
+
+    @property
+    def _denominator(self) -> float:
+        return self.denominator
+
+    @property
     def group_rows(self) -> int:
         return min(self.spec.rows, self.spec.max_active_rows or self.spec.rows)
 
@@ -207,23 +216,14 @@ class CIMEmbeddingBag(nn.Module):
     def cells(self) -> int:
         return self.num_embeddings * self.embedding_dim * self.spec.cells_per_weight
 
-    def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
-        """Program-and-verify for every later :meth:`program` (see
-        :meth:`cimflow.sim.engine.CrossbarEngine.set_program_verify`)."""
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise SimulationError(f"verify_iterations must be an integer >= 0, got {iterations!r}")
-        if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
-            raise SimulationError(f"verify_tolerance must be a positive fraction of g_max (or None), got {tolerance!r}")
-        self.verify_iterations, self.verify_tolerance = iterations, None if tolerance is None else float(tolerance)
-
     def program(self, seed: int) -> None:
-        self.seed = int(seed)
-        self._read_gen = None
-        self.t_seconds = self.spec.device.drift.t0_s
-        self.w_scale = self.table.column_scale().to(self._device())
+        self._start_programming(seed)
+        device = self._device()
+        self.w_scale = self.table.column_scale().to(device)
         if self.spec.kind != "digital":  # slice significances and span, known before any row is read
             targets = encode_weights(torch.zeros(1, self.embedding_dim), self.spec, 1)
-            self._significance, self._denominator = torch.tensor(targets.significance), targets.denominator
+            self.significance = torch.tensor(targets.significance, device=device)
+            self.denominator = targets.denominator
         self.pool_cache = None
         self._refresh_cache()
         self._programmed_version = self._weight_version()
@@ -248,9 +248,9 @@ class CIMEmbeddingBag(nn.Module):
     # ----------------------------------------------------------------- drift compensation
     def _reference_sums(self, programmed: tuple[torch.Tensor, ...], t_seconds: float) -> torch.Tensor:
         g_pos, g_neg, nu_pos, nu_neg = programmed
-        t0 = self.spec.device.drift.t0_s
-        total = (apply_drift(g_pos, nu_pos, t_seconds, t0) + apply_drift(g_neg, nu_neg, t_seconds, t0)).sum(dim=1) / self._denominator
-        return (total * self._significance.to(total.device).view(-1, 1)).sum(dim=0)
+        dev = self.spec.device
+        return reference_sums(drifted(g_pos, nu_pos, t_seconds, dev), drifted(g_neg, nu_neg, t_seconds, dev), self._significance,
+                              self.denominator)
 
     @torch.no_grad()
     def reference_read(self, t_seconds: float | None = None) -> torch.Tensor | None:
@@ -264,43 +264,19 @@ class CIMEmbeddingBag(nn.Module):
         programmed = self._programmed(self._reference_rows())
         return self._reference_sums(programmed, self.t_seconds if t_seconds is None else float(t_seconds))
 
-    def set_compensation(self, mode: str | None) -> None:
-        """Drift compensation of the pooled sums read from the arrays (the hot tier is exact):
-        ``"global"`` (one factor for the table), ``"per_column"`` (one per embedding column)
-        or None (off). Factor = reference(t0) / reference(t), re-read on every :meth:`set_time`."""
-        self.compensation = check_compensation_mode(mode)
-        if self.seed is not None:
-            self._update_gain()
-
-    def _update_gain(self, programmed: tuple[torch.Tensor, ...] | None = None) -> None:
-        """Recompute the compensation factor (``programmed``: the reference rows' state, if at hand)."""
-        if self.compensation is None or self.spec.kind == "digital" or self.seed is None:
-            self.output_gain = None
-            return
-        with torch.no_grad():
-            if programmed is None:
-                programmed = self._programmed(self._reference_rows())
-            ref = self._reference_sums(programmed, self.spec.device.drift.t0_s)
-            now = self._reference_sums(programmed, self.t_seconds)
-        if self.compensation == "global":
-            self.output_gain = (ref.sum() / now.sum().clamp_min(1e-12)).reshape(())
-        else:
-            ok = now > 1e-6 * ref.abs().amax().clamp_min(1e-12)
-            self.output_gain = torch.where(ok, ref / now.clamp_min(1e-12), torch.ones_like(ref))
+    def _reference_reads(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        programmed = self._reference_hint
+        if programmed is None:
+            programmed = self._programmed(self._reference_rows())
+        return self._reference_sums(programmed, self.spec.device.drift.t0_s), self._reference_sums(programmed, self.t_seconds)
 
     # ----------------------------------------------------------------- calibration
-    def begin_calibration(self) -> None:
-        self._calibrating, self._calib_psums = True, []
-
-    def end_calibration(self) -> None:
+    def _finish_calibration(self) -> None:
         """Percentile ADC range (``adc.range == "percentile"``) from the partial sums seen."""
-        self._calibrating = False
-        adc = self.spec.adc
-        if adc is not None and adc.range == "percentile" and self._calib_psums:
+        percentile = self._calibrating_percentile()
+        if percentile is not None:
             allp = torch.cat(self._calib_psums)
-            k = min(int(math.ceil(adc.percentile / 100.0 * allp.numel())), allp.numel()) - 1
-            self.adc_range_calibrated = max(float(allp.sort().values[max(k, 0)]), 1e-12)
-        self._calib_psums = []
+            self.adc_range_calibrated = percentile_values(allp, percentile, dim=0).clamp_min(1e-12)
 
     def _device(self) -> torch.device:
         w = getattr(self, "weight", None)
@@ -310,10 +286,7 @@ class CIMEmbeddingBag(nn.Module):
         w = getattr(self, "weight", None)
         return w._version if isinstance(w, torch.Tensor) else None
 
-    def set_time(self, t_seconds: float) -> None:
-        if self.seed is None:
-            raise SimulationError(f"embedding {self.layer_name!r} is not programmed: call cimflow.program(model, seed) first")
-        self.t_seconds = float(t_seconds)
+    def _after_time_change(self) -> None:
         self._refresh_cache()
 
     def _programmed(self, idx: torch.Tensor, count_pulses: bool = False) -> tuple[torch.Tensor, ...]:
@@ -329,64 +302,22 @@ class CIMEmbeddingBag(nn.Module):
         pos, neg = torch.stack(targets.positive), torch.stack(targets.negative)
         if targets.reference_per_col_tile:
             neg = neg.expand(-1, -1, self.embedding_dim)
-        s_count, n, d = pos.shape
-        seed, table = self.seed or 0, self.layer_name
-        noisy = not dev.programming_noise.is_zero or bool(dev.stuck_on_rate or dev.stuck_off_rate) or dev.drift.nu_std > 0
         out = []
         for side, target in (("pos", pos), ("neg", neg)):
-            if noisy:  # cell (row, s, column) of this side: two normals and a uniform, hashed
-                draws = [x.view(n, s_count, d).permute(1, 0, 2) for x in cell_draws(idx, s_count * d, seed, table, side)]
-            g = target
-            sigma = None
-            if not dev.programming_noise.is_zero:
-                sigma = programming_sigma(target, dev.g_max, dev.programming_noise.coefficients)
-                g = (target + sigma * draws[0]).clamp_min(0.0)
-            stuck = None
-            if dev.stuck_on_rate or dev.stuck_off_rate:
-                u = draws[2]
-                stuck_on = u < dev.stuck_on_rate
-                stuck_off = (u >= dev.stuck_on_rate) & (u < dev.stuck_on_rate + dev.stuck_off_rate)
-                stuck = stuck_on | stuck_off
-                g = torch.where(stuck_on, torch.full_like(g, dev.g_max), g)
-                g = torch.where(stuck_off, torch.full_like(g, dev.g_min), g)
-            if self.verify_iterations and sigma is not None:
-                g = self._verify(g, target, sigma, stuck, idx, side, count_pulses)
-            if dev.drift.nu_std > 0:
-                nu = (dev.drift.nu_mean + dev.drift.nu_std * draws[1]).clamp_min(0.0)
-            else:
-                nu = torch.full_like(g, max(dev.drift.nu_mean, 0.0))
-            out.append((g, nu))
-        self._significance = torch.tensor(targets.significance)
-        self._denominator = targets.denominator
-        return out[0][0], out[1][0], out[0][1], out[1][1]
-
-    def _verify(self, g: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, stuck: torch.Tensor | None,
-                idx: torch.Tensor, side: str, count_pulses: bool) -> torch.Tensor:
-        """Program-and-verify with hashed re-programming draws (iteration k draws with key k)."""
-        dev = self.spec.device
-        tol = sigma if self.verify_tolerance is None else torch.full_like(target, self.verify_tolerance * dev.g_max)
-        for k in range(1, self.verify_iterations + 1):
-            bad = (g - target).abs() > tol
+            g, nu, pulses = program_hashed_cells(target, dev, idx, self.seed or 0, self.layer_name, side,
+                                                 self.verify_iterations, self.verify_tolerance)
             if count_pulses:
-                self._verify_pulses += int(bad.sum())
-            if not bool(bad.any()):
-                break
-            s_count, n, d = target.shape
-            draw = cell_normal(idx, s_count * d, self.seed or 0, self.layer_name, side, "program", k).view(n, s_count, d).permute(1, 0, 2)
-            fresh = (target + sigma * draw).clamp_min(0.0)
-            g = torch.where(bad if stuck is None else bad & ~stuck, fresh, g)
-        return g
+                self._verify_pulses += pulses
+            out.append((g, nu))
+        return out[0][0], out[1][0], out[0][1], out[1][1]
 
     def _effective(self, g_pos, g_neg, nu_pos, nu_neg) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalized effective weights (S, n, dim) and per-cell read-noise variance at ``t_seconds``."""
         if self.spec.kind == "digital":
             return g_pos, None
-        t0 = self.spec.device.drift.t0_s
-        gp, gn = apply_drift(g_pos, nu_pos, self.t_seconds, t0), apply_drift(g_neg, nu_neg, self.t_seconds, t0)
-        w = (gp - gn) / self._denominator
-        rel = self.spec.device.read_noise
-        var = rel**2 * ((gp / self._denominator).square() + (gn / self._denominator).square()) if rel > 0 else None
-        return w, var
+        dev = self.spec.device
+        gp, gn = drifted(g_pos, nu_pos, self.t_seconds, dev), drifted(g_neg, nu_neg, self.t_seconds, dev)
+        return effective_weights(gp, gn, self.denominator, dev.read_noise)
 
     def _refresh_cache(self) -> None:
         """Small tables: every row's effective weights at ``t_seconds``, from the same hash
@@ -401,7 +332,11 @@ class CIMEmbeddingBag(nn.Module):
         parts = [w.permute(1, 0, 2).reshape(idx.numel(), -1)] + ([] if var is None else [var.permute(1, 0, 2).reshape(idx.numel(), -1)])
         self._cache_width = parts[0].shape[1]
         self.pool_cache = torch.cat(parts, dim=1).contiguous()  # (rows, S*dim [+ S*dim])
-        self._update_gain(programmed)
+        self._reference_hint = programmed  # every row: the reference rows
+        try:
+            self._update_gain()
+        finally:
+            self._reference_hint = None
 
     def _rows_effective(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(n, S, dim) effective weights and variances of the rows ``idx``."""
@@ -492,6 +427,16 @@ class CIMEmbeddingBag(nn.Module):
         if self.spec.kind == "digital":
             w, _ = self._rows_effective(idx)
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
+        singles = None if self._calibrating else self._single_reads()
+        if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
+            alone = (torch.ones_like(idx, dtype=torch.bool) if self.group_rows == 1 else
+                     pooling.alone_in_read(idx, bags, n_bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1))
+            out.add_(pooling.pool_single(singles, idx[alone], bags[alone], n_bags, self._read_generator(out.device)))
+            if self.collect_stats:
+                self.stats["reads"] += int(alone.sum())
+            idx, bags = idx[~alone], bags[~alone]
+            if idx.numel() == 0:
+                return out
         idx_s, read_starts, read_bags = self._reads(idx, bags)
         if self.collect_stats:
             self.stats["reads"] += int(read_starts.numel())
@@ -518,6 +463,31 @@ class CIMEmbeddingBag(nn.Module):
             per_slice.index_add_(1, read_bags[r0:r1], codes.view(-1, s_count, dim).transpose(0, 1))
         weights = self._significance.to(out).view(-1, 1, 1) * (self.w_scale * unit)  # slices by significance, to table units
         return out.add_((per_slice * weights).sum(dim=0))
+
+    def _single_reads(self) -> pooling.SingleReads | None:
+        """Outcome table of the single-row reads at the instance's current state (built when
+        first needed, rebuilt when the programmed state, time, compensation, ADC range or device
+        change); None for tables over :data:`cimflow.sim.pooling.SINGLE_READ_ENTRIES` entries."""
+        if self.num_embeddings * self.embedding_dim > pooling.SINGLE_READ_ENTRIES:
+            return None
+        state = (self.pool_cache, self.output_gain, self.w_scale, self.seed, self.t_seconds, self.adc_range,
+                 self._programmed_version, self.verify_iterations, self.verify_tolerance)
+        held = getattr(self, "_singles", None)
+        if held is not None and pooling.same_state(held[0], state):
+            return held[1]
+        s_count, device = self._significance.numel(), self.w_scale.device
+        gain = self.output_gain
+        if gain is not None:
+            gain = gain.to(device).reshape(-1).repeat(s_count) if gain.dim() else gain.to(device)
+
+        def effective(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            w, var = self._rows_effective(rows)
+            return w.reshape(rows.numel(), -1), None if var is None else var.reshape(rows.numel(), -1)
+
+        table = pooling.single_read_table(effective, self.num_embeddings, self._significance.to(device), self.w_scale, gain,
+                                          self.spec.analog_adc().bits, self.adc_range, NOISE_TAIL, device)
+        self._singles = (pooling.state_key(state), table)
+        return table
 
     def _reads(self, idx: torch.Tensor, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so
@@ -546,8 +516,7 @@ class CIMEmbeddingBag(nn.Module):
         the codes have the distribution of drawing everywhere. (When calibrating, the noisy
         sums themselves are recorded, so every sum gets its draw.)"""
         bits, full = self.spec.analog_adc().bits, self.adc_range
-        if self._read_gen is None or self._read_gen.device != psum.device:
-            self._read_gen = generator_for(self.seed or 0, self.layer_name, "read", device=psum.device)
+        self._read_generator(psum.device)  # self._read_gen, seeded, on psum's device
         if var is None or bits <= 1 or self._calibrating:
             if gain is not None:
                 psum = psum * gain
@@ -585,7 +554,7 @@ class CIMEmbeddingBag(nn.Module):
         if adc.range == "fixed":
             return adc.full_scale * rows
         if adc.range == "percentile" and self.adc_range_calibrated is not None:
-            return self.adc_range_calibrated
+            return float(self.adc_range_calibrated)
         return float(rows)
 
     def extra_repr(self) -> str:

@@ -28,7 +28,6 @@ Also here, because they act on one programmed instance:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -37,61 +36,39 @@ from cimflow.errors import SimulationError
 from cimflow.mapping import TileGrid, encode_weights, tile_grid, weight_scales
 from cimflow.physics import (
     adc_quantize,
-    apply_drift,
-    apply_stuck_at,
     dac_quantize,
     generator_for,
     ir_drop_attenuate,
     ir_drop_path_cells,
-    program_conductances,
-    programming_sigma,
     quantize_symmetric,
-    sample_drift_exponents,
     sample_stuck_mask,
 )
 from cimflow.physics.hashing import counter_normal, stream_key
 from cimflow.sim import fastmm
+from cimflow.sim.array_state import (
+    COMPENSATION_MODES,
+    EPS,
+    ArrayInstance,
+    check_compensation_mode,
+    drifted,
+    effective_weights,
+    percentile_values,
+    program_cells,
+    reference_sums,
+)
+from cimflow.sim.readout import AdcStraightThrough, ReadStats, StraightThroughWeight, input_planes
 
-_EPS = 1e-12
-
-
-@dataclass
-class ReadStats:
-    """Activation statistics gathered while simulating (the cost model's data-dependent inputs)."""
-
-    vectors: int = 0  # input vectors seen (MVMs)
-    reads: int = 0  # array reads (vectors x pulses x read groups, before column tiles)
-    nonzero_inputs: int = 0  # non-zero input elements after the DAC
-    input_elements: int = 0
-    bit_density_sum: float = 0.0  # sum over pulses of the fraction of active rows
-    pulses: int = 0
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        d["input_density"] = self.nonzero_inputs / self.input_elements if self.input_elements else 0.0
-        d["mean_pulse_density"] = self.bit_density_sum / self.pulses if self.pulses else 0.0
-        return d
+_EPS = EPS
 
 
 #: Read-noise modes of :meth:`CrossbarEngine.set_read_noise_mode` (the first is the default).
 READ_NOISE_MODES = ("fast", "exact", "column_mean")
 
-#: Drift-compensation modes of :meth:`CrossbarEngine.set_compensation` (None: off).
-COMPENSATION_MODES = (None, "global", "per_column")
-
-
-def check_compensation_mode(mode: str | None) -> str | None:
-    """``mode`` if it is a known drift-compensation mode (``"none"`` reads as None), else a SimulationError."""
-    if mode == "none":
-        return None
-    if mode not in COMPENSATION_MODES:
-        raise SimulationError(f"compensation mode must be one of 'global', 'per_column' or None, got {mode!r}")
-    return mode
-
-
-class CrossbarEngine(torch.nn.Module):
+class CrossbarEngine(ArrayInstance):
     """State and arithmetic of one weight matrix on one array kind.
 
+    The instance's lifecycle (seed, time, program-and-verify settings, write pulses, drift
+    compensation, calibration) is :class:`cimflow.sim.array_state.ArrayInstance`'s.
     Buffers are non-persistent: they follow ``.to(device)`` but stay out of the
     ``state_dict`` (which holds only the owning layer's ordinary parameters). The one
     exception is opt-in: :meth:`enable_learned_input_range` adds the parameter
@@ -100,37 +77,25 @@ class CrossbarEngine(torch.nn.Module):
 
     # buffers registered as None in __init__, set once programmed (None for what does not apply)
     read_var: torch.Tensor | None
-    reference_read_t0: torch.Tensor | None
-    output_gain: torch.Tensor | None
-    significance: torch.Tensor  # (S,) slice significances (analog arrays, once programmed)
     _read_var_bf16: torch.Tensor | None  # read_var[0] in bfloat16 (fast mode, fastmm), a cache
     _gather_index: torch.Tensor | None  # row layout of non-contiguous read groups
     read_counter: torch.Tensor  # int32 draw counter of the compiled read-noise stream
 
     def __init__(self, spec: ArraySpec, in_features: int, out_features: int, name: str = "") -> None:
         super().__init__()
-        self.spec = spec
+        self._init_instance(spec, name, f"layer {name!r}")
         self.name = name
         self.grid: TileGrid = tile_grid(in_features, out_features, spec)
-        self.seed: int | None = None
-        self.t_seconds: float = spec.device.drift.t0_s
         self.read_noise_mode = "fast"
         self.collect_stats = False
         self.stats = ReadStats()
-        self._calibrating = False
         self._calib_inputs: list[torch.Tensor] = []
-        self._calib_psums: list[torch.Tensor] = []
         self._weight_version: int | None = None  # the weight tensor's _version when programmed
-        self._read_gen: torch.Generator | None = None
         self._read_key = 0  # stream key of the counter-based read noise drawn under torch.compile
         self.input_range: float | None = None  # calibrated input range (input_encoding.range == "calibrated")
         self.input_range_log: torch.nn.Parameter | None = None  # learned input range (opt-in), log of the range
-        self.compensation: str | None = None  # drift compensation mode (COMPENSATION_MODES)
-        self.write_pulses: int = 0  # programming pulses spent on this instance (program + verify + updates)
-        self.verify_iterations: int = 0  # program-and-verify (set_program_verify)
-        self.verify_tolerance: float | None = None
-        for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range", "w_scale",
-                      "adc_range_calibrated", "reference_read_t0", "output_gain", "significance", "_read_var_bf16", "_gather_index"):
+        for name_ in ("w_eff", "w_ref", "g_pos", "g_neg", "nu_pos", "nu_neg", "path_pos", "path_neg", "read_var", "adc_range",
+                      "_read_var_bf16", "_gather_index"):
             self.register_buffer(name_, None, persistent=False)
         self.register_buffer("read_counter", torch.zeros((), dtype=torch.int32), persistent=False)
         sizes = self.grid.group_sizes()
@@ -146,9 +111,8 @@ class CrossbarEngine(torch.nn.Module):
     def programmed(self) -> bool:
         return self.w_eff is not None
 
-    @property
-    def is_digital(self) -> bool:
-        return self.spec.kind == "digital"
+    def _is_programmed(self) -> bool:
+        return self.programmed
 
     def _grouped(self, m: torch.Tensor) -> torch.Tensor:
         """Lay an (in, ...) tensor out as (read_groups, group_rows, ...), zero-padded."""
@@ -175,19 +139,6 @@ class CrossbarEngine(torch.nn.Module):
         tiles = per_col.reshape(per_col.shape[:-1] + (self.grid.col_tiles, wc)).amax(dim=-1)
         return self._col_tile_expand(tiles)
 
-    def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
-        """Program-and-verify settings used by every later :meth:`program` of this layer.
-
-        ``iterations`` > 0: after each programming, cells whose conductance misses its target
-        by more than ``tolerance`` (a fraction of ``g_max``; None: each cell's own programming
-        sigma at its target) are programmed again with a fresh draw, up to that many times
-        (stuck cells never pass and are retried every time). 0 turns verify off."""
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise SimulationError(f"verify_iterations must be an integer >= 0, got {iterations!r}")
-        if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
-            raise SimulationError(f"verify_tolerance must be a positive fraction of g_max (or None), got {tolerance!r}")
-        self.verify_iterations, self.verify_tolerance = iterations, None if tolerance is None else float(tolerance)
-
     def program(self, weight_in_out: torch.Tensor, seed: int) -> None:
         """Program a chip instance: sample programming noise, stuck cells and drift exponents
         once (seeded by (seed, layer name, purpose)) and cache the effective weights.
@@ -195,11 +146,9 @@ class CrossbarEngine(torch.nn.Module):
         With program-and-verify on (:meth:`set_program_verify`) badly programmed cells are
         programmed again. :attr:`write_pulses` counts every programming operation: one pulse
         per cell, plus one per re-programmed cell and verify iteration."""
-        verify_iterations, verify_tolerance = self.verify_iterations, self.verify_tolerance
         w = weight_in_out.detach()
-        self.seed = int(seed)
-        self._read_gen = None
-        self._read_key = stream_key(self.seed, self.name, "read", "counter")
+        self._start_programming(seed)
+        self._read_key = stream_key(int(seed), self.name, "read", "counter")
         self.read_counter.zero_()
         dev = self.spec.device
         self.w_scale = weight_scales(w, self.spec.weight_scaling)
@@ -207,31 +156,20 @@ class CrossbarEngine(torch.nn.Module):
         if self.is_digital:
             bits = self.spec.weight_bits or 8
             self.w_eff = quantize_symmetric(w_norm, bits, 1.0).unsqueeze(0)
-            self.t_seconds = dev.drift.t0_s
             self.write_pulses = w.numel() * bits  # one write per bit cell
-            self.reference_read_t0 = self.output_gain = None
+            self.output_gain = None
             return
         targets = encode_weights(w_norm, self.spec, self.grid.col_tiles)
         pos = torch.stack(targets.positive)
         neg = torch.stack(targets.negative)
         if targets.reference_per_col_tile:
             neg = self._col_tile_expand(neg)
-        coeffs = dev.programming_noise.coefficients
         pulses = 0
 
         def one_side(target: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal pulses
-            gen = generator_for(seed, self.name, "program", side, device=w.device)
-            g = program_conductances(target, dev.g_max, coeffs, gen)
-            stuck_gen = generator_for(seed, self.name, "stuck", side, device=w.device)
-            mask = sample_stuck_mask(target.shape, dev.stuck_on_rate, dev.stuck_off_rate, stuck_gen, device=w.device)
-            g = apply_stuck_at(g, mask, dev.g_min, dev.g_max)
-            pulses += target.numel()
-            if verify_iterations:
-                g, extra = program_and_verify(g, target, mask, dev.g_min, dev.g_max, coeffs, gen, verify_iterations, verify_tolerance)
-                pulses += extra
-            drift_gen = generator_for(seed, self.name, "drift", side, device=w.device)
-            nu = sample_drift_exponents(target.shape, dev.drift.nu_mean, dev.drift.nu_std, drift_gen, device=w.device)
+            g, nu, _, spent = program_cells(target, dev, self.seed or 0, self.name, side, self.verify_iterations, self.verify_tolerance)
+            pulses += spent
             return g, nu
 
         if targets.reference_per_col_tile:
@@ -248,8 +186,6 @@ class CrossbarEngine(torch.nn.Module):
         self.write_pulses = pulses
         if self.spec.wire_resistance > 0:
             self.path_pos, self.path_neg = self._ir_paths(w.device)
-        self.t_seconds = dev.drift.t0_s
-        self.reference_read_t0 = None
         self._refresh(set_adc_range=True)
         self._update_gain()
 
@@ -290,9 +226,8 @@ class CrossbarEngine(torch.nn.Module):
 
     def _conductances_now(self, t_seconds: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Conductances at ``t_seconds`` (default: now), drift and IR drop applied."""
-        t, t0 = self.t_seconds if t_seconds is None else t_seconds, self.spec.device.drift.t0_s
-        g_pos = apply_drift(self.g_pos, self.nu_pos, t, t0)
-        g_neg = apply_drift(self.g_neg, self.nu_neg, t, t0)
+        t, dev = self.t_seconds if t_seconds is None else t_seconds, self.spec.device
+        g_pos, g_neg = drifted(self.g_pos, self.nu_pos, t, dev), drifted(self.g_neg, self.nu_neg, t, dev)
         if self.path_pos is not None:
             r = self.spec.wire_resistance
             g_pos, g_neg = ir_drop_attenuate(g_pos, self.path_pos, r), ir_drop_attenuate(g_neg, self.path_neg, r)
@@ -302,14 +237,9 @@ class CrossbarEngine(torch.nn.Module):
         """Recompute the cached effective weights (and read-noise variances) at ``t_seconds``."""
         g_pos, g_neg = self._conductances_now()
         self._read_var_bf16 = None  # re-made from the new variances on the next fast read
-        w_eff = (g_pos - g_neg) / self.denominator  # (S, in, out), normalized
+        w_eff, var = effective_weights(g_pos, g_neg, self.denominator, self.spec.device.read_noise)  # (S, in, out), normalized
         self.w_eff = self._grouped(w_eff.permute(1, 0, 2)).permute(2, 0, 1, 3).contiguous()  # (S, G, gr, out)
-        rel = self.spec.device.read_noise
-        if rel > 0:
-            # normalize before squaring: squares of siemens-scale values fall into float32
-            # denormals, which make every later op on them ~20x slower
-            var = rel**2 * ((g_pos / self.denominator).square() + (g_neg / self.denominator).square())
-            var = torch.where(var < 1e-30, torch.zeros_like(var), var)
+        if var is not None:
             var = self._grouped(var.permute(1, 0, 2)).permute(2, 0, 1, 3)  # (S, G, gr, out)
             if self.read_noise_mode != "column_mean":
                 self.read_var = var.contiguous()
@@ -334,12 +264,7 @@ class CrossbarEngine(torch.nn.Module):
             rng = self.adc_range_calibrated
         return rng.clamp_min(_EPS)
 
-    def set_time(self, t_seconds: float) -> None:
-        """Move this instance to ``t_seconds`` after programming (drift), keeping its ADC ranges
-        (and re-reading the drift-compensation reference when compensation is on)."""
-        if not self.programmed:
-            raise SimulationError(f"layer {self.name!r} is not programmed: call cimflow.program(model, seed) first")
-        self.t_seconds = float(t_seconds)
+    def _after_time_change(self) -> None:
         if not self.is_digital:
             self._refresh()
             self._update_gain()
@@ -355,38 +280,13 @@ class CrossbarEngine(torch.nn.Module):
         many repetitions, so read noise is left out. Shape (out,); None for digital arrays."""
         if self.is_digital or self.g_pos is None:
             return None
-        g_pos, g_neg = self._conductances_now(t_seconds)
-        total = (g_pos + g_neg).sum(dim=1) / self.denominator  # (S, out)
-        return (total * self.significance.view(-1, 1)).sum(dim=0)
+        return reference_sums(*self._conductances_now(t_seconds), self.significance, self.denominator)
 
-    def set_compensation(self, mode: str | None) -> None:
-        """Turn drift compensation on (``"global"``: one factor for the layer, ``"per_column"``:
-        one per output column) or off (None). The factor is ``reference(t0) / reference(t)``
-        (:meth:`reference_read`), re-read on every :meth:`set_time`. It is applied ahead of
-        the ADC: the converter's full scale is scaled by ``reference(t) / reference(t0)`` (a
-        reference-current or integration-time adjustment) and the digital output by the
-        inverse, which equals multiplying the analog partial sums by the factor. So a
-        drifted array keeps the ADC's full resolution, and an ADC whose step equals one cell
-        level keeps its codes aligned with the levels."""
-        self.compensation = check_compensation_mode(mode)
-        if self.programmed:
-            self._update_gain()
-
-    def _update_gain(self) -> None:
-        if self.compensation is None or self.is_digital or self.g_pos is None:
-            self.output_gain = None
-            return
+    def _reference_reads(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.reference_read_t0 is None:  # the read right after programming (taken when first needed)
             self.reference_read_t0 = self.reference_read(self.spec.device.drift.t0_s)
         now, ref = self.reference_read(), self.reference_read_t0
-        if now is None or ref is None:  # not reached: a programmed analog array has both reads
-            self.output_gain = None
-            return
-        if self.compensation == "global":
-            self.output_gain = (ref.sum() / now.sum().clamp_min(_EPS)).reshape(())
-        else:
-            ok = now > 1e-6 * ref.abs().amax().clamp_min(_EPS)
-            self.output_gain = torch.where(ok, ref / now.clamp_min(_EPS), torch.ones_like(ref))
+        return None if now is None or ref is None else (ref, now)
 
     # ------------------------------------------------------------------ learned input range
     def enable_learned_input_range(self, initial_range: float) -> torch.nn.Parameter:
@@ -433,28 +333,6 @@ class CrossbarEngine(torch.nn.Module):
         x = x.detach()  # max |x| per vector from max and min: no |x| copy
         return torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg_()).clamp_min_(_EPS)
 
-    def _input_planes(self, x_q: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-        """Split DAC-quantized inputs in [-1, 1] into pulses: (P, N, in) and their weights."""
-        enc = self.spec.input_encoding
-        if enc.scheme == "dac" or enc.pulses == 1:
-            return x_q.unsqueeze(0), [1.0]
-        levels = (1 << (enc.bits - 1)) - 1
-        mag = torch.round(x_q.detach().abs() * levels)
-        sign = torch.sign(x_q)
-        base = 1 << enc.bits_per_pulse
-        planes, weights = [], []
-        for p in range(enc.pulses):
-            digit = torch.remainder(torch.div(mag, base**p, rounding_mode="floor"), base)
-            planes.append(sign * digit / (base - 1))
-            weights.append(base**p * (base - 1) / levels)
-        stacked = torch.stack(planes)
-        if x_q.requires_grad:
-            # straight-through: each pulse carries 1/(P w_p) of the input's gradient, so the
-            # shift-added sum passes it through unchanged
-            share = 1.0 / (len(weights) * torch.tensor(weights, dtype=x_q.dtype, device=x_q.device)).view(-1, 1, 1)
-            stacked = stacked + (x_q - x_q.detach()).unsqueeze(0) * share
-        return stacked, weights
-
     def forward(self, x: torch.Tensor, weight_in_out: torch.Tensor | None = None) -> torch.Tensor:
         """``y = x @ W`` on the arrays. ``x``: (N, in). ``weight_in_out``: the live weight, used
         for straight-through gradients when autograd needs them."""
@@ -474,7 +352,7 @@ class CrossbarEngine(torch.nn.Module):
         w_eff = self.w_eff
         if needs_grad and weight_in_out is not None and weight_in_out.requires_grad:
             # straight-through: the programmed weights forward, the live weights' gradient back
-            w_eff = _StraightThroughWeight.apply(weight_in_out, w_eff, self)
+            w_eff = StraightThroughWeight.apply(weight_in_out, w_eff, self)
         if self.collect_stats:
             self._record_stats(x_q)
         if self.is_digital:
@@ -611,7 +489,7 @@ class CrossbarEngine(torch.nn.Module):
         return acc.mul_(per_out).mul_(scale)
 
     def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
-        planes, plane_w = self._input_planes(x_q)  # (P, N, in)
+        planes, plane_w = input_planes(x_q, self.spec.input_encoding)  # (P, N, in)
         n = x_q.shape[0]
         s_count, g, gr, out = w_eff.shape
         p_count = planes.shape[0]
@@ -634,7 +512,7 @@ class CrossbarEngine(torch.nn.Module):
         if self.output_gain is not None:
             psum = psum * self.output_gain  # drift compensation, ahead of the ADC
         if psum.requires_grad:
-            q = _AdcStraightThrough.apply(psum, adc.bits, self.adc_range.unsqueeze(0))
+            q = AdcStraightThrough.apply(psum, adc.bits, self.adc_range.unsqueeze(0))
         else:
             q = adc_quantize(psum, adc.bits, self.adc_range.unsqueeze(0))
         coef = self.significance.view(1, -1, 1, 1, 1)
@@ -675,9 +553,7 @@ class CrossbarEngine(torch.nn.Module):
             noise = counter_normal(self.read_counter, self._read_key, tuple(like.shape), like.dtype)
             self.read_counter.add_(1)
             return noise
-        if self._read_gen is None or self._read_gen.device != like.device:
-            self._read_gen = generator_for(self.seed or 0, self.name, "read", device=like.device)
-        return torch.randn(like.shape, generator=self._read_gen, device=like.device, dtype=like.dtype)
+        return torch.randn(like.shape, generator=self._read_generator(like.device), device=like.device, dtype=like.dtype)
 
     def _record_stats(self, x_q: torch.Tensor) -> None:
         st = self.stats
@@ -693,101 +569,29 @@ class CrossbarEngine(torch.nn.Module):
 
     # ------------------------------------------------------------------ calibration
     def begin_calibration(self) -> None:
-        self._calibrating = True
-        self._calib_psums = []
+        super().begin_calibration()
         self._calib_inputs = []
 
     def record_input(self, x: torch.Tensor) -> None:
         if self._calibrating:
             self._calib_inputs.append(x.detach().abs().amax(dim=-1))
 
-    def end_calibration(self) -> None:
-        """Set calibrated input range and percentile ADC ranges from what was recorded."""
-        self._calibrating = False
-        enc, adc = self.spec.input_encoding, self.spec.adc
-        if enc.range == "calibrated" and self._calib_inputs:
+    def _finish_calibration(self) -> None:
+        """Calibrated input range and percentile ADC ranges from what was recorded."""
+        if self.spec.input_encoding.range == "calibrated" and self._calib_inputs:
             self.input_range = float(torch.cat(self._calib_inputs).amax().clamp_min(_EPS))
-        if adc is not None and adc.range == "percentile" and self._calib_psums:
+        self._calib_inputs = []
+        percentile = self._calibrating_percentile()
+        if percentile is not None:
             # per (slice, group, column): percentile over vectors and pulses, then max per array
-            allp = torch.cat(self._calib_psums, dim=2)  # (S, G, reads, out)
-            k = min(int(math.ceil(adc.percentile / 100.0 * allp.shape[2])), allp.shape[2]) - 1
-            q = allp.sort(dim=2).values[:, :, max(k, 0), :]
+            q = percentile_values(torch.cat(self._calib_psums, dim=2), percentile, dim=2)  # (S, G, reads, out) -> (S, G, out)
             self.adc_range_calibrated = self._col_tile_max(q).unsqueeze(2).clamp_min(_EPS)
             self.adc_range = self.adc_range_calibrated
-        self._calib_inputs, self._calib_psums = [], []
 
     def adc_error_bound(self) -> torch.Tensor:
         """Largest ADC error on an in-range partial sum (normalized units), per (S, G, 1, out)."""
         bits = self.spec.analog_adc().bits
         return self.adc_range / (2 * ((1 << (bits - 1)) - 1)) if bits > 1 else self.adc_range
-
-
-class _StraightThroughWeight(torch.autograd.Function):
-    """Forward: the programmed effective weights ``w_eff`` (S, G, gr, out) or (1, in, out)
-    (digital). Backward: their gradient, summed over slices and laid back out as (in, out),
-    divided by the weight scale, to the live weight - the same gradient as
-    ``w + (w_programmed - w).detach()`` without building the live weights' layout."""
-
-    @staticmethod
-    def forward(ctx, weight_in_out: torch.Tensor, w_eff: torch.Tensor, engine: CrossbarEngine) -> torch.Tensor:  # noqa: ANN001
-        ctx.engine = engine
-        return w_eff.view_as(w_eff)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
-        engine = ctx.engine
-        g = grad.sum(dim=0)
-        if not engine.is_digital:
-            in_features, out = engine.grid.in_features, engine.grid.out_features
-            flat = g.reshape(-1, out)
-            if engine._gather_index is None:
-                g = flat[:in_features]
-            else:
-                g = flat.new_zeros(in_features + 1, out).index_add_(0, engine._gather_index, flat)[:in_features]
-        return g / engine.w_scale, None, None
-
-
-class _AdcStraightThrough(torch.autograd.Function):
-    """The ADC (:func:`cimflow.physics.adc_quantize`) with the straight-through gradient of
-    its rounding: the gradient passes where the partial sum is inside the range, zero where
-    it clips (fewer passes over the partial sums than composing the same ops)."""
-
-    @staticmethod
-    def forward(ctx, psum: torch.Tensor, bits: int, range_: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        if bits <= 1:
-            ctx.save_for_backward(torch.zeros_like(psum, dtype=torch.bool))
-            return torch.sign(psum) * range_
-        steps = (1 << (bits - 1)) - 1
-        scaled = psum * (steps / range_)
-        ctx.save_for_backward(scaled.abs() <= steps)
-        return scaled.clamp_(-steps, steps).round_().mul_(range_ / steps)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
-
-
-def program_and_verify(
-    g: torch.Tensor, target: torch.Tensor, stuck: torch.Tensor, g_min: float, g_max: float, coefficients: list[float],
-    generator: torch.Generator, iterations: int, tolerance: float | None,
-) -> tuple[torch.Tensor, int]:
-    """Iterative program-and-verify: re-program (a fresh draw around the target) every cell
-    whose conductance misses ``target`` by more than the tolerance (a fraction of ``g_max``,
-    or each cell's programming sigma when None), up to ``iterations`` times. Stuck cells
-    (``stuck != 0``) keep their value and fail every verify. Returns the conductances and the
-    re-programming pulses spent."""
-    tol = programming_sigma(target, g_max, coefficients) if tolerance is None else torch.full_like(target, tolerance * g_max)
-    pulses = 0
-    for _ in range(iterations):
-        bad = (g - target).abs() > tol
-        count = int(bad.sum())
-        if count == 0:
-            break
-        pulses += count
-        fresh = program_conductances(target, g_max, coefficients, generator)
-        g = torch.where(bad & (stuck == 0), fresh, g)
-    return g, pulses
 
 
 def arrays_needed(spec: ArraySpec, in_features: int, out_features: int) -> int:
@@ -800,4 +604,4 @@ def input_pulses(spec: ArraySpec) -> int:
 
 
 __all__ = ["COMPENSATION_MODES", "READ_NOISE_MODES", "CrossbarEngine", "ReadStats", "arrays_needed", "check_compensation_mode",
-           "input_pulses", "program_and_verify"]
+           "input_pulses"]

@@ -1,0 +1,331 @@
+"""One programmed array instance: the lifecycle shared by crossbar layers and embedding tables.
+
+A chip instance goes through the same steps whatever its arrays hold (a weight matrix,
+:class:`cimflow.sim.engine.CrossbarEngine`, or an embedding table,
+:class:`cimflow.sim.embedding.CIMEmbeddingBag`):
+
+- **program** every cell once (programming noise, stuck cells, drift exponents), optionally
+  with **program-and-verify**, counting write pulses;
+- **age** it (:meth:`ArrayInstance.set_time`: drift, the effective weights and read-noise
+  variances at ``t``);
+- **compensate** drift from a reference read (one factor per layer, or one per column);
+- **calibrate** the ADC range on data (the percentile of the partial sums seen).
+
+:class:`ArrayInstance` is the base class of both owners: it holds that state, its tensors as
+registered (non-persistent) buffers so ``.to(device)`` moves every one of them, and the
+steps' logic, with small hooks the owner fills in (how it reads its reference columns, how
+it refreshes its cached weights). The cell physics is called here and only here
+(:func:`program_cells`, :func:`program_hashed_cells`, :func:`effective_weights`), through
+the functions of :mod:`cimflow.physics`, so a device model plugs in at one place.
+
+Draws: a matrix layer draws each purpose from its own seeded generator (seed, layer,
+purpose, side); a table draws each cell from a counter-based hash of (seed, table, row,
+cell, side) so that a table of 10^8 rows is never materialized. Both give the same
+distributions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cimflow.chip.spec import ArraySpec, Device
+from cimflow.errors import SimulationError
+from cimflow.physics import (
+    apply_drift,
+    apply_stuck_at,
+    generator_for,
+    program_conductances,
+    programming_sigma,
+    sample_drift_exponents,
+    sample_stuck_mask,
+)
+from cimflow.physics.hashing import cell_draws, cell_normal
+
+EPS = 1e-12
+
+#: Drift-compensation modes of :meth:`ArrayInstance.set_compensation` (None: off).
+COMPENSATION_MODES = (None, "global", "per_column")
+
+
+def check_compensation_mode(mode: str | None) -> str | None:
+    """``mode`` if it is a known drift-compensation mode (``"none"`` reads as None), else a SimulationError."""
+    if mode == "none":
+        return None
+    if mode not in COMPENSATION_MODES:
+        raise SimulationError(f"compensation mode must be one of 'global', 'per_column' or None, got {mode!r}")
+    return mode
+
+
+def check_verify_settings(iterations: object, tolerance: object) -> tuple[int, float | None]:
+    """Validated program-and-verify settings (iterations >= 0, tolerance > 0 or None)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise SimulationError(f"verify_iterations must be an integer >= 0, got {iterations!r}")
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool)
+                                      and tolerance > 0 and math.isfinite(tolerance)):
+        raise SimulationError(f"verify_tolerance must be a positive fraction of g_max (or None), got {tolerance!r}")
+    return iterations, None if tolerance is None else float(tolerance)
+
+
+# ---------------------------------------------------------------------- cell physics (the one place)
+def verify_cells(g: torch.Tensor, target: torch.Tensor, stuck: torch.Tensor | None, tolerance: torch.Tensor, iterations: int,
+                 redraw: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Iterative program-and-verify: every cell whose conductance misses ``target`` by more
+    than ``tolerance`` (siemens, per cell) is programmed again (``redraw(k)``, a fresh
+    programming of every cell at iteration k = 1, 2, ...), up to ``iterations`` times. Stuck
+    cells (``stuck`` true) keep their value and fail every verify. Returns the conductances
+    and the re-programming pulses spent (one per re-programmed cell and iteration)."""
+    pulses = 0
+    for k in range(1, iterations + 1):
+        bad = (g - target).abs() > tolerance
+        count = int(bad.sum())
+        if count == 0:
+            break
+        pulses += count
+        g = torch.where(bad if stuck is None else bad & ~stuck, redraw(k), g)
+    return g, pulses
+
+
+def verify_tolerance_of(target: torch.Tensor, device: Device, tolerance: float | None) -> torch.Tensor:
+    """Per-cell verify tolerance in siemens: a fraction of g_max, or each cell's own programming sigma (None)."""
+    if tolerance is None:
+        return programming_sigma(target, device.g_max, device.programming_noise.coefficients)
+    return torch.full_like(target, tolerance * device.g_max)
+
+
+def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, side: str, verify_iterations: int = 0,
+                  verify_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Program the cells ``target`` (siemens) of one side of a matrix layer, every purpose from
+    its own generator (seed, stream, purpose, side): programming noise, stuck cells,
+    program-and-verify, drift exponents. Returns conductances, drift exponents, the stuck
+    codes (int8: 1 on, -1 off, 0 healthy) and the write pulses (one per cell, plus verify)."""
+    coeffs = device.programming_noise.coefficients
+    gen = generator_for(seed, stream, "program", side, device=target.device)
+    g = program_conductances(target, device.g_max, coeffs, gen)
+    stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
+    mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
+    g = apply_stuck_at(g, mask, device.g_min, device.g_max)
+    pulses = target.numel()
+    if verify_iterations:
+        tol = verify_tolerance_of(target, device, verify_tolerance)
+        g, extra = verify_cells(g, target, mask != 0, tol, verify_iterations,
+                                lambda k: program_conductances(target, device.g_max, coeffs, gen))
+        pulses += extra
+    drift_gen = generator_for(seed, stream, "drift", side, device=target.device)
+    nu = sample_drift_exponents(target.shape, device.drift.nu_mean, device.drift.nu_std, drift_gen, device=target.device)
+    return g, nu, mask, pulses
+
+
+def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tensor, seed: int, stream: str, side: str,
+                         verify_iterations: int = 0, verify_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Program the cells ``target`` (S, n, dim) of the table rows ``rows`` (n,) on one side,
+    every cell's draws from the counter-based hash of (seed, stream, row, cell, side)
+    (:func:`cimflow.physics.hashing.cell_draws`; the verify re-programming of iteration k
+    from key k): the same laws as :func:`program_cells`, for any subset of rows, in any
+    order, with the same values. Returns conductances, drift exponents and the verify pulses."""
+    s_count, n, d = target.shape
+    noisy = not device.programming_noise.is_zero or bool(device.stuck_on_rate or device.stuck_off_rate) or device.drift.nu_std > 0
+    draws: list[torch.Tensor] = []
+    if noisy:  # cell (row, s, column): two normals and a uniform, hashed
+        draws = [x.view(n, s_count, d).permute(1, 0, 2) for x in cell_draws(rows, s_count * d, seed, stream, side)]
+    g, sigma, stuck, pulses = target, None, None, 0
+    if not device.programming_noise.is_zero:
+        sigma = programming_sigma(target, device.g_max, device.programming_noise.coefficients)
+        g = (target + sigma * draws[0]).clamp_min(0.0)
+    if device.stuck_on_rate or device.stuck_off_rate:
+        u = draws[2]
+        stuck_on = u < device.stuck_on_rate
+        stuck_off = (u >= device.stuck_on_rate) & (u < device.stuck_on_rate + device.stuck_off_rate)
+        stuck = stuck_on | stuck_off
+        g = torch.where(stuck_on, torch.full_like(g, device.g_max), g)
+        g = torch.where(stuck_off, torch.full_like(g, device.g_min), g)
+    if verify_iterations and sigma is not None:
+        tol = sigma if verify_tolerance is None else torch.full_like(target, verify_tolerance * device.g_max)
+        sig = sigma
+
+        def redraw(k: int) -> torch.Tensor:
+            z = cell_normal(rows, s_count * d, seed, stream, side, "program", k).view(n, s_count, d).permute(1, 0, 2)
+            return (target + sig * z).clamp_min(0.0)
+
+        g, pulses = verify_cells(g, target, stuck, tol, verify_iterations, redraw)
+    if device.drift.nu_std > 0:
+        nu = (device.drift.nu_mean + device.drift.nu_std * draws[1]).clamp_min(0.0)
+    else:
+        nu = torch.full_like(g, max(device.drift.nu_mean, 0.0))
+    return g, nu, pulses
+
+
+def drifted(g: torch.Tensor, nu: torch.Tensor, t_seconds: float, device: Device) -> torch.Tensor:
+    """Conductances ``t_seconds`` after programming (the device's drift law)."""
+    return apply_drift(g, nu, t_seconds, device.drift.t0_s)
+
+
+def effective_weights(g_pos: torch.Tensor, g_neg: torch.Tensor, denominator: float,
+                      read_noise: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalized effective weights ``(G+ - G-) / denominator`` and each weight's read-noise
+    variance ``r^2 ((G+/d)^2 + (G-/d)^2)`` (None without read noise), for conductances as
+    they are now (drift and IR drop already applied)."""
+    w = (g_pos - g_neg) / denominator
+    if read_noise <= 0:
+        return w, None
+    # normalize before squaring: squares of siemens-scale values fall into float32
+    # denormals, which make every later op on them ~20x slower
+    var = read_noise**2 * ((g_pos / denominator).square() + (g_neg / denominator).square())
+    return w, torch.where(var < 1e-30, torch.zeros_like(var), var)
+
+
+def reference_sums(g_pos: torch.Tensor, g_neg: torch.Tensor, significance: torch.Tensor, denominator: float) -> torch.Tensor:
+    """The reference read: every row (dim 1) driven at full input, each physical column's
+    current, slices (dim 0) combined by significance, in units of ``denominator``."""
+    total = (g_pos + g_neg).sum(dim=1) / denominator
+    return (total * significance.to(total).view(-1, *([1] * (total.dim() - 1)))).sum(dim=0)
+
+
+def compensation_gain(mode: str, reference_t0: torch.Tensor, reference_now: torch.Tensor) -> torch.Tensor:
+    """Drift-compensation factor reference(t0) / reference(t): one scalar (``global``) or one
+    per column (``per_column``; columns that read (almost) nothing keep factor 1)."""
+    if mode == "global":
+        return (reference_t0.sum() / reference_now.sum().clamp_min(EPS)).reshape(())
+    ok = reference_now > 1e-6 * reference_t0.abs().amax().clamp_min(EPS)
+    return torch.where(ok, reference_t0 / reference_now.clamp_min(EPS), torch.ones_like(reference_t0))
+
+
+def percentile_values(values: torch.Tensor, percentile: float, dim: int) -> torch.Tensor:
+    """The ``percentile``-th percentile (nearest rank, from below) of ``values`` along ``dim``."""
+    count = values.shape[dim]
+    k = min(int(math.ceil(percentile / 100.0 * count)), count) - 1
+    return values.sort(dim=dim).values.select(dim, max(k, 0))
+
+
+# ---------------------------------------------------------------------- the instance
+class ArrayInstance(nn.Module):
+    """Base class of an owner of programmed arrays: the instance's seed, time, write pulses,
+    program-and-verify settings, drift compensation and ADC calibration, with its tensors as
+    non-persistent buffers (they follow ``.to(device)``, stay out of the ``state_dict``).
+
+    The owner calls :meth:`_init_instance` in its ``__init__`` and implements the hooks
+    :meth:`_is_programmed`, :meth:`_reference_reads`, :meth:`_after_time_change` and
+    :meth:`_finish_calibration`."""
+
+    # buffers registered as None by _init_instance, set once programmed (None where they do not apply)
+    w_scale: torch.Tensor  # per-column (or per-layer) weight scale (None until programmed)
+    significance: torch.Tensor  # (S,) slice significances (analog arrays; None until programmed)
+    output_gain: torch.Tensor | None  # drift-compensation factor, () or (columns,)
+    reference_read_t0: torch.Tensor | None  # reference read right after programming (a cache)
+    adc_range_calibrated: torch.Tensor | None  # percentile ADC full scale from calibration data
+
+    _BUFFERS = ("w_scale", "significance", "output_gain", "reference_read_t0", "adc_range_calibrated")
+
+    def _init_instance(self, spec: ArraySpec, stream: str, what: str) -> None:
+        """``stream``: the name seeding this instance's draws; ``what``: how errors name it."""
+        self.spec = spec
+        self._stream, self._what = stream, what
+        self.seed: int | None = None
+        self.t_seconds: float = spec.device.drift.t0_s
+        self.compensation: str | None = None  # drift compensation mode (COMPENSATION_MODES)
+        self.write_pulses: int = 0  # programming pulses spent on this instance (program + verify + updates)
+        self.verify_iterations: int = 0  # program-and-verify (set_program_verify)
+        self.verify_tolerance: float | None = None
+        self.denominator: float = 1.0  # conductance span of one weight unit (analog arrays)
+        self._calibrating = False
+        self._calib_psums: list[torch.Tensor] = []
+        self._read_gen: torch.Generator | None = None
+        for name in self._BUFFERS:
+            self.register_buffer(name, None, persistent=False)
+
+    @property
+    def is_digital(self) -> bool:
+        return self.spec.kind == "digital"
+
+    # ------------------------------------------------------------------ hooks
+    def _is_programmed(self) -> bool:
+        return self.seed is not None
+
+    def _reference_reads(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The reference read right after programming and now (None where there is none)."""
+        raise NotImplementedError
+
+    def _after_time_change(self) -> None:
+        """Refresh what depends on ``t_seconds`` (cached weights, variances, compensation)."""
+        raise NotImplementedError
+
+    def _finish_calibration(self) -> None:
+        """Set calibrated ranges from ``_calib_psums`` (and whatever else was recorded)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start_programming(self, seed: int) -> None:
+        """Common first step of every ``program``: a new instance at time t0."""
+        self.seed = int(seed)
+        self._read_gen = None
+        self.t_seconds = self.spec.device.drift.t0_s
+        self.reference_read_t0 = None
+
+    def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
+        """Program-and-verify settings used by every later ``program`` of this instance.
+
+        ``iterations`` > 0: after each programming, cells whose conductance misses its target
+        by more than ``tolerance`` (a fraction of ``g_max``; None: each cell's own programming
+        sigma at its target) are programmed again with a fresh draw, up to that many times
+        (stuck cells never pass and are retried every time). 0 turns verify off."""
+        self.verify_iterations, self.verify_tolerance = check_verify_settings(iterations, tolerance)
+
+    def set_time(self, t_seconds: float) -> None:
+        """Move this instance to ``t_seconds`` after programming (drift), keeping its ADC ranges
+        (and re-reading the drift-compensation reference when compensation is on)."""
+        if not self._is_programmed():
+            raise SimulationError(f"{self._what} is not programmed: call cimflow.program(model, seed) first")
+        self.t_seconds = float(t_seconds)
+        self._after_time_change()
+
+    def set_compensation(self, mode: str | None) -> None:
+        """Turn drift compensation on (``"global"``: one factor for the instance, ``"per_column"``:
+        one per output column) or off (None). The factor is ``reference(t0) / reference(t)``
+        (the reference read, every row driven), re-read on every :meth:`set_time`. It is
+        applied ahead of the ADC: the converter's full scale is scaled by
+        ``reference(t) / reference(t0)`` (a reference-current or integration-time adjustment)
+        and the digital output by the inverse, which equals multiplying the analog partial
+        sums by the factor. So a drifted array keeps the ADC's full resolution."""
+        self.compensation = check_compensation_mode(mode)
+        if self._is_programmed():
+            self._update_gain()
+
+    def _update_gain(self) -> None:
+        """Recompute :attr:`output_gain` from the reference reads (None when compensation is off)."""
+        reads = None
+        if self.compensation is not None and not self.is_digital and self._is_programmed():
+            with torch.no_grad():
+                reads = self._reference_reads()
+        self.output_gain = None if reads is None else compensation_gain(self.compensation or "global", *reads)
+
+    def _read_generator(self, device: torch.device) -> torch.Generator:
+        """The instance's seeded read-noise generator on ``device`` (made when first needed)."""
+        if self._read_gen is None or self._read_gen.device != device:
+            self._read_gen = generator_for(self.seed or 0, self._stream, "read", device=device)
+        return self._read_gen
+
+    # ------------------------------------------------------------------ calibration
+    def begin_calibration(self) -> None:
+        self._calibrating = True
+        self._calib_psums = []
+
+    def end_calibration(self) -> None:
+        """Set the calibrated ranges from what was recorded since :meth:`begin_calibration`."""
+        self._calibrating = False
+        self._finish_calibration()
+        self._calib_psums = []
+
+    def _calibrating_percentile(self) -> float | None:
+        """The ADC percentile to calibrate to, when the ADC calibrates and data was recorded."""
+        adc = self.spec.adc
+        if adc is not None and adc.range == "percentile" and self._calib_psums:
+            return adc.percentile
+        return None
+
+
+__all__ = ["COMPENSATION_MODES", "EPS", "ArrayInstance", "check_compensation_mode", "check_verify_settings", "compensation_gain",
+           "drifted", "effective_weights", "percentile_values", "program_cells", "program_hashed_cells", "reference_sums",
+           "verify_cells", "verify_tolerance_of"]
