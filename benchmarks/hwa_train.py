@@ -1,23 +1,33 @@
 """HWA train step time as a ratio to a plain PyTorch train step, measured in one process.
 
-Workload (issue [5/5]): MLP 784-256-128-10 at batch 256, Adam, cross-entropy. The plain
-step is forward + backward + optimizer step of the float model. The HWA step is what
-:func:`cimflow.train.hwa_finetune` does per step: program a fresh chip instance (new seed:
-programming noise, stuck cells, drift exponents), age it to a log-uniform random time up
-to 1 year, forward on it (read noise, DAC/ADC quantization, straight-through gradients),
-backward, optimizer step, clip the weights to 3 sigma per column. Also measured: the same
-step with a fresh instance only every K steps (``hwa_finetune(resample_every=K)``: in
-between, the forward runs on the last programmed instance; read noise is still drawn on
-every forward). Chip: ``pcm-hermes-like`` (8-bit DAC and ADC, 256x256 arrays: the 784
-inputs take 4 row tiles). torch threads = 2. Target: <= 2x.
+Workload (issue 12): MLP 784-256-128-10 at batch 256, Adam, cross-entropy, on
+``pcm-hermes-like`` (programming noise, read noise, drift, 8-bit DAC and ADC, 256-row
+arrays: the 784 inputs take 4 read groups). The plain step is forward + backward +
+optimizer step of the float model. The HWA steps do what :func:`cimflow.train.hwa_finetune`
+does per step, each on its own converted copy of the model:
 
-Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 30] [--chip NAME] [--resample-every 8]
+- ``fresh, cached draws`` (hwa_finetune's default): program a fresh chip instance from the
+  cached per-cell draws (:mod:`cimflow.train.draws`), age it to a log-uniform random time
+  up to ``--t-max`` (default one day), forward on it (read noise, DAC/ADC quantization,
+  straight-through gradients), backward, optimizer step, clip the weights to 3 sigma;
+- ``fresh, new generators`` (``cached_draws=False``): the same with every instance drawn
+  from fresh generators, as ``cimflow.program`` does;
+- ``kept instance``: no re-programming (``keep_programmed``: the forward runs on the last
+  instance; read noise is still drawn on every forward).
+
+The steps are interleaved repetition by repetition (every variant sees the same machine
+state) at each thread count; the script prints min / median / max over the repeats, the
+load average before and after, and each median's ratio to the plain step's median.
+``--profile`` adds torch.profiler's top operators of each variant (1 thread).
+
+Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 20] [--threads 1,2] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -27,38 +37,23 @@ from torch import nn
 
 import cimflow
 from cimflow.train.clip import clip_weights
+from cimflow.train.draws import InstanceDraws
 from cimflow.train.noise import keep_programmed, sample_instance, step_seed
+from cimflow.units import parse_duration
 
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def median_time(step: Callable[[int], None], repeats: int) -> float:
-    for k in range(3):
-        step(k)
-    times = []
-    for k in range(repeats):
-        t = time.perf_counter()
-        step(k)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--chip", default="pcm-hermes-like")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resample-every", type=int, default=8)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def make_steps(chip: str, t_max_s: float) -> dict[str, Callable[[int], None]]:
+    """One train-step function per variant, each on its own model and optimizer."""
     torch.manual_seed(0)
     x = torch.rand(256, 784)
     y = torch.randint(0, 10, (256,))
     loss_fn = nn.CrossEntropyLoss()
-
-    plain = mlp()
+    base = mlp()
+    plain = copy.deepcopy(base)
     plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
 
     def plain_step(_: int) -> None:
@@ -67,41 +62,85 @@ def main() -> None:
         loss.backward()
         plain_opt.step()
 
-    cim = cimflow.convert(copy.deepcopy(plain), args.chip)
-    cim_opt = torch.optim.Adam(cim.parameters(), lr=1e-4)
-    times = torch.Generator().manual_seed(1)
-    t_max = 365 * 86400.0
+    def hwa(mode: str) -> Callable[[int], None]:
+        cim = cimflow.convert(copy.deepcopy(base), chip)
+        cimflow.program(cim, 0)
+        opt = torch.optim.Adam(cim.parameters(), lr=1e-4)
+        times = torch.Generator().manual_seed(1)
+        draws = InstanceDraws(0) if mode == "cached" else None
 
-    def hwa_step(k: int, every: int = 1) -> None:
-        if k % every == 0:
-            sample_instance(cim, step_seed(0, k), t_max, times)
-        else:
-            keep_programmed(cim)
-        loss = loss_fn(cim(x), y)
-        cim_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        cim_opt.step()
-        clip_weights(cim, 3.0)
+        def step(k: int) -> None:
+            if mode == "kept":
+                keep_programmed(cim)
+            else:
+                sample_instance(cim, step_seed(0, k), t_max_s, times, draws=draws)
+            loss = loss_fn(cim(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            clip_weights(cim, 3.0)
 
-    k_every = args.resample_every
+        return step
 
-    def mean_step_of_k(k: int) -> None:  # one call = K steps: one fresh instance, K-1 on the same instance
-        for j in range(k_every):
-            hwa_step(k * k_every + j, k_every)
+    return {"plain PyTorch": plain_step, "HWA fresh, cached draws": hwa("cached"),
+            "HWA fresh, new generators": hwa("exact"), "HWA kept instance": hwa("kept")}
 
-    # interleave the measurements so that all see the same machine state; keep the best of 3 medians
-    plain_times, hwa_times, amortized = [], [], []
-    for _ in range(3):
-        plain_times.append(median_time(plain_step, args.repeats))
-        hwa_times.append(median_time(hwa_step, args.repeats))
-        amortized.append(median_time(mean_step_of_k, max(3, args.repeats // k_every)) / k_every)
-    t_plain, t_hwa, t_amortized = min(plain_times), min(hwa_times), min(amortized)
-    print(f"MLP 784-256-128-10, batch 256, chip {args.chip}, torch threads {args.threads}")
-    print(f"plain PyTorch train step     : {1e3 * t_plain:.2f} ms")
-    print(f"HWA train step               : {1e3 * t_hwa:.2f} ms (fresh instance + random drift + forward/backward/step + clip)")
-    print(f"HWA step, fresh every {k_every:<2d}     : {1e3 * t_amortized:.2f} ms (mean over {k_every} steps)")
-    print(f"ratio HWA / plain            : {t_hwa / t_plain:.2f}x (target <= 2x)")
-    print(f"ratio HWA (every {k_every}) / plain : {t_amortized / t_plain:.2f}x")
+
+def measure(steps: dict[str, Callable[[int], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant, interleaved repetition by repetition."""
+    for k in range(3):  # warm-up: allocations, caches, pools
+        for step in steps.values():
+            step(k)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for k in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(3 + k)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def report(times: dict[str, list[float]], threads: int, chip: str, load: tuple[float, ...]) -> None:
+    base = statistics.median(times["plain PyTorch"])
+    print(f"\nMLP 784-256-128-10, batch 256, chip {chip}, torch threads {threads}, {len(times['plain PyTorch'])} repeats, "
+          f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{'step':28s} {'min ms':>8s} {'median':>8s} {'max':>8s} {'ratio':>7s}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:28s} {1e3 * min(values):8.2f} {1e3 * med:8.2f} {1e3 * max(values):8.2f} {med / base:6.2f}x")
+    print("target: HWA step <= 2x plain")
+
+
+def profile(steps: dict[str, Callable[[int], None]], rows: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for name, step in steps.items():
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for k in range(10):
+                step(100 + k)
+        print(f"\n--- {name}: top operators over 10 steps (1 thread)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--chip", default="pcm-hermes-like")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--t-max", default="1d", help="drift: log-uniform random time up to this (default 1d)")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per variant")
+    parser.add_argument("--rows", type=int, default=15, help="operators per profile table")
+    args = parser.parse_args()
+    t_max_s = parse_duration(args.t_max)
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        load = os.getloadavg()
+        steps = make_steps(args.chip, t_max_s)
+        report(measure(steps, args.repeats), threads, args.chip, load)
+    if args.profile:
+        torch.set_num_threads(1)
+        profile(make_steps(args.chip, t_max_s), args.rows)
 
 
 if __name__ == "__main__":

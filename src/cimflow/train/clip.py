@@ -23,12 +23,13 @@ from cimflow.sim.embedding import CIMEmbeddingBag
 from cimflow.sim.layers import CIMLayer
 
 
-def clip_bounds(weight_in_out: torch.Tensor, clip_sigma: float, per_column: bool) -> torch.Tensor:
-    """``clip_sigma`` standard deviations of each column (dim 0 reduced) of an (in, out)
-    matrix, or of the whole matrix; shape (out,) or () respectively."""
+def clip_bounds(weight_in_out: torch.Tensor, clip_sigma: float, per_column: bool, dim: int = 0) -> torch.Tensor:
+    """``clip_sigma`` standard deviations of each column of an (in, out) matrix (``dim``
+    reduced: 0, or 1 for the same matrix laid out (out, in)), or of the whole matrix; shape
+    (out,) or () respectively."""
     w = weight_in_out.detach()
     if per_column:
-        return clip_sigma * w.std(dim=0, unbiased=False)
+        return clip_sigma * w.std(dim=dim, unbiased=False)
     return clip_sigma * w.std(unbiased=False)
 
 
@@ -36,7 +37,10 @@ def clip_bounds(weight_in_out: torch.Tensor, clip_sigma: float, per_column: bool
 def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = True) -> int:
     """Clip every CIM layer's weights to ``clip_sigma`` standard deviations per column (per
     layer for ``weight_scaling: per_layer``), in place. Digital arrays are skipped unless
-    ``analog_only`` is false. Returns the number of weights that were clipped."""
+    ``analog_only`` is false. Returns the number of weights that were clipped.
+
+    Matrix layers are clipped in their weight's own layout (out, in): each crossbar column is
+    a contiguous row there, so the statistics and the clip are single passes."""
     if not clip_sigma > 0:
         raise CimflowError(f"clip_sigma must be a positive number of standard deviations, got {clip_sigma!r}")
     clipped = 0
@@ -49,15 +53,18 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
             continue  # a table read from a memory map or a hash: nothing to train
         per_column = spec.weight_scaling == "per_column"
         if isinstance(layer, CIMEmbeddingBag):
-            matrix = weight  # (rows, dim): embedding columns are the array's columns
+            matrix, dim = weight, 0  # (rows, dim): embedding columns are the array's columns
         else:
-            matrix = weight.reshape(weight.shape[0], -1).t()  # (in, out)
-        bound = clip_bounds(matrix, clip_sigma, per_column).clamp_min(1e-12)
-        over = matrix.abs() > bound
-        n = int(over.sum())
+            matrix, dim = weight.reshape(weight.shape[0], -1), 1  # (out, in): a crossbar column per row
+        bound = clip_bounds(matrix, clip_sigma, per_column, dim).clamp_min(1e-12)
+        if per_column:
+            bound = bound.unsqueeze(dim)
+        n = int((matrix.abs() > bound).sum())
         if n:
             clipped += n
-            matrix.copy_(torch.maximum(torch.minimum(matrix, bound), -bound))
+            matrix.clamp_(-bound, bound)
+            if matrix.data_ptr() != weight.data_ptr():  # reshape copied a non-contiguous weight
+                weight.copy_(matrix.view_as(weight))
     return clipped
 
 

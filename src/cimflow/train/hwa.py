@@ -4,8 +4,8 @@ Each step of :func:`hwa_finetune`:
 
 1. programs a fresh chip instance (:func:`cimflow.train.noise.sample_instance`: programming
    noise, stuck cells and drift exponents drawn from the chip's device model, a new seed
-   per step) and ages it to a random time, log-uniform between the device's ``t0`` and
-   ``t_max``;
+   per step; by default from cached per-cell draws, :mod:`cimflow.train.draws`) and ages
+   it to a random time, log-uniform between the device's ``t0`` and ``t_max``;
 2. runs forward on it (read noise, DAC and ADC quantization) and backward with
    straight-through gradients to the ordinary float weights;
 3. takes an optimizer step and clips the weights of analog layers to ``clip_sigma``
@@ -38,6 +38,7 @@ from cimflow.sim.convert import cim_layers, compensate_model, convert_model
 from cimflow.sim.layers import CIMLayer
 from cimflow.train.clip import clip_weights
 from cimflow.train.data import LossFn, TrainData, as_batches
+from cimflow.train.draws import InstanceDraws
 from cimflow.train.noise import keep_programmed, sample_instance, step_seed
 from cimflow.units import parse_duration
 
@@ -171,6 +172,7 @@ def hwa_finetune(
     plan: Any = None,
     hot_rows: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cached_draws: bool = True,
 ) -> HWAResult:
     """Fine-tune ``model`` on ``data`` with the noise of ``chip`` in the loop (see the module
     docstring).
@@ -207,6 +209,11 @@ def hwa_finetune(
             ``validate_every`` steps and at the end; the best step's weights are kept. It gets
             the converted model (HWA) or the float model (plain) and may program and drift it.
         progress: ``progress(step, steps)`` after each step.
+        cached_draws: take each step's per-cell draws (programming noise, stuck cells, drift
+            exponents) from per-layer pools of cached draws at a random offset
+            (:class:`cimflow.train.draws.InstanceDraws`: every instance has the device
+            model's distribution, at a fraction of the cost); False: draw every instance
+            from fresh generators, as ``cimflow.program`` does.
     """
     train = as_batches(data, batch_size)
     loss_fn = loss_fn or train.loss_fn
@@ -241,6 +248,7 @@ def hwa_finetune(
 
     generator = torch.Generator().manual_seed(seed)
     time_gen = torch.Generator().manual_seed(seed + 1)
+    draws = InstanceDraws(seed) if cached_draws else None
     if cim is not None:
         compensate_model(cim, compensation)
         sample_instance(cim, step_seed(seed, -1), None, time_gen)
@@ -277,7 +285,7 @@ def hwa_finetune(
         for inputs, target in train.epoch(generator):
             if cim is not None:
                 if step % resample_every == 0:
-                    fraction = sample_instance(cim, step_seed(seed, step), t_max_s, time_gen, t_min_s)
+                    fraction = sample_instance(cim, step_seed(seed, step), t_max_s, time_gen, t_min_s, draws)
                 else:
                     keep_programmed(cim)
             out = net(*inputs)

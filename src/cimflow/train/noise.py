@@ -22,6 +22,7 @@ from cimflow.physics.rng import derive_seed
 from cimflow.sim.convert import cim_layers, program_model
 from cimflow.sim.embedding import CIMEmbeddingBag
 from cimflow.sim.layers import CIMLayer
+from cimflow.train.draws import InstanceDraws
 
 
 def layer_spec_t0(layer: CIMLayer | CIMEmbeddingBag) -> float:
@@ -48,25 +49,38 @@ def step_seed(seed: int, step: int) -> int:
     return derive_seed(seed, "hwa-step", step) & 0x7FFFFFFF
 
 
-def sample_instance(model: nn.Module, seed: int, t_max_s: float | None, generator: torch.Generator, t_min_s: float | None = None) -> float:
+def sample_instance(
+    model: nn.Module, seed: int, t_max_s: float | None, generator: torch.Generator, t_min_s: float | None = None,
+    draws: InstanceDraws | None = None,
+) -> float:
     """Program a fresh chip instance into a converted ``model`` (instance ``seed``) and age it
     to a random time after programming: the same log-uniform fraction for every layer, each
     layer between ``t_min_s`` (default: its own device ``t0``) and ``t_max_s`` (no drift when
-    None). Returns the fraction drawn (0 when there is no drift)."""
+    None). Returns the fraction drawn (0 when there is no drift).
+
+    ``draws`` (an :class:`~cimflow.train.draws.InstanceDraws`): take the instance's per-cell
+    draws from its cached pools (equal in distribution, a fraction of the cost); None: from
+    fresh generators (:func:`cimflow.sim.program_model`)."""
     if t_max_s is not None and not (t_max_s > 0 and math.isfinite(t_max_s)):
         raise CimflowError(f"t_max must be a positive duration, got {t_max_s!r}")
     if t_min_s is not None and t_max_s is not None and not (0 < t_min_s <= t_max_s):
         raise CimflowError(f"t_min ({t_min_s!r} s) must be positive and at most t_max ({t_max_s!r} s)")
-    program_model(model, seed)
-    if t_max_s is None:
-        return 0.0
-    fraction = log_uniform_fraction(generator)
-    with torch.no_grad():
-        for _, layer in cim_layers(model):
+    fraction, times = 0.0, {}
+    if t_max_s is not None:
+        fraction = log_uniform_fraction(generator)
+        for name, layer in cim_layers(model):
             t0 = layer_spec_t0(layer)
             t = time_at(fraction, max(t0, t_min_s) if t_min_s is not None else t0, t_max_s)
             if t != t0:
-                layer.set_time(t)
+                times[name] = t
+    if draws is not None:
+        draws.program(model, seed, times)
+        return fraction
+    program_model(model, seed)
+    with torch.no_grad():
+        for name, layer in cim_layers(model):
+            if name in times:
+                layer.set_time(times[name])
     return fraction
 
 

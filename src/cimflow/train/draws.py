@@ -1,0 +1,372 @@
+"""Cached per-cell draws: a fresh chip instance every training step at the cost of a few
+elementwise passes.
+
+Programming a chip instance (:meth:`cimflow.sim.engine.CrossbarEngine.program`) draws, for
+every cell, a standard normal (programming noise), a uniform (stuck cells) and a normal
+(drift exponent) from generators seeded by the instance. Hardware-aware training programs
+a new instance on every step, and on a CPU those draws cost as much as the step's matmuls.
+
+:class:`InstanceDraws` draws them once per layer into *pools* of twice the layer's cell
+count and gives each step a window of consecutive pool entries at a uniformly random
+offset (derived from the step's instance seed), re-drawing a slice of every pool per step
+(the whole pool every ``refresh_steps`` steps, 64 by default). So, on every step:
+
+- each cell's draws have exactly the device model's distribution (the pool entries are
+  i.i.d. draws from it: standard normals re-scaled by the cell's programming sigma at its
+  target conductance, stuck codes at the chip's rates, drift exponents ``N(nu_mean,
+  nu_std)`` clipped at 0, made by :mod:`cimflow.physics` itself);
+- the cells of one instance are independent (a window holds distinct pool entries);
+- one cell's draws on two steps are independent unless the two offsets coincide
+  (probability ``1 / (n + 1)`` for ``n`` cells), and the pool keeps being renewed.
+
+What differs from drawing each instance from its own generators is only which entries of
+the (renewed) pool a step's instance is made of, never the distribution of any instance:
+``tests/train/test_draws.py`` pins the per-step moments against the exact path's. The
+instance is then aged to its time with the engine's own arithmetic, once (the exact path
+programs at ``t0`` and re-computes everything at ``t``).
+
+Layers the cache does not cover (embedding bags, digital arrays, offset encoding,
+program-and-verify) are programmed by their own ``program`` as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cimflow.chip.spec import Device
+from cimflow.errors import CimflowError
+from cimflow.mapping import encode_weights, weight_scales
+from cimflow.physics import derive_seed, generator_for, programming_sigma, sample_drift_exponents, sample_stuck_mask
+from cimflow.physics.hashing import stream_key
+from cimflow.sim.convert import cim_layers
+from cimflow.sim.engine import CrossbarEngine
+from cimflow.sim.layers import CIMLayer
+
+#: Steps after which every pool entry has been re-drawn once (a slice of 1/64 per step).
+REFRESH_STEPS = 64
+
+
+class DrawPool:
+    """``2 n`` i.i.d. draws from ``sample(count, generator)``; :meth:`window` gives ``n``
+    consecutive ones at an offset in ``[0, n]`` and :meth:`renew` re-draws the next slice."""
+
+    def __init__(self, n: int, sample: Callable[[int, torch.Generator], torch.Tensor], generator: torch.Generator,
+                 refresh_steps: int = REFRESH_STEPS) -> None:
+        self.n = n
+        self.sample = sample
+        self.generator = generator
+        self.data = sample(2 * n, generator)
+        self.chunk = max(1, math.ceil(2 * n / refresh_steps))
+        self.cursor = 0
+
+    def renew(self) -> tuple[int, int]:
+        """Re-draw the next slice of the pool (round robin); returns its [start, end)."""
+        start = self.cursor
+        end = min(start + self.chunk, 2 * self.n)
+        self.data[start:end] = self.sample(end - start, self.generator)
+        self.cursor = end % (2 * self.n)
+        return start, end
+
+    def window(self, offset: int) -> torch.Tensor:
+        """The ``n`` entries from ``offset`` (a view: valid until the pool is renewed again)."""
+        if not 0 <= offset <= self.n:
+            raise CimflowError(f"pool offset must be in [0, {self.n}], got {offset}")
+        return self.data[offset:offset + self.n]
+
+
+class StuckPool:
+    """A :class:`DrawPool` of stuck codes (0 healthy, 1 stuck on, -1 stuck off) that also keeps
+    the sorted positions of its stuck entries (re-indexed slice by slice as the pool is
+    renewed), so a window's stuck cells are found by binary search, not a pass over every cell."""
+
+    def __init__(self, n: int, on_rate: float, off_rate: float, generator: torch.Generator, device: torch.device,
+                 refresh_steps: int = REFRESH_STEPS) -> None:
+        def sample(count: int, gen: torch.Generator) -> torch.Tensor:
+            return sample_stuck_mask((count,), on_rate, off_rate, gen, device=device)
+
+        self.pool = DrawPool(n, sample, generator, refresh_steps)
+        chunk, size = self.pool.chunk, 2 * n
+        self._slices = [(a, min(a + chunk, size)) for a in range(0, size, chunk)]
+        self._stuck = [self._positions(a, b) for a, b in self._slices]
+
+    def _positions(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = self.pool.data[start:end]
+        return torch.nonzero(codes == 1).flatten() + start, torch.nonzero(codes == -1).flatten() + start
+
+    def renew(self) -> None:
+        start, end = self.pool.renew()
+        k = start // self.pool.chunk
+        self._stuck[k] = self._positions(start, end)
+
+    def window(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat indices (within the window) of the stuck-on and stuck-off cells at ``offset``."""
+        end = offset + self.pool.n
+        parts = [(pos, a, b) for pos, (a, b) in zip(self._stuck, self._slices, strict=True) if a < end and b > offset]
+        out = []
+        for side in (0, 1):
+            idx = torch.cat([p[side] for p, _, _ in parts])
+            out.append(idx[(idx >= offset) & (idx < end)] - offset)
+        return out[0], out[1]
+
+
+_StuckIndex = tuple[torch.Tensor, torch.Tensor] | None  # flat indices of stuck-on and stuck-off cells
+
+
+@dataclass
+class _LayerPools:
+    normal: DrawPool  # standard normals: programming noise
+    drift: DrawPool  # drift exponents
+    stuck: StuckPool | None  # None when the device has no stuck cells
+    shape: tuple[int, ...]  # (2 S, in, out): positive cells of every slice, then negative ones
+    work: _Workspace | None = None  # the in-place buffers of the fast path (when it applies)
+
+
+def covered(layer: nn.Module) -> bool:
+    """Whether :class:`InstanceDraws` programs ``layer`` from cached draws (an analog matrix
+    layer with differential or bit-sliced encoding and no program-and-verify)."""
+    if not isinstance(layer, CIMLayer):
+        return False
+    eng = layer.engine
+    return (not eng.is_digital and eng.spec.weight_encoding.scheme != "offset" and not eng.verify_iterations)
+
+
+def _fast(layer: CIMLayer) -> bool:
+    """Whether the in-place fast path applies: one differential slice, read groups of
+    consecutive rows, no IR drop, exact read-noise variances."""
+    eng = layer.engine
+    return (eng.spec.weight_encoding.scheme == "differential" and eng.grid.contiguous and eng.spec.wire_resistance == 0
+            and eng.read_noise_mode != "column_mean")
+
+
+def _sigma_in_levels(dev: Device) -> list[float]:
+    """Coefficients ``b_k`` (highest power first) with ``sum_k b_k l^k`` equal to the
+    programming sigma (siemens) of a cell programmed to level ``l``, i.e. to
+    ``g_min + l (g_max - g_min) / (levels - 1)``: the device's polynomial in ``G / g_max``
+    (:func:`cimflow.physics.programming_sigma`) composed with the level's conductance."""
+    a = dev.g_min / dev.g_max  # x = a + d l
+    d = (dev.g_max - dev.g_min) / (dev.n_levels - 1) / dev.g_max
+    out = [0.0]  # polynomial in l, lowest power first
+    for c in reversed(dev.programming_noise.coefficients):  # Horner: out = out * (a + d l) + c
+        shifted = [0.0] + [d * v for v in out]
+        out = [a * v for v in out] + [0.0]
+        out = [u + v for u, v in zip(out, shifted, strict=True)]
+        out[0] += c
+    return [dev.g_max * v for v in reversed(out)]
+
+
+class _Workspace:
+    """Buffers of the fast path, allocated once per layer: every step writes them in place
+    (fresh large tensors cost a page fault per 4 KiB on first touch, several times the
+    arithmetic). The instance-facing tensors are double-buffered: the tensors of the
+    previous step's instance stay intact while the next one is programmed."""
+
+    def __init__(self, eng: CrossbarEngine, device: torch.device) -> None:
+        rows, out = eng.grid.in_features, eng.grid.out_features
+        g, gr = eng.grid.read_groups, eng.grid.group_rows
+        self.levels = torch.empty(rows, out, device=device)
+        self.a = torch.empty(2, rows, out, device=device)
+        self.b = torch.empty(2, rows, out, device=device)
+        self.g0 = [torch.empty(2, rows, out, device=device) for _ in range(2)]
+        self.w_eff = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)]
+        self.read_var = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)] if eng.spec.device.read_noise > 0 else None
+        self.bounds = [(k * gr, min((k + 1) * gr, rows)) for k in range(g)]
+        self.sigma = _sigma_in_levels(eng.spec.device)
+        self.significance = torch.ones(1, device=device)
+        self.flip = 0
+
+
+class InstanceDraws:
+    """Cached per-cell draws of a converted model's layers (see the module docstring).
+
+    ``seed`` seeds the pools; each step's instance is chosen by its instance seed (the
+    window offsets), so the same (seed, instance seeds) give the same instances. The fast
+    path writes each layer's instance into buffers it re-uses: an instance's tensors are
+    overwritten two instances later."""
+
+    def __init__(self, seed: int = 0, refresh_steps: int = REFRESH_STEPS) -> None:
+        if isinstance(refresh_steps, bool) or not isinstance(refresh_steps, int) or refresh_steps < 1:
+            raise CimflowError(f"refresh_steps must be an integer >= 1, got {refresh_steps!r}")
+        self.seed = int(seed)
+        self.refresh_steps = refresh_steps
+        self._pools: dict[str, _LayerPools] = {}
+
+    def _pools_for(self, name: str, layer: CIMLayer, shape: tuple[int, ...], device: torch.device) -> _LayerPools:
+        pools = self._pools.get(name)
+        if pools is not None and pools.shape == shape and pools.normal.data.device == device:
+            return pools
+        dev = layer.engine.spec.device
+        n = math.prod(shape)
+
+        def gen(purpose: str) -> torch.Generator:
+            return generator_for(self.seed, name, "hwa-pool", purpose, device=device)
+
+        def normals(count: int, g: torch.Generator) -> torch.Tensor:
+            return torch.randn(count, generator=g, device=device)
+
+        def exponents(count: int, g: torch.Generator) -> torch.Tensor:
+            return sample_drift_exponents((count,), dev.drift.nu_mean, dev.drift.nu_std, g, device=device)
+
+        stuck = None
+        if dev.stuck_on_rate > 0 or dev.stuck_off_rate > 0:
+            stuck = StuckPool(n, dev.stuck_on_rate, dev.stuck_off_rate, gen("stuck"), device, self.refresh_steps)
+        pools = _LayerPools(DrawPool(n, normals, gen("program"), self.refresh_steps),
+                            DrawPool(n, exponents, gen("drift"), self.refresh_steps), stuck, shape)
+        self._pools[name] = pools
+        return pools
+
+    def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, _StuckIndex]:
+        """Renew the pools by one slice and take this instance's windows: standard normals,
+        drift exponents (both shaped like the cells) and the stuck cells' flat indices."""
+        for pool in (pools.normal, pools.drift):
+            pool.renew()
+        if pools.stuck is not None:
+            pools.stuck.renew()
+        n = pools.normal.n
+        off_z, off_nu, off_stuck = (derive_seed(seed, name, "hwa-window", purpose) % (n + 1) for purpose in ("program", "drift", "stuck"))
+        z = pools.normal.window(off_z).view(pools.shape)
+        nu = pools.drift.window(off_nu).view(pools.shape)
+        return z, nu, None if pools.stuck is None else pools.stuck.window(off_stuck)
+
+    @torch.no_grad()
+    def program_layer(self, name: str, layer: CIMLayer, seed: int, t_seconds: float | None = None) -> None:
+        """Program a fresh instance (instance ``seed``) of one covered layer from the pools and
+        age it to ``t_seconds`` (default: the device's ``t0``), as ``layer.program(seed)``
+        followed by ``layer.set_time(t_seconds)`` does with fresh generators."""
+        eng = layer.engine
+        eng._start_programming(seed)  # seed, read generator, t0, reference read: a new instance
+        eng._read_key = stream_key(int(seed), eng.name, "read", "counter")
+        eng.read_counter.zero_()
+        t = eng.spec.device.drift.t0_s if t_seconds is None else float(t_seconds)
+        if _fast(layer):
+            self._program_fast(name, layer, seed, t)
+        else:
+            self._program_generic(name, layer, seed, t)
+        eng.write_pulses = eng.g_pos.numel() + eng.g_neg.numel()
+        eng._update_gain()
+        eng._weight_version = layer.weight._version
+
+    def _program_generic(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
+        """Any covered layer: targets from :func:`cimflow.mapping.encode_weights`, the cached
+        draws, then the engine's own refresh at ``t0`` (ADC ranges) and at ``t``."""
+        eng = layer.engine
+        spec, dev = eng.spec, eng.spec.device
+        w = layer.weight_matrix().detach()
+        eng.w_scale = weight_scales(w, spec.weight_scaling)
+        targets = encode_weights(w / eng.w_scale, spec, eng.grid.col_tiles)
+        target = torch.stack(targets.positive + targets.negative)  # (2 S, in, out)
+        pools = self._pools_for(name, layer, tuple(target.shape), w.device)
+        z, nu, stuck = self._windows(pools, name, seed)
+        g = target.addcmul(programming_sigma(target, dev.g_max, dev.programming_noise.coefficients), z).clamp_min_(0.0)
+        if stuck is not None:
+            g.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
+        s = len(targets.positive)
+        eng.g_pos, eng.g_neg = g[:s], g[s:]
+        eng.nu_pos, eng.nu_neg = nu[:s], nu[s:]
+        eng.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
+        eng.denominator = targets.denominator
+        if spec.wire_resistance > 0 and eng.path_pos is None:
+            eng.path_pos, eng.path_neg = eng._ir_paths(w.device)
+        eng._refresh(set_adc_range=True)  # the ADC ranges are set at programming time
+        if t != eng.t_seconds:
+            eng.t_seconds = t
+            eng._refresh()
+
+    def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
+        """One differential slice, in place: the same conductances, drift, effective weights,
+        read-noise variances and ADC ranges as ``program`` + ``set_time``, in about a third of
+        the elementwise passes and no fresh large tensor."""
+        eng = layer.engine
+        spec, dev = eng.spec, eng.spec.device
+        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, in): rows contiguous
+        rows, out = eng.grid.in_features, eng.grid.out_features
+        pools = self._pools_for(name, layer, (2, rows, out), weight.device)
+        if pools.work is None:
+            pools.work = _Workspace(eng, weight.device)
+        ws = pools.work
+        ws.flip ^= 1
+        z, nu, stuck = self._windows(pools, name, seed)
+        # weight scale (mapping.weight_scales: max |w| per column or per layer, 1 for all-zero)
+        scale = torch.maximum(weight.amax(dim=1), weight.amin(dim=1).neg_())
+        if spec.weight_scaling != "per_column":
+            scale = scale.amax().expand(out).clone()
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        eng.w_scale = scale
+        # signed level of every weight (mapping.encode_weights, differential): round(w / scale * (levels - 1))
+        lev = torch.div(weight.t(), scale, out=ws.levels).clamp_(-1.0, 1.0).mul_(dev.n_levels - 1).round_()
+        a, b = ws.a, ws.b
+        torch.clamp_min(lev, 0.0, out=a[0])  # the positive cell's level, then the negative cell's
+        torch.sub(a[0], lev, out=a[1])
+        # programming sigma at each cell's target level (Horner in levels), then the target
+        coeffs = ws.sigma
+        g0 = ws.g0[ws.flip]
+        if any(c != 0 for c in dev.programming_noise.coefficients):
+            if len(coeffs) == 1:
+                b.fill_(coeffs[0])
+            else:
+                torch.mul(a, coeffs[0], out=b).add_(coeffs[1])
+                for c in coeffs[2:]:
+                    b.mul_(a).add_(c)
+            b.clamp_min_(0.0)
+            a.mul_((dev.g_max - dev.g_min) / (dev.n_levels - 1)).add_(dev.g_min)
+            torch.addcmul(a, b, z, out=g0).clamp_min_(0.0)
+        else:
+            a.mul_((dev.g_max - dev.g_min) / (dev.n_levels - 1)).add_(dev.g_min)
+            g0.copy_(a)
+        if stuck is not None:
+            g0.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
+        den = dev.g_max - dev.g_min
+        # ADC full scale, set at programming time (t0): per read group and array, the largest
+        # column sum of |w_eff| (the engine's _initial_adc_range)
+        w_eff = ws.w_eff[ws.flip]
+        eng.w_eff = w_eff
+        adc = spec.adc
+        if adc is None or adc.range == "fixed" or (adc.range == "percentile" and eng.adc_range_calibrated is not None):
+            eng.adc_range = eng._initial_adc_range()  # independent of the weights
+        else:
+            diff = torch.sub(g0[0], g0[1], out=a[0]).abs_()
+            col = torch.stack([diff[i:j].sum(dim=0) for i, j in ws.bounds]).div_(den)  # (G, out)
+            eng.adc_range = eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12)
+        # conductances at t (the drift law G(t0) (t / t0) ** -nu), effective weights, read noise
+        t0 = dev.drift.t0_s
+        g_t = g0
+        if t > t0:
+            g_t = torch.mul(nu, -math.log(t / t0), out=b).exp_().mul_(g0)
+        flat = w_eff.view(-1, out)[:rows]
+        torch.sub(g_t[0], g_t[1], out=flat).div_(den)
+        if ws.read_var is not None:
+            var = ws.read_var[ws.flip].view(-1, out)[:rows]
+            sq = torch.div(g_t, den, out=a).square_()
+            torch.add(sq[0], sq[1], out=var).mul_(dev.read_noise**2)
+            eng.read_var = ws.read_var[ws.flip]
+        else:
+            eng.read_var = None
+        if hasattr(eng, "_read_var_bf16"):
+            eng._read_var_bf16 = None  # the fast inference read's bfloat16 copy of read_var
+        eng.g_pos, eng.g_neg = g0[0:1], g0[1:2]
+        eng.nu_pos, eng.nu_neg = nu[0:1], nu[1:2]
+        eng.significance = ws.significance
+        eng.denominator = den
+        eng.t_seconds = t
+
+    def program(self, model: nn.Module, seed: int, times: Mapping[str, float] | None = None) -> None:
+        """Program instance ``seed`` into every CIM layer of a converted ``model``: covered
+        layers from the pools, the others by their own ``program``; then age each layer to
+        ``times[name]`` seconds after programming (absent: left at ``t0``)."""
+        for name, layer in cim_layers(model):
+            t = None if times is None else times.get(name)
+            if covered(layer):
+                assert isinstance(layer, CIMLayer)
+                self.program_layer(name, layer, seed, t)
+            else:
+                with torch.no_grad():
+                    layer.program(seed)
+                    if t is not None:
+                        layer.set_time(t)
+
+
+__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "StuckPool", "covered"]
