@@ -15,6 +15,7 @@ from torch import nn
 
 import cimflow
 from cimflow.compile.plan import Plan
+from cimflow.cost.adc_law import ADC_ENOB_LOSS_BITS, load_adc_law
 from cimflow.cost.components import (
     ADC_FOM_J_PER_STEP,
     ADC_FOM_NODE_M,
@@ -135,10 +136,42 @@ def _adc_energy(chip, options=None) -> float:
     return estimate(_plan(chip), options=options).op("0").energy_j["adc"]
 
 
+def _survey_law(bits: float, chip) -> float:
+    """The median survey law by hand at the chip's node, supply and conversion rate (2020 design)."""
+    law = load_adc_law("median")
+    spec = chip.arrays["rram"]
+    rate = 1.0 / spec.adc.conversion.latency_s if spec.adc.conversion.latency_s > 0 else chip.clock_hz
+    node, supply, enob = chip.technology.node_nm * 1e-9, chip.technology.supply_v, bits - ADC_ENOB_LOSS_BITS
+    v_typ = 10 ** (law.supply_intercept + law.supply_slope * math.log10(node / 28e-9))
+    walden = (10**law.log10_walden_j * 2 ** (law.enob_exponent * enob) * (node / 28e-9) ** law.node_exponent
+              * (supply / v_typ) ** law.supply_exponent * (1 + rate / 10**law.log10_corner_hz))
+    return walden + 0.5 * 10 ** ((6.02 * enob + 1.76 - 186.7) / 10)
+
+
 def test_more_adc_bits_cost_more_with_the_converter_law():
-    energies = [_adc_energy(_one_read_chip(**{"arrays.rram.adc.conversion": {}, "arrays.rram.adc.bits": b})) for b in range(3, 11)]
+    chips = {b: _one_read_chip(**{"arrays.rram.adc.conversion": {}, "arrays.rram.adc.bits": b}) for b in range(3, 17)}
+    energies = [_adc_energy(chips[b]) for b in range(3, 17)]
     assert all(b > a for a, b in itertools.pairwise(energies))
-    assert energies[-1] / energies[-2] == pytest.approx(2.0, rel=1e-2)  # Walden regime: 2x per bit
+    # the survey law by hand: 128 conversions of one read
+    for b in (4, 8, 16):
+        assert _adc_energy(chips[b]) == pytest.approx(128 * _survey_law(b, chips[b]), rel=1e-9)
+    law = load_adc_law("median")
+    assert energies[1] / energies[0] == pytest.approx(2**law.enob_exponent, rel=2e-2)  # Walden regime
+    high = [_adc_energy(_one_read_chip(**{"arrays.rram.adc.conversion": {}, "arrays.rram.adc.bits": b})) for b in (23, 24)]
+    assert high[1] / high[0] > 3.0  # towards the thermal regime: 4x per bit
+
+
+def test_walden_fom_option_replaces_the_survey_law():
+    chip = _one_read_chip(**{"arrays.rram.adc.conversion": {}, "arrays.rram.adc.bits": 8})
+    fom = _adc_energy(chip, CostOptions(adc_fom_j_per_step=ADC_FOM_J_PER_STEP))
+    node, supply = chip.technology.node_nm * 1e-9, chip.technology.supply_v
+    assert fom == pytest.approx(128 * adc_fom_energy_j(8, node, supply), rel=1e-9)
+    frontier = _adc_energy(chip, CostOptions(adc_law="frontier"))
+    assert frontier < _adc_energy(chip)  # the best tenth of converters spends less than the median
+    assert _adc_energy(chip, CostOptions(adc_year=2010)) > _adc_energy(chip)  # older designs cost more
+    for bad in ({"adc_law": "best"}, {"adc_year": 1990}, {"adc_year": 2030}, {"adc_year": 2020.0}):
+        with pytest.raises(CimflowError, match="CostOptions"):
+            CostOptions(**bad)
 
 
 def test_converter_law_has_a_walden_and_a_thermal_regime():
@@ -153,11 +186,13 @@ def test_converter_law_has_a_walden_and_a_thermal_regime():
 
 
 def test_chip_adc_energy_moves_from_its_quoted_bits_along_the_converter_law():
-    e = {b: _adc_energy(_one_read_chip(**{"arrays.rram.adc.bits": b, "arrays.rram.adc.energy_quoted_at_bits": 8}))
-         for b in (6, 8, 10)}
+    chips = {b: _one_read_chip(**{"arrays.rram.adc.bits": b, "arrays.rram.adc.energy_quoted_at_bits": 8}) for b in (6, 8, 10)}
+    e = {b: _adc_energy(chip) for b, chip in chips.items()}
     assert e[6] < e[8] < e[10]
     assert e[8] == pytest.approx(128 * 9.5 * PJ)
-    assert e[10] == pytest.approx(4 * e[8], rel=1e-2) and e[6] == pytest.approx(e[8] / 4, rel=1e-2)
+    for b in (6, 10):
+        ratio = _survey_law(b, chips[b]) / _survey_law(8, chips[b])
+        assert e[b] == pytest.approx(e[8] * ratio, rel=1e-9)
     unquoted = _adc_energy(_one_read_chip(**{"arrays.rram.adc.bits": 10}))
     assert unquoted == pytest.approx(128 * 9.5 * PJ)  # quoted at its own bits: used as given
 

@@ -22,6 +22,13 @@ import math
 from dataclasses import dataclass
 
 from cimflow.chip.spec import ADC, ArraySpec, Chip, Memory
+from cimflow.cost.adc_law import (
+    ADC_ENOB_LOSS_BITS,
+    ADC_REFERENCE_YEAR,
+    ADC_SCHREIER_FOM_DB,
+    adc_thermal_energy_j,
+    load_adc_law,
+)
 from cimflow.cost.technology import feature_area_m2, switching_energy_scale
 from cimflow.errors import CimflowError
 
@@ -35,20 +42,15 @@ INT8_ADD_J = 0.03e-12
 #: 32-bit integer add, 45 nm / 0.9 V [Horowitz 2014], joules.
 INT32_ADD_J = 0.1e-12
 
-#: Walden figure of merit of an ADC, joules per conversion step, at 28 nm / 0.9 V:
-#: ``E_conversion = FOM * 2**bits``. 5 fJ/step gives 1.3 pJ at 8 bits: between the best
-#: (~0.3-1 pJ) and the median (~3 pJ per conversion at 4-8 ENOB) of 22-32 nm Nyquist
-#: converters in B. Murmann's ADC Performance Survey 1997-2024 (docs/architecture.md); converters
-#: inside CIM macros are cheaper, so this is a moderate, not an optimistic, default.
+#: Converters without a chip energy follow the law fitted to B. Murmann's ADC Performance
+#: Survey (:mod:`cimflow.cost.adc_law`, ``CostOptions.adc_law``). The constant Walden figure of
+#: merit below is the alternative a user may ask for (``CostOptions.adc_fom_j_per_step``),
+#: joules per conversion step at 28 nm / 0.9 V: ``E_conversion = FOM * 2**bits``. 5 fJ/step
+#: gives 1.3 pJ at 8 bits, between the best (~0.3-1 pJ) and the median (~3 pJ per conversion
+#: at 4-8 ENOB) of 22-32 nm Nyquist converters in the survey.
 ADC_FOM_J_PER_STEP = 5e-15
 ADC_FOM_NODE_M = 28e-9
 ADC_FOM_SUPPLY_V = 0.9
-#: Schreier figure of merit of the survey's state-of-the-art envelope at low sampling rates,
-#: dB: 186.7 dB (``foms_db_asymp`` = 186.72 of B. Murmann, ADC Performance Survey, rev.
-#: 2026-08, plots/foms_plot.json; the envelope holds below its 46.7 MHz corner). It bounds
-#: the thermal-noise-limited regime, where each extra bit costs 4x:
-#: ``E = 0.5 * 10 ** ((6.02 bits + 1.76 - FOM_S) / 10)`` joules per Nyquist conversion.
-ADC_SCHREIER_FOM_DB = 186.7
 
 #: Digital SRAM CIM energy per 1-bit x 1-bit MAC, joules, at 22 nm / 0.72 V: 1.40 fJ, from
 #: 89 TOPS/W at 4b x 4b of Chih et al., ISSCC 2021 (see sram-digital-22nm.yaml).
@@ -147,14 +149,6 @@ def row_drive_energy_j(spec: ArraySpec, supply_v: float) -> float:
 
 # ----------------------------------------------------------------------------- converters
 
-def adc_thermal_energy_j(bits: float) -> float:
-    """Energy floor of one Nyquist conversion set by thermal noise (joules), from the survey's
-    Schreier-FOM envelope :data:`ADC_SCHREIER_FOM_DB` at an ideal SNDR of ``6.02 bits + 1.76`` dB.
-    Independent of node and supply (kT/C, not C V²)."""
-    sndr_db = 6.02 * bits + 1.76
-    return 0.5 * 10.0 ** ((sndr_db - ADC_SCHREIER_FOM_DB) / 10.0)
-
-
 def adc_fom_energy_j(bits: int, node_m: float, supply_v: float, fom_j_per_step: float = ADC_FOM_J_PER_STEP) -> float:
     """Conversion energy of a ``bits``-bit ADC (joules): the Walden regime ``FOM(L, V) * 2**bits``
     (FOM quoted at 28 nm / 0.9 V, re-targeted by C V² scaling, :func:`retarget_energy`) plus
@@ -164,21 +158,45 @@ def adc_fom_energy_j(bits: int, node_m: float, supply_v: float, fom_j_per_step: 
     return fom * 2.0**bits + adc_thermal_energy_j(bits)
 
 
-def adc_conversion_energy_j(adc: ADC, node_m: float, supply_v: float,
-                            fom_j_per_step: float = ADC_FOM_J_PER_STEP) -> tuple[float, str]:
+def adc_sample_rate_hz(adc: ADC, clock_hz: float) -> float:
+    """Conversions per second of one converter: ``1 / conversion.latency_ns`` when the chip
+    gives it, else the chip clock (one conversion per cycle)."""
+    latency = adc.conversion.latency_s
+    return 1.0 / latency if latency > 0 else clock_hz
+
+
+def adc_law_energy_j(bits: float, node_m: float, supply_v: float, sample_rate_hz: float, law: str = "median",
+                     year: int = ADC_REFERENCE_YEAR) -> float:
+    """Energy of one conversion of a ``bits``-bit converter by the law fitted to the ADC survey
+    (:mod:`cimflow.cost.adc_law`; ``law`` ``"median"`` or ``"frontier"``), at ``bits -``
+    :data:`~cimflow.cost.adc_law.ADC_ENOB_LOSS_BITS` effective bits (joules)."""
+    return load_adc_law(law).energy_j(max(bits - ADC_ENOB_LOSS_BITS, 0.0), sample_rate_hz, node_m, supply_v, year)
+
+
+def adc_conversion_energy_j(adc: ADC, node_m: float, supply_v: float, fom_j_per_step: float | None = None, *,
+                            sample_rate_hz: float = 1e8, law: str = "median",
+                            year: int = ADC_REFERENCE_YEAR) -> tuple[float, str]:
     """Energy of one conversion (joules) and where it came from.
 
+    The converter law is the survey fit :func:`adc_law_energy_j` (``law``, at
+    ``sample_rate_hz`` and design ``year``), or the constant-FOM form :func:`adc_fom_energy_j`
+    when ``fom_j_per_step`` is given.
+
     * ``adc.conversion.energy_pj`` given: that number, measured at ``adc.energy_quoted_at_bits``
-      (default: the array's own ``adc.bits``), moved to ``adc.bits`` along the converter law of
-      :func:`adc_fom_energy_j` (the ratio of the law at the two resolutions);
-    * else the converter law itself.
+      (default: the array's own ``adc.bits``), moved to ``adc.bits`` along the converter law
+      (the ratio of the law at the two resolutions);
+    * else the converter law itself (source ``"converter_law"``).
     """
+    def energy(bits: int) -> float:
+        if fom_j_per_step is not None:
+            return adc_fom_energy_j(bits, node_m, supply_v, fom_j_per_step)
+        return adc_law_energy_j(bits, node_m, supply_v, sample_rate_hz, law, year)
+
     if adc.conversion.energy_pj is not None:
         quoted = adc.bits if adc.energy_quoted_at_bits is None else adc.energy_quoted_at_bits
-        ratio = adc_fom_energy_j(adc.bits, node_m, supply_v, fom_j_per_step) / adc_fom_energy_j(
-            quoted, node_m, supply_v, fom_j_per_step)
+        ratio = 1.0 if quoted == adc.bits else energy(adc.bits) / energy(quoted)
         return adc.conversion.energy_pj * PJ * ratio, "chip"
-    return adc_fom_energy_j(adc.bits, node_m, supply_v, fom_j_per_step), "converter_law"
+    return energy(adc.bits), "converter_law"
 
 
 # ----------------------------------------------------------------------------- digital
@@ -278,7 +296,8 @@ def buffer_area_m2(capacity_bytes: int, memory: Memory | None, node_m: float) ->
 __all__ = [
     "ADC_AREA_F2_PER_STEP", "ADC_FOM_J_PER_STEP", "ADC_SCHREIER_FOM_DB", "ANALOG_CELL_AREA_F2", "ArrayArea", "DCIM_BIT_OP_J",
     "DIGITAL_CELL_AREA_F2", "INT32_ADD_J", "INT8_ADD_J", "SRAM_BUFFER_AREA_F2_PER_BIT",
-    "accumulator_bits", "adc_conversion_energy_j", "adc_fom_energy_j", "adc_thermal_energy_j", "adcs_per_array", "add_energy_j",
+    "accumulator_bits", "adc_conversion_energy_j", "adc_fom_energy_j", "adc_law_energy_j", "adc_sample_rate_hz",
+    "adc_thermal_energy_j", "adcs_per_array", "add_energy_j",
     "array_area", "buffer_area_m2", "cell_read_energy_j", "chip_node_m", "digital_bit_op_energy_j",
     "f2_area_m2", "mean_cell_conductance", "retarget_energy", "row_drive_energy_j",
 ]

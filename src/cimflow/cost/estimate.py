@@ -96,11 +96,12 @@ from cimflow.compile.graph import Op, OpKind
 from cimflow.compile.partition import input_pulses
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
 from cimflow.compile.tiers import dram_access_bytes, pim_traffic
+from cimflow.cost.adc_law import ADC_LAW_QUANTILES, ADC_REFERENCE_YEAR
 from cimflow.cost.components import (
-    ADC_FOM_J_PER_STEP,
     PJ,
     accumulator_bits,
     adc_conversion_energy_j,
+    adc_sample_rate_hz,
     adcs_per_array,
     add_energy_j,
     array_area,
@@ -125,7 +126,12 @@ class CostOptions:
             (key ``weight_fill``).
         fixed_row_activity: fraction of rows driven per read in the fixed estimate (1 = every
             row, every pulse: the worst case; ~0.5 is typical of random bit-serial inputs).
-        adc_fom_j_per_step: Walden FOM at 28 nm / 0.9 V for ADCs without a chip energy.
+        adc_law: the converter law for ADCs without a chip energy, fitted to the ADC survey
+            (:mod:`cimflow.cost.adc_law`): ``"median"`` (a typical published converter) or
+            ``"frontier"`` (the best tenth).
+        adc_year: design year at which that law costs a converter (1997-2025).
+        adc_fom_j_per_step: ``None`` (the survey law), or a constant Walden FOM, joules per
+            conversion step at 28 nm / 0.9 V, to use instead.
         activation_bits: bits per activation element written to or read from the buffer
             by the digital unit and written by array ops (their outputs, re-quantized
             for the next layer).
@@ -133,8 +139,10 @@ class CostOptions:
 
     weight_fill: float = 0.5
     fixed_row_activity: float = 1.0
-    adc_fom_j_per_step: float = ADC_FOM_J_PER_STEP
+    adc_fom_j_per_step: float | None = None
     activation_bits: int = 8
+    adc_law: str = "median"
+    adc_year: int = ADC_REFERENCE_YEAR
 
     def __post_init__(self) -> None:
         def real(v: Any) -> bool:
@@ -145,8 +153,13 @@ class CostOptions:
             if not (real(v) and 0.0 <= v <= 1.0):
                 raise CimflowError(f"CostOptions.{name} must be within [0, 1], got {v!r}")
         fom = self.adc_fom_j_per_step  # published converters: ~1e-15 to 1e-12 J per step
-        if not (real(fom) and 0 < fom <= 1e-9):
-            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be a number of joules in (0, 1e-9], got {fom!r}")
+        if fom is not None and not (real(fom) and 0 < fom <= 1e-9):
+            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be None or a number of joules in (0, 1e-9], got {fom!r}")
+        if self.adc_law not in ADC_LAW_QUANTILES:
+            raise CimflowError(f"CostOptions.adc_law must be one of {', '.join(ADC_LAW_QUANTILES)}, got {self.adc_law!r}")
+        year = self.adc_year
+        if not (isinstance(year, int) and not isinstance(year, bool) and 1997 <= year <= 2025):
+            raise CimflowError(f"CostOptions.adc_year must be an integer within [1997, 2025] (the survey's years), got {year!r}")
         bits = self.activation_bits
         if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 64):
             raise CimflowError(f"CostOptions.activation_bits must be an integer within [1, 64], got {bits!r}")
@@ -195,7 +208,9 @@ def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, wei
     e_conv, conv_src = 0.0, "none"
     if analog:
         assert spec.adc is not None  # an analog array validates only with an ADC
-        e_conv, conv_src = adc_conversion_energy_j(spec.adc, node_m, supply, options.adc_fom_j_per_step)
+        e_conv, conv_src = adc_conversion_energy_j(
+            spec.adc, node_m, supply, options.adc_fom_j_per_step, sample_rate_hz=adc_sample_rate_hz(spec.adc, chip.clock_hz),
+            law=options.adc_law, year=options.adc_year)
     e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
     enc = spec.weight_encoding
     area, notes = array_area(spec, node_m)
@@ -664,8 +679,10 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         notes.append(f"host ops run on {spec_host.name} (roofline): {host_s:.3g} s per inference")
     for kind, kc in ctx.kinds.items():
         if kc.analog and kc.conversion_source == "converter_law":
-            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used (Walden FOM {options.adc_fom_j_per_step * 1e15:g} "
-                         "fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor)")
+            law = (f"Walden FOM {options.adc_fom_j_per_step * 1e15:g} fJ/step at 28 nm scaled to the chip, plus the survey's thermal floor"
+                   if options.adc_fom_j_per_step is not None else
+                   f"the ADC survey's {options.adc_law} law at the chip's node, supply and conversion rate, design year {options.adc_year}")
+            notes.append(f"array kind {kind!r}: no ADC energy given, converter law used ({law})")
     macs = sum(o.macs for o in plan.ops)
     return CostReport(
         chip=chip.name, model_name=plan.model_name, host=spec_host.name,
