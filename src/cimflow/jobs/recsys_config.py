@@ -86,6 +86,11 @@ class RecsysConfig:
     cpu_threads: int = 2
     quiet: bool = False
     notes: list[str] = field(default_factory=list)
+    # mapping choices (cimflow explore): extra placement rules, replication of bottleneck ops, and the
+    # share of the SRAM the dense part leaves that hot embedding rows may take (the rest stays spare)
+    rules: dict[str, str] = field(default_factory=dict)
+    replicate: bool = True
+    hot_tier_fraction: float = 1.0
 
 
 def check_config(cfg: RecsysConfig) -> None:
@@ -109,6 +114,8 @@ def check_config(cfg: RecsysConfig) -> None:
         raise CimflowError(f"--sharding {cfg.sharding!r} is not one of {', '.join(STRATEGIES)}")
     if cfg.cpu not in CPU_MODES:
         raise CimflowError(f"--cpu {cfg.cpu!r} is not one of {', '.join(CPU_MODES)}")
+    if not (math.isfinite(cfg.hot_tier_fraction) and 0 <= cfg.hot_tier_fraction <= 1):
+        raise CimflowError(f"hot_tier_fraction must be between 0 and 1, got {cfg.hot_tier_fraction}")
     if cfg.chips is not None and not 1 <= cfg.chips <= 4096:
         raise CimflowError(f"--chips must be between 1 and 4096, got {cfg.chips}")
 
@@ -189,14 +196,15 @@ def _rows_per_array(chip: Any, dim: int) -> int:
     return emb.rows * max(1, emb.weight_columns // dim) if dim <= emb.weight_columns else emb.rows // -(-dim // emb.weight_columns)
 
 
-def _chip_capacities(chip: Any, dim: int, dense_per_chip: dict[str, int], tables_here: int) -> dict[str, int]:
-    """Rows of width ``dim`` one chip's tiers hold for tables: SRAM macros the dense part leaves,
-    the embedding arrays less one per table for rounding, and DRAM."""
+def _chip_capacities(chip: Any, dim: int, dense_per_chip: dict[str, int], tables_here: int,
+                     hot_fraction: float = 1.0) -> dict[str, int]:
+    """Rows of width ``dim`` one chip's tiers hold for tables: ``hot_fraction`` of the SRAM macros
+    the dense part leaves, the embedding arrays less one per table for rounding, and DRAM."""
     caps = tier_capacities_rows(chip, dim)
     if chip.roles.digital is not None:
         dig = chip.arrays[chip.roles.digital]
         spare = chip.arrays_on_chip(chip.roles.digital) - dense_per_chip.get(chip.roles.digital, 0)
-        caps[SRAM] = max(spare, 0) * dig.rows * dig.cols // (dim * (dig.weight_bits or 8))
+        caps[SRAM] = int(max(spare, 0) * hot_fraction) * dig.rows * dig.cols // (dim * (dig.weight_bits or 8))
     emb_kind = chip.embedding_kind
     if chip.array(emb_kind).kind == "analog":
         spare = chip.arrays_on_chip(emb_kind) - dense_per_chip.get(emb_kind, 0) - tables_here
@@ -241,7 +249,7 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
     dense_chips = max([1] + [math.ceil(n / max(chip.arrays_on_chip(k), 1)) for k, n in need.items()])
     dense_per_chip = {k: math.ceil(n / dense_chips) for k, n in need.items()}
     tables = [TableShape(n, int(r), dim, held_pool[n]) for n, r in zip(names, mcfg.table_sizes, strict=True)]
-    sharding = plan_sharding(tables, lambda d: sum(_chip_capacities(chip, d, dense_per_chip, len(tables)).values()),
+    sharding = plan_sharding(tables, lambda d: sum(_chip_capacities(chip, d, dense_per_chip, len(tables), cfg.hot_tier_fraction).values()),
                              chips=cfg.chips, strategy=cfg.sharding, dense_chips=dense_chips)
     n_chips = sharding.chips
 
@@ -254,7 +262,7 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         if not shards:
             continue
         sdim = shards[0].dim
-        caps = _chip_capacities(chip, sdim, dense_per_chip, len(shards))
+        caps = _chip_capacities(chip, sdim, dense_per_chip, len(shards), cfg.hot_tier_fraction)
         accesses, held = [], []
         for s in shards:
             t = index_of[s.table]
@@ -282,10 +290,10 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         else:
             table_rows[n] = sum(shard_place[(n, s.chip)].placement.get(ARRAYS, 0) for s in shards)
     on_unit = [n for n, r in table_rows.items() if r == 0]
-    rules = {n: "digital_unit" for n in on_unit}
+    rules = {**cfg.rules, **{n: "digital_unit" for n in on_unit}}
     system_chip = scale_chip(chip, n_chips)
     reserved = {sram_kind: sum(hot_macros)} if sram_kind and sum(hot_macros) else None
-    plan = compile_graph(graph, system_chip, rules=rules, table_rows=table_rows, reserved=reserved,
+    plan = compile_graph(graph, system_chip, rules=rules, table_rows=table_rows, reserved=reserved, replicate=cfg.replicate,
                          model_name=f"DLRM ({cfg.shape})")
 
     # tier statistics per table (held out) for the estimate
