@@ -368,7 +368,7 @@ class CIMEmbeddingBag(ArrayInstance):
         ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
         n_bags = ends.numel() - 1
         used = checks[1] if self.include_last_offset else input.numel()
-        bags = torch.searchsorted(ends[1:], torch.arange(used, device=input.device), right=True)
+        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), ends.diff(), output_size=used)
         self._out_shape = (n_bags,)
         return input[:used], bags, n_bags
 
@@ -429,14 +429,19 @@ class CIMEmbeddingBag(ArrayInstance):
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
-            alone = (torch.ones_like(idx, dtype=torch.bool) if self.group_rows == 1 else
-                     pooling.alone_in_read(idx, bags, n_bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1))
-            out.add_(pooling.pool_single(singles, idx[alone], bags[alone], n_bags, self._read_generator(out.device)))
+            per_bag = torch.bincount(bags, minlength=n_bags)
+            alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
+                                          self.group_rows)
+            if singles.fits is not None:
+                alone &= singles.fits[idx]
+            rest = ~alone
+            n_rest = int(rest.sum())  # one host sync
+            out.add_(pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, self._read_generator(out.device)))
             if self.collect_stats:
-                self.stats["reads"] += int(alone.sum())
-            idx, bags = idx[~alone], bags[~alone]
-            if idx.numel() == 0:
+                self.stats["reads"] += idx.numel() - n_rest
+            if n_rest == 0:
                 return out
+            idx, bags = idx[rest], bags[rest]
         idx_s, read_starts, read_bags = self._reads(idx, bags)
         if self.collect_stats:
             self.stats["reads"] += int(read_starts.numel())

@@ -1,0 +1,218 @@
+"""Pooling kernels for embedding tables in arrays: single-row reads from a precomputed table.
+
+A lookup that is the only row of its read (no other lookup of its bag falls in the same
+array) is digitized alone: the ADC input is that row's effective weight, a constant of the
+programmed instance at the current time, plus read noise. Its ADC code therefore has a
+fixed, known distribution per cell, and the read needs no gather of partial sums, no
+per-read conversion and no per-cell noise draw. :class:`SingleReads` holds, per row,
+
+* ``base``: the pooled value (table units, slices combined by significance) of the read
+  with every cell at its noise-free code ``round(x)`` (the code the exact path gives a cell
+  whose distance to every ADC decision boundary exceeds the noise's reach);
+* the few *near* cells (within the noise's reach of a boundary, ~1 % at 1 % read noise)
+  with, for each code step the noise can cross, the probability that it does and the
+  change of the pooled value when it does.
+
+A read then costs one gather-sum of ``base`` (as plain ``F.embedding_bag``) plus one
+uniform draw per near cell: the code of a near cell is sampled by inverting its CDF with
+that draw, which gives exactly the distribution of ``round(x + sigma * z)`` with z a
+standard normal clamped at ``tail`` (what :meth:`CIMEmbeddingBag._convert` draws).
+
+Lookups sharing a read with others still go through the exact read path; the split costs
+one ``bincount`` over (bag, array) keys, no sort.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cimflow.physics import adc_quantize
+
+#: Rows whose outcomes are computed per block while building (bounds the build's memory).
+BUILD_ROWS = 1 << 14
+#: Tables of at most this many entries (rows x dim) keep a single-read outcome table
+#: (:attr:`SingleReads.base` is one float32 per entry, plus a few slots per row).
+SINGLE_READ_ENTRIES = 1 << 26
+#: At most this many noise-sensitive code steps per row are kept; a row with more (rare at
+#: low read noise) is always read through the exact path.
+MAX_SLOTS = 16
+#: The slot width is the smallest that fits this fraction of the rows (the rest: exact path).
+SLOT_QUANTILE = 0.999
+
+
+@dataclass
+class SingleReads:
+    """Outcome table of every single-row read of one table (see the module docstring).
+
+    ``base`` (rows, dim): pooled value of the read with every cell at its noise-free code.
+    ``slots`` (rows, M, 4): the row's noise-sensitive code steps, each as (centre, half
+    width, value change in table units, output column): the step is taken when the cell's
+    uniform draw u has ``|u - centre| < half width`` (an interval of length p at 0 for a
+    step up, at 1 for a step down), so one draw per cell samples its code by inverting its
+    CDF. Unused slots have half width 0. ``cell_of`` (rows, M): which of the row's draws a
+    slot uses (None when every slot is its own cell's only step). ``fits`` (rows,): rows
+    whose steps all fit in the slots (None: every row)."""
+
+    base: torch.Tensor
+    slots: torch.Tensor | None
+    cell_of: torch.Tensor | None
+    fits: torch.Tensor | None
+    draws: int  # uniform draws per lookup
+
+
+def _step_probabilities(x: torch.Tensor, sigma: torch.Tensor, codes: torch.Tensor, tail: float,
+                        max_steps: int) -> list[tuple[int, torch.Tensor]]:
+    """For j = +-1 .. +-max_steps: P(round(x + sigma * clamp(z, -tail, tail)) reaches codes + j),
+    i.e. P(noisy >= codes + j - 1/2) for j > 0, P(noisy < codes + j + 1/2) for j < 0 (float64)."""
+    x64, s64, c64 = x.double(), sigma.double(), codes.double()
+    out = []
+    for j in range(1, max_steps + 1):
+        for sign in (1, -1):
+            edge = c64 + sign * (j - 0.5)
+            a = (edge - x64) / s64 * sign  # reaching needs sign * z >= a
+            p = torch.where(a > tail, torch.zeros_like(a), torch.special.ndtr(-a))
+            p = torch.where(a <= -tail, torch.ones_like(a), p)
+            out.append((sign * j, p))
+    return out
+
+
+def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: torch.Tensor, col_scale: torch.Tensor,
+                    gain: torch.Tensor | None, bits: int, full: float, tail: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Noise-free pooled values (n, dim) of single-row reads of a block of rows, and their
+    noise-sensitive code steps as rows (row, cell rank in row, centre, half width, delta,
+    column, step order) (None without read noise)."""
+    n, dim, s_count = w.shape[0], col_scale.numel(), significance.numel()
+    if var is None or bits <= 1:  # no read noise: the exact path's noise-free conversion
+        value = adc_quantize(w if gain is None else w * gain, bits, full)
+        return (value.view(n, s_count, dim) * significance.view(1, -1, 1)).sum(1) * col_scale, None
+    steps = (1 << (bits - 1)) - 1
+    k = steps / full
+    x = w * (k if gain is None else gain * k)  # in ADC steps, as the exact path computes it
+    reach = var.sqrt() * (k * tail)
+    if gain is not None:
+        reach = reach * gain.abs()
+    codes = x.round()
+    unit = (significance.view(1, -1, 1) * col_scale / k).expand(n, s_count, dim).reshape(n, -1)  # value of one code
+    base = (codes.clamp(-steps, steps) * unit).view(n, s_count, dim).sum(1)
+    near = (x - codes).abs() + reach >= 0.5  # the exact path's test for drawing noise
+    rows_of, cells_of = near.nonzero(as_tuple=True)  # row-major: cells of a row together
+    if not rows_of.numel():
+        return base, None
+    per_row = torch.bincount(rows_of, minlength=n)
+    rank = torch.arange(rows_of.numel(), device=w.device) - (torch.cumsum(per_row, 0) - per_row)[rows_of]
+    xs, cs, rs = x[rows_of, cells_of], codes[rows_of, cells_of], reach[rows_of, cells_of]
+    entries = []
+    for order, (j, p) in enumerate(_step_probabilities(xs, rs / tail, cs, tail, int(math.ceil(float(rs.max()))) + 1)):
+        # the value moves only where the clamp lets the code go from codes + j -+ 1 to codes + j
+        inner = (cs + j).clamp(-steps, steps) - (cs + (j - 1 if j > 0 else j + 1)).clamp(-steps, steps)
+        which = ((p > 0) & (inner != 0)).nonzero().squeeze(1)
+        pf = p[which].float()
+        centre = pf / 2 if j > 0 else 1.0 - pf / 2
+        entries.append(torch.stack([rows_of[which].double(), rank[which].double(), centre.double(), pf.double() / 2,
+                                    (inner[which] * unit[rows_of[which], cells_of[which]]).double(),
+                                    (cells_of[which] % dim).double(), torch.full_like(pf, float(order), dtype=torch.float64)],
+                                   dim=1))
+    return base, torch.cat(entries)
+
+
+def single_read_table(effective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], rows: int,
+                      significance: torch.Tensor, col_scale: torch.Tensor, gain: torch.Tensor | None, bits: int,
+                      full: float, tail: float, device: torch.device) -> SingleReads:
+    """Build :class:`SingleReads` from ``effective(idx)`` -> (n, S * dim) effective weights and
+    read-noise variances (cell units; variances None without read noise), the slices'
+    ``significance`` (S), the table's column scale (dim), the drift-compensation ``gain``
+    (scalar or S * dim, or None), the ADC ``bits`` and full scale ``full`` (cell units) and
+    the noise's clamp ``tail`` (standard deviations)."""
+    bases, parts = [], []
+    for r0 in range(0, rows, BUILD_ROWS):
+        idx = torch.arange(r0, min(rows, r0 + BUILD_ROWS), device=device)
+        w, var = effective(idx)
+        base, steps = _block_outcomes(w, var, significance, col_scale, gain, bits, full, tail)
+        bases.append(base)
+        if steps is not None:
+            steps[:, 0] += r0
+            parts.append(steps)
+    base = torch.cat(bases).contiguous()
+    steps = torch.cat(parts) if parts else torch.zeros(0, 7, dtype=torch.float64, device=device)
+    if not steps.shape[0]:
+        return SingleReads(base=base, slots=None, cell_of=None, fits=None, draws=0)
+    row, cell, order = steps[:, 0].long(), steps[:, 1].long(), steps[:, 6].long()
+    n_cell, n_order = int(cell.max()) + 1, int(order.max()) + 1
+    steps = steps[torch.sort((row * n_cell + cell) * n_order + order).indices]  # by row, then cell, then step
+    row, cell = steps[:, 0].long(), steps[:, 1].long()
+    per_row = torch.bincount(row, minlength=rows)
+    slot = torch.arange(row.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[row]
+    width = int(torch.sort(per_row).values[min(rows - 1, int(SLOT_QUANTILE * rows))])
+    width = max(1, min(width, MAX_SLOTS))
+    fits = per_row <= width
+    keep = fits[row]
+    slots = torch.zeros(rows, width, 4, device=device)
+    slots[row[keep], slot[keep]] = steps[keep][:, 2:6].float()
+    shared = bool((cell[keep] != slot[keep]).any())
+    cell_of = None
+    if shared:  # a cell with several steps: its steps share its draw
+        cell_of = torch.zeros(rows, width, dtype=torch.int64, device=device)
+        cell_of[row[keep], slot[keep]] = cell[keep]
+    return SingleReads(base=base, slots=slots, cell_of=cell_of, fits=None if bool(fits.all()) else fits, draws=width)
+
+
+def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, array_rows: int, n_arrays: int,
+                  group_rows: int) -> torch.Tensor:
+    """Mask of the lookups that are the only row of their bag in their array (so read alone),
+    from ``per_bag`` (lookups per bag) or one ``bincount`` over (bag, array) keys (no sort)."""
+    if group_rows == 1:
+        return torch.ones_like(idx, dtype=torch.bool)
+    if n_arrays == 1:
+        return per_bag[bags] == 1
+    shift = array_rows.bit_length() - 1
+    array = idx >> shift if array_rows == 1 << shift else torch.div(idx, array_rows, rounding_mode="floor")
+    key = bags * n_arrays + array
+    return torch.bincount(key, minlength=per_bag.numel() * n_arrays)[key] == 1
+
+
+def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, alone: torch.Tensor | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Pooled values (bags, dim) of the lookups of rows ``idx`` into ``bags`` (non-decreasing;
+    ``per_bag``: lookups per bag) that are read alone (``alone``; None: all of them):
+    gather-sum of the noise-free values, then each noise-sensitive cell's code from one
+    uniform draw."""
+    dim = table.base.shape[1]
+    offsets = torch.cumsum(per_bag, 0).sub_(per_bag)
+    weights = None if alone is None else alone.to(table.base.dtype)
+    out = F.embedding_bag(idx, table.base, offsets, mode="sum", per_sample_weights=weights)
+    if table.slots is None:
+        return out
+    slots = table.slots[idx]  # (n, M, 4)
+    u = torch.rand(idx.numel(), table.draws, generator=generator, device=idx.device)
+    if table.cell_of is not None:
+        u = u.gather(1, table.cell_of[idx])
+    if alone is not None:
+        u.masked_fill_(~alone.unsqueeze(1), 2.0)  # no step taken
+    taken = (u - slots[..., 0]).abs_() < slots[..., 1]
+    target = (bags * dim).unsqueeze(1) + slots[..., 3].long()
+    out.view(-1).index_add_(0, target.view(-1), (slots[..., 2] * taken).view(-1))
+    return out
+
+
+def state_key(state: tuple[object, ...]) -> tuple[object, ...]:
+    """A key of an instance's state: tensors held by weak reference (compared by identity:
+    every change of state makes new tensors), other values by value."""
+    return tuple(weakref.ref(x) if isinstance(x, torch.Tensor) else x for x in state)
+
+
+def same_state(key: tuple[object, ...], state: tuple[object, ...]) -> bool:
+    if len(key) != len(state):
+        return False
+    for held, now in zip(key, state, strict=True):
+        if isinstance(held, weakref.ref):
+            if now is None or held() is not now:
+                return False
+        elif isinstance(now, torch.Tensor) or held != now:
+            return False
+    return True
