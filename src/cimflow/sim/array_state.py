@@ -43,6 +43,7 @@ from cimflow.physics import (
     sample_drift_exponents,
     sample_stuck_mask,
 )
+from cimflow.physics.devices import DeviceModel, GeneratorDraws, HashedDraws, model_for
 from cimflow.physics.hashing import cell_draws, cell_normal
 
 EPS = 1e-12
@@ -101,7 +102,15 @@ def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, 
     """Program the cells ``target`` (siemens) of one side of a matrix layer, every purpose from
     its own generator (seed, stream, purpose, side): programming noise, stuck cells,
     program-and-verify, drift exponents. Returns conductances, drift exponents, the stuck
-    codes (int8: 1 on, -1 off, 0 healthy) and the write pulses (one per cell, plus verify)."""
+    codes (int8: 1 on, -1 off, 0 healthy) and the write pulses (one per cell, plus verify).
+    A device model other than ``generic`` programs through its plug-in
+    (:mod:`cimflow.physics.devices`); the drift exponents are then its per-cell state."""
+    if device.model != "generic":
+        draws = GeneratorDraws(tuple(target.shape), seed, stream, side, device=target.device, dtype=target.dtype)
+        stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
+        mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
+        g, state, pulses = program_with_model(model_for(device), target, draws, mask, verify_iterations, verify_tolerance)
+        return g, state, mask, pulses
     coeffs = device.programming_noise.coefficients
     gen = generator_for(seed, stream, "program", side, device=target.device)
     g = program_conductances(target, device.g_max, coeffs, gen)
@@ -127,6 +136,14 @@ def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tenso
     from key k): the same laws as :func:`program_cells`, for any subset of rows, in any
     order, with the same values. Returns conductances, drift exponents and the verify pulses."""
     s_count, n, d = target.shape
+    if device.model != "generic":
+        hashed = HashedDraws(rows, s_count * d, seed, stream, side, layout=lambda x: x.view(n, s_count, d).permute(1, 0, 2))
+        u = hashed.uniform("stuck")
+        mask = torch.zeros(target.shape, dtype=torch.int8, device=target.device)
+        mask[u < device.stuck_on_rate] = 1
+        mask[(u >= device.stuck_on_rate) & (u < device.stuck_on_rate + device.stuck_off_rate)] = -1
+        g, state, pulses = program_with_model(model_for(device), target, hashed, mask, verify_iterations, verify_tolerance)
+        return g, state, pulses - target.numel()  # the verify pulses only, as below
     noisy = not device.programming_noise.is_zero or bool(device.stuck_on_rate or device.stuck_off_rate) or device.drift.nu_std > 0
     draws: list[torch.Tensor] = []
     if noisy:  # cell (row, s, column): two normals and a uniform, hashed
@@ -158,8 +175,27 @@ def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tenso
     return g, nu, pulses
 
 
+def program_with_model(model: DeviceModel, target: torch.Tensor, draws: GeneratorDraws | HashedDraws, stuck: torch.Tensor,
+                       verify_iterations: int, verify_tolerance: float | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Program ``target`` through a device plug-in: its programming law, the stuck codes
+    ``stuck`` applied, program-and-verify (a fresh programming per round; tolerance None: each
+    cell's programming sigma, and no verify where the model has none), then its per-cell
+    state. Returns conductances, state and every write pulse spent."""
+    device = model.spec
+    g, pulses = model.program(target, draws)
+    g = apply_stuck_at(g, stuck, device.g_min, device.g_max)
+    if verify_iterations and not (verify_tolerance is None and device.programming_noise.is_zero):
+        tol = verify_tolerance_of(target, device, verify_tolerance)
+        g, again = verify_cells(g, target, stuck != 0, tol, verify_iterations, lambda k: model.program(target, draws, k)[0])
+        pulses += round(again * pulses / max(target.numel(), 1))  # a re-programmed cell costs the mean pulses per cell
+    return g, model.sample_state(target, g, draws), pulses
+
+
 def drifted(g: torch.Tensor, nu: torch.Tensor, t_seconds: float, device: Device) -> torch.Tensor:
-    """Conductances ``t_seconds`` after programming (the device's drift law)."""
+    """Conductances ``t_seconds`` after programming (the device's drift law; a plug-in's own
+    law, :meth:`cimflow.physics.devices.DeviceModel.conductance`, with its state as ``nu``)."""
+    if device.model != "generic":
+        return model_for(device).conductance(g, nu, t_seconds)
     return apply_drift(g, nu, t_seconds, device.drift.t0_s)
 
 
