@@ -128,11 +128,12 @@ class _LayerPools:
 
 def covered(layer: nn.Module) -> bool:
     """Whether :class:`InstanceDraws` programs ``layer`` from cached draws (an analog matrix
-    layer with differential or bit-sliced encoding and no program-and-verify)."""
+    layer with differential or bit-sliced encoding and no program-and-verify; any device
+    model: a plug-in, :mod:`cimflow.physics.devices`, draws from :class:`PooledDraws`)."""
     if not isinstance(layer, CIMLayer):
         return False
     eng = layer.engine
-    return (not eng.is_digital and eng.spec.weight_encoding.scheme != "offset" and not eng.verify_iterations)
+    return not eng.is_digital and eng.spec.weight_encoding.scheme != "offset" and not eng.verify_iterations
 
 
 def _fast(layer: CIMLayer) -> bool:
