@@ -295,7 +295,7 @@ def test_cost_si_properties():
 
 def test_adc_defaults():
     adc = ADC(bits=6)
-    assert (adc.columns_per_adc, adc.range, adc.full_scale) == (1, "per_array_max", 1.0)
+    assert (adc.columns_per_adc, adc.range, adc.full_scale, adc.sigmas) == (1, "expected", 1.0, 4.0)
 
 
 def test_chip_counts_and_role_defaults():

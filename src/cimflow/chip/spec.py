@@ -252,7 +252,12 @@ class ADC(StrictModel):
     - ``fixed``: full scale = ``full_scale`` x the rows driven in one read
       (``max_active_rows``, else ``rows``), in units of one fully-on cell driven at full
       input (1.0 covers every possible partial sum);
-    - ``per_array_max``: the largest partial sum the programmed array can produce;
+    - ``expected`` (default): from the expected column-current statistics, mean + ``sigmas``
+      standard deviations of each column's partial sum for the programmed weights and the
+      assumed input statistics (:func:`cimflow.sim.array_state.expected_full_scale`), the
+      largest column of each array, never above the worst case; with calibration data
+      (:func:`cimflow.calibrate`), mean + ``sigmas`` standard deviations of the partial sums seen;
+    - ``per_array_max``: the worst case, the largest partial sum the programmed array can produce;
     - ``percentile``: the ``percentile``-th percentile of |partial sums| seen on
       calibration data (:func:`cimflow.calibrate`); per_array_max until calibrated.
     """
@@ -261,8 +266,9 @@ class ADC(StrictModel):
     columns_per_adc: int = Field(
         default=1, ge=1, le=1 << 16,
         description="physical columns sharing one converter (time-multiplexed); a differential or slice pair is converted once")
-    range: Literal["fixed", "per_array_max", "percentile"] = "per_array_max"
+    range: Literal["expected", "fixed", "per_array_max", "percentile"] = "expected"
     full_scale: float = Field(default=1.0, gt=0, le=1)
+    sigmas: float = Field(default=4.0, ge=1, le=16, description="range 'expected': standard deviations above the mean, 1 to 16")
     percentile: float = Field(default=99.99, gt=0, le=100)
     conversion: Cost = Field(default_factory=Cost, description="one conversion")
     energy_quoted_at_bits: int | None = Field(
@@ -333,6 +339,9 @@ class ArraySpec(StrictModel):
         if self.weight_encoding.scheme == "differential" or self.weight_encoding.scheme == "bit_sliced":
             if self.cols < 2:
                 raise ValueError("differential and bit-sliced encodings need at least 2 columns")
+        if self.weight_encoding.scheme == "bit_sliced" and self.device.n_levels ** self.weight_encoding.slices > 1 << 24:
+            raise ValueError(f"bit-sliced weights of {self.weight_encoding.slices} slices x {self.device.n_levels} levels resolve "
+                             f"{self.device.n_levels}^{self.weight_encoding.slices} steps: at most 2^24 (float32-exact) are allowed")
         if self.adc is not None and self.adc.columns_per_adc > self.cols:
             raise ValueError(f"adc.columns_per_adc ({self.adc.columns_per_adc}) cannot exceed cols ({self.cols})")
         if self.max_active_rows is not None and self.max_active_rows > self.rows:

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from cimflow.chip.spec import ArraySpec, Device
+from cimflow.chip.spec import ArraySpec, Device, InputEncoding
 from cimflow.errors import SimulationError
 from cimflow.physics import (
     apply_drift,
@@ -43,7 +43,7 @@ from cimflow.physics import (
     sample_drift_exponents,
     sample_stuck_mask,
 )
-from cimflow.physics.devices import DeviceModel, GeneratorDraws, HashedDraws, model_for
+from cimflow.physics.devices import DeviceModel, GeneratorDraws, HashedDraws, check_endurance, model_for
 from cimflow.physics.hashing import cell_draws, cell_normal
 
 EPS = 1e-12
@@ -229,6 +229,37 @@ def compensation_gain(mode: str, reference_t0: torch.Tensor, reference_now: torc
     return torch.where(ok, reference_t0 / reference_now.clamp_min(EPS), torch.ones_like(reference_t0))
 
 
+def input_moments(enc: InputEncoding) -> tuple[float, float]:
+    """Mean magnitude and mean square of one input (one pulse), as fractions of full input,
+    that the ``expected`` ADC full scale assumes without calibration data. Assumption: each
+    input's magnitude is uniform over its levels in [0, 1] (mean 1/2, mean square 1/3 for
+    many levels), independent of the others; a bit-serial pulse's digit is uniform over its
+    ``2**bits_per_pulse`` values (a 1-bit pulse: mean 1/2, mean square 1/2)."""
+    if enc.scheme == "dac" or enc.pulses == 1:
+        return 0.5, 1.0 / 3.0
+    b = 1 << enc.bits_per_pulse
+    return 0.5, (2 * b - 1) / (6 * (b - 1))
+
+
+def expected_full_scale(w: torch.Tensor, dim: int, sigmas: float, enc: InputEncoding) -> torch.Tensor:
+    """The ``expected`` ADC full scale of each column: for independent inputs x_i of mean
+    magnitude m1 and mean square m2 (:func:`input_moments`), a column sum ``sum_i x_i w_i``
+    (``w`` summed over ``dim``) has |mean| <= m1 |sum_i w_i| and standard deviation <=
+    sqrt(m2 sum_i w_i^2) (signed or one-signed inputs alike); the full scale is the first
+    plus ``sigmas`` times the second, never above the worst case ``sum_i |w_i|``."""
+    m1, m2 = input_moments(enc)
+    mean = w.sum(dim=dim).abs().mul_(m1)
+    sd = w.square().sum(dim=dim).mul_(m2).sqrt_()
+    return torch.minimum(mean.add_(sd, alpha=sigmas), w.abs().sum(dim=dim))
+
+
+def moment_full_scale(values: torch.Tensor, dim: int, sigmas: float) -> torch.Tensor:
+    """|mean| + ``sigmas`` standard deviations of ``values`` along ``dim`` (calibration data)."""
+    mean = values.mean(dim=dim)
+    sd = values.var(dim=dim, unbiased=False).sqrt() if values.shape[dim] > 1 else torch.zeros_like(mean)
+    return mean.abs() + sigmas * sd
+
+
 def percentile_values(values: torch.Tensor, percentile: float, dim: int) -> torch.Tensor:
     """The ``percentile``-th percentile (nearest rank, from below) of ``values`` along ``dim``."""
     count = values.shape[dim]
@@ -263,6 +294,7 @@ class ArrayInstance(nn.Module):
         self.t_seconds: float = spec.device.drift.t0_s
         self.compensation: str | None = None  # drift compensation mode (COMPENSATION_MODES)
         self.write_pulses: int = 0  # programming pulses spent on this instance (program + verify + updates)
+        self.write_cycles: int = 0  # write cycles of this instance's most-written cell (endurance)
         self.verify_iterations: int = 0  # program-and-verify (set_program_verify)
         self.verify_tolerance: float | None = None
         self.denominator: float = 1.0  # conductance span of one weight unit (analog arrays)
@@ -294,11 +326,28 @@ class ArrayInstance(nn.Module):
 
     # ------------------------------------------------------------------ lifecycle
     def _start_programming(self, seed: int) -> None:
-        """Common first step of every ``program``: a new instance at time t0."""
+        """Common first step of every ``program``: a new instance at time t0. Re-programming the
+        same instance (same seed) wears the same cells: see :meth:`spend_write_cycles`."""
+        same_instance = self.seed is not None and int(seed) == self.seed
+        self.write_cycles = self.write_cycles if same_instance else 0
+        self.spend_write_cycles(1 + self.verify_iterations)
         self.seed = int(seed)
         self._read_gen = None
         self.t_seconds = self.spec.device.drift.t0_s
         self.reference_read_t0 = None
+
+    def spend_write_cycles(self, cycles: int) -> None:
+        """Count ``cycles`` more writes of the most-written cell of this instance (a programming
+        is 1, plus 1 per verify round: the worst cell, e.g. a stuck one, fails every round; an
+        EaPU update step is 1) and raise a SimulationError past the device's
+        ``endurance_cycles`` (:func:`cimflow.physics.devices.check_endurance`)."""
+        self.write_cycles += int(cycles)
+        check_endurance(self.spec.device, self.write_cycles, self._what)
+
+    @property
+    def endurance_usage(self) -> tuple[int, float | None]:
+        """(write cycles used by the most-written cell, the device's budget or None: unlimited)."""
+        return self.write_cycles, self.spec.device.endurance_cycles
 
     def set_program_verify(self, iterations: int = 0, tolerance: float | None = None) -> None:
         """Program-and-verify settings used by every later ``program`` of this instance.
@@ -361,7 +410,14 @@ class ArrayInstance(nn.Module):
             return adc.percentile
         return None
 
+    def _calibrating_sigmas(self) -> float | None:
+        """The ``expected`` ADC range's sigmas, when it calibrates on recorded partial sums."""
+        adc = self.spec.adc
+        if adc is not None and adc.range == "expected" and self._calib_psums:
+            return adc.sigmas
+        return None
 
-__all__ = ["COMPENSATION_MODES", "EPS", "ArrayInstance", "check_compensation_mode", "check_verify_settings", "compensation_gain",
-           "drifted", "effective_weights", "percentile_values", "program_cells", "program_hashed_cells", "reference_sums",
-           "verify_cells", "verify_tolerance_of"]
+
+__all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "check_compensation_mode", "check_verify_settings", "compensation_gain",
+           "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale", "percentile_values",
+           "program_cells", "program_hashed_cells", "reference_sums", "verify_cells", "verify_tolerance_of"]

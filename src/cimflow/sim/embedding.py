@@ -44,6 +44,7 @@ from cimflow.sim.array_state import (
     ArrayInstance,
     drifted,
     effective_weights,
+    moment_full_scale,
     percentile_values,
     program_hashed_cells,
     reference_sums,
@@ -175,6 +176,7 @@ class CIMEmbeddingBag(ArrayInstance):
         # variances, (rows, S * dim) each side by side; w_cache / var_cache are views of it
         self.register_buffer("pool_cache", None, persistent=False)
         self._reference_hint: tuple[torch.Tensor, ...] | None = None  # the reference rows' state while refreshing
+        self._adc_range_expected: float | None = None  # ADC range "expected", set by program()
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
@@ -226,6 +228,7 @@ class CIMEmbeddingBag(ArrayInstance):
             self.denominator = targets.denominator
         self.pool_cache = None
         self._refresh_cache()
+        self._adc_range_expected = self._expected_adc_range()
         self._programmed_version = self._weight_version()
         self.write_pulses = self._base_pulses()
         if self.verify_iterations and self.spec.kind != "digital":
@@ -233,6 +236,21 @@ class CIMEmbeddingBag(ArrayInstance):
             rows = self._reference_rows()
             self._programmed(rows, count_pulses=True)
             self.write_pulses += round(self._verify_pulses * self.num_embeddings / rows.numel())
+
+    def _expected_adc_range(self) -> float | None:
+        """ADC range ``expected`` (None otherwise): mean + ``sigmas`` standard deviations of a
+        read's column sum when a read drives ``group_rows`` rows (one for a plain Embedding)
+        drawn at random from the table, from the programmed rows at t0 (every row of a cached
+        table, the reference rows of an uncached one), the largest over columns and slices,
+        never above the worst case."""
+        adc = self.spec.adc
+        if adc is None or adc.range != "expected":
+            return None
+        rows = self.group_rows if self.is_bag else 1
+        w = self.w_cache if self.w_cache is not None else self._rows_effective(self._reference_rows())[0]  # (n, S, dim)
+        mean, var = w.mean(dim=0), w.var(dim=0, unbiased=False)
+        full = (mean * rows).abs() + adc.sigmas * (var * rows).sqrt()
+        return min(max(float(full.max()), 1e-12), float(rows))
 
     def _base_pulses(self) -> int:
         """One write per cell (per bit cell for a digital table)."""
@@ -272,11 +290,14 @@ class CIMEmbeddingBag(ArrayInstance):
 
     # ----------------------------------------------------------------- calibration
     def _finish_calibration(self) -> None:
-        """Percentile ADC range (``adc.range == "percentile"``) from the partial sums seen."""
-        percentile = self._calibrating_percentile()
+        """ADC range from the |partial sums| seen: their percentile (``adc.range == "percentile"``)
+        or their mean + ``sigmas`` standard deviations (``expected``)."""
+        percentile, sigmas = self._calibrating_percentile(), self._calibrating_sigmas()
         if percentile is not None:
             allp = torch.cat(self._calib_psums)
             self.adc_range_calibrated = percentile_values(allp, percentile, dim=0).clamp_min(1e-12)
+        elif sigmas is not None:
+            self.adc_range_calibrated = moment_full_scale(torch.cat(self._calib_psums), dim=0, sigmas=sigmas).clamp_min(1e-12)
 
     def _device(self) -> torch.device:
         w = getattr(self, "weight", None)
@@ -552,14 +573,17 @@ class CIMEmbeddingBag(ArrayInstance):
     @property
     def adc_range(self) -> float:
         """ADC full scale in cell units: ``full_scale x group_rows`` (fixed), the largest
-        sum ``group_rows`` rows can give (per_array_max), or the calibrated percentile
-        (not calibrated yet for tables: per_array_max until it is)."""
+        sum ``group_rows`` rows can give (per_array_max), the expected read's mean + sigmas
+        standard deviations (expected, :meth:`_expected_adc_range`), or the calibrated one
+        (percentile: per_array_max until calibrated)."""
         adc = self.spec.analog_adc()
         rows = self.group_rows if self.is_bag else 1  # a plain Embedding reads one row at a time
         if adc.range == "fixed":
             return adc.full_scale * rows
-        if adc.range == "percentile" and self.adc_range_calibrated is not None:
+        if adc.range in ("percentile", "expected") and self.adc_range_calibrated is not None:
             return float(self.adc_range_calibrated)
+        if adc.range == "expected" and self._adc_range_expected is not None:
+            return self._adc_range_expected
         return float(rows)
 
     def extra_repr(self) -> str:

@@ -52,6 +52,8 @@ from cimflow.sim.array_state import (
     check_compensation_mode,
     drifted,
     effective_weights,
+    expected_full_scale,
+    moment_full_scale,
     percentile_values,
     program_cells,
     reference_sums,
@@ -258,9 +260,12 @@ class CrossbarEngine(ArrayInstance):
         if adc.range == "fixed":
             return torch.full(self.w_eff.shape[:2] + (1, self.grid.out_features), adc.full_scale * self.grid.group_rows,
                               dtype=self.w_eff.dtype, device=self.w_eff.device)
-        col_sum = self.w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
-        rng = self._col_tile_max(col_sum).unsqueeze(2)
-        if adc.range == "percentile" and self.adc_range_calibrated is not None:
+        if adc.range == "expected":  # (S, G, out): mean + k sigma of each column sum
+            col = expected_full_scale(self.w_eff, 2, adc.sigmas, self.spec.input_encoding)
+        else:
+            col = self.w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
+        rng = self._col_tile_max(col).unsqueeze(2)
+        if adc.range in ("percentile", "expected") and self.adc_range_calibrated is not None:
             rng = self.adc_range_calibrated
         return rng.clamp_min(_EPS)
 
@@ -505,7 +510,7 @@ class CrossbarEngine(ArrayInstance):
             xg = xg.permute(2, 0, 3, 1).unsqueeze(1)  # (P, 1, G, N, gr)
             psum = torch.matmul(xg, w_eff.unsqueeze(0))  # (P, S, G, N, out)
         if self._calibrating:
-            a = psum.detach().abs().permute(1, 2, 0, 3, 4)  # (S, G, P, N, out)
+            a = psum.detach().permute(1, 2, 0, 3, 4)  # (S, G, P, N, out), signed
             self._calib_psums.append(a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1]))
         if self.read_var is not None:
             psum = psum + self._read_noise(xg.detach(), psum.shape)
@@ -584,7 +589,12 @@ class CrossbarEngine(ArrayInstance):
         percentile = self._calibrating_percentile()
         if percentile is not None:
             # per (slice, group, column): percentile over vectors and pulses, then max per array
-            q = percentile_values(torch.cat(self._calib_psums, dim=2), percentile, dim=2)  # (S, G, reads, out) -> (S, G, out)
+            q = percentile_values(torch.cat(self._calib_psums, dim=2).abs(), percentile, dim=2)  # (S, G, reads, out) -> (S, G, out)
+            self.adc_range_calibrated = self._col_tile_max(q).unsqueeze(2).clamp_min(_EPS)
+            self.adc_range = self.adc_range_calibrated
+        sigmas = self._calibrating_sigmas()
+        if sigmas is not None:  # mean + k sigma of the partial sums seen, per column, then max per array
+            q = moment_full_scale(torch.cat(self._calib_psums, dim=2), dim=2, sigmas=sigmas)
             self.adc_range_calibrated = self._col_tile_max(q).unsqueeze(2).clamp_min(_EPS)
             self.adc_range = self.adc_range_calibrated
 
