@@ -114,6 +114,48 @@ class StuckPool:
         return out[0], out[1]
 
 
+class PooledDraws:
+    """A per-cell draw source (the :class:`cimflow.physics.devices.CellDraws` protocol a device
+    plug-in programs from) backed by pools: every (kind, purpose, k) a :class:`DrawPool` of
+    standard normals or uniforms on [0, 1); each instance (:meth:`start`) takes one window per
+    (kind, purpose, k) at an offset derived from (instance seed, layer, purpose, k) and renews
+    a slice of that pool."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int, name: str, device: torch.device, refresh_steps: int = REFRESH_STEPS) -> None:
+        self.shape, self.seed, self.name, self.device, self.refresh_steps = shape, int(seed), name, device, refresh_steps
+        self.n = math.prod(shape)
+        self._pools: dict[tuple[str, str, int], DrawPool] = {}
+        self._instance = 0
+        self._used: set[tuple[str, str, int]] = set()
+
+    def start(self, instance_seed: int) -> None:
+        """Begin the draws of a new instance."""
+        self._instance, self._used = int(instance_seed), set()
+
+    def _draw(self, kind: str, purpose: str, k: int) -> torch.Tensor:
+        key = (kind, purpose, int(k))
+        pool = self._pools.get(key)
+        if pool is None:
+            device = self.device
+
+            def sample(count: int, gen: torch.Generator) -> torch.Tensor:
+                draw = torch.randn if kind == "normal" else torch.rand
+                return draw(count, generator=gen, device=device)
+
+            pool = self._pools[key] = DrawPool(self.n, sample, generator_for(self.seed, self.name, "hwa-pool", *key, device=device),
+                                               self.refresh_steps)
+        if key not in self._used:
+            pool.renew()
+            self._used.add(key)
+        return pool.window(derive_seed(self._instance, self.name, "hwa-window", *key) % (self.n + 1)).view(self.shape)
+
+    def normal(self, purpose: str, k: int = 0) -> torch.Tensor:
+        return self._draw("normal", purpose, k)
+
+    def uniform(self, purpose: str, k: int = 0) -> torch.Tensor:
+        return self._draw("uniform", purpose, k)
+
+
 _StuckIndex = tuple[torch.Tensor, torch.Tensor] | None  # flat indices of stuck-on and stuck-off cells
 
 
@@ -124,6 +166,16 @@ class _LayerPools:
     stuck: StuckPool | None  # None when the device has no stuck cells
     shape: tuple[int, ...]  # (2 S, in, out): positive cells of every slice, then negative ones
     work: _Workspace | None = None  # the in-place buffers of the fast path (when it applies)
+    plugin: PooledDraws | None = None  # the draws of a device plug-in (any purpose it asks for)
+
+
+def generic_physics(dev: Device) -> bool:
+    """Whether ``dev`` follows the laws the cached draws implement: the generic device model
+    (polynomial programming noise, one drift-exponent distribution, power-law drift) at the
+    reference temperature (no thermal acceleration of drift). A device plug-in
+    (cimflow.physics.devices) or another temperature is programmed by the layer itself."""
+    accelerated = getattr(dev, "temperature_k", 300.0) != 300.0 and getattr(dev.drift, "activation_energy_ev", 0.0) != 0.0
+    return type(dev) is Device and getattr(dev, "model", "generic") == "generic" and not accelerated
 
 
 def covered(layer: nn.Module) -> bool:
@@ -138,10 +190,10 @@ def covered(layer: nn.Module) -> bool:
 
 def _fast(layer: CIMLayer) -> bool:
     """Whether the in-place fast path applies: one differential slice, read groups of
-    consecutive rows, no IR drop, exact read-noise variances."""
+    consecutive rows, no IR drop, exact read-noise variances, :func:`generic_physics`."""
     eng = layer.engine
     return (eng.spec.weight_encoding.scheme == "differential" and eng.grid.contiguous and eng.spec.wire_resistance == 0
-            and eng.read_noise_mode != "column_mean")
+            and eng.read_noise_mode != "column_mean" and generic_physics(eng.spec.device))
 
 
 def _sigma_in_levels(dev: Device) -> list[float]:
@@ -195,6 +247,8 @@ class InstanceDraws:
         self.seed = int(seed)
         self.refresh_steps = refresh_steps
         self._pools: dict[str, _LayerPools] = {}
+        self._checked: set[str] = set()  # layers whose fast path was checked against the engine
+        self.fallbacks: set[str] = set()  # layers whose fast path disagreed: programmed the generic way
 
     def _pools_for(self, name: str, layer: CIMLayer, shape: tuple[int, ...], device: torch.device) -> _LayerPools:
         pools = self._pools.get(name)
@@ -243,13 +297,38 @@ class InstanceDraws:
         eng._read_key = stream_key(int(seed), eng.name, "read", "counter")
         eng.read_counter.zero_()
         t = eng.spec.device.drift.t0_s if t_seconds is None else float(t_seconds)
-        if _fast(layer):
+        if _fast(layer) and name not in self.fallbacks:
             self._program_fast(name, layer, seed, t)
+            if name not in self._checked:
+                self._check_fast(name, layer, t)
         else:
             self._program_generic(name, layer, seed, t)
         eng.write_pulses = eng.g_pos.numel() + eng.g_neg.numel()
         eng._update_gain()
         eng._weight_version = layer.weight._version
+
+    def _check_fast(self, name: str, layer: CIMLayer, t: float) -> None:
+        """Once per layer: recompute the fast path's ADC ranges, effective weights and read
+        variances with the engine's own refresh from the same conductances and drift
+        exponents. Where they disagree (an engine whose laws changed) the engine's values are
+        kept and the layer is programmed the generic way from then on."""
+        eng = layer.engine
+        mine = {"w_eff": eng.w_eff.clone(), "adc_range": eng.adc_range.clone(),
+                "read_var": None if eng.read_var is None else eng.read_var.clone()}
+        eng.t_seconds = eng.spec.device.drift.t0_s
+        eng._refresh(set_adc_range=True)
+        theirs: dict[str, torch.Tensor | None] = {"adc_range": eng.adc_range}
+        eng.t_seconds = t
+        eng._refresh()
+        theirs.update(w_eff=eng.w_eff, read_var=eng.read_var)
+        for key, value in mine.items():
+            other = theirs[key]
+            same = (value is None and other is None) or (
+                value is not None and other is not None and value.shape == other.shape
+                and bool(torch.allclose(value, other, rtol=1e-4, atol=1e-5 * float(other.abs().amax().clamp_min(1e-30)))))
+            if not same:
+                self.fallbacks.add(name)
+        self._checked.add(name)
 
     def _program_generic(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
         """Any covered layer: targets from :func:`cimflow.mapping.encode_weights`, the cached
@@ -261,13 +340,16 @@ class InstanceDraws:
         targets = encode_weights(w / eng.w_scale, spec, eng.grid.col_tiles)
         target = torch.stack(targets.positive + targets.negative)  # (2 S, in, out)
         pools = self._pools_for(name, layer, tuple(target.shape), w.device)
-        z, nu, stuck = self._windows(pools, name, seed)
-        g = target.addcmul(programming_sigma(target, dev.g_max, dev.programming_noise.coefficients), z).clamp_min_(0.0)
-        if stuck is not None:
-            g.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
         s = len(targets.positive)
-        eng.g_pos, eng.g_neg = g[:s], g[s:]
-        eng.nu_pos, eng.nu_neg = nu[:s], nu[s:]
+        if dev.model != "generic":  # a device plug-in: its own laws, on pooled draws
+            self._program_plugin(name, eng, pools, target, seed, s)
+        else:
+            z, nu, stuck = self._windows(pools, name, seed)
+            g = target.addcmul(programming_sigma(target, dev.g_max, dev.programming_noise.coefficients), z).clamp_min_(0.0)
+            if stuck is not None:
+                g.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
+            eng.g_pos, eng.g_neg = g[:s], g[s:]
+            eng.nu_pos, eng.nu_neg = nu[:s], nu[s:]
         eng.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
         eng.denominator = targets.denominator
         if spec.wire_resistance > 0 and eng.path_pos is None:
@@ -276,6 +358,27 @@ class InstanceDraws:
         if t != eng.t_seconds:
             eng.t_seconds = t
             eng._refresh()
+
+    def _program_plugin(self, name: str, eng: CrossbarEngine, pools: _LayerPools, target: torch.Tensor, seed: int, s: int) -> None:
+        """Program ``target`` (2 S, in, out) through the device's plug-in with pooled draws
+        (the engine's own :func:`cimflow.sim.array_state.program_with_model`), stuck cells from
+        the stuck pool; its per-cell state becomes the engine's drift state."""
+        from cimflow.physics.devices import model_for  # the plug-ins load when a chip names one
+        from cimflow.sim.array_state import program_with_model
+
+        dev = eng.spec.device
+        if pools.plugin is None:
+            pools.plugin = PooledDraws(pools.shape, self.seed, name, target.device, self.refresh_steps)
+        pools.plugin.start(seed)
+        if pools.stuck is not None:
+            pools.stuck.renew()
+            offset = derive_seed(seed, name, "hwa-window", "stuck") % (pools.stuck.pool.n + 1)
+            mask = pools.stuck.pool.window(offset).view(pools.shape)
+        else:
+            mask = torch.zeros(pools.shape, dtype=torch.int8, device=target.device)
+        g, state, _ = program_with_model(model_for(dev), target, pools.plugin, mask, 0, None)  # type: ignore[arg-type]
+        eng.g_pos, eng.g_neg = g[:s], g[s:]
+        eng.nu_pos, eng.nu_neg = state.narrow(-3, 0, s), state.narrow(-3, s, s)
 
     def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
         """One differential slice, in place: the same conductances, drift, effective weights,
@@ -325,19 +428,20 @@ class InstanceDraws:
         # column sum of |w_eff| (the engine's _initial_adc_range)
         w_eff = ws.w_eff[ws.flip]
         eng.w_eff = w_eff
+        flat = w_eff.view(-1, out)[:rows]
         adc = spec.adc
-        if adc is None or adc.range == "fixed" or (adc.range == "percentile" and eng.adc_range_calibrated is not None):
-            eng.adc_range = eng._initial_adc_range()  # independent of the weights
-        else:
+        if adc is not None and (adc.range == "per_array_max" or (adc.range == "percentile" and eng.adc_range_calibrated is None)):
             diff = torch.sub(g0[0], g0[1], out=a[0]).abs_()
             col = torch.stack([diff[i:j].sum(dim=0) for i, j in ws.bounds]).div_(den)  # (G, out)
             eng.adc_range = eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12)
+        else:  # any other law: the engine's own, on the effective weights at t0
+            torch.sub(g0[0], g0[1], out=flat).div_(den)
+            eng.adc_range = eng._initial_adc_range()
         # conductances at t (the drift law G(t0) (t / t0) ** -nu), effective weights, read noise
         t0 = dev.drift.t0_s
         g_t = g0
         if t > t0:
             g_t = torch.mul(nu, -math.log(t / t0), out=b).exp_().mul_(g0)
-        flat = w_eff.view(-1, out)[:rows]
         torch.sub(g_t[0], g_t[1], out=flat).div_(den)
         if ws.read_var is not None:
             var = ws.read_var[ws.flip].view(-1, out)[:rows]
@@ -370,4 +474,4 @@ class InstanceDraws:
                         layer.set_time(t)
 
 
-__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "StuckPool", "covered"]
+__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "PooledDraws", "StuckPool", "covered", "generic_physics"]

@@ -1,0 +1,156 @@
+"""The single read of a crossbar layer, for inference and for training.
+
+:func:`single_read` is the fast read of one weight slice and one input pulse (any number of
+read groups of consecutive rows, as one batched matmul): DAC codes, the partial sums, read
+noise sampled on the column sums, drift compensation and the ADC, fused in place. Inference
+(:meth:`cimflow.sim.engine.CrossbarEngine.forward` without autograd) calls it directly.
+
+Training calls it through :class:`SingleReadStraightThrough`: the forward is the same noisy
+read (no autograd graph through the noise, the ADC or the in-place arithmetic), and the
+backward applies the straight-through estimator of the general path in closed form - the
+gradient of ``y = sum_g ADC(x_q W_g + noise) * scale_x * w_scale`` with the DAC's and the
+ADC's rounding passed straight through, zero where the ADC (or a fixed-range DAC) clips:
+
+- ``grad_x = sum_g ((grad_y * gain * w_scale) [ADC_g inside]) @ W_g^T``, times the DAC's
+  in-range mask (the per-vector input scale cancels);
+- ``grad_weight = sum_g (x_q * scale_x)_g^T @ ((grad_y * gain) [ADC_g inside])``, laid out
+  (in, out) - the programmed weights' gradient divided by the weight scale.
+
+When no partial sum clipped (the usual case: the ADC's full scale is the largest column
+sum) each is one matmul, as in the float layer's backward. ``tests/sim/test_train_read.py``
+pins both against the general path's autograd.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from cimflow.sim import fastmm
+
+if TYPE_CHECKING:
+    from cimflow.sim.engine import CrossbarEngine
+
+#: Use the fused training read where it applies (tests turn it off to compare with the general path).
+ENABLED = True
+
+
+def dac_steps(engine: CrossbarEngine) -> float:
+    """Input DAC steps per side (1 for a 1-bit, sign-only DAC)."""
+    bits = engine.spec.input_encoding.bits
+    return float((1 << (bits - 1)) - 1) if bits > 1 else 1.0
+
+
+@torch.no_grad()
+def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """``y = x @ W`` read once (see the module docstring); ``x`` (N, in) -> (N, out).
+
+    With ``keep`` (training) also returns what the backward needs: the DAC codes ``xi``, the
+    input scale, the ADC's in-range mask per (group, vector, column) (None when nothing
+    clipped) and the fixed-range DAC's in-range mask (None for per-vector ranges)."""
+    steps_in = dac_steps(engine)
+    scale_x = engine._input_scale(x)
+    dac_inside = None
+    if engine.spec.input_encoding.bits > 1:
+        xi = x * (steps_in / scale_x)
+        if engine.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
+            if keep:
+                dac_inside = xi.abs() <= steps_in
+            xi.clamp_(-steps_in, steps_in)
+        xi.round_()  # DAC codes
+    else:
+        xi = torch.sign(x)
+    if engine.collect_stats:
+        engine._record_stats(xi)
+    kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale_x, "adc_inside": None, "dac_inside": dac_inside}
+    if engine.is_digital:
+        return (xi @ engine.w_eff[0]).mul_(engine.w_scale / steps_in).mul_(scale_x), kept
+    w = engine.w_eff[0]  # (G, gr, out): one slice, G read groups
+    g = w.shape[0]
+    # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding
+    acc = fastmm.grouped_products(xi, w, engine.grid.in_features)
+    if engine.read_var is not None:
+        var = engine._read_variance(xi)  # one normal draw below for all groups
+        acc.addcmul_(engine._read_normal(acc), var.sqrt_())
+    bits = engine.spec.analog_adc().bits
+    rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
+    if bits > 1:
+        steps_adc = float((1 << (bits - 1)) - 1)
+        ahead = steps_adc / rng
+        if engine.output_gain is not None:
+            ahead = ahead * engine.output_gain  # drift compensation, ahead of the ADC
+        acc.mul_(ahead)
+        if keep:
+            inside = acc.abs() <= steps_adc
+            # on a CPU a host check is cheap and saves the per-group backward when nothing clipped
+            kept["adc_inside"] = None if acc.device.type == "cpu" and bool(inside.all()) else inside
+        acc.clamp_(-steps_adc, steps_adc).round_()
+        acc.mul_(rng * (engine.w_scale / (steps_adc * steps_in)))  # ADC step and weight scale in one pass
+    else:
+        if engine.output_gain is not None:
+            acc.mul_(engine.output_gain)
+        acc = torch.sign(acc).mul_(rng * (engine.w_scale / steps_in))
+    y = acc[0] if g == 1 else acc.sum(dim=0)
+    return y.mul_(scale_x), kept
+
+
+def applies(engine: CrossbarEngine) -> bool:
+    """Whether a training forward of ``engine`` can take :class:`SingleReadStraightThrough`:
+    an analog array read once (one slice, one pulse, consecutive read groups, a multi-bit
+    ADC), no learned input range (its gradient needs the general path), no calibration under
+    way, not inside ``torch.compile`` (the general path traces)."""
+    return (ENABLED and not engine.is_digital and engine.programmed and not engine._calibrating
+            and engine._input_planes_count() == 1 and engine.w_eff.shape[0] == 1 and engine._gather_index is None
+            and engine.input_range_log is None and engine.spec.analog_adc().bits > 1
+            and (engine.output_gain is None or engine.output_gain.dim() <= 1)
+            and not torch.compiler.is_compiling())
+
+
+class SingleReadStraightThrough(torch.autograd.Function):
+    """Forward: :func:`single_read` (noisy, in place, no graph). Backward: the general path's
+    straight-through gradients to the input and the live weight (in, out) in closed form
+    (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight_in_out: torch.Tensor | None, engine: CrossbarEngine) -> torch.Tensor:  # noqa: ANN001
+        y, kept = single_read(engine, x.detach(), keep=True)
+        ctx.engine = engine
+        ctx.save_for_backward(kept["xi"], kept["scale_x"], engine.w_eff[0], engine.w_scale, kept["adc_inside"],
+                              kept["dac_inside"], engine.output_gain)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # noqa: ANN001
+        xi, scale_x, w, w_scale, adc_inside, dac_inside, gain = ctx.saved_tensors
+        engine: CrossbarEngine = ctx.engine
+        rows = engine.grid.in_features
+        groups, group_rows, out = w.shape
+        gy = grad_y if gain is None else grad_y * gain
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = grad_w = None
+        if adc_inside is None:  # nothing clipped: one matmul each, as the float layer's backward
+            flat = w.reshape(groups * group_rows, out)[:rows]
+            if want_x:
+                grad_x = (gy * w_scale) @ flat.t()
+            if want_w:
+                grad_w = (xi * (scale_x / dac_steps(engine))).t() @ gy
+        else:
+            gyg = gy * adc_inside  # (G, N, out)
+            n = gy.shape[0]
+            if want_x:
+                gx = torch.matmul(gyg * w_scale, w.transpose(1, 2))  # (G, N, gr)
+                grad_x = gx.transpose(0, 1).reshape(n, groups * group_rows)[:, :rows]
+            if want_w:
+                xq = xi * (scale_x / dac_steps(engine))
+                pad = groups * group_rows - rows
+                if pad:
+                    xq = torch.nn.functional.pad(xq, (0, pad))
+                gw = torch.matmul(xq.view(n, groups, group_rows).permute(1, 2, 0), gyg)  # (G, gr, out)
+                grad_w = gw.reshape(groups * group_rows, out)[:rows]
+        if grad_x is not None and dac_inside is not None:
+            grad_x = grad_x * dac_inside
+        return grad_x, grad_w, None
+
+
+__all__ = ["ENABLED", "SingleReadStraightThrough", "applies", "dac_steps", "single_read"]

@@ -1,0 +1,92 @@
+"""The fused training read (sim/train_read.py): its closed-form straight-through gradients
+equal the general path's autograd - one read group and several, with and without ADC
+clipping, with a fixed (calibrated) input range that clips - and its forward is the
+inference read (same seed, same values); its read noise keeps the exact path's moments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from cimtest import chip_with
+from torch import nn
+
+import cimflow
+from cimflow.sim import train_read
+
+PCM = "arrays.pcm.device."
+# HERMES-like arrays (256 rows: 600 inputs take 3 read groups) without noise, so both
+# paths compute the same forward values and the gradients can be compared exactly
+QUIET_PCM = chip_with("pcm-hermes-like", **{PCM + "programming_noise": {"coefficients": [0.0]}, PCM + "read_noise": 0.0,
+                                            PCM + "stuck_on_rate": 0.0, PCM + "stuck_off_rate": 0.0})
+QUIET_IDEAL = chip_with("ideal", **{"arrays.analog.adc.bits": 6})
+
+
+def _grads(chip, fused: bool, adc_scale: float = 1.0, input_range: float | None = None):
+    train_read.ENABLED = fused
+    try:
+        torch.manual_seed(0)
+        cim = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(600, 64), nn.ReLU(), nn.Linear(64, 10)), chip), seed=0)
+        for layer in (cim[0], cim[2]):
+            layer.engine.adc_range = layer.engine.adc_range * adc_scale
+            if input_range is not None:
+                layer.engine.input_range = input_range
+                layer.engine.spec = layer.engine.spec.model_copy(update={"input_encoding": layer.engine.spec.input_encoding.model_copy(
+                    update={"range": "calibrated"})})
+        x = (torch.rand(32, 600, generator=torch.Generator().manual_seed(1)) - 0.3).requires_grad_(True)
+        y = cim(x)
+        y.pow(2).sum().backward()
+        return [y.detach(), x.grad, cim[0].weight.grad, cim[2].weight.grad]
+    finally:
+        train_read.ENABLED = True
+
+
+@pytest.mark.parametrize("chip", [QUIET_IDEAL, QUIET_PCM], ids=["one-group", "three-groups"])
+@pytest.mark.parametrize(("adc_scale", "input_range"), [(1.0, None), (0.05, None), (1.0, 0.4)], ids=["in-range", "adc-clips", "dac-clips"])
+def test_fused_gradients_equal_the_general_paths_autograd(chip, adc_scale, input_range):
+    fused = _grads(chip, True, adc_scale, input_range)
+    general = _grads(chip, False, adc_scale, input_range)
+    for name, a, b in zip(("output", "grad x", "grad W1", "grad W2"), fused, general, strict=True):
+        scale = float(b.abs().max())
+        assert scale > 0, name
+        # one ADC or DAC code flipping by float rounding moves an output by one step; the rest is float error
+        assert torch.allclose(a, b, rtol=1e-4, atol=2e-3 * scale), (name, float((a - b).abs().max()), scale)
+    if adc_scale < 1:  # clipping really happened: some of the gradient was stopped
+        assert float(fused[2].abs().sum()) < float(_grads(chip, True)[2].abs().sum())
+
+
+def test_fused_forward_is_the_inference_read_for_the_same_seed():
+    torch.manual_seed(0)
+    lin = nn.Linear(600, 32)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), "pcm-hermes-like"), seed=3)
+    x = torch.rand(64, 600)
+    with torch.no_grad():
+        expected = cim(x)
+    cimflow.program(cim, seed=3)  # the same instance, its read-noise generator restarted
+    got = cim(x.clone().requires_grad_(True))
+    assert got.requires_grad
+    assert torch.equal(got.detach(), expected)
+
+
+def test_fused_read_noise_keeps_the_exact_moments():
+    # a layer whose weights are all equal, inputs +-1 (the ideal sum 0, far inside the ADC's
+    # range): each output's read noise is a Gaussian of known variance (the ADC's step is far
+    # below it here)
+    r = 0.05
+    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14})
+    lin = nn.Linear(100, 50, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.5)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
+    eng = cim[0].engine
+    x = torch.ones(400, 100)
+    x[:, ::2] = -1.0
+    x.requires_grad_(True)
+    y = cim(x).detach()
+    ideal = float(x.detach()[0] @ lin.weight.detach()[0])
+    # variance of sum_i x_i W_i (1 + r z_i) with G+ = w g_span, G- = g_min: r^2 sum (G+^2 + G-^2)/d^2, in output units
+    var = float(eng.read_var[0, 0, :100, 0].sum()) * float(eng.w_scale[0]) ** 2
+    n = y.numel()
+    assert abs(float(y.mean()) - ideal) < 5 * math.sqrt(var / n)
+    assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / n)
