@@ -44,6 +44,7 @@ from cimflow.physics import (
     sample_stuck_mask,
 )
 from cimflow.physics.devices import DeviceModel, GeneratorDraws, HashedDraws, check_endurance, model_for
+from cimflow.physics.devices.array_yield import dead_cells
 from cimflow.physics.hashing import cell_draws, cell_normal
 
 EPS = 1e-12
@@ -98,17 +99,21 @@ def verify_tolerance_of(target: torch.Tensor, device: Device, tolerance: float |
 
 
 def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, side: str, verify_iterations: int = 0,
-                  verify_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+                  verify_tolerance: float | None = None,
+                  array_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Program the cells ``target`` (siemens) of one side of a matrix layer, every purpose from
     its own generator (seed, stream, purpose, side): programming noise, stuck cells,
     program-and-verify, drift exponents. Returns conductances, drift exponents, the stuck
     codes (int8: 1 on, -1 off, 0 healthy) and the write pulses (one per cell, plus verify).
     A device model other than ``generic`` programs through its plug-in
-    (:mod:`cimflow.physics.devices`); the drift exponents are then its per-cell state."""
+    (:mod:`cimflow.physics.devices`); the drift exponents are then its per-cell state.
+    ``array_shape`` (rows, columns per array of one side) turns on array yield: cells on
+    unrepaired dead rows or dead columns are stuck at g_min."""
     if device.model != "generic":
         draws = GeneratorDraws(tuple(target.shape), seed, stream, side, device=target.device, dtype=target.dtype)
         stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
         mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
+        mask = with_dead_lines(mask, device, seed, stream, side, array_shape)
         g, state, pulses = program_with_model(model_for(device), target, draws, mask, verify_iterations, verify_tolerance)
         return g, state, mask, pulses
     coeffs = device.programming_noise.coefficients
@@ -116,6 +121,7 @@ def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, 
     g = program_conductances(target, device.g_max, coeffs, gen)
     stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
     mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
+    mask = with_dead_lines(mask, device, seed, stream, side, array_shape)
     g = apply_stuck_at(g, mask, device.g_min, device.g_max)
     pulses = target.numel()
     if verify_iterations:
@@ -126,6 +132,19 @@ def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, 
     drift_gen = generator_for(seed, stream, "drift", side, device=target.device)
     nu = sample_drift_exponents(target.shape, device.drift.nu_mean, device.drift.nu_std, drift_gen, device=target.device)
     return g, nu, mask, pulses
+
+
+def with_dead_lines(mask: torch.Tensor, device: Device, seed: int, stream: str, side: str,
+                    array_shape: tuple[int, int] | None) -> torch.Tensor:
+    """Stuck codes with the cells on dead lines (array yield,
+    :func:`cimflow.physics.devices.array_yield.dead_cells`) stuck at g_min (code -1). Row
+    draws are shared by both sides of the matrix (they are the same physical rows)."""
+    if array_shape is None or device.array_yield.is_zero or mask.dim() != 3:
+        return mask
+    row_gen = generator_for(seed, stream, "yield-rows", device=mask.device)
+    col_gen = generator_for(seed, stream, "yield-cols", side, device=mask.device)
+    dead = dead_cells((mask.shape[0], mask.shape[1], mask.shape[2]), array_shape[0], array_shape[1], device.array_yield, row_gen, col_gen, device=mask.device)
+    return torch.where(dead, torch.full_like(mask, -1), mask)
 
 
 def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tensor, seed: int, stream: str, side: str,

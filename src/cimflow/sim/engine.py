@@ -170,7 +170,9 @@ class CrossbarEngine(ArrayInstance):
 
         def one_side(target: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal pulses
-            g, nu, _, spent = program_cells(target, dev, self.seed or 0, self.name, side, self.verify_iterations, self.verify_tolerance)
+            shape = None if side == "ref" else (self.spec.rows, self.grid.weight_columns)  # array yield (dead lines)
+            g, nu, _, spent = program_cells(target, dev, self.seed or 0, self.name, side, self.verify_iterations, self.verify_tolerance,
+                                            array_shape=shape)
             pulses += spent
             return g, nu
 

@@ -144,6 +144,8 @@ def _apply_pulses(layer: CIMLayer, grad_in_out: torch.Tensor, lr: float, mode: s
     new_neg = dev.g_min + (-d_new).clamp_min(0.0)
     stuck_pos, stuck_neg = stuck
     written = n > 0
+    if bool(written.any()):  # endurance: the most-written cell took max(n) pulses this step
+        engine.spend_write_cycles(int(n.max()))
     engine.g_pos[0] = torch.where(written & ~stuck_pos, new_pos, g_pos)
     engine.g_neg[0] = torch.where(written & ~stuck_neg, new_neg, g_neg)
     return int(n.sum()), int((dw != 0).sum()), int(written.sum())

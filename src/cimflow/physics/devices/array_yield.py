@@ -16,18 +16,36 @@ import torch
 from cimflow.chip.spec import ArrayYield
 
 
-def dead_line_mask(rows: int, cols: int, arrays: int, spec: ArrayYield, generator: torch.Generator,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """Boolean (arrays, rows, cols): the cells on an unrepaired dead row or a dead column.
-    A dead row is repaired when no more than ``spare_rows`` rows of its array are dead;
-    otherwise the first ``spare_rows`` dead rows (in row order) are repaired."""
-    u_rows = torch.rand((arrays, rows), generator=generator, device=device)
-    u_cols = torch.rand((arrays, cols), generator=generator, device=device)
-    dead_rows = u_rows < spec.dead_row_rate
-    rank = dead_rows.to(torch.int32).cumsum(dim=1)  # 1-based rank of each dead row in its array
-    unrepaired = dead_rows & (rank > spec.spare_rows)
-    dead_cols = u_cols < spec.dead_col_rate
-    return unrepaired.unsqueeze(2) | dead_cols.unsqueeze(1)
+def unrepaired_dead_rows(arrays: int, rows: int, spec: ArrayYield, generator: torch.Generator,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean (arrays, rows): the dead rows that no spare row repairs. Each row is dead with
+    probability ``dead_row_rate``; the first ``spare_rows`` dead rows of an array (in row
+    order) are repaired."""
+    dead = torch.rand((arrays, rows), generator=generator, device=device) < spec.dead_row_rate
+    rank = dead.to(torch.int32).cumsum(dim=1)  # 1-based rank of each dead row in its array
+    return dead & (rank > spec.spare_rows)
+
+
+def dead_columns(shape: tuple[int, ...], spec: ArrayYield, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean ``shape``: each column dead with probability ``dead_col_rate`` (columns are not repaired)."""
+    return torch.rand(shape, generator=generator, device=device) < spec.dead_col_rate
+
+
+def dead_cells(target_shape: tuple[int, int, int], rows: int, cols: int, spec: ArrayYield, row_generator: torch.Generator,
+               col_generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Boolean (S, in, out): the cells of a weight matrix's slices (S, in, out), tiled over arrays
+    of ``rows`` x ``cols`` (row tiles along ``in``, column tiles along ``out``), that sit on an
+    unrepaired dead row or a dead column. The rows of an array are shared by all its slices
+    (and by both sides of a differential pair: give both the same ``row_generator`` seed);
+    every slice has its own columns."""
+    s_count, in_features, out_columns = target_shape
+    row_tiles, col_tiles = -(-in_features // rows), -(-out_columns // cols)
+    bad_rows = unrepaired_dead_rows(row_tiles * col_tiles, rows, spec, row_generator, device)  # (arrays, rows)
+    bad_cols = dead_columns((s_count, row_tiles * col_tiles, cols), spec, col_generator, device)  # (S, arrays, cols)
+    rows_full = bad_rows.view(row_tiles, col_tiles, rows).permute(0, 2, 1).reshape(row_tiles * rows, col_tiles)
+    rows_full = rows_full.repeat_interleave(cols, dim=1)[:in_features, :out_columns]  # (in, out)
+    cols_full = bad_cols.view(s_count, row_tiles, col_tiles * cols).repeat_interleave(rows, dim=1)[:, :in_features, :out_columns]
+    return rows_full.unsqueeze(0) | cols_full
 
 
 def unrepaired_row_probability(rows: int, spec: ArrayYield) -> float:
@@ -39,13 +57,3 @@ def unrepaired_row_probability(rows: int, spec: ArrayYield) -> float:
         return 1.0 if rows > spec.spare_rows else 0.0
     repaired = sum(math.comb(rows, k) * p**k * (1 - p) ** (rows - k) for k in range(min(spec.spare_rows, rows) + 1))
     return max(0.0, 1.0 - repaired)
-
-
-def tile_dead_cells(mask: torch.Tensor, in_features: int, out_columns: int, rows: int, cols: int) -> torch.Tensor:
-    """Map an (arrays, rows, cols) dead-line mask onto an (in_features, out_columns) matrix
-    tiled row-major over a grid of arrays (tile (i // rows, j // cols) is array
-    ``(i // rows) * col_tiles + j // cols``): the matrix cells that sit on dead lines."""
-    row_tiles, col_tiles = -(-in_features // rows), -(-out_columns // cols)
-    grid = mask[: row_tiles * col_tiles].reshape(row_tiles, col_tiles, rows, cols)
-    full = grid.permute(0, 2, 1, 3).reshape(row_tiles * rows, col_tiles * cols)
-    return full[:in_features, :out_columns]
