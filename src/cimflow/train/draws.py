@@ -180,12 +180,14 @@ def generic_physics(dev: Device) -> bool:
 
 def covered(layer: nn.Module) -> bool:
     """Whether :class:`InstanceDraws` programs ``layer`` from cached draws (an analog matrix
-    layer with differential or bit-sliced encoding and no program-and-verify; any device
-    model: a plug-in, :mod:`cimflow.physics.devices`, draws from :class:`PooledDraws`)."""
+    layer with differential or bit-sliced encoding, no program-and-verify and no array-yield
+    defects (dead lines are drawn by the layer's own ``program``); any device model: a
+    plug-in, :mod:`cimflow.physics.devices`, draws from :class:`PooledDraws`)."""
     if not isinstance(layer, CIMLayer):
         return False
     eng = layer.engine
-    return not eng.is_digital and eng.spec.weight_encoding.scheme != "offset" and not eng.verify_iterations
+    return (not eng.is_digital and eng.spec.weight_encoding.scheme != "offset" and not eng.verify_iterations
+            and eng.spec.device.array_yield.is_zero)
 
 
 def _fast(layer: CIMLayer) -> bool:
