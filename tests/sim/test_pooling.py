@@ -1,0 +1,180 @@
+"""Single-row reads from the outcome table (sim/pooling.py) keep the statistics of the exact
+read path: the closed-form code distribution of a lone row, the exact path's values without
+read noise, its moments with read noise (compensated and drifted too), slot overflow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from cimtest import chip_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import cimflow
+import cimflow.sim.embedding as embedding
+from cimflow.sim import pooling
+
+EMB = "rram_emb"
+
+
+def noisy_chip(read_noise: float):
+    return chip_with("hybrid-rram-sram-28nm", **{f"arrays.{EMB}.device.read_noise": read_noise})
+
+
+def table_layer(chip, rows: int, dim: int, seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.EmbeddingBag(rows, dim, mode="sum"))
+    return cimflow.program(cimflow.convert(model, chip), seed=0)[0]
+
+
+def bags(rows: int, n_bags: int, pooling_factor: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, rows, (n_bags * pooling_factor,), generator=g), torch.arange(0, n_bags * pooling_factor, pooling_factor)
+
+
+def draws(layer, v, o, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.stack([layer(v, o) for _ in range(n)])
+
+
+@pytest.mark.parametrize("read_noise", [0.02, 0.15])
+def test_lone_rows_have_the_closed_form_code_distribution(monkeypatch, read_noise):
+    """Bags of one row each: every read is single, served from the outcome table (the exact
+    converter is never called). Per output, mean and spread over forwards equal the closed
+    form: each cell's code is round(x + sigma z) clamped to the ADC's codes, P(code = m) =
+    Phi((m + 1/2 - x) / sigma) - Phi((m - 1/2 - x) / sigma), slices weighted by significance.
+    At 15 % read noise the noise reaches past one code step (several steps per cell)."""
+    monkeypatch.setattr(pooling, "SLOT_QUANTILE", 1.0)  # every row's steps in the slots
+    monkeypatch.setattr(pooling, "MAX_SLOTS", 64)
+    layer = table_layer(noisy_chip(read_noise), rows=300, dim=4)
+    monkeypatch.setattr(layer, "_convert", lambda *a: pytest.fail("the exact converter ran for single reads"))
+    v, o = torch.arange(300), torch.arange(300)
+    n = 400
+    out = draws(layer, v, o, n)
+    steps = (1 << (layer.spec.analog_adc().bits - 1)) - 1
+    k = steps / layer.adc_range
+    x = layer.w_cache.double() * k  # (rows, S, dim) in ADC steps
+    sigma = layer.var_cache.double().sqrt() * k
+    m = torch.arange(-steps - 3, steps + 4, dtype=torch.float64).view(-1, 1, 1, 1)
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    s = sigma.clamp_min(1e-30)
+    p = normal.cdf((m + 0.5 - x) / s) - normal.cdf((m - 0.5 - x) / s)
+    code = m.clamp(-steps, steps)
+    mean_code = (code * p).sum(0)
+    var_code = ((code - mean_code).square() * p).sum(0)
+    mu4_code = ((code - mean_code).pow(4) * p).sum(0)
+    unit = layer._significance.double().view(1, -1, 1) * layer.w_scale.double() / k  # value of one code
+    mean = (mean_code * unit).sum(1)
+    var_s = var_code * unit.square()  # (rows, S, dim): slices are independent
+    var = var_s.sum(1)
+    mu4 = (mu4_code * unit.pow(4)).sum(1) + 3 * (var.square() - var_s.square().sum(1))  # 4th central moment of the sum
+    assert float(var.max()) > 0.01 * float(unit.max()) ** 2  # the noise is visible
+    floor = 1e-6 * float(unit.max())
+    err = (out.double().mean(0) - mean).abs()
+    # 5 standard errors, plus three one-step jumps (a rare code change, p << 1/n, seen a few
+    # times moves the sample mean by its size / n where the normal approximation fails)
+    jump = unit.amax(1)
+    assert bool((err <= 5 * var.sqrt() / math.sqrt(n) + 3 * jump / n + floor).all())
+    # all outputs together (those expecting >= 10 code changes, where the mean is near
+    # normal): the mean squared z-score is 1 within its spread sqrt(2 / outputs); a bias of
+    # the step probabilities by a tenth shows here long before it shows in one output
+    common = var >= 10 * jump.square() / n
+    z2 = (out.double().mean(0) - mean).square() / (var / n)
+    assert int(common.sum()) >= (50 if read_noise > 0.1 else 0)
+    if bool(common.any()):
+        assert float(z2[common].mean()) <= 1 + 6 * math.sqrt(2 / int(common.sum()))
+    # sample variance: its standard error is sqrt((mu4 - var^2) / n)
+    sample_var = out.double().var(0)
+    tol = 5 * ((mu4 - var.square()).clamp_min(0) / n).sqrt() + 3 * jump.square() / n + 2 * var / n
+    assert bool(((sample_var - var).abs() <= tol).all())
+    if read_noise > 0.1:
+        assert layer._singles[1].cell_of is not None  # cells with several reachable steps
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_fast_and_exact_paths_pool_the_same_values_without_read_noise(monkeypatch, cached):
+    """No read noise: every code is deterministic, so pooling with the outcome table (lone rows)
+    and the exact path (every read) give the same values, for cached tables and for tables
+    read lazily through the hash (the outcome table is then built from the hash)."""
+    if not cached:
+        monkeypatch.setattr(embedding, "CACHE_CELLS", 1000)
+    layer = table_layer(noisy_chip(0.0), rows=3000, dim=7)
+    layer.collect_stats = True
+    v, o = bags(3000, n_bags=40, pooling_factor=12)
+    fast = draws(layer, v, o, 1)[0]
+    alone_reads = layer.stats["reads"]
+    monkeypatch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
+    exact = draws(layer, v, o, 1)[0]
+    assert layer._singles[1].slots is None
+    assert torch.allclose(fast, exact, atol=1e-5 * float(exact.abs().max()), rtol=0)
+    assert 0 < alone_reads < layer.stats["reads"]  # some lookups were read alone, some shared a read
+
+
+@pytest.mark.parametrize("case", ["plain", "drifted_compensated", "overflow"])
+def test_fast_and_exact_paths_have_the_same_moments(monkeypatch, case):
+    """With read noise, the pooled outputs over repeated forwards: mean and spread per output
+    with lone rows from the outcome table equal those of the exact path; also after a day of
+    drift with per-column compensation (the gain enters the codes), and when rows have more
+    noise-sensitive steps than the slots hold (those rows then take the exact path)."""
+    if case == "overflow":
+        monkeypatch.setattr(pooling, "MAX_SLOTS", 1)
+    layer = table_layer(noisy_chip(0.08), rows=2500, dim=5)
+    if case == "drifted_compensated":
+        layer.set_compensation("per_column")
+        layer.set_time(86400.0)
+    v, o = bags(2500, n_bags=32, pooling_factor=6)
+    n = 300
+    fast = draws(layer, v, o, n)
+    table = layer._singles[1]
+    if case == "overflow":
+        assert table.fits is not None and not bool(table.fits.all())
+    with monkeypatch.context() as patch:
+        patch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
+        exact = draws(layer, v, o, n)
+    sd = torch.maximum(fast.std(0), exact.std(0))
+    assert float(sd.max()) > 0
+    assert bool(((fast.mean(0) - exact.mean(0)).abs() <= 5 * sd * math.sqrt(2 / n) + 1e-6).all())
+    assert torch.allclose(fast.std(0), exact.std(0), atol=0.25 * float(sd.max()))
+
+
+def test_outcome_table_follows_the_instance_state(monkeypatch):
+    """The outcome table is rebuilt when the time, the seed or the device state changes (and
+    only then): after set_time and after re-programming, lone rows pool the exact path's
+    values of the new state."""
+    layer = table_layer(noisy_chip(0.0), rows=500, dim=3)
+    v, o = torch.arange(500), torch.arange(500)
+    first = draws(layer, v, o, 1)[0]
+    table = layer._singles[1]
+    draws(layer, v, o, 1)
+    assert layer._singles[1] is table  # same state: kept
+    for change in (lambda: layer.set_time(3.0e7), lambda: layer.program(5)):
+        change()
+        fast = draws(layer, v, o, 1)[0]
+        assert layer._singles[1] is not table
+        table = layer._singles[1]
+        with monkeypatch.context() as patch:
+            patch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
+            exact = draws(layer, v, o, 1)[0]
+        assert torch.allclose(fast, exact, atol=1e-5 * float(exact.abs().max()), rtol=0)
+        assert not torch.allclose(fast, first, atol=1e-3 * float(first.abs().max()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=12), st.integers(0, 2**31 - 1), st.sampled_from([1, 3, 4, 16]),
+       st.integers(1, 3))
+def test_alone_in_read_matches_counting(per_bag_list, seed, array_rows, group_rows):
+    """A lookup is alone iff no other lookup of its bag falls in its array (any row count per
+    array, power of two or not; one row per read makes every lookup alone)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = 37
+    per_bag = torch.tensor(per_bag_list)
+    bags_ = torch.repeat_interleave(torch.arange(per_bag.numel()), per_bag)
+    idx = torch.randint(0, rows, (bags_.numel(),), generator=g)
+    n_arrays = -(-rows // array_rows)
+    got = pooling.alone_in_read(idx, bags_, per_bag, array_rows, n_arrays, group_rows)
+    pairs = list(zip(bags_.tolist(), (idx // array_rows).tolist(), strict=True))
+    expected = [group_rows == 1 or pairs.count(p) == 1 for p in pairs]
+    assert got.tolist() == expected
