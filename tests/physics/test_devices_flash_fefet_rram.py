@@ -89,3 +89,35 @@ def test_rram_relaxation_spreads_linearly_in_decades() -> None:
         assert abs(float(rel.mean()) - (-0.002 * decades)) < 5 * sigma * decades / math.sqrt(N)
         assert abs(float(rel.std()) - sigma * decades) < 6 * sigma * decades / math.sqrt(2 * N)
     assert torch.equal(model.conductance(target, state, 1.0), target)
+
+
+def test_nor_flash_no_longer_simulates_like_sram() -> None:
+    """The same network on the same array, once with a generic SRAM-labelled device and once
+    with the NOR-flash model: ISPP errors and retention loss change the outputs (and more so a year later)."""
+    import cimflow
+    from cimflow.chip import chip_from_dict, load_preset
+
+    def chip(device: dict):
+        data = load_preset("rram-analog-generic").model_dump(mode="json", exclude_none=True)
+        for array in data["arrays"].values():
+            if array["kind"] == "analog":
+                array["device"] = device
+        return chip_from_dict(data)
+
+    window = {"g_min": 0.0, "g_max": G_MAX, "levels": 16}
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    x = torch.randn(64, 64)
+    with torch.no_grad():
+        ref = net(x)
+        outs = {}
+        for name, device in (("sram", {"technology": "sram", **window}),
+                             ("nor_flash", {"technology": "nor_flash", "model": "auto", "retention_rate": 0.01, **window})):
+            cim = cimflow.program(cimflow.convert(net, chip(device)), seed=4)
+            now = cim(x)
+            cimflow.drift(cim, "1y")
+            outs[name] = (now, cim(x))
+        err = {k: [float((y - ref).norm() / ref.norm()) for y in v] for k, v in outs.items()}
+    assert not torch.equal(outs["sram"][0], outs["nor_flash"][0])
+    assert err["sram"][0] == err["sram"][1]  # the generic device without drift does not move
+    assert err["nor_flash"][1] > err["nor_flash"][0] + 0.005  # retention loss after a year

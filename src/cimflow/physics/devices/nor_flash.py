@@ -9,8 +9,8 @@ Conductance is linear in V_th over the window (an assumption of this model: CIM 
 read in their linear region).
 
 Retention: trapped charge leaks as rate ln(1 + t/tau) of what is stored (log-time charge
-loss), accelerated with Ea = 1.1 eV by default (the charge-loss activation energy JEDEC
-JEP122 lists for floating-gate/charge-trap data retention).
+loss), accelerated with Ea = 1.1 eV by default (the value commonly used for charge-loss
+acceleration of floating-gate/charge-trap retention, e.g. JEDEC JEP122; an assumption per chip).
 """
 
 from __future__ import annotations
