@@ -103,3 +103,23 @@ def test_drift_is_thermally_activated_through_the_arrhenius_factor() -> None:
     t = 3600.0
     assert torch.allclose(hot.conductance(target, state, t), room.conductance(target, state, 20.0 + factor * (t - 20.0)))
     assert float(hot.conductance(target, state, t).mean()) < float(room.conductance(target, state, t).mean())
+
+
+def test_generic_drift_is_thermally_activated_when_given_an_activation_energy() -> None:
+    from cimflow.chip.spec import Device
+    from cimflow.physics.device import apply_drift
+    from cimflow.sim.array_state import drifted
+
+    def device(**kw) -> Device:
+        return Device(technology="rram", g_min=0.0, g_max=G_MAX, levels=8, drift={"nu_mean": 0.05, "t0_s": 1.0, **kw.pop("drift", {})}, **kw)
+
+    g = torch.full((8,), 0.5 * G_MAX)
+    nu = torch.full((8,), 0.05)
+    t = 1e5
+    room = drifted(g, nu, t, device())
+    assert torch.equal(room, apply_drift(g, nu, t, 1.0))  # Ea = 0: the original law, bit for bit
+    assert torch.equal(drifted(g, nu, t, device(drift={"activation_energy_ev": 0.5})), room)  # at 300 K nothing changes
+    hot = drifted(g, nu, t, device(drift={"activation_energy_ev": 0.5}, temperature_k=350.0))
+    factor = arrhenius_factor(0.5, 350.0)
+    assert torch.allclose(hot, apply_drift(g, nu, 1.0 + factor * (t - 1.0), 1.0))
+    assert float(hot.mean()) < float(room.mean())

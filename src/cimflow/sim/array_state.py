@@ -213,7 +213,7 @@ def program_with_model(model: DeviceModel, target: torch.Tensor, draws: Generato
 def drifted(g: torch.Tensor, nu: torch.Tensor, t_seconds: float, device: Device) -> torch.Tensor:
     """Conductances ``t_seconds`` after programming (the device's drift law; a plug-in's own
     law, :meth:`cimflow.physics.devices.DeviceModel.conductance`, with its state as ``nu``)."""
-    if device.model != "generic":
+    if device.model != "generic" or device.drift.activation_energy_ev:  # a plug-in, or thermally activated drift
         return model_for(device).conductance(g, nu, t_seconds)
     return apply_drift(g, nu, t_seconds, device.drift.t0_s)
 

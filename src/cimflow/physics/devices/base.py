@@ -96,7 +96,7 @@ def arrhenius_factor(activation_energy_ev: float, temperature_k: float, referenc
 def effective_time(t: float, t0: float, factor: float) -> float:
     """The time ``t`` (s after programming) a cell held at an accelerated temperature has
     aged to: t0 + factor (t - t0) (unchanged for t <= t0)."""
-    return t if t <= t0 else t0 + factor * (t - t0)
+    return t if t <= t0 or factor == 1.0 else t0 + factor * (t - t0)
 
 
 def evaluate_curve(curve: StateCurve, x: torch.Tensor) -> torch.Tensor:
