@@ -318,10 +318,11 @@ def validate_chips_cmd(
 
     Example: cimflow validate chips --out chips.json; cimflow validate chips --chip validation/neurram
     """
-    from cimflow.cost.validation import TOLERANCE, summarize, validate_chips
+    from cimflow.cost.validation import TOLERANCE, summarize
+    from cimflow.cost.validation_products import validate_all
 
     _check_outputs(out=out)
-    rows = validate_chips(chip or None)
+    rows = validate_all(chip or None)  # the reference table's chips and the product presets (HBM-PIM, EN100, Metis class)
     table = Table(title=f"chip validation: {len(rows)} figures of {len({r.chip for r in rows})} chips / operating points "
                         f"(target for predictions: within {TOLERANCE:.0%})")
     for col in ("chip", "metric", "basis", "reported", "predicted", "error", "within"):
