@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 import cimflow
+from cimflow.chip import Chip, chip_from_dict, load_preset
+from cimflow.chip.spec import Device
 from cimflow.train.clip import clip_weights
 from cimflow.train.draws import InstanceDraws
 from cimflow.train.noise import keep_programmed, sample_instance, step_seed
@@ -46,7 +48,31 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
-def make_steps(chip: str, t_max_s: float) -> dict[str, Callable[[int], None]]:
+def generic_law(name: str) -> Chip:
+    """Preset ``name`` with every array's device on the generic law (``model: generic``): a
+    technology plug-in's state-dependent drift-exponent curves flattened at mid-range
+    (G/g_max = 0.5), its accumulated-noise law dropped. Separates the HWA machinery's cost
+    from the plug-in's (whose curves are evaluated per cell on every programming)."""
+    chip = load_preset(name)
+    data = chip.model_dump(mode="json", exclude_none=True)
+    for kind, array in chip.arrays.items():
+        dev = array.device
+        if getattr(dev, "model", "generic") == "generic":
+            continue
+        from cimflow.physics.devices import evaluate_curve  # the plug-ins exist once a preset names one
+
+        plain = {k: v for k, v in data["arrays"][kind]["device"].items() if k in Device.model_fields}
+        plain["model"] = "generic"
+        mid = torch.tensor([0.5])
+        for field, curve in (("nu_mean", "drift_nu_mean"), ("nu_std", "drift_nu_std")):
+            if getattr(dev, curve, None) is not None:
+                plain["drift"][field] = float(evaluate_curve(getattr(dev, curve), mid))
+        data["arrays"][kind]["device"] = plain
+    data["name"] = f"{name} (generic device law)"
+    return chip_from_dict(data, origin=f"{name}, generic device law")
+
+
+def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], None]]:
     """One train-step function per variant, each on its own model and optimizer."""
     torch.manual_seed(0)
     x = torch.rand(256, 784)
@@ -102,7 +128,7 @@ def measure(steps: dict[str, Callable[[int], None]], repeats: int) -> dict[str, 
 
 def report(times: dict[str, list[float]], threads: int, chip: str, load: tuple[float, ...]) -> None:
     base = statistics.median(times["plain PyTorch"])
-    print(f"\nMLP 784-256-128-10, batch 256, chip {chip}, torch threads {threads}, {len(times['plain PyTorch'])} repeats, "
+    print(f"\nMLP 784-256-128-10, batch 256, chip {chip!r}, torch threads {threads}, {len(times['plain PyTorch'])} repeats, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"{'step':28s} {'min ms':>8s} {'median':>8s} {'max':>8s} {'ratio':>7s}")
     for name, values in times.items():
@@ -127,20 +153,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--chip", default="pcm-hermes-like")
+    parser.add_argument("--law", choices=("preset", "generic", "both"), default="both",
+                        help="the preset's own device model, its generic-law variant (generic_law), or both")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--t-max", default="1d", help="drift: log-uniform random time up to this (default 1d)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per variant")
     parser.add_argument("--rows", type=int, default=15, help="operators per profile table")
     args = parser.parse_args()
     t_max_s = parse_duration(args.t_max)
-    for threads in (int(t) for t in args.threads.split(",")):
-        torch.set_num_threads(threads)
-        load = os.getloadavg()
-        steps = make_steps(args.chip, t_max_s)
-        report(measure(steps, args.repeats), threads, args.chip, load)
-    if args.profile:
-        torch.set_num_threads(1)
-        profile(make_steps(args.chip, t_max_s), args.rows)
+    preset = load_preset(args.chip)
+    plugin = any(getattr(a.device, "model", "generic") != "generic" for a in preset.arrays.values())
+    chips: list[Chip] = []
+    if args.law in ("preset", "both"):
+        chips.append(preset)
+    if args.law == "generic" or (args.law == "both" and plugin):  # a preset on the generic law already needs no variant
+        chips.append(generic_law(args.chip))
+    for chip in chips:
+        for threads in (int(t) for t in args.threads.split(",")):
+            torch.set_num_threads(threads)
+            load = os.getloadavg()
+            steps = make_steps(chip, t_max_s)
+            report(measure(steps, args.repeats), threads, chip.name, load)
+        if args.profile:
+            torch.set_num_threads(1)
+            print(f"\n=== profiles, chip {chip.name!r}")
+            profile(make_steps(chip, t_max_s), args.rows)
 
 
 if __name__ == "__main__":

