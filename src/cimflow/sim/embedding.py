@@ -457,7 +457,11 @@ class CIMEmbeddingBag(ArrayInstance):
                 alone &= singles.fits[idx]
             rest = ~alone
             n_rest = int(rest.sum())  # one host sync
-            out.add_(pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, self._read_generator(out.device)))
+            gen = self._read_generator(out.device)
+            if 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
+                out.add_(pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen))
+            else:  # mostly sharing reads: gather the lone ones first
+                out.add_(pooling.pool_single(singles, idx[alone], bags[alone], torch.bincount(bags[alone], minlength=n_bags), None, gen))
             if self.collect_stats:
                 self.stats["reads"] += idx.numel() - n_rest
             if n_rest == 0:
@@ -470,8 +474,8 @@ class CIMEmbeddingBag(ArrayInstance):
         gain = None
         if self.output_gain is not None:  # drift compensation, ahead of the ADC (see set_compensation)
             gain = self.output_gain.to(out.device).reshape(-1).repeat(s_count) if self.output_gain.dim() else self.output_gain
-        per_slice = torch.zeros(s_count, n_bags, dim, device=out.device)
-        n_reads, unit = read_starts.numel(), 1.0
+        weights = (self._significance.to(out).view(-1, 1) * self.w_scale).view(1, s_count, dim)  # significance x column scale
+        n_reads = read_starts.numel()
         # blocks of reads small enough that a block's partial sums, noise and codes stay in a
         # CPU core's cache through every pass (one block on a GPU)
         block = n_reads if out.device.type != "cpu" else READ_BLOCK
@@ -486,9 +490,9 @@ class CIMEmbeddingBag(ArrayInstance):
                 sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), starts)
             psum, var = sums[:, : s_count * dim], (sums[:, s_count * dim :] if sums.shape[1] > s_count * dim else None)
             codes, unit = self._convert(psum, var, gain)  # (reads, S*dim); codes x unit = cell units
-            per_slice.index_add_(1, read_bags[r0:r1], codes.view(-1, s_count, dim).transpose(0, 1))
-        weights = self._significance.to(out).view(-1, 1, 1) * (self.w_scale * unit)  # slices by significance, to table units
-        return out.add_((per_slice * weights).sum(dim=0))
+            # each read's codes, slices combined by significance, in table units, added to its bag
+            out.index_add_(0, read_bags[r0:r1], (codes.view(-1, s_count, dim) * weights).sum(1), alpha=unit)
+        return out
 
     def _single_reads(self) -> pooling.SingleReads | None:
         """Outcome table of the single-row reads at the instance's current state (built when
