@@ -12,11 +12,13 @@ counter-based hash of (seed, table, row, cell, side) in int32 / float32 arithmet
 Tables of up to :data:`CACHE_CELLS` cells are programmed once and cached (the same values
 the hash gives), which makes them fast.
 
-Speed (``benchmarks/embedding_pooling.py``): the lookups are grouped into reads by one
-sort of (bag, array) keys; every read's partial sums and read-noise variances come from
-one ``F.embedding_bag`` over the cached rows; reads are converted in cache-sized blocks;
-read noise is drawn only for the partial sums within its reach of an ADC decision
-boundary (elsewhere the code cannot change, so the codes keep their distribution).
+Speed (``benchmarks/embedding_pooling.py``): a lookup that is the only row of its bag in
+its array is read alone; its codes have a fixed distribution per instance state, so it is
+served from an outcome table (:mod:`cimflow.sim.pooling`: one ``F.embedding_bag`` over
+noise-free pooled values plus one uniform draw per noise-sensitive cell). The other lookups
+are grouped into reads by one sort of (bag, array) keys; every read's partial sums and
+read-noise variances come from one ``F.embedding_bag`` over the cached rows; reads are
+converted in cache-sized blocks, one clamped normal per partial sum.
 
 As for matrix layers (:mod:`cimflow.sim.engine`): program-and-verify
 (:meth:`CIMEmbeddingBag.set_program_verify`; its re-programming draws are hashed per
@@ -55,10 +57,10 @@ CACHE_CELLS = 1 << 24
 #: Rows of an uncached table that its drift-compensation reference read drives (the first
 #: this many), and from which its program-and-verify pulses are extrapolated.
 REFERENCE_ROWS = 4096
-#: Read noise is drawn from a normal truncated at this many standard deviations (a larger
-#: draw has probability 2e-9; float32 ``torch.randn`` never makes one). An ADC input farther
-#: than that from every decision boundary therefore converts to the same code with or
-#: without noise, and its draw is skipped: same distribution of codes, far fewer draws.
+#: Read noise is drawn from a normal clamped at this many standard deviations (a larger
+#: draw has probability 2e-9). An ADC input farther than that from every decision boundary
+#: therefore converts to the same code with or without noise: the outcome table of lone
+#: reads (:mod:`cimflow.sim.pooling`) keeps only the cells within reach of a boundary.
 NOISE_TAIL = 6.0
 #: Reads converted per block on a CPU (a block's sums, noise and codes stay in cache).
 READ_BLOCK = 1024
@@ -540,11 +542,8 @@ class CIMEmbeddingBag(ArrayInstance):
         ``gain``) with read noise of variance ``var`` (cell units squared), and the code's
         value in cell units.
 
-        Noise is ``sigma * z`` with z standard normal truncated at :data:`NOISE_TAIL`. It is
-        drawn only where it could change the code: a sum whose distance to every decision
-        boundary exceeds the noise's reach converts to the same code whatever the draw, so
-        the codes have the distribution of drawing everywhere. (When calibrating, the noisy
-        sums themselves are recorded, so every sum gets its draw.)"""
+        Noise is ``sigma * z`` with z standard normal clamped at :data:`NOISE_TAIL`, one draw
+        per partial sum. (When calibrating, the noisy sums themselves are recorded.)"""
         bits, full = self.spec.analog_adc().bits, self.adc_range
         self._read_generator(psum.device)  # self._read_gen, seeded, on psum's device
         if var is None or bits <= 1 or self._calibrating:
@@ -560,17 +559,13 @@ class CIMEmbeddingBag(ArrayInstance):
         steps = (1 << (bits - 1)) - 1
         k = steps / full  # ADC steps per cell
         x = psum * (k if gain is None else gain * k)  # in ADC steps
-        reach = var.sqrt().mul_(k * NOISE_TAIL)  # the farthest the noise can move x (var >= 0: a sum of variances)
+        sigma = var.sqrt().mul_(k)  # var >= 0: a sum of variances
         if gain is not None:
-            reach = reach.mul_(gain.abs())
-        codes = x.round()
-        # a draw can change the code only where a rounding boundary (an odd multiple of half
-        # a step) lies within reach; clamping afterwards commutes with rounding
-        near = torch.sub(x, codes).abs_().add_(reach) >= 0.5
-        where = torch.nonzero(near.view(-1)).squeeze(1)
-        if where.numel():
-            z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
-            codes.view(-1)[where] = x.view(-1)[where].addcmul_(z, reach.view(-1)[where], value=1.0 / NOISE_TAIL).round_()
+            sigma = sigma.mul_(gain.abs())
+        # one clamped normal per sum: on a CPU one randn pass costs less than finding the sums
+        # near a decision boundary (nonzero) and scattering their draws back
+        z = torch.randn(x.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
+        codes = x.addcmul_(z, sigma).round_()
         codes = codes.clamp_(-steps, steps)
         return codes, 1.0 / k
 
