@@ -52,8 +52,10 @@ from cimflow.sim.array_state import (
     reference_sums,
 )
 
-#: Tables with at most this many cells are programmed once and cached.
-CACHE_CELLS = 1 << 24
+#: Tables with at most this many cells are programmed once and cached (8 bytes per cell with
+#: read noise: 256 MiB at the limit, e.g. 10^5 rows x 64 x 4 cells = 205 MB). Reads that
+#: share an array in an uncached table hash their rows on every forward (~16 us per row).
+CACHE_CELLS = 1 << 25
 #: Rows of an uncached table that its drift-compensation reference read drives (the first
 #: this many), and from which its program-and-verify pulses are extrapolated.
 REFERENCE_ROWS = 4096
@@ -463,12 +465,15 @@ class CIMEmbeddingBag(ArrayInstance):
             if 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
                 out.add_(pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen))
             else:  # mostly sharing reads: gather the lone ones first
-                out.add_(pooling.pool_single(singles, idx[alone], bags[alone], torch.bincount(bags[alone], minlength=n_bags), None, gen))
+                lone = alone.nonzero().squeeze(1)
+                lone_bags = bags[lone]
+                out.add_(pooling.pool_single(singles, idx[lone], lone_bags, torch.bincount(lone_bags, minlength=n_bags), None, gen))
             if self.collect_stats:
                 self.stats["reads"] += idx.numel() - n_rest
             if n_rest == 0:
                 return out
-            idx, bags = idx[rest], bags[rest]
+            shared = rest.nonzero().squeeze(1)
+            idx, bags = idx[shared], bags[shared]
         idx_s, read_starts, read_bags = self._reads(idx, bags)
         if self.collect_stats:
             self.stats["reads"] += int(read_starts.numel())
@@ -525,8 +530,7 @@ class CIMEmbeddingBag(ArrayInstance):
         """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so
         that every read is a contiguous run (reads ordered by bag), the first position of
         each read, and each read's bag."""
-        arrays = idx // self.spec.rows
-        key = bags * (self.num_embeddings // self.spec.rows + 1) + arrays
+        key = bags * (self.num_embeddings // self.spec.rows + 1) + pooling.floor_div(idx, self.spec.rows)
         order = torch.sort(key, stable=True).indices
         key_s = key[order]
         n = key_s.numel()
@@ -534,7 +538,7 @@ class CIMEmbeddingBag(ArrayInstance):
         first[1:] = key_s[1:] != key_s[:-1]
         pos = torch.arange(n, device=key_s.device)
         group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
-        read_starts = torch.nonzero(first | ((pos - group_start) % self.group_rows == 0)).squeeze(1)
+        read_starts = torch.nonzero(first | (pooling.mod(pos - group_start, self.group_rows) == 0)).squeeze(1)
         return idx[order], read_starts, bags[order][read_starts]
 
     def _convert(self, psum: torch.Tensor, var: torch.Tensor | None, gain: torch.Tensor | None) -> tuple[torch.Tensor, float]:

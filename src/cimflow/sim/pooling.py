@@ -162,6 +162,18 @@ def single_read_table(effective: Callable[[torch.Tensor], tuple[torch.Tensor, to
     return SingleReads(base=base, slots=slots, cell_of=cell_of, fits=None if bool(fits.all()) else fits, draws=width)
 
 
+def floor_div(values: torch.Tensor, divisor: int) -> torch.Tensor:
+    """``values // divisor`` for non-negative int64 values: a shift when ``divisor`` is a
+    power of two (int64 division is several times slower on a CPU)."""
+    shift = divisor.bit_length() - 1
+    return values >> shift if divisor == 1 << shift else torch.div(values, divisor, rounding_mode="floor")
+
+
+def mod(values: torch.Tensor, divisor: int) -> torch.Tensor:
+    """``values % divisor`` for non-negative int64 values (a mask for a power of two)."""
+    return values & (divisor - 1) if divisor & (divisor - 1) == 0 else values % divisor
+
+
 def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, array_rows: int, n_arrays: int,
                   group_rows: int) -> torch.Tensor:
     """Mask of the lookups that are the only row of their bag in their array (so read alone),
@@ -170,9 +182,7 @@ def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, 
         return torch.ones_like(idx, dtype=torch.bool)
     if n_arrays == 1:
         return per_bag[bags] == 1
-    shift = array_rows.bit_length() - 1
-    array = idx >> shift if array_rows == 1 << shift else torch.div(idx, array_rows, rounding_mode="floor")
-    key = bags * n_arrays + array
+    key = bags * n_arrays + floor_div(idx, array_rows)
     return torch.bincount(key, minlength=per_bag.numel() * n_arrays)[key] == 1
 
 
