@@ -239,9 +239,12 @@ def test_hermes_throughput_is_64_cores_over_one_integration_window(rows):
 
 
 def test_dcim_5nm_at_09v_is_the_05v_preset_scaled_by_v_squared(rows):
-    low = rows["tsmc-dcim-5nm@0.5V", "tops_w"].predicted
-    high = rows["tsmc-dcim-5nm@0.9V", "tops_w"].predicted
-    assert low / high == pytest.approx((0.9 / 0.5) ** 2, rel=1e-9)
+    benchmarks = {b.name: b for b in chip_benchmarks()}
+    low, high = (measure(benchmarks[f"tsmc-dcim-5nm@{v}"]) for v in ("0.5V", "0.9V"))
+    dynamic = [r.energy_j - r.by_component["leakage"] for r in (low, high)]  # the SRAM cells' leakage is not C V^2
+    assert dynamic[1] / dynamic[0] == pytest.approx((0.9 / 0.5) ** 2, rel=1e-9)
+    assert rows["tsmc-dcim-5nm@0.5V", "tops_w"].predicted / rows["tsmc-dcim-5nm@0.9V", "tops_w"].predicted == pytest.approx(
+        (0.9 / 0.5) ** 2, rel=1e-3)
 
 
 def test_operating_point_overrides_and_refuses_unknown_fields():

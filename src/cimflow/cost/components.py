@@ -29,8 +29,8 @@ from cimflow.cost.adc_law import (
     adc_thermal_energy_j,
     load_adc_law,
 )
+from cimflow.cost.cell_tech import CELL_LAWS, cell_fill, cell_law, charge_read_energy_j, default_cell_area_m2
 from cimflow.cost.technology import feature_area_m2, switching_energy_scale
-from cimflow.errors import CimflowError
 
 # ----------------------------------------------------------------------------- constants
 
@@ -58,10 +58,10 @@ DCIM_BIT_OP_J = 1.4045e-15
 DCIM_NODE_M = 22e-9
 DCIM_SUPPLY_V = 0.72
 
-#: Default cell area of an analog non-volatile cell (1T1R), in F²: 100 F², the assumption
-#: of hybrid-rram-sram-28nm.yaml (0.078 um^2 at 28 nm). Used only when read.area_per_cell_um2
-#: is missing.
-ANALOG_CELL_AREA_F2 = 100.0
+#: Default cell area of an analog RRAM cell (1T1R), in F²: 100 F², the assumption of
+#: hybrid-rram-sram-28nm.yaml (0.078 um^2 at 28 nm). Each technology has its own
+#: (:data:`cimflow.cost.cell_tech.CELL_LAWS`); used only when read.area_per_cell_um2 is missing.
+ANALOG_CELL_AREA_F2 = CELL_LAWS["rram"].area_f2
 #: Default area per stored bit of a digital SRAM CIM macro, adder trees included, in F²:
 #: 3.07 um^2 at 22 nm (derived from Chih et al., ISSCC 2021, 16.3 TOPS/mm^2; see
 #: sram-digital-22nm.yaml) = 6,343 F².
@@ -109,26 +109,25 @@ def mean_cell_conductance(spec: ArraySpec, weight_fill: float) -> float:
     * offset: each cell at ``0.5 + w/2`` (the reference column at 0.5): mean fill 0.5,
       independent of the weights (signed weights average out).
     """
-    if not 0.0 <= weight_fill <= 1.0:
-        raise CimflowError(f"weight_fill (mean |w|/w_max) must be within [0, 1], got {weight_fill!r}")
     dev = spec.device
-    if spec.weight_encoding.scheme == "offset":
-        fill = 0.5
-    else:
-        fill = 0.5 * weight_fill
-    return dev.g_min + (dev.g_max - dev.g_min) * fill
+    return dev.g_min + (dev.g_max - dev.g_min) * cell_fill(spec, weight_fill)
 
 
 def cell_read_energy_j(spec: ArraySpec, supply_v: float, weight_fill: float) -> tuple[float, float]:
     """(conduction, line charging) energy of one driven cell in one analog read, joules.
 
-    * conduction: ``G_mean * V_read**2 * t_read`` (ohmic cell current for the read pulse);
+    * conduction: ``G_mean * V_read**2 * t_read`` (ohmic cell current for the read pulse); a
+      charge-domain cell (:mod:`cimflow.cost.cell_tech`) has no static current: its capacitor,
+      ``C_cell * V_supply**2 * fill``, takes this place;
     * line charging: ``C_cell * V_supply**2`` with ``C_cell = read.line_capacitance_f``, the
       line capacitance a cell adds; it stands for the bit-line segment at each driven cell
       (the word line is the driver's, see :func:`row_drive_energy_j`).
     """
     r = spec.read
-    conduction = mean_cell_conductance(spec, weight_fill) * r.read_voltage**2 * r.read_pulse_s
+    if cell_law(spec).read == "charge":
+        conduction = charge_read_energy_j(spec, supply_v, weight_fill)
+    else:
+        conduction = mean_cell_conductance(spec, weight_fill) * r.read_voltage**2 * r.read_pulse_s
     lines = r.line_capacitance_f * supply_v**2
     return conduction, lines
 
@@ -255,17 +254,20 @@ def adcs_per_array(spec: ArraySpec) -> int:
 def array_area(spec: ArraySpec, node_m: float) -> tuple[ArrayArea, list[str]]:
     """Area of one array (cells + ADCs + DACs + adder tree) and notes on defaults used.
 
-    cells: ``rows * cols * read.area_per_cell_um2`` (default 100 F² analog, 6,343 F² per bit
-    for digital CIM, see the module constants); ADCs: ``ceil(cols / columns_per_adc) *
+    cells: ``rows * cols * read.area_per_cell_um2`` (default: the technology's F² of
+    :data:`~cimflow.cost.cell_tech.CELL_LAWS` for analog cells, 6,343 F² per bit for digital CIM); ADCs: ``ceil(cols / columns_per_adc) *
     conversion.area_um2`` (default ``2,000 F² * 2**bits``); DACs: ``rows *
     input_encoding.dac.area_um2`` (0 when not given); adder tree: ``adder_tree.area_um2``.
     """
     notes: list[str] = []
     per_cell = spec.read.area_per_cell_um2
     if per_cell is None:
-        f2 = DIGITAL_CELL_AREA_F2 if spec.kind == "digital" else ANALOG_CELL_AREA_F2
-        cell_m2 = f2_area_m2(f2, node_m)
-        notes.append(f"cell area not given: {f2:.0f} F^2 assumed")
+        if spec.kind == "digital":
+            cell_m2 = f2_area_m2(DIGITAL_CELL_AREA_F2, node_m)
+        else:
+            cell_m2 = default_cell_area_m2(spec, node_m)
+        notes.append(f"cell area not given: {cell_m2 / feature_area_m2(node_m):.0f} F^2 assumed "
+                     f"({'digital CIM' if spec.kind == 'digital' else cell_law(spec).name})")
     else:
         cell_m2 = per_cell * UM2
     cells = spec.rows * spec.cols * cell_m2

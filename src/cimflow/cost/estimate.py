@@ -97,6 +97,7 @@ from cimflow.compile.partition import input_pulses
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
 from cimflow.compile.tiers import dram_access_bytes, pim_traffic
 from cimflow.cost.adc_law import ADC_LAW_QUANTILES, ADC_REFERENCE_YEAR
+from cimflow.cost.cell_tech import ProgramCost, array_leakage_w, program_cost
 from cimflow.cost.components import (
     PJ,
     accumulator_bits,
@@ -557,7 +558,9 @@ def on_chip_buffer_bytes(chip: Chip) -> int:
 
 def leakage_power_w(chip: Chip) -> float:
     """Static power of the chip (W), from what the chip gives: ``leakage_uw`` of every ADC and
-    DAC instance, of the digital unit, and ``leakage_uw_per_kib`` of the on-chip buffers."""
+    DAC instance, of the digital unit, and ``leakage_uw_per_kib`` of the on-chip buffers. The
+    estimate adds the volatile (SRAM) cells holding their weights
+    (:func:`~cimflow.cost.cell_tech.array_leakage_w`), a modelled, not a stated, figure."""
     total_uw = chip.digital_unit.leakage_uw or 0.0
     if chip.buffer is not None and chip.buffer.leakage_uw_per_kib:
         total_uw += on_chip_buffer_bytes(chip) / 1024 * chip.buffer.leakage_uw_per_kib
@@ -668,7 +671,7 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         for k, v in c.fixed_energy_j.items():
             fixed_by_component[k] += v
     interconnect = plan.placement.traffic_byte_hops * 8 * chip.interconnect.energy_per_bit_hop_pj * PJ
-    p_leak = leakage_power_w(chip)
+    p_leak = leakage_power_w(chip) + array_leakage_w(chip)
     leakage = p_leak * interval if math.isfinite(interval) else 0.0
     for d in (by_component, fixed_by_component):
         d["interconnect"] += interconnect
@@ -684,6 +687,10 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
                    f"the ADC survey's {options.adc_law} law at the chip's node, supply and conversion rate, design year {options.adc_year}")
             notes.append(f"array kind {kind!r}: no ADC energy given, converter law used ({law})")
     macs = sum(o.macs for o in plan.ops)
+    program = plan_program_cost(plan, ctx.kinds)
+    if program.cells:
+        notes.append(f"programming the weights (once, not per inference): {program.cells} cells, {program.pulses:.3g} pulses, "
+                     f"{program.energy_j:.3g} J, {program.time_s:.3g} s (cell technology laws, cimflow.cost.cell_tech)")
     return CostReport(
         chip=chip.name, model_name=plan.model_name, host=spec_host.name,
         batch_size=int(batch_size) if batch_size is not None else infer_batch_size(graph),
@@ -692,9 +699,23 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
         latency_s=latency, chip_latency_s=chip_latency, host_latency_s=host_s, throughput_per_s=throughput,
         macs=int(macs), area_m2=sum(area.values()), area_by_component=area,
         data_dependent=any(c.data_dependent for c in per_op), schedule_mode=sched.mode, notes=notes,
-        options=options.to_dict(),
+        options=options.to_dict(), program_energy_j=program.energy_j, program_time_s=program.time_s,
     )
 
 
+def plan_program_cost(plan: Plan, kinds: Mapping[str, KindCost]) -> ProgramCost:
+    """One-time cost of writing the plan's weights: every weight cell of every array op
+    (weights x cells per weight x replicas), by its array kind's technology law."""
+    cells: dict[str, int] = {}
+    for o in plan.array_ops():
+        if o.array_kind is None or o.weight_shape is None:
+            continue
+        weights = math.prod(o.weight_shape)
+        cells[o.array_kind] = cells.get(o.array_kind, 0) + weights * kinds[o.array_kind].cols_per_weight * max(o.replication, 1)
+    parts = [program_cost(plan.chip.arrays[kind], n, plan.chip.technology.supply_v) for kind, n in cells.items()]
+    return ProgramCost(cells=sum(p.cells for p in parts), pulses=sum(p.pulses for p in parts),
+                       energy_j=sum(p.energy_j for p in parts), time_s=sum(p.time_s for p in parts))
+
+
 __all__ = ["CostOptions", "KindCost", "chip_area", "estimate", "expected_lookup_reads", "group_counts", "kind_costs",
-           "leakage_power_w", "print_cost", "zero_read_fraction"]
+           "leakage_power_w", "plan_program_cost", "print_cost", "zero_read_fraction"]

@@ -113,6 +113,9 @@ class CostReport:
     schedule_mode: str
     notes: list[str] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    #: One-time cost of writing the weights into the arrays (not part of ``energy_j``).
+    program_energy_j: float = 0.0
+    program_time_s: float = 0.0
 
     @property
     def energy_ratio(self) -> float:
@@ -185,6 +188,7 @@ class CostReport:
             "area_mm2": self.area_mm2, "area_by_component_m2": dict(self.area_by_component),
             "by_component_j": dict(self.by_component), "fixed_by_component_j": dict(self.fixed_by_component),
             "per_op": [o.to_dict() for o in self.per_op], "notes": list(self.notes), "options": dict(self.options),
+            "program_energy_j": self.program_energy_j, "program_time_s": self.program_time_s,
         })
 
 
