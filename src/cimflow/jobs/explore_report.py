@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cimflow.fileio import atomic_write_text, write_json
-from cimflow.jobs.explore_space import OBJECTIVES, Space
+from cimflow.jobs.explore_space import ACCURACY_OBJECTIVES, OBJECTIVES, Space
 
 
 def _records(out: Path, study: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
@@ -56,17 +56,14 @@ def feasible(space: Space, record: dict[str, Any]) -> bool:
     return bool(record.get("simulated")) or not space.accuracy_is_objective()
 
 
-def _importances(space: Space, study: Any, numbers: set[int]) -> dict[str, Any]:
-    """fANOVA importances of the parameters for each objective, over the feasible trials."""
+def _importances(space: Space, study: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """fANOVA importances of the parameters for each objective: a cost objective over every evaluated
+    design (its cost is known even when a constraint failed), an accuracy objective over the simulated ones."""
     import optuna
 
-    frozen = [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
     result: dict[str, Any] = {}
-    varied = [p.key for p in space.parameters if len({json.dumps(t.params.get(p.key)) for t in frozen}) > 1]
-    if len(frozen) < 4 or not varied:
-        return {"note": f"needs at least 4 feasible trials that vary a parameter (have {len(frozen)})"}
-    sub = optuna.create_study(directions=[o.sense for o in space.objectives])
-    sub.add_trials(frozen)
+
     def objective(i: int) -> Callable[[Any], float]:
         def value(t: Any) -> float:
             return float(t.values[i])
@@ -74,6 +71,14 @@ def _importances(space: Space, study: Any, numbers: set[int]) -> dict[str, Any]:
         return value
 
     for i, o in enumerate(space.objectives):
+        use = [frozen[r["trial"]] for r in records if r["trial"] in frozen and frozen[r["trial"]].values is not None
+               and (r.get("simulated") or o.name not in ACCURACY_OBJECTIVES)]
+        varied = [p.key for p in space.parameters if len({json.dumps(t.params.get(p.key)) for t in use}) > 1]
+        if len(use) < 4 or not varied:
+            result[o.name] = {"note": f"needs at least 4 trials with a value of {o.name} that vary a parameter (have {len(use)})"}
+            continue
+        sub = optuna.create_study(directions=[x.sense for x in space.objectives])
+        sub.add_trials(use)
         try:
             imp = optuna.importance.get_param_importances(sub, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=space.seed),
                                                           params=varied, target=objective(i))
@@ -122,7 +127,7 @@ def write_outputs(space: Space, study: Any, base: dict[str, Any], out: Path, con
         best["ratio_to_base"] = {o.name: (best["metrics"][o.name] / base[o.name] if base.get(o.name) else None)
                                  for o in space.objectives if o.name in best["metrics"]}
         atomic_write_text(out / "best_chip.yaml", (out / best["chip_yaml"]).read_text(encoding="utf-8"), "best chip YAML")
-    importances = _importances(space, study, {r["trial"] for r in ok})
+    importances = _importances(space, study, records)
     summary = {
         "space": space.name, "base": space.base, "workload": space.workload.model_dump(mode="json"),
         "objectives": [{"name": o.name, "direction": o.sense} for o in space.objectives],
@@ -198,11 +203,9 @@ def _write_html(space: Space, records: list[dict[str, Any]], ok: list[dict[str, 
         if not isinstance(imp, dict) or "note" in imp:
             continue
         bar = go.Figure(go.Bar(x=list(imp.values()), y=list(imp.keys()), orientation="h"))
-        bar.update_layout(title=f"parameter importance for {obj} (fANOVA over feasible trials)", height=120 + 30 * len(imp))
+        bar.update_layout(title=f"parameter importance for {obj} (fANOVA over the trials with a value of it)", height=120 + 30 * len(imp))
         parts.append(bar.to_html(full_html=False, include_plotlyjs=False))
     notes = [html.escape(f"{k}: {v['note']}") for k, v in importances.items() if isinstance(v, dict) and "note" in v]
-    if "note" in importances:
-        notes.append(html.escape(str(importances["note"])))
     best_yaml = (out / "best_chip.yaml").read_text(encoding="utf-8") if entries else "no feasible design"
     rows = "".join(f"<tr><td>{e['trial']}</td>" + "".join(f"<td>{html.escape(_fmt(n, e['metrics'].get(n)))}</td>" for n in names)
                    + f"<td>{html.escape(', '.join(f'{k}={v}' for k, v in e['params'].items()))}</td></tr>" for e in entries)
