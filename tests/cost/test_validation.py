@@ -33,6 +33,8 @@ from cimflow.cost.validation import (
     LinearMVM,
     ModelWorkload,
     Reported,
+    _predictions_replacing_derived,
+    _published_benchmarks,
     benchmark_chip,
     chip_benchmarks,
     compare,
@@ -164,14 +166,41 @@ def test_one_row_per_benchmark_and_reported_figure(rows):
         assert row.unit == METRICS[row.metric].unit
 
 
+REPLACING_DERIVED = {b.name for b in _predictions_replacing_derived(_published_benchmarks())}
+
+
 @pytest.mark.parametrize("key", [(b.name, f.metric) for b in chip_benchmarks() for f in b.reported
-                                 if f.metric in ("tops_w", "tops_mm2")], ids=lambda key: "-".join(key))
+                                 if f.metric in ("tops_w", "tops_mm2") and b.name not in REPLACING_DERIVED],
+                         ids=lambda key: "-".join(key))
 def test_efficiency_figures_within_20_percent(rows, key):
     row = rows[key]
     assert abs(row.error) <= TOLERANCE, f"{key}: predicted {row.predicted:.4g} vs reported {row.reported:.4g}"
     if row.derived:
         # derived from this figure: agreement by construction, up to the digitization of the source
         assert abs(row.error) < 0.02
+
+
+def test_every_derived_chip_also_has_a_prediction(rows):
+    """Each chip whose figures were derived from its reported numbers gets a row predicted from
+    design parameters (bottom-up with the survey ADC law, or across nodes), never back-solved."""
+    derived_chips = {chip.split("@")[0] for (chip, _), r in rows.items() if r.derived and not chip.startswith("neurram")}
+    predicted_for = {name.split("@")[0] for name in REPLACING_DERIVED}
+    assert derived_chips - {"tsmc-dcim-5nm"} <= predicted_for  # the 5 nm macro's reverse would repeat the 22 nm row
+    for name in REPLACING_DERIVED:
+        assert all(not rows[name, m].derived for (c, m) in rows if c == name)
+
+
+def test_bottom_up_predictions_miss_in_the_direction_the_models_say(rows):
+    """Bottom-up rows lack the periphery that the derived converter energy stood for, so they
+    overpredict TOPS/W; C V^2 node scaling alone carries too little of 5 nm's efficiency to
+    22 nm (so the 22 nm macro is underpredicted). Measured when written: +148 %, +170 %,
+    +729 % and -69 %."""
+    for chip in ("ibm-speech", "tsinghua-reram-2020", "tsinghua-rram-576k"):
+        row = rows[f"{chip}@survey-adc", "tops_w"]
+        assert row.predicted > row.reported and not row.within_tolerance
+        # the survey converter is cheaper than the derived remainder it replaces
+        assert row.predicted > rows[chip, "tops_w"].predicted
+    assert rows["tsmc-dcim-22nm@from-5nm", "tops_w"].error < -0.5
 
 
 def test_reported_figures_are_checked():
