@@ -59,6 +59,7 @@ from cimflow.sim.array_state import (
     reference_sums,
 )
 from cimflow.sim.readout import AdcStraightThrough, ReadStats, StraightThroughWeight, input_planes
+from cimflow.sim.single_read import single_read
 
 _EPS = EPS
 
@@ -374,43 +375,9 @@ class CrossbarEngine(ArrayInstance):
     @torch.no_grad()
     def _forward_single_read(self, x: torch.Tensor) -> torch.Tensor:
         """Inference fast path for one slice and one pulse (any number of contiguous read
-        groups, as one batched matmul): the same arithmetic as the general path, kept in
-        integer DAC codes and fused in place."""
-        steps_in = float((1 << (self.spec.input_encoding.bits - 1)) - 1) if self.spec.input_encoding.bits > 1 else 1.0
-        scale_x = self._input_scale(x)
-        if self.spec.input_encoding.bits > 1:
-            xi = x * (steps_in / scale_x)
-            if self.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
-                xi.clamp_(-steps_in, steps_in)
-            xi.round_()  # DAC codes
-        else:
-            xi = torch.sign(x)
-        if self.collect_stats:
-            self._record_stats(xi)
-        if self.is_digital:
-            return (xi @ self.w_eff[0]).mul_(self.w_scale / steps_in).mul_(scale_x)
-        w = self.w_eff[0]  # (G, gr, out): one slice, G read groups
-        g = w.shape[0]
-        # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding
-        acc = fastmm.grouped_products(xi, w, self.grid.in_features)
-        if self.read_var is not None:
-            var = self._read_variance(xi)  # one normal draw below for all groups
-            acc.addcmul_(self._read_normal(acc), var.sqrt_())
-        bits = self.spec.analog_adc().bits
-        rng = self.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
-        if bits > 1:
-            steps_adc = float((1 << (bits - 1)) - 1)
-            ahead = steps_adc / rng
-            if self.output_gain is not None:
-                ahead = ahead * self.output_gain  # drift compensation, ahead of the ADC
-            acc.mul_(ahead).clamp_(-steps_adc, steps_adc).round_()
-            acc.mul_(rng * (self.w_scale / (steps_adc * steps_in)))  # ADC step and weight scale in one pass
-        else:
-            if self.output_gain is not None:
-                acc.mul_(self.output_gain)
-            acc = torch.sign(acc).mul_(rng * (self.w_scale / steps_in))
-        y = acc[0] if g == 1 else acc.sum(dim=0)
-        return y.mul_(scale_x)
+        groups, as one batched matmul): :func:`cimflow.sim.single_read.single_read`, the same
+        arithmetic as the general path, kept in integer DAC codes and fused in place."""
+        return single_read(self, x)[0]
 
     def _read_variance(self, xi: torch.Tensor) -> torch.Tensor:
         """Read-noise variance (G, N, out) of each group's column sums for DAC codes ``xi``

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cimflow.chip.spec import ArraySpec
-from cimflow.sim import train_read
+from cimflow.sim import single_read
 from cimflow.sim.engine import CrossbarEngine
 
 
@@ -85,9 +85,9 @@ class CIMLayer(nn.Module):
     def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         self.engine.record_input(x2d)
         weight = self.weight_matrix()
-        if torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad) and train_read.applies(self.engine):
+        if torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad) and single_read.applies(self.engine):
             # training: the noisy read forward, straight-through gradients in closed form
-            return train_read.SingleReadStraightThrough.apply(x2d, weight, self.engine)
+            return single_read.SingleReadStraightThrough.apply(x2d, weight, self.engine)
         return self.engine(x2d, weight)
 
     def extra_repr(self) -> str:

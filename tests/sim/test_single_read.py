@@ -1,4 +1,4 @@
-"""The fused training read (sim/train_read.py): its closed-form straight-through gradients
+"""The fused training read (sim/single_read.py): its closed-form straight-through gradients
 equal the general path's autograd - one read group and several, with and without ADC
 clipping, with a fixed (calibrated) input range that clips - and its forward is the
 inference read (same seed, same values); its read noise keeps the exact path's moments."""
@@ -13,7 +13,7 @@ from cimtest import chip_with
 from torch import nn
 
 import cimflow
-from cimflow.sim import train_read
+from cimflow.sim import single_read
 
 PCM = "arrays.pcm.device."
 # HERMES-like arrays (256 rows: 600 inputs take 3 read groups) without noise, so both
@@ -24,7 +24,7 @@ QUIET_IDEAL = chip_with("ideal", **{"arrays.analog.adc.bits": 6})
 
 
 def _grads(chip, fused: bool, adc_scale: float = 1.0, input_range: float | None = None):
-    train_read.ENABLED = fused
+    single_read.ENABLED = fused
     try:
         torch.manual_seed(0)
         cim = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(600, 64), nn.ReLU(), nn.Linear(64, 10)), chip), seed=0)
@@ -39,7 +39,7 @@ def _grads(chip, fused: bool, adc_scale: float = 1.0, input_range: float | None 
         y.pow(2).sum().backward()
         return [y.detach(), x.grad, cim[0].weight.grad, cim[2].weight.grad]
     finally:
-        train_read.ENABLED = True
+        single_read.ENABLED = True
 
 
 @pytest.mark.parametrize("chip", [QUIET_IDEAL, QUIET_PCM], ids=["one-group", "three-groups"])

@@ -17,7 +17,7 @@ ADC's rounding passed straight through, zero where the ADC (or a fixed-range DAC
   (in, out) - the programmed weights' gradient divided by the weight scale.
 
 When no partial sum clipped (the usual case: the ADC's full scale is the largest column
-sum) each is one matmul, as in the float layer's backward. ``tests/sim/test_train_read.py``
+sum) each is one matmul, as in the float layer's backward. ``tests/sim/test_single_read.py``
 pins both against the general path's autograd.
 """
 
