@@ -42,10 +42,12 @@ def dead_cells(target_shape: tuple[int, int, int], rows: int, cols: int, spec: A
     row_tiles, col_tiles = -(-in_features // rows), -(-out_columns // cols)
     bad_rows = unrepaired_dead_rows(row_tiles * col_tiles, rows, spec, row_generator, device)  # (arrays, rows)
     bad_cols = dead_columns((s_count, row_tiles * col_tiles, cols), spec, col_generator, device)  # (S, arrays, cols)
-    rows_full = bad_rows.view(row_tiles, col_tiles, rows).permute(0, 2, 1).reshape(row_tiles * rows, col_tiles)
-    rows_full = rows_full.repeat_interleave(cols, dim=1)[:in_features, :out_columns]  # (in, out)
-    cols_full = bad_cols.view(s_count, row_tiles, col_tiles * cols).repeat_interleave(rows, dim=1)[:, :in_features, :out_columns]
-    return rows_full.unsqueeze(0) | cols_full
+    i = torch.arange(in_features, device=device)
+    j = torch.arange(out_columns, device=device)
+    array = (i // rows).unsqueeze(1) * col_tiles + (j // cols).unsqueeze(0)  # (in, out): the array holding each cell
+    on_dead_row = bad_rows[array, (i % rows).unsqueeze(1)]  # only the cells in use: never a whole 65536 x 65536 array
+    on_dead_col = bad_cols[:, array, (j % cols).unsqueeze(0)]
+    return on_dead_row.unsqueeze(0) | on_dead_col
 
 
 def unrepaired_row_probability(rows: int, spec: ArrayYield) -> float:
