@@ -113,14 +113,18 @@ def test_fast_and_exact_paths_pool_the_same_values_without_read_noise(monkeypatc
     assert 0 < alone_reads < layer.stats["reads"]  # some lookups were read alone, some shared a read
 
 
-@pytest.mark.parametrize("case", ["plain", "drifted_compensated", "overflow"])
+@pytest.mark.parametrize("case", ["plain", "drifted_compensated", "overflow", "lazy"])
 def test_fast_and_exact_paths_have_the_same_moments(monkeypatch, case):
     """With read noise, the pooled outputs over repeated forwards: mean and spread per output
     with lone rows from the outcome table equal those of the exact path; also after a day of
-    drift with per-column compensation (the gain enters the codes), and when rows have more
-    noise-sensitive steps than the slots hold (those rows then take the exact path)."""
+    drift with per-column compensation (the gain enters the codes), when rows have more
+    noise-sensitive steps than the slots hold (those rows then take the exact path), and for
+    an uncached table whose outcomes are hashed row by row as rows are first read."""
     if case == "overflow":
         monkeypatch.setattr(pooling, "MAX_SLOTS", 1)
+    if case == "lazy":
+        monkeypatch.setattr(embedding, "CACHE_CELLS", 1000)
+        monkeypatch.setattr(pooling, "BUILD_ROWS", 64)
     layer = table_layer(noisy_chip(0.08), rows=2500, dim=5)
     if case == "drifted_compensated":
         layer.set_compensation("per_column")
@@ -131,6 +135,9 @@ def test_fast_and_exact_paths_have_the_same_moments(monkeypatch, case):
     table = layer._singles[1]
     if case == "overflow":
         assert table.fits is not None and not bool(table.fits.all())
+    if case == "lazy":  # the first 64 rows (the slot-width sample) and the rows read, nothing else
+        assert table.known is not None
+        assert int(table.known.sum()) == torch.unique(torch.cat([v, torch.arange(64)])).numel()
     with monkeypatch.context() as patch:
         patch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
         exact = draws(layer, v, o, n)

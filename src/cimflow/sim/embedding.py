@@ -454,6 +454,7 @@ class CIMEmbeddingBag(ArrayInstance):
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
+            singles.ensure(idx)
             per_bag = torch.bincount(bags, minlength=n_bags)
             alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
                                           self.group_rows)
@@ -521,8 +522,9 @@ class CIMEmbeddingBag(ArrayInstance):
             w, var = self._rows_effective(rows)
             return w.reshape(rows.numel(), -1), None if var is None else var.reshape(rows.numel(), -1)
 
-        table = pooling.single_read_table(effective, self.num_embeddings, self._significance.to(device), self.w_scale, gain,
-                                          self.spec.analog_adc().bits, self.adc_range, NOISE_TAIL, device)
+        # uncached tables hash a row's outcomes when it is first read (lazy), cached ones build them all at once
+        table = pooling.SingleReads(effective, self.num_embeddings, self._significance.to(device), self.w_scale, gain,
+                                    self.spec.analog_adc().bits, self.adc_range, NOISE_TAIL, device, lazy=self.pool_cache is None)
         self._singles = (pooling.state_key(state), table)
         return table
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,26 +43,6 @@ SINGLE_READ_ENTRIES = 1 << 26
 MAX_SLOTS = 16
 #: The slot width is the smallest that fits this fraction of the rows (the rest: exact path).
 SLOT_QUANTILE = 0.999
-
-
-@dataclass
-class SingleReads:
-    """Outcome table of every single-row read of one table (see the module docstring).
-
-    ``base`` (rows, dim): pooled value of the read with every cell at its noise-free code.
-    ``slots`` (rows, M, 4): the row's noise-sensitive code steps, each as (centre, half
-    width, value change in table units, output column): the step is taken when the cell's
-    uniform draw u has ``|u - centre| < half width`` (an interval of length p at 0 for a
-    step up, at 1 for a step down), so one draw per cell samples its code by inverting its
-    CDF. Unused slots have half width 0. ``cell_of`` (rows, M): which of the row's draws a
-    slot uses (None when every slot is its own cell's only step). ``fits`` (rows,): rows
-    whose steps all fit in the slots (None: every row)."""
-
-    base: torch.Tensor
-    slots: torch.Tensor | None
-    cell_of: torch.Tensor | None
-    fits: torch.Tensor | None
-    draws: int  # uniform draws per lookup
 
 
 def _step_probabilities(x: torch.Tensor, sigma: torch.Tensor, codes: torch.Tensor, tail: float,
@@ -103,7 +82,7 @@ def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: tor
     near = (x - codes).abs() + reach >= 0.5  # the exact path's test for drawing noise
     rows_of, cells_of = near.nonzero(as_tuple=True)  # row-major: cells of a row together
     if not rows_of.numel():
-        return base, None
+        return base, torch.zeros(0, 7, dtype=torch.float64, device=w.device)
     per_row = torch.bincount(rows_of, minlength=n)
     rank = torch.arange(rows_of.numel(), device=w.device) - (torch.cumsum(per_row, 0) - per_row)[rows_of]
     xs, cs, rs = x[rows_of, cells_of], codes[rows_of, cells_of], reach[rows_of, cells_of]
@@ -121,45 +100,93 @@ def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: tor
     return base, torch.cat(entries)
 
 
-def single_read_table(effective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], rows: int,
-                      significance: torch.Tensor, col_scale: torch.Tensor, gain: torch.Tensor | None, bits: int,
-                      full: float, tail: float, device: torch.device) -> SingleReads:
-    """Build :class:`SingleReads` from ``effective(idx)`` -> (n, S * dim) effective weights and
-    read-noise variances (cell units; variances None without read noise), the slices'
-    ``significance`` (S), the table's column scale (dim), the drift-compensation ``gain``
-    (scalar or S * dim, or None), the ADC ``bits`` and full scale ``full`` (cell units) and
-    the noise's clamp ``tail`` (standard deviations)."""
-    bases, parts = [], []
-    for r0 in range(0, rows, BUILD_ROWS):
-        idx = torch.arange(r0, min(rows, r0 + BUILD_ROWS), device=device)
-        w, var = effective(idx)
-        base, steps = _block_outcomes(w, var, significance, col_scale, gain, bits, full, tail)
-        bases.append(base)
-        if steps is not None:
-            steps[:, 0] += r0
-            parts.append(steps)
-    base = torch.cat(bases).contiguous()
-    steps = torch.cat(parts) if parts else torch.zeros(0, 7, dtype=torch.float64, device=device)
-    if not steps.shape[0]:
-        return SingleReads(base=base, slots=None, cell_of=None, fits=None, draws=0)
-    row, cell, order = steps[:, 0].long(), steps[:, 1].long(), steps[:, 6].long()
-    n_cell, n_order = int(cell.max()) + 1, int(order.max()) + 1
-    steps = steps[torch.sort((row * n_cell + cell) * n_order + order).indices]  # by row, then cell, then step
-    row, cell = steps[:, 0].long(), steps[:, 1].long()
-    per_row = torch.bincount(row, minlength=rows)
-    slot = torch.arange(row.numel(), device=device) - (torch.cumsum(per_row, 0) - per_row)[row]
-    width = int(torch.sort(per_row).values[min(rows - 1, int(SLOT_QUANTILE * rows))])
-    width = max(1, min(width, MAX_SLOTS))
-    fits = per_row <= width
-    keep = fits[row]
-    slots = torch.zeros(rows, width, 4, device=device)
-    slots[row[keep], slot[keep]] = steps[keep][:, 2:6].float()
-    shared = bool((cell[keep] != slot[keep]).any())
-    cell_of = None
-    if shared:  # a cell with several steps: its steps share its draw
-        cell_of = torch.zeros(rows, width, dtype=torch.int64, device=device)
-        cell_of[row[keep], slot[keep]] = cell[keep]
-    return SingleReads(base=base, slots=slots, cell_of=cell_of, fits=None if bool(fits.all()) else fits, draws=width)
+class SingleReads:
+    """Outcome table of the single-row reads of one table (see the module docstring), built
+    at once (``lazy=False``) or row by row as rows are first read (:meth:`ensure`).
+
+    ``base`` (rows, dim): pooled value of the read with every cell at its noise-free code.
+    ``slots`` (rows, M, 4): the row's noise-sensitive code steps, each as (centre, half
+    width, value change in table units, output column): the step is taken when the cell's
+    uniform draw u has ``|u - centre| < half width`` (an interval of length p at 0 for a
+    step up, at 1 for a step down), so one draw per cell samples its code by inverting its
+    CDF. Unused slots have half width 0; None without read noise. ``cell_of`` (rows, M):
+    which of the row's ``draws`` uniforms a slot uses (None while every slot is its cell's
+    only step). ``fits`` (rows,): rows whose steps all fit in the slots (the others are read
+    through the exact path; None: every row). M is the smallest width that holds
+    :data:`SLOT_QUANTILE` of the first :data:`BUILD_ROWS` rows, at most :data:`MAX_SLOTS`.
+
+    ``effective(idx)`` gives rows' (n, S * dim) effective weights and read-noise variances
+    (cell units; variances None without read noise); ``significance`` (S) the slices',
+    ``col_scale`` (dim) the table's column scale, ``gain`` the drift compensation (scalar or
+    S * dim, or None), ``bits`` and ``full`` the ADC (full scale in cell units), ``tail`` the
+    noise's clamp (standard deviations)."""
+
+    def __init__(self, effective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], rows: int,
+                 significance: torch.Tensor, col_scale: torch.Tensor, gain: torch.Tensor | None, bits: int, full: float,
+                 tail: float, device: torch.device, lazy: bool = False) -> None:
+        self._effective, self._args = effective, (significance, col_scale, gain, bits, full, tail)
+        sample = torch.arange(min(rows, BUILD_ROWS), device=device)
+        base, steps = self._outcomes(sample)
+        self.base = (torch.empty if lazy else torch.zeros)(rows, col_scale.numel(), device=device)
+        self.slots: torch.Tensor | None = None
+        self.cell_of: torch.Tensor | None = None
+        self.fits: torch.Tensor | None = None
+        self.draws = 0
+        if steps is not None:  # read noise: slots as wide as the sample's rows need
+            per_row = torch.bincount(steps[:, 0].long(), minlength=sample.numel())
+            width = int(torch.sort(per_row).values[min(sample.numel() - 1, int(SLOT_QUANTILE * sample.numel()))])
+            self.draws = max(1, min(width, MAX_SLOTS))
+            self.slots = torch.zeros(rows, self.draws, 4, device=device)
+            self.fits = torch.ones(rows, dtype=torch.bool, device=device)
+        self.known: torch.Tensor | None = None
+        self._write(sample, base, steps)
+        if lazy:
+            self.known = torch.zeros(rows, dtype=torch.bool, device=device)
+            self.known[sample] = True
+        else:
+            for r0 in range(sample.numel(), rows, BUILD_ROWS):
+                block = torch.arange(r0, min(rows, r0 + BUILD_ROWS), device=device)
+                self._write(block, *self._outcomes(block))
+            if self.fits is not None and bool(self.fits.all()):
+                self.fits = None
+
+    def _outcomes(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, var = self._effective(idx)
+        return _block_outcomes(w, var, *self._args)
+
+    def _write(self, idx: torch.Tensor, base: torch.Tensor, steps: torch.Tensor | None) -> None:
+        """Store the outcomes of rows ``idx`` (``steps`` as from :func:`_block_outcomes`)."""
+        self.base[idx] = base
+        slots, fits = self.slots, self.fits
+        if steps is None or not steps.shape[0] or slots is None or fits is None:  # (slots exist wherever steps do)
+            return
+        local, cell, order = steps[:, 0].long(), steps[:, 1].long(), steps[:, 6].long()
+        n_cell, n_order = int(cell.max()) + 1, int(order.max()) + 1
+        steps = steps[torch.sort((local * n_cell + cell) * n_order + order).indices]  # by row, then cell, then step
+        local, cell = steps[:, 0].long(), steps[:, 1].long()
+        per_row = torch.bincount(local, minlength=idx.numel())
+        slot = torch.arange(local.numel(), device=idx.device) - (torch.cumsum(per_row, 0) - per_row)[local]
+        fits[idx] = per_row <= self.draws
+        keep = (per_row <= self.draws)[local]
+        row = idx[local[keep]]
+        slots[row, slot[keep]] = steps[keep][:, 2:6].float()
+        if self.cell_of is None and bool((cell[keep] != slot[keep]).any()):  # a cell with several steps: they share its draw
+            self.cell_of = torch.arange(self.draws, device=idx.device).repeat(self.base.shape[0], 1)
+        if self.cell_of is not None:
+            self.cell_of[row, slot[keep]] = cell[keep]
+
+    def ensure(self, idx: torch.Tensor) -> None:
+        """Build the outcomes of the rows among ``idx`` not built yet (lazy tables)."""
+        if self.known is None:
+            return
+        missing = idx[~self.known[idx]]
+        if not missing.numel():
+            return
+        rows = torch.unique(missing)
+        for r0 in range(0, rows.numel(), BUILD_ROWS):
+            block = rows[r0 : r0 + BUILD_ROWS]
+            self._write(block, *self._outcomes(block))
+        self.known[rows] = True
 
 
 def floor_div(values: torch.Tensor, divisor: int) -> torch.Tensor:
