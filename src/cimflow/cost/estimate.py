@@ -26,8 +26,9 @@ converts nothing). Energies::
     dac_drivers          = driven rows * E_row        (dac.energy_pj, else cols C_cell V_supply²)
     adc                  = conversions * E_conv       (conversion.energy_pj, moved from the bits it
                                                        was quoted at along the converter law; else
-                                                       the law: Walden FOM(node, V) 2^bits + the
-                                                       survey's thermal floor, 4x per bit)
+                                                       the law fitted to the ADC survey,
+                                                       cimflow.cost.adc_law, at the converter's
+                                                       bits, rate, node and supply)
     adder_tree_shift_add = accumulations * E_add(acc bits)     (Horowitz adds, C V² scaled)
 
 Digital CIM arrays: ``bit ops = M * rows * out * weight_bits * input_bits`` at
