@@ -190,6 +190,19 @@ def test_bad_command_lines_get_one_line(tmp_path: Path, capsys: pytest.CaptureFi
         assert info.value.code == 2 and needle in err and err.count("\n") == 1
 
 
+def test_a_bad_space_file_is_one_line_from_a_real_process_without_torch(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: ideal\nworkload: {kind: digits}\nparameters: [{name: adc_bitz, values: [4]}]\n"
+                   "objectives: [{name: top1}]\n")
+    code = ("import sys\nfrom cimflow.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print(sorted(m for m in ('torch', 'optuna', 'ray') if m in sys.modules))\n    raise\n")
+    result = subprocess.run([sys.executable, "-c", code, "explore", str(bad)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout.strip() == "[]"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown parameter 'adc_bitz'; known parameters: adc_bits" in lines[0]
+
+
 def test_designs_change_the_named_fields_and_bad_designs_are_one_line():
     space = space_from_dict({"name": "d", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "recsys"},
                              "parameters": [{"name": "adc_bits", "values": [5]}, {"name": "cell_bits", "values": [3]},

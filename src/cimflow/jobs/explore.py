@@ -389,13 +389,8 @@ def _feasible(record: dict[str, Any]) -> bool:
 def run_explore(space_path: str | Path, options: ExploreOptions, console: Console | None = None,
                 on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an exploration; returns the summary also written to ``OUT/pareto.json``."""
-    import optuna
-
-    from cimflow.jobs.explore_report import write_outputs
-    from cimflow.progress import progress_bar
-
     console = console or Console()
-    space = load_space(space_path)
+    space = load_space(space_path)  # a bad space file is one line before anything heavy is imported
     trials = options.trials if options.trials is not None else space.trials
     if not 1 <= trials <= 100_000:
         raise CimflowError(f"--trials {trials}: give 1 to 100000 trials")
@@ -410,6 +405,11 @@ def run_explore(space_path: str | Path, options: ExploreOptions, console: Consol
         raise CimflowError(f"--out {out} is a file: give a folder for the exploration's outputs")
     if not out.parent.is_dir():
         raise CimflowError(f"--out {out}: the folder {out.parent} does not exist (create it first)")
+    import optuna
+
+    from cimflow.jobs.explore_report import write_outputs
+    from cimflow.progress import progress_bar
+
     out.mkdir(exist_ok=True)
     (out / "trials").mkdir(exist_ok=True)
     lock = _take_lock(out)
