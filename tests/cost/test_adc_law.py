@@ -178,3 +178,19 @@ def test_shipped_constants_are_the_fit_of_the_shipped_survey(survey: AdcSurvey, 
     recorded = shipped.provenance["cross_validation"]
     assert recorded["cv_median_abs_log10_error"] == pytest.approx(median_cv.cv_median_abs_log10_error, abs=1e-3)
     assert recorded["cv_p90_abs_log10_error"] == pytest.approx(median_cv.cv_p90_abs_log10_error, abs=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(law=st.one_of(st.sampled_from(["median", "frontier", "Median", "", "best"]), st.integers(), st.none(), st.just(["median"])),
+       year=st.one_of(st.integers(1900, 2100), st.floats(), st.booleans(), st.text(max_size=4)))
+def test_cost_options_adc_fields_are_accepted_or_refused_in_one_line(law, year):
+    from cimflow.cost.estimate import CostOptions
+
+    try:
+        options = CostOptions(adc_law=law, adc_year=year)
+    except CimflowError as err:
+        assert "CostOptions.adc_" in str(err) and "\n" not in str(err)
+        return
+    assert options.adc_law in ADC_LAW_QUANTILES and isinstance(options.adc_year, int) and 1997 <= options.adc_year <= 2025
+    energy = load_adc_law(options.adc_law).energy_j(6.0, 1e7, 28e-9, 0.9, options.adc_year)
+    assert math.isfinite(energy) and energy > 0

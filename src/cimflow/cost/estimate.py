@@ -157,7 +157,7 @@ class CostOptions:
         fom = self.adc_fom_j_per_step  # published converters: ~1e-15 to 1e-12 J per step
         if fom is not None and not (real(fom) and 0 < fom <= 1e-9):
             raise CimflowError(f"CostOptions.adc_fom_j_per_step must be None or a number of joules in (0, 1e-9], got {fom!r}")
-        if self.adc_law not in ADC_LAW_QUANTILES:
+        if not isinstance(self.adc_law, str) or self.adc_law not in ADC_LAW_QUANTILES:
             raise CimflowError(f"CostOptions.adc_law must be one of {', '.join(ADC_LAW_QUANTILES)}, got {self.adc_law!r}")
         year = self.adc_year
         if not (isinstance(year, int) and not isinstance(year, bool) and 1997 <= year <= 2025):
