@@ -203,6 +203,28 @@ def test_a_bad_space_file_is_one_line_from_a_real_process_without_torch(tmp_path
     assert len(lines) == 1 and "unknown parameter 'adc_bitz'; known parameters: adc_bits" in lines[0]
 
 
+def test_recsys_cost_only_exploration_on_sqlite_passes_the_mapping_through(tmp_path: Path):
+    space = tmp_path / "recsys.yaml"
+    space.write_text(textwrap.dedent("""\
+        name: rs
+        base: hybrid-rram-sram-28nm
+        workload: {kind: recsys, shape: custom, tables: [20000, 5000], dim: 16, pooling: 2, batch: 32, sample_queries: 256}
+        parameters: [{name: hot_tier_fraction, values: [0.0, 1.0]}, {name: replicate, values: [true, false]}]
+        objectives: [{name: qps_per_w}, {name: area_mm2}]
+        """))
+    out = tmp_path / "out"
+    summary = run_explore(space, ExploreOptions(out=out, quiet=True, storage=f"sqlite:///{tmp_path / 'study.db'}"))
+    assert (tmp_path / "study.db").exists() and not (out / "study.journal").exists()
+    records = _records(out)
+    assert len(records) == 4 and summary["trials"]["complete"] == 4
+    for r in records:
+        sram_rows = sum(t["placement"].get("sram", 0) for t in r["cost"]["detail"]["tiers"])
+        assert (sram_rows == 0) == (r["params"]["hot_tier_fraction"] == 0.0)
+        assert any(op["substrate"] == "array" for op in r["cost"]["detail"]["plan"])  # the plan is in the record
+        assert not r["simulated"] and r["metrics"]["area_mm2"] > 0
+    assert set(summary["importances"]) == {"qps_per_w", "area_mm2"}
+
+
 def test_designs_change_the_named_fields_and_bad_designs_are_one_line():
     space = space_from_dict({"name": "d", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "recsys"},
                              "parameters": [{"name": "adc_bits", "values": [5]}, {"name": "cell_bits", "values": [3]},

@@ -180,9 +180,10 @@ def _recsys_cost(space: Space, chip: Chip, mapping: Mapping) -> dict[str, Any]:
                "area_mm2": float(system["area_mm2_per_chip"]) * int(result["chips"]), "chips": int(result["chips"]),
                "bound_by": str(result["bound_by"])}
     detail = {"system": system, "tiers": result["tiers"], "sharding": result["sharding"],
-              "plan": [{k: op.get(k) for k in ("name", "op_type", "substrate", "array_kind", "arrays", "replication") if k in op}
-                       for op in result["cost"].get("ops", [])],
-              "energy_by_component_j": result["cost"].get("energy_by_component"), "notes": result["notes"]}
+              "plan": [{k: op.get(k) for k in ("name", "op_type", "substrate", "array_kind", "latency_s", "total_energy_j") if k in op}
+                       for op in result["cost"]["per_op"] if op.get("total_energy_j") or op.get("latency_s")],
+              "energy_by_component_j": result["cost"]["by_component_j"], "area_by_component_m2": result["cost"]["area_by_component_m2"],
+              "notes": result["notes"]}
     return {"metrics": metrics, "detail": detail}
 
 
