@@ -341,6 +341,36 @@ def validate_chips_cmd(
         console.print(f"wrote {out}")
 
 
+@validate_app.command("adc")
+def validate_adc_cmd(
+    k: int = typer.Option(5, "--k", help="folds of the cross-validation (grouped by paper), 2 to the number of papers"),
+    seed: int = typer.Option(0, "--seed", help="seed of the fold assignment"),
+    out: Path | None = typer.Option(None, "--out", help="write the held-out errors of both laws as JSON"),
+) -> None:
+    """Error of the ADC energy law on converters of the ADC survey held out of its fit.
+
+    Fits the median and frontier laws of cimflow.cost.adc_law on all folds but one and scores
+    the converters of the papers left out: |log10(predicted / reported)|, 0.3 = a factor 2.
+
+    Example: cimflow validate adc; cimflow validate adc --k 10 --out adc.json
+    """
+    from cimflow.cost.adc_law import ADC_LAW_QUANTILES, cross_validate_adc_law, read_adc_survey
+
+    _check_outputs(out=out)
+    survey = read_adc_survey()
+    results = {name: cross_validate_adc_law(survey, q, k=k, seed=seed) for name, q in ADC_LAW_QUANTILES.items()}
+    table = Table(title=f"ADC law: {len(survey)} Nyquist converters, {k} folds by paper (|log10 error|; 0.3 = x2)")
+    for col in ("law", "held-out median", "held-out p90", "held-out below the law", "in-sample median"):
+        table.add_column(col, justify="left" if col == "law" else "right")
+    for name, r in results.items():
+        table.add_row(name, f"{r.cv_median_abs_log10_error:.3f}", f"{r.cv_p90_abs_log10_error:.3f}", _pct(r.cv_fraction_below),
+                      f"{r.fit_median_abs_log10_error:.3f}")
+    console.print(table)
+    if out is not None:
+        _write_json(out, {name: r.to_dict() for name, r in results.items()})
+        console.print(f"wrote {out}")
+
+
 @validate_app.command("calibrate")
 def validate_calibrate_cmd(
     csv: Path | None = typer.Argument(

@@ -194,3 +194,22 @@ def test_cost_options_adc_fields_are_accepted_or_refused_in_one_line(law, year):
     assert options.adc_law in ADC_LAW_QUANTILES and isinstance(options.adc_year, int) and 1997 <= options.adc_year <= 2025
     energy = load_adc_law(options.adc_law).energy_j(6.0, 1e7, 28e-9, 0.9, options.adc_year)
     assert math.isfinite(energy) and energy > 0
+
+
+def test_cli_validate_adc(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cimflow.cli import app, main
+
+    out = tmp_path / "adc.json"
+    result = CliRunner().invoke(app, ["validate", "adc", "--k", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data) == set(ADC_LAW_QUANTILES) and data["median"]["k"] == 2
+    assert 0 < data["median"]["cv_median_abs_log10_error"] < data["median"]["cv_p90_abs_log10_error"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "adc", "--k", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "k must be an integer" in err[0]
