@@ -225,6 +225,23 @@ def test_recsys_cost_only_exploration_on_sqlite_passes_the_mapping_through(tmp_p
     assert set(summary["importances"]) == {"qps_per_w", "area_mm2"}
 
 
+@pytest.mark.slow
+def test_digits_workload_accuracy_falls_with_a_one_bit_adc():
+    from cimflow.jobs.explore_design import evaluate_accuracy, evaluate_cost
+
+    space = space_from_dict({"name": "dg", "base": "rram-analog-generic", "workload": {"kind": "digits"},
+                             "accuracy": {"instances": 1, "times": ["1s"]},
+                             "parameters": [{"name": "adc_bits", "values": [1, 8]}], "objectives": [{"name": "top1"}]})
+    cost = evaluate_cost(space, {"adc_bits": 8})["metrics"]
+    assert cost["qps"] > 0 and cost["qps_per_w"] > 0 and cost["area_mm2"] > 0
+    fine, coarse = (evaluate_accuracy(space, {"adc_bits": b}) for b in (8, 1))
+    for acc in (fine, coarse):
+        m = acc["metrics"]
+        assert 0 <= m["top1"] <= 1 and m["top1_loss"] == pytest.approx(acc["detail"]["fp32"] - m["top1"])
+    # 10 classes: a 1-bit converter leaves the CNN far below the 8-bit design (chance is 0.1)
+    assert fine["metrics"]["top1"] > 0.8 and coarse["metrics"]["top1"] < fine["metrics"]["top1"] - 0.3
+
+
 def test_designs_change_the_named_fields_and_bad_designs_are_one_line():
     space = space_from_dict({"name": "d", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "recsys"},
                              "parameters": [{"name": "adc_bits", "values": [5]}, {"name": "cell_bits", "values": [3]},
