@@ -111,7 +111,8 @@ def test_generic_drift_is_thermally_activated_when_given_an_activation_energy() 
     from cimflow.sim.array_state import drifted
 
     def device(**kw) -> Device:
-        return Device(technology="rram", g_min=0.0, g_max=G_MAX, levels=8, drift={"nu_mean": 0.05, "t0_s": 1.0, **kw.pop("drift", {})}, **kw)
+        drift = {"nu_mean": 0.05, "t0_s": 1.0, **kw.pop("drift", {})}
+        return Device(technology="rram", g_min=0.0, g_max=G_MAX, levels=8, drift=drift, **kw)
 
     g = torch.full((8,), 0.5 * G_MAX)
     nu = torch.full((8,), 0.05)

@@ -143,7 +143,8 @@ def with_dead_lines(mask: torch.Tensor, device: Device, seed: int, stream: str, 
         return mask
     row_gen = generator_for(seed, stream, "yield-rows", device=mask.device)
     col_gen = generator_for(seed, stream, "yield-cols", side, device=mask.device)
-    dead = dead_cells((mask.shape[0], mask.shape[1], mask.shape[2]), array_shape[0], array_shape[1], device.array_yield, row_gen, col_gen, device=mask.device)
+    shape = (mask.shape[0], mask.shape[1], mask.shape[2])
+    dead = dead_cells(shape, array_shape[0], array_shape[1], device.array_yield, row_gen, col_gen, device=mask.device)
     return torch.where(dead, torch.full_like(mask, -1), mask)
 
 
