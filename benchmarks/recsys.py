@@ -2,22 +2,28 @@
 
 1. Simulated DLRM inference throughput (hybrid-rram-sram-28nm: tables pooled in RRAM
    arrays, MLPs on SRAM CIM) as a fraction of plain PyTorch DLRM on the same batch
-   (target >= 0.5x). Model: the MovieLens-shaped DLRM and a Criteo-like DLRM with
-   26 tables of 100k rows, pooling factor 4, Zipf-skewed indices.
+   (target >= 0.5x), and the same for the model's embedding tables alone. Models: the
+   MovieLens-shaped DLRM and a Criteo-like DLRM with 26 tables of 100k rows, pooling
+   factor 4, Zipf-skewed indices. Plain and simulated calls interleaved repeat by repeat;
+   min - median - max of the ratio over the repeats at 1 and 2 torch threads, with the load
+   average (benchmarks/embedding_pooling.py's timing).
 2. Lookup throughput on a 10^8-row synthetic table described by shape only (values and
    programming noise derived from a hash; nothing allocated).
 3. Peak resident memory of the process after each part.
 
-Run: .venv/bin/python benchmarks/recsys.py
+Run: .venv/bin/python benchmarks/recsys.py [--repeats 7] [--threads 1 2]
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import resource
 import statistics
 import time
 
 import torch
+from embedding_pooling import interleaved_ratios, line  # same directory: benchmarks/ is sys.path[0]
 
 import cimflow
 from cimflow.recsys.models import DLRM, DLRMConfig
@@ -41,7 +47,7 @@ def timed(fn, repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def dlrm_ratio(label: str, cfg: DLRMConfig, batch: int) -> None:
+def dlrm_ratio(label: str, cfg: DLRMConfig, batch: int, repeats: int, threads: list[int]) -> None:
     torch.manual_seed(0)
     model = DLRM(cfg).eval()
     data = SyntheticCriteo(table_sizes=cfg.table_sizes, pooling_factors=cfg.pooling_factors or None, alpha=1.05,
@@ -49,21 +55,37 @@ def dlrm_ratio(label: str, cfg: DLRMConfig, batch: int) -> None:
     dense, sparse, _ = data.batch(batch, 0)
     pairs = sparse.per_feature()
     cim = cimflow.program(cimflow.convert(model, "hybrid-rram-sram-28nm"), seed=0)
-    base = timed(lambda: model(dense, pairs))
-    sim = timed(lambda: cim(dense, pairs))
-    print(f"{label:44s} batch {batch:5d}: torch {batch / base:10,.0f} samples/s, simulated {batch / sim:10,.0f} samples/s, "
-          f"fraction {base / sim:5.2f}x (target >= 0.5x); peak RSS {peak_mb():,.0f} MB")
+
+    def tables(m: DLRM) -> None:
+        for table, (values, offsets) in zip(m.embeddings, pairs, strict=True):
+            table(values, offsets)
+
+    for n in threads:
+        torch.set_num_threads(n)
+        load = os.getloadavg()[0]
+        ratios, tp, ts = interleaved_ratios(lambda: model(dense, pairs), lambda: cim(dense, pairs), repeats)
+        line(f"{label}, whole model", n, ratios, tp, ts, load)
+        load = os.getloadavg()[0]
+        ratios, tp, ts = interleaved_ratios(lambda: tables(model), lambda: tables(cim), repeats)
+        line(f"{label}, tables only", n, ratios, tp, ts, load)
+    print(f"{'':38s} batch {batch}; peak RSS {peak_mb():,.0f} MB")
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error("--repeats must be at least 5 (the spread needs them)")
     movielens = DLRMConfig(dense_features=4, table_sizes=(943, 1682, 19, 21, 7, 2, 11), embedding_dim=16,
                            bottom_mlp=(64, 16), top_mlp=(64, 32, 1))
-    dlrm_ratio("DLRM, MovieLens shape", movielens, 1024)
+    dlrm_ratio("DLRM, MovieLens shape", movielens, 1024, args.repeats, args.threads)
     criteo_like = DLRMConfig(dense_features=13, table_sizes=(100_000,) * 26, embedding_dim=16, bottom_mlp=(512, 256, 64, 16),
                              top_mlp=(512, 256, 1), pooling_factors=(4,) * 26)
-    dlrm_ratio("DLRM, 26 x 100k rows, pooling 4", criteo_like, 1024)
+    dlrm_ratio("DLRM, 26 x 100k, pooling 4", criteo_like, 1024, args.repeats, args.threads)
 
+    torch.set_num_threads(max(args.threads))
     chip = cimflow.load_chip("hybrid-rram-sram-28nm")
     table = HashedTable(100_000_000, 64, seed=0, scale=0.05, name="huge")
     layer = CIMEmbeddingBag(table, chip.array(chip.embedding_kind), chip.embedding_kind, name="huge")
