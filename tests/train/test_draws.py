@@ -158,3 +158,40 @@ def test_hwa_with_fresh_generators_still_trains():
     lin, _ = _converted(_chip())
     result = cimflow.train.hwa_finetune(nn.Sequential(lin), _chip(), data, steps=2, batch_size=32, cached_draws=False)
     assert result.steps == 2 and math.isfinite(result.history[-1]["loss"])
+
+
+def test_a_device_plug_in_draws_from_pools_with_the_exact_paths_moments():
+    # pcm-hermes-like's PCM model (state-dependent drift exponents, accumulated 1/f noise):
+    # one instance from pooled draws and one from fresh generators, aged to the same time,
+    # have the same programming errors (at each cell's sigma) and the same drift-state moments
+    lin, cached = _converted("pcm-hermes-like", 256, 128)
+    exact = cimflow.convert(nn.Sequential(lin), "pcm-hermes-like")
+    draws = InstanceDraws(0)
+    assert covered(cached[0]) and cached[0].engine.spec.device.model == "pcm"
+    sample_instance(cached, step_seed(0, 1), 86400.0, torch.Generator().manual_seed(2), draws=draws)
+    sample_instance(exact, step_seed(0, 1), 86400.0, torch.Generator().manual_seed(2))
+    a, b = cached[0].engine, exact[0].engine
+    assert a.t_seconds == b.t_seconds > a.spec.device.drift.t0_s
+    dev = a.spec.device
+    targets = encode_weights(lin.weight.detach().t() / a.w_scale, a.spec)
+    target = torch.cat([targets.positive[0].reshape(-1), targets.negative[0].reshape(-1)])
+    sigma = programming_sigma(target, dev.g_max, dev.programming_noise.coefficients)
+    n = target.numel()
+    for eng in (a, b):
+        g = torch.cat([eng.g_pos[0].reshape(-1), eng.g_neg[0].reshape(-1)])
+        # away from 0 S (where clipping bends the law), stuck cells (exactly g_min or g_max) left out
+        healthy = (target > 0.2 * dev.g_max) & (g > dev.g_min) & (g < dev.g_max)
+        err = ((g - target) / sigma)[healthy]
+        m = err.numel()
+        assert abs(float(err.mean())) < 6 / math.sqrt(m) and abs(float(err.std()) - 1) < 6 / math.sqrt(2 * m)
+    # each state component (drift exponent, 1/f normal, Q_s): two samples of n cells, same mean and spread
+    sa = torch.cat([a.nu_pos.reshape(a.nu_pos.shape[0], -1), a.nu_neg.reshape(a.nu_neg.shape[0], -1)], dim=1)
+    sb = torch.cat([b.nu_pos.reshape(b.nu_pos.shape[0], -1), b.nu_neg.reshape(b.nu_neg.shape[0], -1)], dim=1)
+    for x, y in zip(sa, sb, strict=True):
+        spread = float(y.std())
+        assert abs(float(x.mean()) - float(y.mean())) < 6 * spread * math.sqrt(2 / n)
+        assert abs(float(x.std()) / spread - 1) < 6 * math.sqrt(1 / n) + 0.01
+    # the effective weights' spread around the ideal ones agrees too
+    ideal = lin.weight.detach().t() / a.w_scale
+    da, db = a.w_eff[0].reshape(-1, 128)[:256] - ideal, b.w_eff[0].reshape(-1, 128)[:256] - ideal
+    assert abs(float(da.std()) / float(db.std()) - 1) < 0.03
