@@ -85,7 +85,8 @@ def main() -> None:
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"Ray start-up (once, not in the rates): {ray_start_s:.1f} s")
     print(f"plain evaluate_cost, no search        : {_spread(plain)} designs/s (min-median-max)")
-    print(f"explore, 1 process (no Ray)           : {_spread(one)} trials/s; ratio to plain {_spread([o / p for o, p in zip(one, plain, strict=True)], '.2f')}")
+    to_plain = [o / p for o, p in zip(one, plain, strict=True)]
+    print(f"explore, 1 process (no Ray)           : {_spread(one)} trials/s; ratio to plain {_spread(to_plain, '.2f')}")
     print(f"explore, {args.workers} Ray workers              : {_spread(many)} trials/s")
     print(f"speed-up {args.workers} Ray workers / 1 process  : {_spread(speedup, '.2f')}x")
 
