@@ -204,13 +204,21 @@ def mod(values: torch.Tensor, divisor: int) -> torch.Tensor:
 def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, array_rows: int, n_arrays: int,
                   group_rows: int) -> torch.Tensor:
     """Mask of the lookups that are the only row of their bag in their array (so read alone),
-    from ``per_bag`` (lookups per bag) or one ``bincount`` over (bag, array) keys (no sort)."""
+    from ``per_bag`` (lookups per bag), one ``bincount`` over (bag, array) keys, or, when
+    there are many more keys than lookups (a bincount would mostly clear memory), one sort."""
     if group_rows == 1:
         return torch.ones_like(idx, dtype=torch.bool)
     if n_arrays == 1:
         return per_bag[bags] == 1
     key = bags * n_arrays + floor_div(idx, array_rows)
-    return torch.bincount(key, minlength=per_bag.numel() * n_arrays)[key] == 1
+    if per_bag.numel() * n_arrays <= 8 * key.numel():
+        return torch.bincount(key, minlength=per_bag.numel() * n_arrays)[key] == 1
+    key_s, order = torch.sort(key)
+    differs = key_s[1:] != key_s[:-1]
+    alone_s = torch.ones_like(key_s, dtype=torch.bool)
+    alone_s[1:] &= differs
+    alone_s[:-1] &= differs
+    return torch.empty_like(alone_s).scatter_(0, order, alone_s)
 
 
 def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, alone: torch.Tensor | None,
