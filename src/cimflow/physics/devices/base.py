@@ -169,7 +169,10 @@ class DeviceModel:
         return apply_drift(g, state, effective_time(t, self.t0, self.acceleration), self.t0)
 
     def read_sigma(self, g: torch.Tensor, t: float) -> float | torch.Tensor:
-        """Relative sigma of one read (a fraction of each cell's conductance)."""
+        """Relative sigma of one read (a fraction of each cell's conductance). Every model now
+        returns the device's ``read_noise`` field, which the simulator samples on column sums;
+        noise that accumulates with time since programming (PCM's 1/f noise, RRAM relaxation)
+        is part of :meth:`conductance`."""
         return self.spec.read_noise
 
     def write_cycles(self, verify_rounds: int) -> int:
