@@ -434,6 +434,7 @@ class CIMEmbeddingBag(ArrayInstance):
 
     def _pool(self, idx: torch.Tensor, bags: torch.Tensor, n_bags: int) -> torch.Tensor:
         out = torch.zeros(n_bags, self.embedding_dim, device=self.w_scale.device)
+        out_is_zero = True  # nothing added yet (the lone reads' sums may then replace it)
         if self.collect_stats:
             self.stats["bags"] += n_bags
             self.stats["lookups"] += int(idx.numel())
@@ -444,6 +445,7 @@ class CIMEmbeddingBag(ArrayInstance):
             hot = self.hot_rows[pos] == idx
             if bool(hot.any()):
                 out.index_add_(0, bags[hot], self.table.rows(idx[hot]).to(out.dtype))
+                out_is_zero = False
                 if self.collect_stats:
                     self.stats["hot_lookups"] += int(hot.sum())
                 idx, bags = idx[~hot], bags[~hot]
@@ -464,11 +466,12 @@ class CIMEmbeddingBag(ArrayInstance):
             n_rest = int(rest.sum())  # one host sync
             gen = self._read_generator(out.device)
             if 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
-                out.add_(pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen))
+                lone_sums = pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen)
             else:  # mostly sharing reads: gather the lone ones first
                 lone = alone.nonzero().squeeze(1)
                 lone_bags = bags[lone]
-                out.add_(pooling.pool_single(singles, idx[lone], lone_bags, torch.bincount(lone_bags, minlength=n_bags), None, gen))
+                lone_sums = pooling.pool_single(singles, idx[lone], lone_bags, torch.bincount(lone_bags, minlength=n_bags), None, gen)
+            out = lone_sums if out_is_zero else out.add_(lone_sums)
             if self.collect_stats:
                 self.stats["reads"] += idx.numel() - n_rest
             if n_rest == 0:
