@@ -17,7 +17,9 @@ does per step, each on its own converted copy of the model:
 
 The steps are interleaved repetition by repetition (every variant sees the same machine
 state) at each thread count; the script prints min / median / max over the repeats, the
-load average before and after, and each median's ratio to the plain step's median.
+load average before and after, and each median's ratio to the plain step's median, with the
+median process CPU time and its ratio beside them (a loaded machine's wall clock also
+counts the waits for a core).
 ``--profile`` adds torch.profiler's top operators of each variant (1 thread).
 
 Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 20] [--threads 1,2] [--profile]
@@ -112,28 +114,36 @@ def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], No
             "HWA fresh, new generators": hwa("exact"), "HWA kept instance": hwa("kept")}
 
 
-def measure(steps: dict[str, Callable[[int], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per step of each variant, interleaved repetition by repetition."""
+def measure(steps: dict[str, Callable[[int], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per step of each variant, interleaved repetition
+    by repetition."""
     for k in range(3):  # warm-up: allocations, caches, pools
         for step in steps.values():
             step(k)
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for k in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             step(3 + k)
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
-def report(times: dict[str, list[float]], threads: int, chip: str, load: tuple[float, ...]) -> None:
-    base = statistics.median(times["plain PyTorch"])
-    print(f"\nMLP 784-256-128-10, batch 256, chip {chip!r}, torch threads {threads}, {len(times['plain PyTorch'])} repeats, "
+def report(times: tuple[dict[str, list[float]], dict[str, list[float]]], threads: int, chip: str, load: tuple[float, ...]) -> None:
+    """Wall-clock min / median / max and ratio of medians; the process CPU time's median and
+    ratio beside it (on a loaded machine the wall clock counts the waits for a core, the CPU
+    time only the work)."""
+    wall, cpu = times
+    base, base_cpu = statistics.median(wall["plain PyTorch"]), statistics.median(cpu["plain PyTorch"])
+    print(f"\nMLP 784-256-128-10, batch 256, chip {chip!r}, torch threads {threads}, {len(wall['plain PyTorch'])} repeats, "
           f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{'step':28s} {'min ms':>8s} {'median':>8s} {'max':>8s} {'ratio':>7s}")
-    for name, values in times.items():
-        med = statistics.median(values)
-        print(f"{name:28s} {1e3 * min(values):8.2f} {1e3 * med:8.2f} {1e3 * max(values):8.2f} {med / base:6.2f}x")
+    print(f"{'step':28s} {'min ms':>8s} {'median':>8s} {'max':>8s} {'ratio':>7s} {'cpu ms':>8s} {'ratio':>7s}")
+    for name, values in wall.items():
+        med, med_cpu = statistics.median(values), statistics.median(cpu[name])
+        print(f"{name:28s} {1e3 * min(values):8.2f} {1e3 * med:8.2f} {1e3 * max(values):8.2f} {med / base:6.2f}x "
+              f"{1e3 * med_cpu:8.2f} {med_cpu / base_cpu:6.2f}x")
     print("target: HWA step <= 2x plain")
 
 
