@@ -160,6 +160,10 @@ def print_front(space: Space, summary: dict[str, Any], console: Console) -> None
         table.add_row(str(e["trial"]), *(_fmt(n, m.get(n)) for n in [*names, *extra]), str(m.get("bound_by", "")),
                       ", ".join(f"{k}={v}" for k, v in e["params"].items()))
     console.print(table)
+    for obj, imp in summary["importances"].items():
+        if isinstance(imp, dict) and "note" not in imp:
+            top = sorted(imp.items(), key=lambda kv: -kv[1])[:4]
+            console.print(f"parameter importance for {obj}: " + ", ".join(f"{k} {v:.2f}" for k, v in top))
     best = summary["best"]
     if best is None:
         console.print("no feasible design found: loosen the constraints or widen the space")
