@@ -1,5 +1,6 @@
-"""The fast embedding-pooling paths keep the statistics of the exact ones: noise drawn only
-near ADC boundaries, reads converted in blocks, cached and lazily hashed rows."""
+"""The fast embedding-pooling paths keep the statistics of the exact ones: ADC codes against
+the closed form, reads converted in blocks, cached and lazily hashed rows (lone reads from
+the outcome table: tests/sim/test_pooling.py)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,9 @@ def test_codes_drawn_near_boundaries_have_the_exact_code_distribution():
 
 
 def test_pooled_moments_match_drawing_noise_everywhere():
-    """The layer's pooled outputs over repeated forwards: mean and spread per output with
-    noise drawn only near boundaries equal those with a draw for every sum (the
-    calibration path draws everywhere)."""
+    """The layer's pooled outputs over repeated forwards: mean and spread per output with the
+    fast paths (lone reads from the outcome table, the others in blocks) equal those of the
+    calibration path (every read converted with its own draw)."""
     layer = table_layer(noisy_chip(0.08), rows=2000, dim=6)
     v, o = bags(2000, n_bags=32)
     with torch.no_grad():
