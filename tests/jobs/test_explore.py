@@ -242,6 +242,22 @@ def test_digits_workload_accuracy_falls_with_a_one_bit_adc():
     assert fine["metrics"]["top1"] > 0.8 and coarse["metrics"]["top1"] < fine["metrics"]["top1"] - 0.3
 
 
+@pytest.mark.slow
+def test_recsys_accuracy_is_the_worst_time_of_the_movielens_auc_and_falls_with_a_coarse_adc():
+    from cimflow.jobs.explore_design import evaluate_accuracy
+
+    space = space_from_dict({"name": "ra", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "recsys"},
+                             "accuracy": {"instances": 2, "times": ["1s", "1d"]},
+                             "parameters": [{"name": "adc_bits", "values": [3, 7]}], "objectives": [{"name": "auc_loss"}]})
+    shipped, coarse = (evaluate_accuracy(space, {"adc_bits": b}) for b in (7, 3))
+    for acc in (shipped, coarse):
+        m, d = acc["metrics"], acc["detail"]
+        assert m["auc"] == min(p["mean"] for p in d["per_time"].values())  # the worst time after programming
+        assert m["auc_loss"] == pytest.approx(d["fp32"] - m["auc"]) and len(d["per_time"]["1d"]["values"]) == 2
+    assert 0 <= shipped["metrics"]["auc_loss"] < 0.01  # the preset's 7-bit ADC digitizes pooled sums exactly
+    assert coarse["metrics"]["auc_loss"] > shipped["metrics"]["auc_loss"] + 0.02
+
+
 def test_designs_change_the_named_fields_and_bad_designs_are_one_line():
     space = space_from_dict({"name": "d", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "recsys"},
                              "parameters": [{"name": "adc_bits", "values": [5]}, {"name": "cell_bits", "values": [3]},
