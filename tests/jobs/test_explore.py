@@ -274,6 +274,16 @@ def test_designs_change_the_named_fields_and_bad_designs_are_one_line():
     assert mapping.hot_tier_fraction == 0.25 and mapping.replicate
     with pytest.raises(CimflowError, match="columns_per_adc"):
         apply_design(space, {"adc_sharing": 4096})
+    # another base preset with role-named arrays, and a named rule set
+    other = space_from_dict({"name": "p", "base": "hybrid-rram-sram-28nm", "workload": {"kind": "digits"},
+                             "parameters": [{"name": "preset", "values": ["pcm-hermes-like", "rram-analog-generic"]},
+                                            {"name": "adc_bits", "array": "mvm", "values": [5]},
+                                            {"name": "rules", "values": ["plain", "fc_digital"]}],
+                             "rule_sets": {"plain": {}, "fc_digital": {"fc*": "digital"}},
+                             "objectives": [{"name": "top1"}]})
+    chip, mapping = apply_design(other, {"preset": "rram-analog-generic", "mvm.adc_bits": 5, "rules": "fc_digital"})
+    assert chip.arrays[chip.roles.mvm].adc is not None and chip.arrays[chip.roles.mvm].adc.bits == 5
+    assert "rram-analog-generic" in chip.description and mapping.rules == {"fc*": "digital"}
 
 
 def test_recsys_hot_tier_fraction_moves_rows_out_of_sram():
