@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,6 +176,10 @@ def test_a_different_space_on_the_same_storage_and_a_live_driver_are_refused(tmp
     changed.write_text(space.read_text().replace("values: [2, 8]", "values: [2, 16]"))
     with pytest.raises(CimflowError, match="different space file"):
         run_explore(changed, ExploreOptions(out=out, quiet=True))
+    moved = tmp_path.parent / (tmp_path.name + "-moved")  # the whole folder moved: the study still resumes
+    shutil.copytree(tmp_path, moved)
+    resumed = run_explore(moved / "space.yaml", ExploreOptions(out=moved / "out", quiet=True))
+    assert resumed["run"]["evaluated_in_this_run"] == 0 and resumed["run"]["trials_done"] == 1
     (out / ".explore.lock").write_text(json.dumps({"pid": os.getppid(), "host": os.uname().nodename}))
     with pytest.raises(CimflowError, match=f"another exploration \\(pid {os.getppid()}\\)"):
         run_explore(space, ExploreOptions(out=out, quiet=True))

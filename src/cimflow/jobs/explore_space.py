@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cimflow.errors import ChipSpecError, CimflowError
 
@@ -256,6 +256,8 @@ class Space(_Strict):
     sampler: Literal["auto", "nsga2", "tpe", "grid", "random"] = "auto"
     trials: int = Field(default=40, ge=1, le=MAX_TRIALS)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    #: the digest of the file as written (relative paths unresolved), so a moved folder still resumes
+    _written_digest: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check(self) -> Space:
@@ -300,6 +302,8 @@ class Space(_Strict):
 
     def digest(self) -> str:
         """A hash of everything that defines the study (not ``trials``, which a resume may raise)."""
+        if self._written_digest is not None:
+            return self._written_digest
         data = self.model_dump(mode="json", exclude={"trials"})
         return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()[:16]
 
@@ -371,6 +375,7 @@ def load_space(path: str | Path) -> Space:
     except DataError as err:
         raise SpaceError(str(err)) from None
     space = parse_space_yaml(text, str(path))
+    space._written_digest = space.digest()
     for attr, value in (("base", space.base), ("file", space.workload.file)):
         if value and (value.endswith((".yaml", ".yml", ".py", ".pt2", ".onnx")) or "/" in value):
             resolved = Path(value) if Path(value).is_absolute() else (path.parent / value)
