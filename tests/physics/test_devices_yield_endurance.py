@@ -81,6 +81,8 @@ def test_dead_columns_leave_cells_stuck_at_g_min_in_a_programmed_layer() -> None
     side_dead = (engine.g_pos == g_min).all(dim=1).float().mean()
     assert abs(float(side_dead) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / engine.g_pos.shape[-1]) + 0.02
     assert bool(at_min.any())
+    stuck_pos, _ = engine.stuck_masks()  # what EaPU leaves alone: the dead columns are in it
+    assert bool(stuck_pos[(engine.g_pos == g_min).all(dim=1, keepdim=True).expand_as(stuck_pos)].all())
     ideal = cimflow.program(cimflow.convert(net, _layer_chip()), seed=3)
     assert not bool((ideal[0].engine.g_pos == g_min).all(dim=1).any())
 

@@ -440,4 +440,5 @@ class ArrayInstance(nn.Module):
 
 __all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "check_compensation_mode", "check_verify_settings", "compensation_gain",
            "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale", "percentile_values",
-           "program_cells", "program_hashed_cells", "reference_sums", "verify_cells", "verify_tolerance_of"]
+           "program_cells", "program_hashed_cells", "program_with_model", "reference_sums", "refresh_before_forward", "verify_cells",
+           "verify_tolerance_of", "with_dead_lines"]

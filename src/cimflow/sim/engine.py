@@ -57,6 +57,7 @@ from cimflow.sim.array_state import (
     percentile_values,
     program_cells,
     reference_sums,
+    with_dead_lines,
 )
 from cimflow.sim.readout import AdcStraightThrough, ReadStats, StraightThroughWeight, input_planes
 from cimflow.sim.single_read import single_read
@@ -206,7 +207,10 @@ class CrossbarEngine(ArrayInstance):
 
         def side_mask(side: str, shape: tuple[int, ...]) -> torch.Tensor:
             gen = generator_for(seed, self.name, "stuck", side, device=device)
-            return sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, gen, device=device) != 0
+            mask = sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, gen, device=device)
+            if side != "ref":  # cells on dead lines (array yield) are stuck too
+                mask = with_dead_lines(mask, dev, seed, self.name, side, (self.spec.rows, self.grid.weight_columns))
+            return mask != 0
 
         if self.spec.weight_encoding.scheme == "offset":
             ref_shape = (self.g_neg.shape[0], self.g_neg.shape[1], self.grid.col_tiles)
