@@ -146,8 +146,10 @@ def write_outputs(space: Space, study: Any, base: dict[str, Any], out: Path, con
 def print_front(space: Space, summary: dict[str, Any], console: Console) -> None:
     names = [o.name for o in space.objectives]
     extra = [n for n in ("qps_per_w", "qps", "area_mm2", "accuracy_loss") if n not in names]
-    table = Table(title=f"Pareto front of {space.name} ({summary['trials']['feasible']} feasible of {summary['trials']['complete']} "
-                        f"trials; base {space.base})")
+    counts = summary["trials"]
+    refused = f"; {counts['failed']} designs refused (see trials/)" if counts["failed"] else ""
+    table = Table(title=f"Pareto front of {space.name} ({counts['feasible']} feasible of {counts['complete']} trials{refused}; "
+                        f"base {space.base})")
     table.add_column("trial", justify="right")
     for n in [*names, *extra]:
         table.add_column(n, justify="right")
