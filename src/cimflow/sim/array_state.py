@@ -280,6 +280,14 @@ def moment_full_scale(values: torch.Tensor, dim: int, sigmas: float) -> torch.Te
     return mean.abs() + sigmas * sd
 
 
+def refresh_before_forward(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: re-program a module whose weights changed (its ``refresh()``), skipped
+    while torch.compile traces (reading a tensor's version and programming are host work,
+    outside the graph)."""
+    if not torch.compiler.is_compiling():
+        module.refresh()  # type: ignore[operator]
+
+
 def percentile_values(values: torch.Tensor, percentile: float, dim: int) -> torch.Tensor:
     """The ``percentile``-th percentile (nearest rank, from below) of ``values`` along ``dim``."""
     count = values.shape[dim]
@@ -303,6 +311,7 @@ class ArrayInstance(nn.Module):
     output_gain: torch.Tensor | None  # drift-compensation factor, () or (columns,)
     reference_read_t0: torch.Tensor | None  # reference read right after programming (a cache)
     adc_range_calibrated: torch.Tensor | None  # percentile ADC full scale from calibration data
+    _anchor: torch.Tensor  # empty; marks the device the instance was moved to
 
     _BUFFERS = ("w_scale", "significance", "output_gain", "reference_read_t0", "adc_range_calibrated")
 
@@ -323,10 +332,26 @@ class ArrayInstance(nn.Module):
         self._read_gen: torch.Generator | None = None
         for name in self._BUFFERS:
             self.register_buffer(name, None, persistent=False)
+        # an empty tensor that ``.to(device)`` moves like the others: where this instance lives,
+        # known before anything is programmed (a table with no weight tensor programs there)
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def is_digital(self) -> bool:
         return self.spec.kind == "digital"
+
+    @property
+    def instance_device(self) -> torch.device:
+        """The device this instance was moved to (``.to(device)``), where it programs."""
+        return self._anchor.device
+
+    def refresh(self) -> bool:
+        """Program again if the weights changed since programming (an optimizer step), with the
+        same instance seed and time after programming; returns whether it did. Owners with
+        weights override it and call it before every eager forward (:func:`refresh_before_forward`
+        as a forward pre-hook); a model compiled with ``torch.compile`` does not (call it, or
+        ``cimflow.program``, after changing weights)."""
+        return False
 
     # ------------------------------------------------------------------ hooks
     def _is_programmed(self) -> bool:

@@ -50,6 +50,7 @@ from cimflow.sim.array_state import (
     percentile_values,
     program_hashed_cells,
     reference_sums,
+    refresh_before_forward,
 )
 
 #: Tables with at most this many cells are programmed once and cached (8 bytes per cell with
@@ -181,6 +182,8 @@ class CIMEmbeddingBag(ArrayInstance):
         self.register_buffer("pool_cache", None, persistent=False)
         self._reference_hint: tuple[torch.Tensor, ...] | None = None  # the reference rows' state while refreshing
         self._adc_range_expected: float | None = None  # ADC range "expected", set by program()
+        # re-programming after a weight change happens before forward, never inside it
+        self.register_forward_pre_hook(refresh_before_forward)
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
@@ -304,8 +307,20 @@ class CIMEmbeddingBag(ArrayInstance):
             self.adc_range_calibrated = moment_full_scale(torch.cat(self._calib_psums), dim=0, sigmas=sigmas).clamp_min(1e-12)
 
     def _device(self) -> torch.device:
+        """Where to program: the weight's device, else where the instance was moved."""
         w = getattr(self, "weight", None)
-        return w.device if isinstance(w, torch.Tensor) and w.device.type != "meta" else torch.device("cpu")
+        device = w.device if isinstance(w, torch.Tensor) else self.instance_device
+        return device if device.type != "meta" else torch.device("cpu")
+
+    def refresh(self) -> bool:
+        """Program this table again if its weight changed since programming (same seed and time)."""
+        if self.seed is None or self._programmed_version is None or self._weight_version() == self._programmed_version:
+            return False
+        t = self.t_seconds
+        self.program(self.seed)
+        if t != self.t_seconds:
+            self.set_time(t)
+        return True
 
     def _weight_version(self) -> int | None:
         w = getattr(self, "weight", None)
@@ -404,11 +419,6 @@ class CIMEmbeddingBag(ArrayInstance):
         if per_sample_weights is not None:
             raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; "
                                   "keep this table on the host")
-        if self._programmed_version is not None and self._weight_version() != self._programmed_version:
-            t = self.t_seconds
-            self.program(self.seed)
-            if t != self.t_seconds:
-                self.set_time(t)
         idx, bags, n_bags = self._flatten(input, offsets)
         lowest, highest = torch.stack(list(torch.aminmax(idx))).tolist() if idx.numel() else (0, 0)  # one host sync
         if lowest < 0 or highest >= self.num_embeddings:

@@ -14,6 +14,7 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec
 from cimflow.sim import single_read
+from cimflow.sim.array_state import refresh_before_forward
 from cimflow.sim.engine import CrossbarEngine
 
 
@@ -35,13 +36,6 @@ def patch_view(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]
     return x.permute(0, 1, 4, 5, 2, 3)
 
 
-def _refresh_before_forward(layer: CIMLayer, args: tuple) -> None:
-    """Forward pre-hook: re-program a layer whose weights changed (skipped while torch.compile
-    traces: reading a tensor's version and programming are host work, outside the graph)."""
-    if not torch.compiler.is_compiling():
-        layer.refresh()
-
-
 class CIMLayer(nn.Module):
     """Common part of the CIM layers: the engine, programming and drift."""
 
@@ -53,7 +47,7 @@ class CIMLayer(nn.Module):
         self.layer_name = name
         self.engine = CrossbarEngine(spec, in_features, out_features, name=name)
         # re-programming after a weight change happens before forward, never inside it
-        self.register_forward_pre_hook(_refresh_before_forward)
+        self.register_forward_pre_hook(refresh_before_forward)
 
     def weight_matrix(self) -> torch.Tensor:
         """The weight as the crossbar holds it: (in_features, out_features)."""
