@@ -111,17 +111,13 @@ def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, 
     unrepaired dead rows or dead columns are stuck at g_min."""
     if device.model != "generic":
         draws = GeneratorDraws(tuple(target.shape), seed, stream, side, device=target.device, dtype=target.dtype)
-        stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
-        mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
-        mask = with_dead_lines(mask, device, seed, stream, side, array_shape)
+        mask = stuck_codes(tuple(target.shape), device, seed, stream, side, array_shape, target.device)
         g, state, pulses = program_with_model(model_for(device), target, draws, mask, verify_iterations, verify_tolerance)
         return g, state, mask, pulses
     coeffs = device.programming_noise.coefficients
     gen = generator_for(seed, stream, "program", side, device=target.device)
     g = program_conductances(target, device.g_max, coeffs, gen)
-    stuck_gen = generator_for(seed, stream, "stuck", side, device=target.device)
-    mask = sample_stuck_mask(target.shape, device.stuck_on_rate, device.stuck_off_rate, stuck_gen, device=target.device)
-    mask = with_dead_lines(mask, device, seed, stream, side, array_shape)
+    mask = stuck_codes(tuple(target.shape), device, seed, stream, side, array_shape, target.device)
     g = apply_stuck_at(g, mask, device.g_min, device.g_max)
     pulses = target.numel()
     if verify_iterations:
@@ -132,6 +128,16 @@ def program_cells(target: torch.Tensor, device: Device, seed: int, stream: str, 
     drift_gen = generator_for(seed, stream, "drift", side, device=target.device)
     nu = sample_drift_exponents(target.shape, device.drift.nu_mean, device.drift.nu_std, drift_gen, device=target.device)
     return g, nu, mask, pulses
+
+
+def stuck_codes(shape: tuple[int, ...], device: Device, seed: int, stream: str, side: str, array_shape: tuple[int, int] | None,
+                on: torch.device | str = "cpu") -> torch.Tensor:
+    """The stuck codes (int8: 1 on, -1 off, 0 healthy) of one side of a matrix layer, from the
+    generator (seed, stream, "stuck", side), cells on dead lines included (``array_shape``,
+    :func:`with_dead_lines`): what :func:`program_cells` applies, re-drawn identically."""
+    gen = generator_for(seed, stream, "stuck", side, device=on)
+    mask = sample_stuck_mask(shape, device.stuck_on_rate, device.stuck_off_rate, gen, device=on)
+    return with_dead_lines(mask, device, seed, stream, side, array_shape)
 
 
 def with_dead_lines(mask: torch.Tensor, device: Device, seed: int, stream: str, side: str,
@@ -465,5 +471,6 @@ class ArrayInstance(nn.Module):
 
 __all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "check_compensation_mode", "check_verify_settings", "compensation_gain",
            "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale", "percentile_values",
-           "program_cells", "program_hashed_cells", "program_with_model", "reference_sums", "refresh_before_forward", "verify_cells",
+           "program_cells", "program_hashed_cells", "program_with_model", "reference_sums", "refresh_before_forward", "stuck_codes",
+           "verify_cells",
            "verify_tolerance_of", "with_dead_lines"]

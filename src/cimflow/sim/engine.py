@@ -37,11 +37,9 @@ from cimflow.mapping import TileGrid, encode_weights, tile_grid, weight_scales
 from cimflow.physics import (
     adc_quantize,
     dac_quantize,
-    generator_for,
     ir_drop_attenuate,
     ir_drop_path_cells,
     quantize_symmetric,
-    sample_stuck_mask,
 )
 from cimflow.physics.hashing import counter_normal, stream_key
 from cimflow.sim import fastmm
@@ -57,7 +55,7 @@ from cimflow.sim.array_state import (
     percentile_values,
     program_cells,
     reference_sums,
-    with_dead_lines,
+    stuck_codes,
 )
 from cimflow.sim.readout import AdcStraightThrough, ReadStats, StraightThroughWeight, input_planes
 from cimflow.sim.single_read import single_read
@@ -67,6 +65,7 @@ _EPS = EPS
 
 #: Read-noise modes of :meth:`CrossbarEngine.set_read_noise_mode` (the first is the default).
 READ_NOISE_MODES = ("fast", "exact", "column_mean")
+
 
 class CrossbarEngine(ArrayInstance):
     """State and arithmetic of one weight matrix on one array kind.
@@ -206,11 +205,8 @@ class CrossbarEngine(ArrayInstance):
         seed, device = self.seed or 0, self.g_pos.device
 
         def side_mask(side: str, shape: tuple[int, ...]) -> torch.Tensor:
-            gen = generator_for(seed, self.name, "stuck", side, device=device)
-            mask = sample_stuck_mask(shape, dev.stuck_on_rate, dev.stuck_off_rate, gen, device=device)
-            if side != "ref":  # cells on dead lines (array yield) are stuck too
-                mask = with_dead_lines(mask, dev, seed, self.name, side, (self.spec.rows, self.grid.weight_columns))
-            return mask != 0
+            lines = None if side == "ref" else (self.spec.rows, self.grid.weight_columns)  # array yield (dead lines)
+            return stuck_codes(tuple(shape), dev, seed, self.name, side, lines, device) != 0
 
         if self.spec.weight_encoding.scheme == "offset":
             ref_shape = (self.g_neg.shape[0], self.g_neg.shape[1], self.grid.col_tiles)
