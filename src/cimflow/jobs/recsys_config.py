@@ -350,7 +350,8 @@ def run_recsys_config(cfg: RecsysConfig, console: Console | None = None) -> dict
         "cpu": cpu,
         "ratios": ratios,
         "notes": list(cfg.notes) + system.notes + ([f"{len(on_unit)} tables have no rows in arrays and pool on the digital unit "
-                                                     f"from their SRAM, PIM and DRAM tiers: {', '.join(on_unit[:8])}{' ...' if len(on_unit) > 8 else ''}"]
+                                                     f"from their SRAM, PIM and DRAM tiers: {', '.join(on_unit[:8])}"
+                                                     f"{' ...' if len(on_unit) > 8 else ''}"]
                                                     if on_unit else []),
     }
     if not cfg.quiet:
