@@ -132,3 +132,35 @@ def test_pim_traffic_is_zero_without_a_pim_block():
 
     t = pim_traffic(load_preset("hybrid-rram-sram-28nm"), 64, 20, 1.0)
     assert (t.lookups, t.internal_bytes, t.ops, t.vectors, t.external_bytes) == (0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_pim_traffic_bounds_hold_for_any_bag():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from cimflow.compile.tiers import pim_traffic
+
+    chip = load_preset("hbm-pim-recsys")
+
+    @settings(max_examples=200, deadline=None)
+    @given(k=st.floats(1.0, 1e4), f=st.floats(0.0, 1.0), dim=st.integers(1, 4096))
+    def check(k: float, f: float, dim: int) -> None:
+        t = pim_traffic(chip, dim, k, f)
+        # a bag sends at most one vector, and no more than it has PIM rows: f <= 1 - (1 - f)^k <= min(1, k f)
+        assert f - 1e-12 <= t.vectors <= min(1.0, k * f) + 1e-12
+        assert t.internal_bytes >= t.lookups * dim * chip.pim.stored_bits / 8 - 1e-9
+        assert t.ops == pytest.approx(t.lookups * dim)
+        assert t.external_bytes <= (dim * chip.pim.result_bits / 8 + chip.pim.burst_bytes) * t.vectors + 1e-9
+
+    check()
+
+
+def test_a_bad_pim_block_is_one_clear_error():
+    from cimflow.chip.io import chip_from_dict
+    from cimflow.errors import ChipSpecError
+
+    data = load_preset("hbm-pim-recsys").model_dump(mode="json", exclude_none=True)
+    for field, value in (("units", 0), ("clock_hz", -1.0), ("bandwidth_bytes_per_s", float("nan")), ("lanes", 10**6)):
+        bad = {**data, "pim": {**data["pim"], field: value}}
+        with pytest.raises(ChipSpecError, match=f"pim.{field}"):
+            chip_from_dict(bad, "test")
