@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from cimtest import chip_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import cimflow
@@ -110,3 +112,19 @@ def test_sigmas_out_of_bounds_is_one_clear_error(bad):
         chip_with("ideal", **{"arrays.analog.adc.sigmas": bad})
     assert "sigmas" in str(info.value)
     assert ADC(bits=8).sigmas == 4.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 300), cols=st.integers(1, 8), seed=st.integers(0, 2**31 - 1),
+       sigmas=st.floats(1.0, 16.0), offset=st.floats(-1.0, 1.0), pulses_bits=st.sampled_from([None, 1, 2, 4]))
+def test_expected_full_scale_is_bounded_and_grows_with_sigmas(rows, cols, seed, sigmas, offset, pulses_bits):
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.rand(rows, cols, generator=gen) * 2 - 1 + offset).clamp(-1, 1)
+    enc = InputEncoding() if pulses_bits is None else InputEncoding(scheme="bit_serial", bits=8, bits_per_pulse=pulses_bits)
+    low, high = expected_full_scale(w, 0, 1.0, enc), expected_full_scale(w, 0, sigmas, enc)
+    worst = w.abs().sum(0)
+    assert bool((low >= 0).all()) and bool((high <= worst + 1e-5).all())
+    assert bool((high >= low - 1e-6).all())
+    m1, _ = input_moments(enc)
+    # at least the mean term, unless clamped at the worst case
+    assert bool(((low >= m1 * w.sum(0).abs() - 1e-5) | (low >= worst - 1e-5)).all())
