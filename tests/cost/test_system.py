@@ -151,3 +151,16 @@ def test_pim_energy_in_estimate_is_the_dram_tiers_closed_form():
     bad = {**base, "hot_lookups": 400.0, "pim_lookups": 400.0}
     with pytest.raises(CimflowError, match="pim_lookups <= lookups"):
         estimate(plan, stats={op.name: bad}, batch_size=32)
+
+
+def test_a_table_pooling_on_the_unit_adds_one_vector_per_bag_for_its_pim_rows():
+    bag = nn.EmbeddingBag(10_000, 64, mode="sum")
+    idx, off = torch.zeros(20 * 32, dtype=torch.long), torch.arange(0, 20 * 32, 20)
+    plan = cimflow.compile(bag, "hbm-pim-recsys", (idx, off), rules={"*": "digital_unit"})
+    op = next(o for o in plan.ops if o.op_type == "EmbeddingBag")
+    assert op.substrate == "digital_unit"
+    base = {"bags": 32, "lookups": 640, "hot_lookups": 0.0, "dram_lookups": 0.0}
+    plain = estimate(plan, stats={op.name: base}, batch_size=32).by_component["digital_unit"]
+    all_pim = estimate(plan, stats={op.name: {**base, "pim_lookups": 640.0}}, batch_size=32).by_component["digital_unit"]
+    # 20 rows per bag become one pooled vector per bag
+    assert all_pim == pytest.approx(plain / 20, rel=1e-9)

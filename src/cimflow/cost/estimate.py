@@ -509,6 +509,11 @@ def _cost_unit_op(o: OpPlan, op: Op, ctx: _Context, layer_stats: Mapping[str, An
         pim, lookups = float(layer_stats.get("pim_lookups", 0) or 0), float(layer_stats.get("lookups", 0) or 0)
         if pim > 0 and lookups > 0:
             bags = float(layer_stats["bags"])
+            # rows pooled in the PIM tier reach the unit as one vector per bag, not row by row
+            left = 1.0 - pim / lookups + bags * pim_traffic(ctx.chip, dim, lookups / bags, pim / lookups).vectors / lookups
+            e["digital_unit"] *= left
+            if "unit_ops" in ev:
+                ev["unit_ops"] *= left
             _add_pim_energy(e, ev, ctx, dim, scale * bags, lookups / bags, pim / lookups, pool_on_unit=False)
         dd = True
     return OpCost(name=o.name, op_type=o.op_type, kind=o.kind, substrate=o.substrate, array_kind=None,
