@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cimflow.chip.io import resolve_chip
-from cimflow.chip.spec import Chip
+from cimflow.chip.spec import Chip, Pim
 from cimflow.cost.validation import TOLERANCE, ChipBenchmark, LinearMVM, Reported, ValidationRow, compare, measure
 from cimflow.errors import CimflowError
 
@@ -65,6 +65,12 @@ def _per_stack(chip: Chip, stacks: int = 4) -> Chip:
     return chip.model_copy(update={"pim": pim})
 
 
+def _pim_of(chip: Chip) -> Pim:
+    if chip.pim is None:
+        raise CimflowError(f"preset {chip.name!r} has no pim block")
+    return chip.pim
+
+
 def _pim_peak_tflops(chip: Chip) -> float:
     pim = _per_stack(chip).pim
     assert pim is not None
@@ -75,6 +81,17 @@ def _pim_bandwidth_ratio(chip: Chip) -> float:
     pim = _per_stack(chip).pim
     assert pim is not None
     return pim.internal_bandwidth_bytes_per_s / pim.bandwidth_bytes_per_s
+
+
+def _aim(chip: Chip) -> Chip:
+    """The same pim block at SK hynix GDDR6-AiM's design point [aim2022]: one 16-lane BF16 unit per
+    bank, 2 channels x 16 banks (JEDEC GDDR6 [jesd250]), 32 B per bank access, 1 GHz, 16 data pins
+    per channel at 16 Gb/s (64 GB/s per device)."""
+    if chip.pim is None:
+        raise CimflowError(f"preset {chip.name!r} has no pim block")
+    pim = chip.pim.model_copy(update={"units": 32, "lanes": 16, "access_bytes": 32, "clock_hz": 1e9,
+                                      "bandwidth_bytes_per_s": 32 * 16e9 / 8})
+    return chip.model_copy(update={"pim": pim})
 
 
 def product_formulas() -> tuple[ChipFormula, ...]:
@@ -91,6 +108,19 @@ def product_formulas() -> tuple[ChipFormula, ...]:
             formula="(128 PCUs x 32 B x 300 MHz) / (1024 pins x 2.4 Gb/s / 8)",
             source="[kwon2021] (four times the processing bandwidth of an off-chip solution)",
             notes="internal bandwidth of the PCUs' bank accesses over the stack's external interface [aquabolt]"),
+        ChipFormula(
+            name="gddr6-aim (per device)", preset="hbm-pim-recsys", metric="peak_tflops", unit="TFLOPS", reported=1.0,
+            predict=lambda chip: 2.0 * _pim_of(_aim(chip)).ops_per_s / 1e12,
+            formula="32 banks x 16 BF16 lanes x 2 FLOP x 1 GHz (the preset's pim block at the AiM design point)",
+            source="[aim2022] (1 TFLOPS MAC operation)",
+            notes="one unit per bank [aim2022], 2 channels x 16 banks [jesd250], 32 B per access / 2 B per BF16 value"),
+        ChipFormula(
+            name="gddr6-aim (per device)", preset="hbm-pim-recsys", metric="bank_to_interface_bandwidth", unit="x",
+            reported=16.0, predict=lambda chip: _pim_of(_aim(chip)).internal_bandwidth_bytes_per_s
+            / _pim_of(_aim(chip)).bandwidth_bytes_per_s,
+            formula="(32 banks x 32 B x 1 GHz) / (32 pins x 16 Gb/s / 8)",
+            source="[aim2022] (up to 16x faster computation than with plain GDDR6)",
+            notes="the published 16x is a speed-up of memory-bound work, read here as the bank-to-pin bandwidth ratio"),
     )
 
 
