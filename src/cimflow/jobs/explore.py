@@ -329,22 +329,26 @@ def _record(ctx: _Context, number: int, params: dict[str, Any], cost: dict[str, 
 
 
 def _tell(ctx: _Context, trial: Any, record: dict[str, Any]) -> None:
+    """Tell the study a finished trial: its constraints, one ``outcome`` attribute (simulated or
+    why not, the main metrics, the error of a refused design), ``evaluated`` last before the state."""
     import optuna
 
-    trial.set_user_attr("evaluated", True)
-    trial.set_user_attr("simulated", bool(record.get("simulated")))
+    outcome: dict[str, Any] = {"simulated": bool(record.get("simulated"))}
     if record.get("pruned"):
-        trial.set_user_attr("not_simulated_because", record["pruned"])
+        outcome["not_simulated_because"] = record["pruned"]
     if record["state"] == "FAIL":
-        trial.set_user_attr("error", record["error"][:500])
+        outcome["error"] = record["error"][:500]
+    else:
+        for _, label, value in record["constraints"]:
+            trial.set_constraint(label, min(value, NO_NUMBER))
+        outcome.update({k: record["metrics"][k] for k in ("qps", "qps_per_w", "area_mm2", "energy_per_inference_j", "accuracy",
+                                                          "accuracy_loss") if k in record["metrics"]})
+    trial.set_user_attr("outcome", outcome)
+    trial.set_user_attr("evaluated", True)
+    if record["state"] == "FAIL":
         ctx.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return
-    for _, label, value in record["constraints"]:
-        trial.set_constraint(label, min(value, NO_NUMBER))
-    for name in ("qps", "qps_per_w", "area_mm2", "energy_per_inference_j", "accuracy", "accuracy_loss"):
-        if name in record["metrics"]:
-            trial.set_user_attr(name, record["metrics"][name])
-    ctx.study.tell(trial, record["values"])
+    else:
+        ctx.study.tell(trial, record["values"])
 
 
 def _evaluate_batch(ctx: _Context, batch: list[tuple[Any, dict[str, Any]]], finished: list[dict[str, Any]]) -> list[dict[str, Any]]:

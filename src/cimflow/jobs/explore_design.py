@@ -271,12 +271,16 @@ def _model_cost(space: Space, chip: Chip, mapping: Mapping) -> dict[str, Any]:
     batch = wl.example_inputs if isinstance(wl.example_inputs, tuple) else (wl.example_inputs,)
     stats = cimflow.gather_stats(cimflow.simulate(plan, wl.module, seed=space.seed, allow_host=True), [batch])
     cost = estimate(plan, stats=stats)
+    from cimflow.train.over_time import _call, _tensors
+
     with torch.no_grad():
-        out = wl.module(*batch)
-    first = batch[0] if isinstance(batch[0], torch.Tensor) else None
-    n = int(first.shape[0]) if first is not None and first.dim() > 0 else 1
-    in_bytes = sum(t.numel() * t.element_size() for t in batch if isinstance(t, torch.Tensor)) / n
-    out_bytes = (out.numel() * out.element_size() / n) if isinstance(out, torch.Tensor) else 0.0
+        out = _call(wl.module, wl.example_inputs)
+    ex = wl.example_inputs  # one tensor, a tuple or a dict of them
+    raw = [t for t in (ex.values() if isinstance(ex, dict) else ex if isinstance(ex, (tuple, list)) else [ex])
+           if isinstance(t, torch.Tensor)]
+    n = int(raw[0].shape[0]) if raw and raw[0].dim() > 0 else 1  # queries: the first input's batch size
+    in_bytes = sum(t.numel() * t.element_size() for t in raw) / n
+    out_bytes = sum(t.numel() * 4 for t in _tensors(out)) / n  # results back as fp32
     system = system_model(cost, plan, [ChipTraffic(host_in_bytes=in_bytes, host_out_bytes=out_bytes)], chip=chip)
     metrics = {"qps": float(system.qps), "qps_per_w": float(system.qps_per_w), "energy_per_inference_j": float(system.energy_per_query_j),
                "area_mm2": float(system.area_mm2_per_chip), "chips": 1, "bound_by": system.bound_by}
