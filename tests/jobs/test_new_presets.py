@@ -152,3 +152,32 @@ def test_layer_granular_partition_on_the_mixed_rram_sram_chip(digits_cnn):
     kinds = {o.name: o.array_kind for o in plan.ops if o.substrate == "array"}
     assert kinds["0"] == "sram_dcim"  # the sensitive first layer on exact SRAM CIM
     assert {kinds[n] for n in kinds if n != "0"} == {"rram_mlc"}  # the rest on MLC memristor arrays
+
+
+def test_a_small_dlrm_with_its_tables_in_pim_compiles_simulates_and_estimates():
+    import torch
+
+    import cimflow
+    from cimflow.cost import estimate
+    from cimflow.recsys.models import DLRM, DLRMConfig
+
+    torch.manual_seed(0)
+    cfg = DLRMConfig(dense_features=13, table_sizes=(1000,) * 4, embedding_dim=16, bottom_mlp=(64, 16), top_mlp=(64, 1),
+                     pooling_factors=(5,) * 4)
+    model, b = DLRM(cfg).eval(), 32
+    dense = torch.randn(b, 13)
+    g = torch.Generator().manual_seed(0)
+    sparse = [(torch.randint(0, 1000, (b * 5,), generator=g), torch.arange(0, b * 5 + 1, 5)) for _ in range(4)]
+    # as cimflow recsys places them: the tables pool on the digital unit from the card's tiers (here all PIM)
+    rules = {f"embeddings.{t}": "digital_unit" for t in range(4)}
+    plan = cimflow.compile(model, "hbm-pim-recsys", (dense, sparse), rules=rules)
+    assert {o.substrate for o in plan.ops if o.op_type == "EmbeddingBag"} == {"digital_unit"}
+    with torch.no_grad():
+        ref, out = model(dense, sparse), cimflow.simulate(plan, model, seed=0)(dense, sparse)
+    assert (out - ref).abs().max() < 0.02  # exact pooling; int8 MLPs on SRAM CIM
+    stats = {o.name: {"bags": b, "lookups": 5 * b, "hot_lookups": 0.0, "dram_lookups": 0.0, "pim_lookups": 5.0 * b}
+             for o in plan.ops if o.op_type == "EmbeddingBag"}
+    cost = estimate(plan, stats=stats, batch_size=b)
+    assert cost.by_component["dram"] > 0 and math.isfinite(cost.energy_j)
+    pim_events = sum(c.events.get("pim_vectors", 0.0) for c in cost.per_op)
+    assert pim_events == pytest.approx(4 * b)  # one pooled vector per bag and table leaves the DRAM
