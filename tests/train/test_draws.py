@@ -17,7 +17,7 @@ import cimflow
 from cimflow.errors import CimflowError
 from cimflow.mapping import encode_weights
 from cimflow.physics import programming_sigma
-from cimflow.train.draws import DrawPool, InstanceDraws, covered
+from cimflow.train.draws import DrawPool, InstanceDraws, StuckPool, covered
 from cimflow.train.noise import sample_instance, step_seed, time_at
 
 G_MIN, G_MAX = 30e-6, 100e-6  # g_min well above 0 S: no programmed cell is clipped at 0 S
@@ -195,3 +195,15 @@ def test_a_device_plug_in_draws_from_pools_with_the_exact_paths_moments():
     ideal = lin.weight.detach().t() / a.w_scale
     da, db = a.w_eff[0].reshape(-1, 128)[:256] - ideal, b.w_eff[0].reshape(-1, 128)[:256] - ideal
     assert abs(float(da.std()) / float(db.std()) - 1) < 0.03
+
+
+def test_a_stuck_pools_window_indices_are_the_stuck_cells_of_the_window():
+    pool = StuckPool(1000, 0.05, 0.03, torch.Generator().manual_seed(0), torch.device("cpu"), refresh_steps=7)
+    for _ in range(5):  # renewed slices re-indexed
+        pool.renew()
+    for offset in (0, 1, 137, 500, 999, 1000):
+        on, off = pool.window(offset)
+        codes = pool.pool.window(offset)
+        assert torch.equal(on, torch.nonzero(codes == 1).flatten()), offset
+        assert torch.equal(off, torch.nonzero(codes == -1).flatten()), offset
+        assert on.numel() > 0 and off.numel() > 0  # 5 % and 3 % of 1000 cells: both kinds present

@@ -104,13 +104,22 @@ class StuckPool:
         self._stuck[k] = self._positions(start, end)
 
     def window(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flat indices (within the window) of the stuck-on and stuck-off cells at ``offset``."""
+        """Flat indices (within the window) of the stuck-on and stuck-off cells at ``offset``:
+        the slices inside the window whole, the two it cuts by binary search (no pass that
+        tests every index)."""
         end = offset + self.pool.n
-        parts = [(pos, a, b) for pos, (a, b) in zip(self._stuck, self._slices, strict=True) if a < end and b > offset]
         out = []
         for side in (0, 1):
-            idx = torch.cat([p[side] for p, _, _ in parts])
-            out.append(idx[(idx >= offset) & (idx < end)] - offset)
+            pieces = []
+            for (a, b), positions in zip(self._slices, self._stuck, strict=True):
+                if b <= offset or a >= end:
+                    continue
+                idx = positions[side]
+                if a < offset or b > end:  # the window starts or ends inside this slice
+                    bounds = torch.searchsorted(idx, torch.tensor([offset, end], dtype=idx.dtype, device=idx.device)).tolist()
+                    idx = idx[bounds[0]:bounds[1]]
+                pieces.append(idx)
+            out.append(torch.cat(pieces) - offset)
         return out[0], out[1]
 
 
