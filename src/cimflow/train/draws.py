@@ -17,16 +17,24 @@ offset (derived from the step's instance seed), re-drawing a slice of every pool
   nu_std)`` clipped at 0, made by :mod:`cimflow.physics` itself);
 - the cells of one instance are independent (a window holds distinct pool entries);
 - one cell's draws on two steps are independent unless the two offsets coincide
-  (probability ``1 / (n + 1)`` for ``n`` cells), and the pool keeps being renewed.
+  (probability ``1 / (n + 1)`` for ``n`` cells), and the pool keeps being renewed. (Two
+  instances are not independent as wholes: until renewed, an entry one step gave a cell
+  may come back at another cell on a later step.)
 
 What differs from drawing each instance from its own generators is only which entries of
 the (renewed) pool a step's instance is made of, never the distribution of any instance:
 ``tests/train/test_draws.py`` pins the per-step moments against the exact path's. The
-instance is then aged to its time with the engine's own arithmetic, once (the exact path
-programs at ``t0`` and re-computes everything at ``t``).
+instance is then aged to its time once (the exact path programs at ``t0`` and re-computes
+everything at ``t``): for one differential slice of a generic device, in place in buffers
+re-used step after step (checked once per layer against the engine's own refresh); else by
+the engine's refresh.
+
+Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell), the fast
+path's buffers about 52 bytes per weight; a device plug-in adds 8 bytes per cell for every
+kind of draw it asks for.
 
 Layers the cache does not cover (embedding bags, digital arrays, offset encoding,
-program-and-verify) are programmed by their own ``program`` as before.
+program-and-verify, array-yield defects) are programmed by their own ``program`` as before.
 """
 
 from __future__ import annotations
