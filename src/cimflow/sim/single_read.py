@@ -133,8 +133,8 @@ class SingleReadStraightThrough(torch.autograd.Function):
             flat = w.reshape(groups * group_rows, out)[:rows]
             if want_x:
                 grad_x = (gy * w_scale) @ flat.t()
-            if want_w:
-                grad_w = (xi * (scale_x / dac_steps(engine))).t() @ gy
+            if want_w:  # the per-vector input scale on the (N, out) side: fewer elements than (N, in)
+                grad_w = xi.t() @ (gy * (scale_x / dac_steps(engine)))
         else:
             gyg = gy * adc_inside  # (G, N, out)
             n = gy.shape[0]
