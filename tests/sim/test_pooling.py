@@ -185,3 +185,51 @@ def test_alone_in_read_matches_counting(per_bag_list, seed, array_rows, group_ro
     pairs = list(zip(bags_.tolist(), (idx // array_rows).tolist(), strict=True))
     expected = [group_rows == 1 or pairs.count(p) == 1 for p in pairs]
     assert got.tolist() == expected
+
+
+_IDEAL: dict[bool, tuple[nn.EmbeddingBag, torch.nn.Module]] = {}
+
+
+def ideal_bags(last: bool):
+    """A 50 x 3 bag and its conversion on the ideal chip (built once per offsets convention)."""
+    if last not in _IDEAL:
+        torch.manual_seed(4)
+        plain = nn.EmbeddingBag(50, 3, mode="sum", include_last_offset=last)
+        _IDEAL[last] = (plain, cimflow.program(cimflow.convert(nn.Sequential(plain), "ideal"), seed=0)[0])
+    return _IDEAL[last]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=10), st.booleans(), st.integers(0, 2**31 - 1))
+def test_offsets_parse_as_embedding_bag(sizes, last, seed):
+    """Bags of any sizes (empty ones too), with or without the closing offset: the same pooled
+    values as nn.EmbeddingBag on the ideal chip, and lookups known to have their bags to
+    themselves exactly when no bag holds two."""
+    plain, cim = ideal_bags(last)
+    sizes_t = torch.tensor(sizes)
+    values = torch.randint(0, 50, (int(sizes_t.sum()),), generator=torch.Generator().manual_seed(seed))
+    ends = torch.cat([torch.zeros(1, dtype=torch.int64), sizes_t.cumsum(0)])
+    offsets = ends if last else ends[:-1]
+    with torch.no_grad():
+        ref, out = plain(values, offsets), cim(values, offsets)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max().clamp_min(1.0)))
+    assert cim._one_per_bag == (max(sizes) <= 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-3, 6), min_size=1, max_size=6), st.booleans(), st.integers(1, 8))
+def test_bad_offsets_are_refused(offsets_list, last, n_values):
+    """Offsets that do not start at 0, decrease or pass the end of the indices: a DataError
+    naming the rule, never a wrong number; valid ones pool."""
+    _, cim = ideal_bags(last)
+    offsets = torch.tensor(offsets_list)
+    values = torch.zeros(n_values, dtype=torch.int64)
+    diffs = offsets.diff()
+    valid = offsets_list[0] == 0 and bool((diffs >= 0).all()) and offsets_list[-1] <= n_values
+    if valid:
+        with torch.no_grad():
+            assert cim(values, offsets).shape[0] == (len(offsets_list) - 1 if last else len(offsets_list))
+    else:
+        with pytest.raises(cimflow.errors.CimflowError, match="offsets must start at 0, never decrease"):
+            cim(values, offsets)

@@ -387,30 +387,55 @@ class CIMEmbeddingBag(ArrayInstance):
 
     # ----------------------------------------------------------------- reading
     def _flatten(self, input: torch.Tensor, offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Flat indices, the bag of each index, and the number of bags."""
+        """Flat indices, the bag of each index, and the number of bags. Offsets and indices
+        are checked in one host sync; ``_one_per_bag`` tells whether no bag holds more than
+        one index (every lookup then has its reads to itself)."""
         if not self.is_bag or input.dim() == 2:
             if offsets is not None and input.dim() == 2:
                 raise DataError(f"embedding {self.layer_name!r}: offsets must be None when the input is 2-D")
             shape = input.shape if not self.is_bag else input.shape[:1]
             per = 1 if not self.is_bag else input.shape[1]
             flat = input.reshape(-1)
-            bags = torch.arange(flat.numel(), device=flat.device) // per
+            n_bags = int(math.prod(shape)) if shape else 1
+            bags = torch.arange(n_bags, device=flat.device)
+            bags = bags.repeat_interleave(per) if per != 1 else bags
             self._out_shape = tuple(shape)
-            return flat, bags, int(math.prod(shape)) if shape else 1
+            self._one_per_bag = per <= 1
+            if flat.numel():
+                self._check_indices(*torch.stack(list(torch.aminmax(flat))).tolist())  # one host sync
+            return flat, bags, n_bags
         if offsets is None:
             raise DataError(f"embedding bag {self.layer_name!r}: a 1-D input needs offsets")
         offsets = offsets.to(torch.int64)
-        checks = [] if offsets.numel() == 0 else torch.stack(
-            [offsets[0], offsets[-1], (offsets[1:] < offsets[:-1]).any().to(offsets.dtype)]).tolist()
-        if not checks or checks[0] != 0 or checks[2] or checks[1] > input.numel():  # one host sync
-            raise DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within the "
-                            f"{input.numel()} indices")
-        ends = offsets if self.include_last_offset else torch.cat([offsets, offsets.new_tensor([input.numel()])])
-        n_bags = ends.numel() - 1
-        used = checks[1] if self.include_last_offset else input.numel()
-        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), ends.diff(), output_size=used)
+        bad_offsets = DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within "
+                                f"the {input.numel()} indices")
+        if offsets.numel() == 0:
+            raise bad_offsets
+        counts = offsets.diff()  # indices per bag
+        if not self.include_last_offset:
+            counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
+        bounded = torch.cat([counts, counts.new_zeros(1)])
+        low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
+        first, last, fewest, most, lowest, highest = torch.stack(
+            [offsets[0], offsets[-1], bounded.amin(), bounded.amax(), low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
+        if first != 0 or fewest < 0 or last > input.numel():
+            raise bad_offsets
+        used = last if self.include_last_offset else input.numel()
+        if used < input.numel() and (lowest < 0 or highest >= self.num_embeddings):  # the unused tail may hold anything
+            lowest, highest = torch.stack(list(torch.aminmax(input[:used]))).tolist() if used else (0, 0)
+        if input.numel():
+            self._check_indices(lowest, highest)
+        n_bags = counts.numel()
+        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), counts, output_size=used)
         self._out_shape = (n_bags,)
+        self._one_per_bag = most <= 1
         return input[:used], bags, n_bags
+
+    def _check_indices(self, lowest: int, highest: int) -> None:
+        if lowest < 0 or highest >= self.num_embeddings:
+            bad = lowest if lowest < 0 else highest
+            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows "
+                            f"(0..{self.num_embeddings - 1})")
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -419,12 +444,7 @@ class CIMEmbeddingBag(ArrayInstance):
         if per_sample_weights is not None:
             raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; "
                                   "keep this table on the host")
-        idx, bags, n_bags = self._flatten(input, offsets)
-        lowest, highest = torch.stack(list(torch.aminmax(idx))).tolist() if idx.numel() else (0, 0)  # one host sync
-        if lowest < 0 or highest >= self.num_embeddings:
-            bad = lowest if lowest < 0 else highest
-            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows "
-                            f"(0..{self.num_embeddings - 1})")
+        idx, bags, n_bags = self._flatten(input, offsets)  # indices checked against the table
         if self.padding_idx is not None:
             keep = idx != self.padding_idx
             idx, bags = idx[keep], bags[keep]
@@ -468,14 +488,16 @@ class CIMEmbeddingBag(ArrayInstance):
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
             singles.ensure(idx)
             per_bag = torch.bincount(bags, minlength=n_bags)
-            alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
-                                          self.group_rows)
-            if singles.fits is not None:
-                alone &= singles.fits[idx]
-            rest = ~alone
-            n_rest = int(rest.sum())  # one host sync
+            alone: torch.Tensor | None = None  # None: every lookup is read alone
+            n_rest = 0
+            if not (self._one_per_bag and singles.fits is None):  # else no bag holds two lookups: no test, no sync
+                alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
+                                              self.group_rows)
+                if singles.fits is not None:
+                    alone &= singles.fits[idx]
+                n_rest = int((~alone).sum())  # one host sync
             gen = self._read_generator(out.device)
-            if 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
+            if alone is None or 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
                 lone_sums = pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen)
             else:  # mostly sharing reads: gather the lone ones first
                 lone = alone.nonzero().squeeze(1)
@@ -484,9 +506,9 @@ class CIMEmbeddingBag(ArrayInstance):
             out = lone_sums if out_is_zero else out.add_(lone_sums)
             if self.collect_stats:
                 self.stats["reads"] += idx.numel() - n_rest
-            if n_rest == 0:
+            if alone is None or n_rest == 0:
                 return out
-            shared = rest.nonzero().squeeze(1)
+            shared = (~alone).nonzero().squeeze(1)
             idx, bags = idx[shared], bags[shared]
         idx_s, read_starts, read_bags = self._reads(idx, bags)
         if self.collect_stats:
