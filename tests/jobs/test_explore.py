@@ -185,6 +185,20 @@ def test_a_different_space_on_the_same_storage_and_a_live_driver_are_refused(tmp
         run_explore(space, ExploreOptions(out=out, quiet=True))
 
 
+def test_storage_urls(tmp_path: Path):
+    from cimflow.jobs.explore import open_storage
+
+    journal = tmp_path / "j" / "study.log"
+    with pytest.raises(CimflowError, match="does not exist"):
+        open_storage(f"journal:{journal}", tmp_path)
+    journal.parent.mkdir()
+    journal.write_bytes(b'{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}\n{"op_code": 4, "wor')
+    open_storage(str(journal), tmp_path)  # a half-written last line (a killed writer) is dropped before Optuna reads it
+    assert journal.read_bytes().endswith(b"]}\n")
+    with pytest.raises(CimflowError, match="cannot open it"):
+        open_storage(f"sqlite:///{tmp_path / 'missing' / 'x.db'}", tmp_path)
+
+
 def test_bad_command_lines_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     space = _write_space(tmp_path)
     for args, needle in ((["--workers", "0"], "--workers"), (["--trials", "0"], "--trials"),
