@@ -91,7 +91,7 @@ def test_lone_rows_have_the_closed_form_code_distribution(monkeypatch, read_nois
     tol = 5 * ((mu4 - var.square()).clamp_min(0) / n).sqrt() + 3 * jump.square() / n + 2 * var / n
     assert bool(((sample_var - var).abs() <= tol).all())
     if read_noise > 0.1:
-        assert layer._singles[1].cell_of is not None  # cells with several reachable steps
+        assert pooling.table_of(layer).cell_of is not None  # cells with several reachable steps
 
 
 @pytest.mark.parametrize("cached", [True, False])
@@ -108,7 +108,7 @@ def test_fast_and_exact_paths_pool_the_same_values_without_read_noise(monkeypatc
     alone_reads = layer.stats["reads"]
     monkeypatch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
     exact = draws(layer, v, o, 1)[0]
-    assert layer._singles[1].slots is None
+    assert pooling.table_of(layer).slots is None
     assert torch.allclose(fast, exact, atol=1e-5 * float(exact.abs().max()), rtol=0)
     assert 0 < alone_reads < layer.stats["reads"]  # some lookups were read alone, some shared a read
 
@@ -132,7 +132,7 @@ def test_fast_and_exact_paths_have_the_same_moments(monkeypatch, case):
     v, o = bags(2500, n_bags=32, pooling_factor=6)
     n = 300
     fast = draws(layer, v, o, n)
-    table = layer._singles[1]
+    table = pooling.table_of(layer)
     if case == "overflow":
         assert table.fits is not None and not bool(table.fits.all())
     if case == "lazy":  # the first 64 rows (the slot-width sample) and the rows read, nothing else
@@ -154,14 +154,14 @@ def test_outcome_table_follows_the_instance_state(monkeypatch):
     layer = table_layer(noisy_chip(0.0), rows=500, dim=3)
     v, o = torch.arange(500), torch.arange(500)
     first = draws(layer, v, o, 1)[0]
-    table = layer._singles[1]
+    table = pooling.table_of(layer)
     draws(layer, v, o, 1)
-    assert layer._singles[1] is table  # same state: kept
+    assert pooling.table_of(layer) is table  # same state: kept
     for change in (lambda: layer.set_time(3.0e7), lambda: layer.program(5)):
         change()
         fast = draws(layer, v, o, 1)[0]
-        assert layer._singles[1] is not table
-        table = layer._singles[1]
+        assert pooling.table_of(layer) is not table
+        table = pooling.table_of(layer)
         with monkeypatch.context() as patch:
             patch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
             exact = draws(layer, v, o, 1)[0]
@@ -233,3 +233,24 @@ def test_bad_offsets_are_refused(offsets_list, last, n_values):
     else:
         with pytest.raises(cimflow.errors.CimflowError, match="offsets must start at 0, never decrease"):
             cim(values, offsets)
+
+
+def test_outcome_table_stays_outside_the_module(tmp_path):
+    """The table is kept beside the module: after a forward the converted model still pickles
+    (torch.save of the whole model) and deep-copies, and a copy builds its own table."""
+    import copy
+
+    layer = table_layer(noisy_chip(0.02), rows=400, dim=3)
+    v, o = torch.arange(400), torch.arange(400)
+    first = draws(layer, v, o, 1)[0]
+    assert pooling.table_of(layer) is not None
+    path = tmp_path / "model.pt"
+    torch.save(layer, path)
+    loaded = torch.load(path, weights_only=False)
+    twin = copy.deepcopy(layer)
+    for other in (loaded, twin):
+        assert pooling.table_of(other) is None
+        again = draws(other, v, o, 1)[0]
+        assert pooling.table_of(other) is not pooling.table_of(layer)
+        # same programmed state: equal but for read noise (a few code steps)
+        assert float((again - first).abs().max()) < 0.5 * float(first.abs().max())

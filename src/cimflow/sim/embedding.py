@@ -486,7 +486,7 @@ class CIMEmbeddingBag(ArrayInstance):
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
-            singles.ensure(idx)
+            singles.ensure(idx, self._effective_rows)
             per_bag = torch.bincount(bags, minlength=n_bags)
             alone: torch.Tensor | None = None  # None: every lookup is read alone
             n_rest = 0
@@ -541,27 +541,27 @@ class CIMEmbeddingBag(ArrayInstance):
         """Outcome table of the single-row reads at the instance's current state (built when
         first needed, rebuilt when the programmed state, time, compensation, ADC range or device
         change); None for tables over :data:`cimflow.sim.pooling.SINGLE_READ_ENTRIES` entries."""
-        if self.num_embeddings * self.embedding_dim > pooling.SINGLE_READ_ENTRIES:
+        if self.num_embeddings * self.embedding_dim > pooling.SINGLE_READ_ENTRIES or self.num_embeddings > pooling.SINGLE_READ_ROWS:
             return None
         state = (self.pool_cache, self.output_gain, self.w_scale, self.seed, self.t_seconds, self.adc_range,
                  self._programmed_version, self.verify_iterations, self.verify_tolerance)
-        held = getattr(self, "_singles", None)
-        if held is not None and pooling.same_state(held[0], state):
-            return held[1]
+        table = pooling.held_table(self, state)
+        if table is not None:
+            return table
         s_count, device = self._significance.numel(), self.w_scale.device
         gain = self.output_gain
         if gain is not None:
             gain = gain.to(device).reshape(-1).repeat(s_count) if gain.dim() else gain.to(device)
-
-        def effective(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            w, var = self._rows_effective(rows)
-            return w.reshape(rows.numel(), -1), None if var is None else var.reshape(rows.numel(), -1)
-
         # uncached tables hash a row's outcomes when it is first read (lazy), cached ones build them all at once
-        table = pooling.SingleReads(effective, self.num_embeddings, self._significance.to(device), self.w_scale, gain,
+        table = pooling.SingleReads(self._effective_rows, self.num_embeddings, self._significance.to(device), self.w_scale, gain,
                                     self.spec.analog_adc().bits, self.adc_range, NOISE_TAIL, device, lazy=self.pool_cache is None)
-        self._singles = (pooling.state_key(state), table)
+        pooling.hold_table(self, state, table)
         return table
+
+    def _effective_rows(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(n, S * dim) effective weights and read-noise variances of ``rows``."""
+        w, var = self._rows_effective(rows)
+        return w.reshape(rows.numel(), -1), None if var is None else var.reshape(rows.numel(), -1)
 
     def _reads(self, idx: torch.Tensor, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so

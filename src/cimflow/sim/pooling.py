@@ -38,6 +38,8 @@ BUILD_ROWS = 1 << 14
 #: Tables of at most this many entries (rows x dim) keep a single-read outcome table
 #: (:attr:`SingleReads.base` is one float32 per entry, plus a few slots per row).
 SINGLE_READ_ENTRIES = 1 << 26
+#: ... and at most this many rows (bounds the slots and flags of narrow tables).
+SINGLE_READ_ROWS = 1 << 22
 #: At most this many noise-sensitive code steps per row are kept; a row with more (rare at
 #: low read noise) is always read through the exact path.
 MAX_SLOTS = 16
@@ -100,6 +102,10 @@ def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: tor
     return base, torch.cat(entries)
 
 
+#: Rows' (n, S * dim) effective weights and read-noise variances (None without read noise).
+Effective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
 class SingleReads:
     """Outcome table of the single-row reads of one table (see the module docstring), built
     at once (``lazy=False``) or row by row as rows are first read (:meth:`ensure`).
@@ -121,12 +127,12 @@ class SingleReads:
     S * dim, or None), ``bits`` and ``full`` the ADC (full scale in cell units), ``tail`` the
     noise's clamp (standard deviations)."""
 
-    def __init__(self, effective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], rows: int,
+    def __init__(self, effective: Effective, rows: int,
                  significance: torch.Tensor, col_scale: torch.Tensor, gain: torch.Tensor | None, bits: int, full: float,
                  tail: float, device: torch.device, lazy: bool = False) -> None:
-        self._effective, self._args = effective, (significance, col_scale, gain, bits, full, tail)
+        self._args = (significance, col_scale, gain, bits, full, tail)  # (no reference to the owner is kept)
         sample = torch.arange(min(rows, BUILD_ROWS), device=device)
-        base, steps = self._outcomes(sample)
+        base, steps = self._outcomes(sample, effective)
         self.base = (torch.empty if lazy else torch.zeros)(rows, col_scale.numel(), device=device)
         self.slots: torch.Tensor | None = None
         self.cell_of: torch.Tensor | None = None
@@ -146,12 +152,12 @@ class SingleReads:
         else:
             for r0 in range(sample.numel(), rows, BUILD_ROWS):
                 block = torch.arange(r0, min(rows, r0 + BUILD_ROWS), device=device)
-                self._write(block, *self._outcomes(block))
+                self._write(block, *self._outcomes(block, effective))
             if self.fits is not None and bool(self.fits.all()):
                 self.fits = None
 
-    def _outcomes(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w, var = self._effective(idx)
+    def _outcomes(self, idx: torch.Tensor, effective: Effective) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w, var = effective(idx)
         return _block_outcomes(w, var, *self._args)
 
     def _write(self, idx: torch.Tensor, base: torch.Tensor, steps: torch.Tensor | None) -> None:
@@ -175,7 +181,7 @@ class SingleReads:
         if self.cell_of is not None:
             self.cell_of[row, slot[keep]] = cell[keep]
 
-    def ensure(self, idx: torch.Tensor) -> None:
+    def ensure(self, idx: torch.Tensor, effective: Effective) -> None:
         """Build the outcomes of the rows among ``idx`` not built yet (lazy tables)."""
         if self.known is None:
             return
@@ -185,7 +191,7 @@ class SingleReads:
         rows = torch.unique(missing)
         for r0 in range(0, rows.numel(), BUILD_ROWS):
             block = rows[r0 : r0 + BUILD_ROWS]
-            self._write(block, *self._outcomes(block))
+            self._write(block, *self._outcomes(block, effective))
         self.known[rows] = True
 
 
@@ -243,6 +249,27 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
     target = (bags * dim).unsqueeze(1) + slots[..., 3].long()
     out.view(-1).index_add_(0, target.view(-1), (slots[..., 2] * taken).view(-1))
     return out
+
+
+#: Each owner's outcome table with the key of the state it was built for, kept beside the
+#: owner (its pickling, deepcopy and state_dict are untouched; dropped with the owner).
+_TABLES: weakref.WeakKeyDictionary[object, tuple[tuple[object, ...], SingleReads]] = weakref.WeakKeyDictionary()
+
+
+def held_table(owner: object, state: tuple[object, ...]) -> SingleReads | None:
+    """``owner``'s outcome table if it was built for ``state`` (see :func:`same_state`)."""
+    held = _TABLES.get(owner)
+    return held[1] if held is not None and same_state(held[0], state) else None
+
+
+def hold_table(owner: object, state: tuple[object, ...], table: SingleReads) -> None:
+    _TABLES[owner] = (state_key(state), table)
+
+
+def table_of(owner: object) -> SingleReads | None:
+    """``owner``'s latest outcome table, whatever its state (for inspection)."""
+    held = _TABLES.get(owner)
+    return None if held is None else held[1]
 
 
 def state_key(state: tuple[object, ...]) -> tuple[object, ...]:
