@@ -8,12 +8,13 @@ does per step, each on its own converted copy of the model:
 
 - ``fresh, cached draws`` (hwa_finetune's default): program a fresh chip instance from the
   cached per-cell draws (:mod:`cimflow.train.draws`), age it to a log-uniform random time
-  up to ``--t-max`` (default one day), forward on it (read noise, DAC/ADC quantization,
-  straight-through gradients), backward, optimizer step, clip the weights to 3 sigma;
-- ``fresh, new generators`` (``cached_draws=False``): the same with every instance drawn
-  from fresh generators, as ``cimflow.program`` does;
+  up to ``--t-max`` (default one day), forward on it (read noise from a pool,
+  :mod:`cimflow.sim.draw_pool`; DAC/ADC quantization, straight-through gradients),
+  backward, optimizer step, clip the weights to 3 sigma;
+- ``fresh, new generators`` (``cached_draws=False``): the same with every instance and every
+  read's noise drawn from fresh generators, as ``cimflow.program`` and inference do;
 - ``kept instance``: no re-programming (``keep_programmed``: the forward runs on the last
-  instance; read noise is still drawn on every forward).
+  instance; read noise, from the pool, is still drawn on every forward).
 
 The steps are interleaved repetition by repetition (every variant sees the same machine
 state) at each thread count; the script prints min / median / max over the repeats, the
@@ -40,6 +41,7 @@ from torch import nn
 import cimflow
 from cimflow.chip import Chip, chip_from_dict, load_preset
 from cimflow.chip.spec import Device
+from cimflow.sim.draw_pool import use_pooled_read_noise
 from cimflow.train.clip import clip_weights
 from cimflow.train.draws import InstanceDraws
 from cimflow.train.noise import keep_programmed, sample_instance, step_seed
@@ -96,6 +98,9 @@ def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], No
         opt = torch.optim.Adam(cim.parameters(), lr=1e-4)
         times = torch.Generator().manual_seed(1)
         draws = InstanceDraws(0) if mode == "cached" else None
+        if mode != "exact":  # hwa_finetune's default: the training reads' noise from a pool too
+            for k, (_, layer) in enumerate(cimflow.sim.cim_layers(cim)):
+                use_pooled_read_noise(layer.engine, k)
 
         def step(k: int) -> None:
             if mode == "kept":

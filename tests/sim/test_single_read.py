@@ -13,7 +13,8 @@ from cimtest import chip_with
 from torch import nn
 
 import cimflow
-from cimflow.sim import single_read
+from cimflow.errors import SimulationError
+from cimflow.sim import draw_pool, single_read
 
 PCM = "arrays.pcm.device."
 # HERMES-like arrays (256 rows: 600 inputs take 3 read groups) without noise, so both
@@ -90,3 +91,44 @@ def test_fused_read_noise_keeps_the_exact_moments():
     n = y.numel()
     assert abs(float(y.mean()) - ideal) < 5 * math.sqrt(var / n)
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / n)
+
+
+def test_pooled_read_noise_keeps_the_moments_and_fresh_values_per_read():
+    # the same layer as above; the training reads' noise from a pool (draw_pool): each read's
+    # noise has the exact variance, and two reads' noise at one output is uncorrelated
+    r = 0.05
+    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14})
+    lin = nn.Linear(100, 50, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.5)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
+    eng = cim[0].engine
+    draw_pool.use_pooled_read_noise(eng, 7)
+    x = torch.ones(400, 100)
+    x[:, ::2] = -1.0
+    x.requires_grad_(True)
+    reads = [cim(x).detach() for _ in range(3)]
+    var = float(eng.read_var[0, 0, :100, 0].sum()) * float(eng.w_scale[0]) ** 2
+    n = reads[0].numel()
+    for y in reads:
+        assert abs(float(y.mean())) < 5 * math.sqrt(var / n)
+        assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / n)
+    for a, b in ((0, 1), (1, 2)):
+        assert abs(float(torch.corrcoef(torch.stack([reads[a].flatten(), reads[b].flatten()]))[0, 1])) < 5 / math.sqrt(n)
+    # a smaller read fits the same pool; inference reads keep the instance's generator
+    assert cim(x[:10]).shape == (10, 50)
+    with torch.no_grad():
+        expected = cim(x.detach())
+    cimflow.program(cim, seed=0)
+    with torch.no_grad():
+        assert torch.equal(cim(x.detach()), expected)
+    draw_pool.use_pooled_read_noise(eng, None)
+    assert eng._read_noise_pool is None
+
+
+def test_a_pool_window_must_fit():
+    pool = draw_pool.DrawPool(4, lambda count, gen: torch.randn(count, generator=gen), torch.Generator().manual_seed(0))
+    assert pool.window(4).shape == (4,) and pool.window(6, 2).shape == (2,)
+    for offset, count in ((5, 4), (-1, 2), (0, 5), (0, 0)):
+        with pytest.raises(SimulationError, match="does not fit"):
+            pool.window(offset, count)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cimflow.sim import fastmm
+from cimflow.sim.draw_pool import training_read_normal
 
 if TYPE_CHECKING:
     from cimflow.sim.engine import CrossbarEngine
@@ -72,7 +73,7 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     acc = fastmm.grouped_products(xi, w, engine.grid.in_features)
     if engine.read_var is not None:
         var = engine._read_variance(xi)  # one normal draw below for all groups
-        acc.addcmul_(engine._read_normal(acc), var.sqrt_())
+        acc.addcmul_(training_read_normal(engine, acc) if keep else engine._read_normal(acc), var.sqrt_())
     bits = engine.spec.analog_adc().bits
     rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
     if bits > 1:

@@ -40,7 +40,7 @@ program-and-verify, array-yield defects) are programmed by their own ``program``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -52,39 +52,9 @@ from cimflow.mapping import encode_weights, weight_scales
 from cimflow.physics import derive_seed, generator_for, programming_sigma, sample_drift_exponents, sample_stuck_mask
 from cimflow.physics.hashing import stream_key
 from cimflow.sim.convert import cim_layers
+from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool
 from cimflow.sim.engine import CrossbarEngine
 from cimflow.sim.layers import CIMLayer
-
-#: Steps after which every pool entry has been re-drawn once (a slice of 1/64 per step).
-REFRESH_STEPS = 64
-
-
-class DrawPool:
-    """``2 n`` i.i.d. draws from ``sample(count, generator)``; :meth:`window` gives ``n``
-    consecutive ones at an offset in ``[0, n]`` and :meth:`renew` re-draws the next slice."""
-
-    def __init__(self, n: int, sample: Callable[[int, torch.Generator], torch.Tensor], generator: torch.Generator,
-                 refresh_steps: int = REFRESH_STEPS) -> None:
-        self.n = n
-        self.sample = sample
-        self.generator = generator
-        self.data = sample(2 * n, generator)
-        self.chunk = max(1, math.ceil(2 * n / refresh_steps))
-        self.cursor = 0
-
-    def renew(self) -> tuple[int, int]:
-        """Re-draw the next slice of the pool (round robin); returns its [start, end)."""
-        start = self.cursor
-        end = min(start + self.chunk, 2 * self.n)
-        self.data[start:end] = self.sample(end - start, self.generator)
-        self.cursor = end % (2 * self.n)
-        return start, end
-
-    def window(self, offset: int) -> torch.Tensor:
-        """The ``n`` entries from ``offset`` (a view: valid until the pool is renewed again)."""
-        if not 0 <= offset <= self.n:
-            raise CimflowError(f"pool offset must be in [0, {self.n}], got {offset}")
-        return self.data[offset:offset + self.n]
 
 
 class StuckPool:

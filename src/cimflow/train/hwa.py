@@ -34,7 +34,9 @@ from torch import nn
 from cimflow.chip.io import resolve_chip
 from cimflow.chip.spec import Chip
 from cimflow.errors import CimflowError
+from cimflow.physics import derive_seed
 from cimflow.sim.convert import cim_layers, compensate_model, convert_model
+from cimflow.sim.draw_pool import use_pooled_read_noise
 from cimflow.sim.layers import CIMLayer
 from cimflow.train.clip import clip_weights
 from cimflow.train.data import LossFn, TrainData, as_batches
@@ -212,8 +214,10 @@ def hwa_finetune(
         cached_draws: take each step's per-cell draws (programming noise, stuck cells, drift
             exponents) from per-layer pools of cached draws at a random offset
             (:class:`cimflow.train.draws.InstanceDraws`: every instance has the device
-            model's distribution, at a fraction of the cost); False: draw every instance
-            from fresh generators, as ``cimflow.program`` does.
+            model's distribution, at a fraction of the cost), and the training forwards' read
+            noise from a pool too (:func:`cimflow.sim.draw_pool.use_pooled_read_noise`);
+            False: draw every instance and read from fresh generators, as ``cimflow.program``
+            and inference do.
     """
     train = as_batches(data, batch_size)
     loss_fn = loss_fn or train.loss_fn
@@ -252,6 +256,10 @@ def hwa_finetune(
     if cim is not None:
         compensate_model(cim, compensation)
         sample_instance(cim, step_seed(seed, -1), None, time_gen)
+        if cached_draws:  # the training reads' noise in bulk too (inference reads keep their generator)
+            for name, layer in cim_layers(cim):
+                if isinstance(layer, CIMLayer):
+                    use_pooled_read_noise(layer.engine, derive_seed(seed, name, "hwa-read-pool"))
     groups: list[dict[str, Any]] = [{"params": [p for p in net.parameters() if p.requires_grad], "lr": lr}]
     if learn_input_range:
         if cim is None:
@@ -310,6 +318,10 @@ def hwa_finetune(
             net.load_state_dict(best_state)
         result.best_step, result.best_score = best_step, best_score
     net.eval()
+    if cim is not None and cached_draws:
+        for _, layer in cim_layers(cim):
+            if isinstance(layer, CIMLayer):
+                use_pooled_read_noise(layer.engine, None)
     result.steps = step
     result.seconds = time.perf_counter() - started
     if cim is not None:
