@@ -6,7 +6,9 @@ noise sampled on the column sums, drift compensation and the ADC, fused in place
 (:meth:`cimflow.sim.engine.CrossbarEngine.forward` without autograd) calls it directly.
 
 Training calls it through :class:`SingleReadStraightThrough`: the forward is the same noisy
-read (no autograd graph through the noise, the ADC or the in-place arithmetic), and the
+read (no autograd graph through the noise, the ADC or the in-place arithmetic; the noise's
+normals from the engine's pool where :func:`cimflow.sim.draw_pool.use_pooled_read_noise`
+turned one on, as hardware-aware training does), and the
 backward applies the straight-through estimator of the general path in closed form - the
 gradient of ``y = sum_g ADC(x_q W_g + noise) * scale_x * w_scale`` with the DAC's and the
 ADC's rounding passed straight through, zero where the ADC (or a fixed-range DAC) clips:
