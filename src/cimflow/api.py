@@ -80,7 +80,7 @@ def drift(model: nn.Module, t: float | str) -> nn.Module:
 
 
 def calibrate(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
-    """Calibrate input ranges and percentile ADC ranges on a few batches of data."""
+    """Calibrate input ranges and ADC ranges (expected or percentile) on a few batches of data."""
     return calibrate_model(model, batches)
 
 

@@ -244,11 +244,12 @@ def drift_model(model: nn.Module, t_seconds: float) -> nn.Module:
 
 
 def calibrate_model(model: nn.Module, batches: Iterable[Any]) -> nn.Module:
-    """Set calibrated input ranges and percentile ADC ranges from a few batches of data.
+    """Set calibrated input ranges and ADC ranges (``expected``: mean + sigmas standard
+    deviations of the partial sums seen; ``percentile``) from a few batches of data.
 
     Each batch is passed to the model as ``model(*batch)`` if it is a tuple or list, else
     ``model(batch)``. Layers whose chip asks for neither mode are unaffected. Embedding
-    tables on arrays whose ADC range is ``percentile`` get their range from the pooled
+    tables on arrays whose ADC range is ``percentile`` or ``expected`` get their range from the pooled
     partial sums seen.
     """
     layers = [_array_state(m) for _, m in _require_converted(model)]
