@@ -9,7 +9,9 @@ A chip instance goes through the same steps whatever its arrays hold (a weight m
 - **age** it (:meth:`ArrayInstance.set_time`: drift, the effective weights and read-noise
   variances at ``t``);
 - **compensate** drift from a reference read (one factor per layer, or one per column);
-- **calibrate** the ADC range on data (the percentile of the partial sums seen).
+- **calibrate** the ADC range on data (mean + k sigma, or the percentile, of the partial sums
+  seen); without data the ``expected`` full scale comes from the weights' column statistics
+  (:func:`expected_full_scale`).
 
 :class:`ArrayInstance` is the base class of both owners: it holds that state, its tensors as
 registered (non-persistent) buffers so ``.to(device)`` moves every one of them, and the
@@ -316,7 +318,7 @@ class ArrayInstance(nn.Module):
     significance: torch.Tensor  # (S,) slice significances (analog arrays; None until programmed)
     output_gain: torch.Tensor | None  # drift-compensation factor, () or (columns,)
     reference_read_t0: torch.Tensor | None  # reference read right after programming (a cache)
-    adc_range_calibrated: torch.Tensor | None  # percentile ADC full scale from calibration data
+    adc_range_calibrated: torch.Tensor | None  # ADC full scale from calibration data (percentile or expected)
     _anchor: torch.Tensor  # empty; marks the device the instance was moved to
 
     _BUFFERS = ("w_scale", "significance", "output_gain", "reference_read_t0", "adc_range_calibrated")
