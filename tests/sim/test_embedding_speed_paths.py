@@ -32,10 +32,12 @@ def bags(rows: int, n_bags: int = 64, pooling: int = 12, seed: int = 1):
     return torch.randint(0, rows, (n_bags * pooling,), generator=g), torch.arange(0, n_bags * pooling, pooling)
 
 
-def test_codes_drawn_near_boundaries_have_the_exact_code_distribution():
+@pytest.mark.parametrize("near_only", [False, True])
+def test_codes_drawn_near_boundaries_have_the_exact_code_distribution(near_only):
     """Against the closed form: a sum x (in ADC steps) with noise s converts to code m with
     probability Phi((m + 1/2 - x)/s) - Phi((m - 1/2 - x)/s); the mean code over many
-    conversions matches it within sampling error, for sums near and far from boundaries."""
+    conversions matches it within sampling error, for sums near and far from boundaries,
+    drawing noise for every sum or only for the sums within its reach of a boundary."""
     layer = table_layer(noisy_chip())
     steps = (1 << (layer.spec.adc.bits - 1)) - 1
     k = steps / layer.adc_range  # steps per cell
@@ -44,7 +46,7 @@ def test_codes_drawn_near_boundaries_have_the_exact_code_distribution():
     s_steps[::3] = 0.01  # some sums far from every boundary at this noise
     psum, var = (x_steps / k).unsqueeze(0), (s_steps / k).square().unsqueeze(0)
     draws = 4000
-    codes = torch.stack([layer._convert(psum, var, None)[0][0] for _ in range(draws)])
+    codes = torch.stack([layer._convert(psum, var, None, near_only=near_only)[0][0] for _ in range(draws)])
     normal = torch.distributions.Normal(0.0, 1.0)
     m = torch.arange(-6, 7, dtype=torch.float32).view(-1, 1)
     p = normal.cdf((m + 0.5 - x_steps) / s_steps) - normal.cdf((m - 0.5 - x_steps) / s_steps)

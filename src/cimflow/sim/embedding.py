@@ -532,7 +532,8 @@ class CIMEmbeddingBag(ArrayInstance):
                 w, var = self._rows_effective(lookups)  # (n, S, dim)
                 sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), starts)
             psum, var = sums[:, : s_count * dim], (sums[:, s_count * dim :] if sums.shape[1] > s_count * dim else None)
-            codes, unit = self._convert(psum, var, gain)  # (reads, S*dim); codes x unit = cell units
+            # (reads, S*dim); codes x unit = cell units; one-row reads rarely sit near a boundary
+            codes, unit = self._convert(psum, var, gain, near_only=cuts[k + 1] - cuts[k] < 1.5 * (r1 - r0))
             # each read's codes, slices combined by significance, in table units, added to its bag
             out.index_add_(0, read_bags[r0:r1], (codes.view(-1, s_count, dim) * weights).sum(1), alpha=unit)
         return out
@@ -578,13 +579,17 @@ class CIMEmbeddingBag(ArrayInstance):
         read_starts = torch.nonzero(first | (pooling.mod(pos - group_start, self.group_rows) == 0)).squeeze(1)
         return idx[order], read_starts, bags[order][read_starts]
 
-    def _convert(self, psum: torch.Tensor, var: torch.Tensor | None, gain: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    def _convert(self, psum: torch.Tensor, var: torch.Tensor | None, gain: torch.Tensor | None,
+                 near_only: bool = False) -> tuple[torch.Tensor, float]:
         """ADC codes of the reads' partial sums ``psum`` (cell units, times the compensation
         ``gain``) with read noise of variance ``var`` (cell units squared), and the code's
         value in cell units.
 
-        Noise is ``sigma * z`` with z standard normal clamped at :data:`NOISE_TAIL`, one draw
-        per partial sum. (When calibrating, the noisy sums themselves are recorded.)"""
+        Noise is ``sigma * z`` with z standard normal clamped at :data:`NOISE_TAIL`: one draw
+        per partial sum, or (``near_only``, cheaper when few sums are near an ADC decision
+        boundary, as for one-row reads) only for the sums within the noise's reach of one (the
+        others convert to the same code whatever the draw: the same distribution). When
+        calibrating, the noisy sums themselves are recorded."""
         bits, full = self.spec.analog_adc().bits, self.adc_range
         self._read_generator(psum.device)  # self._read_gen, seeded, on psum's device
         if var is None or bits <= 1 or self._calibrating:
@@ -603,12 +608,16 @@ class CIMEmbeddingBag(ArrayInstance):
         sigma = var.sqrt().mul_(k)  # var >= 0: a sum of variances
         if gain is not None:
             sigma = sigma.mul_(gain.abs())
-        # one clamped normal per sum: on a CPU one randn pass costs less than finding the sums
-        # near a decision boundary (nonzero) and scattering their draws back
-        z = torch.randn(x.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
-        codes = x.addcmul_(z, sigma).round_()
-        codes = codes.clamp_(-steps, steps)
-        return codes, 1.0 / k
+        if near_only:  # a draw can change the code only where a boundary (an odd multiple of half a step) is within reach
+            codes = x.round()
+            where = torch.nonzero((torch.sub(x, codes).abs_() + sigma * NOISE_TAIL >= 0.5).view(-1)).squeeze(1)
+            if where.numel():
+                z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
+                codes.view(-1)[where] = x.view(-1)[where].addcmul_(z.clamp_(-NOISE_TAIL, NOISE_TAIL), sigma.view(-1)[where]).round_()
+        else:  # one randn pass costs less than finding the near sums (nonzero) and scattering their draws back
+            z = torch.randn(x.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
+            codes = x.addcmul_(z, sigma).round_()
+        return codes.clamp_(-steps, steps), 1.0 / k
 
     @property
     def adc_range(self) -> float:
