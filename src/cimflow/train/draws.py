@@ -33,6 +33,10 @@ Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell)
 path's buffers about 52 bytes per weight; a device plug-in adds 8 bytes per cell for every
 kind of draw it asks for.
 
+An instance made here is not re-drawn by its seed: ``CrossbarEngine.stuck_masks`` (which
+re-draws an instance's stuck cells from its seed) does not describe it; program with
+``cimflow.program`` for an instance to analyse.
+
 Layers the cache does not cover (embedding bags, digital arrays, offset encoding,
 program-and-verify, array-yield defects) are programmed by their own ``program`` as before.
 """
