@@ -111,7 +111,7 @@ def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], No
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            clip_weights(cim, 3.0)
+            clip_weights(cim, 3.0, count=False)
 
         return step
 

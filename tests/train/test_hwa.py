@@ -125,3 +125,17 @@ def test_bad_arguments_are_refused(trained):
         hwa_finetune(model, "ideal", data, steps=1, t_max="soon")
     with pytest.raises(CimflowError, match="cannot train on"):
         hwa_finetune(model, "ideal", 42, steps=1)
+
+
+def test_clipping_without_counting_clips_the_same():
+    torch.manual_seed(0)
+    weights = nn.Linear(64, 16).weight.detach() * torch.linspace(0.5, 3.0, 64)  # outliers in the last inputs
+    clipped = []
+    for count in (True, False):
+        cim = cimflow.convert(nn.Sequential(nn.Linear(64, 16)), "pcm-hermes-like")
+        with torch.no_grad():
+            cim[0].weight.copy_(weights)
+        n = clip_weights(cim, 2.0, count=count)
+        clipped.append(cim[0].weight.detach().clone())
+        assert n == (int((weights.abs() > 2.0 * weights.std(dim=1, unbiased=False, keepdim=True)).sum()) if count else 1)
+    assert torch.equal(clipped[0], clipped[1]) and not torch.equal(clipped[0], weights)

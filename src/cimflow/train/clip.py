@@ -37,10 +37,12 @@ def clip_bounds(weight_in_out: torch.Tensor, clip_sigma: float, per_column: bool
 
 
 @torch.no_grad()
-def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = True) -> int:
+def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = True, count: bool = True) -> int:
     """Clip every CIM layer's weights to ``clip_sigma`` standard deviations per column (per
     layer for ``weight_scaling: per_layer``), in place. Digital arrays are skipped unless
-    ``analog_only`` is false. Returns the number of weights that were clipped.
+    ``analog_only`` is false. Returns the number of weights that were clipped (``count=False``:
+    the number of layers that had weights beyond their bounds, one pass over the weights
+    fewer; what a training loop that only clips wants).
 
     Matrix layers are clipped in their weight's own layout (out, in): each crossbar column is
     a contiguous row there, so the statistics and the clip are single passes."""
@@ -65,7 +67,7 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
         high, low = matrix.amax(dim=dim, keepdim=per_column), matrix.amin(dim=dim, keepdim=per_column)
         if bool((high <= bound).all()) and bool((low >= -bound).all()):
             continue  # nothing beyond the bounds (two reductions, no pass that writes)
-        n = int((matrix.abs() > bound).sum())
+        n = int((matrix.abs() > bound).sum()) if count else 1
         if n:
             clipped += n
             matrix.clamp_(-bound, bound)

@@ -303,7 +303,7 @@ def hwa_finetune(
             objective.backward()
             opt.step()
             if cim is not None and clip_sigma is not None:
-                clip_weights(cim, clip_sigma)
+                clip_weights(cim, clip_sigma, count=False)
             step += 1
             result.history.append({"step": float(step), "loss": float(loss.detach()), "t_fraction": fraction})
             if progress is not None:
