@@ -29,7 +29,6 @@ percentile ADC calibration (:func:`cimflow.calibrate`).
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -387,55 +386,12 @@ class CIMEmbeddingBag(ArrayInstance):
 
     # ----------------------------------------------------------------- reading
     def _flatten(self, input: torch.Tensor, offsets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Flat indices, the bag of each index, and the number of bags. Offsets and indices
-        are checked in one host sync; ``_one_per_bag`` tells whether no bag holds more than
-        one index (every lookup then has its reads to itself)."""
-        if not self.is_bag or input.dim() == 2:
-            if offsets is not None and input.dim() == 2:
-                raise DataError(f"embedding {self.layer_name!r}: offsets must be None when the input is 2-D")
-            shape = input.shape if not self.is_bag else input.shape[:1]
-            per = 1 if not self.is_bag else input.shape[1]
-            flat = input.reshape(-1)
-            n_bags = int(math.prod(shape)) if shape else 1
-            bags = torch.arange(n_bags, device=flat.device)
-            bags = bags.repeat_interleave(per) if per != 1 else bags
-            self._out_shape = tuple(shape)
-            self._one_per_bag = per <= 1
-            if flat.numel():
-                self._check_indices(*torch.stack(list(torch.aminmax(flat))).tolist())  # one host sync
-            return flat, bags, n_bags
-        if offsets is None:
-            raise DataError(f"embedding bag {self.layer_name!r}: a 1-D input needs offsets")
-        offsets = offsets.to(torch.int64)
-        bad_offsets = DataError(f"embedding bag {self.layer_name!r}: offsets must start at 0, never decrease and stay within "
-                                f"the {input.numel()} indices")
-        if offsets.numel() == 0:
-            raise bad_offsets
-        counts = offsets.diff()  # indices per bag
-        if not self.include_last_offset:
-            counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
-        bounded = torch.cat([counts, counts.new_zeros(1)])
-        low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
-        first, last, fewest, most, lowest, highest = torch.stack(
-            [offsets[0], offsets[-1], bounded.amin(), bounded.amax(), low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
-        if first != 0 or fewest < 0 or last > input.numel():
-            raise bad_offsets
-        used = last if self.include_last_offset else input.numel()
-        if used < input.numel() and (lowest < 0 or highest >= self.num_embeddings):  # the unused tail may hold anything
-            lowest, highest = torch.stack(list(torch.aminmax(input[:used]))).tolist() if used else (0, 0)
-        if input.numel():
-            self._check_indices(lowest, highest)
-        n_bags = counts.numel()
-        bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), counts, output_size=used)
-        self._out_shape = (n_bags,)
-        self._one_per_bag = most <= 1
-        return input[:used], bags, n_bags
-
-    def _check_indices(self, lowest: int, highest: int) -> None:
-        if lowest < 0 or highest >= self.num_embeddings:
-            bad = lowest if lowest < 0 else highest
-            raise DataError(f"embedding {self.layer_name!r}: index {bad} is out of range; the table has {self.num_embeddings} rows "
-                            f"(0..{self.num_embeddings - 1})")
+        """Flat indices, the bag of each index, and the number of bags (checked against the
+        table in one host sync, :func:`cimflow.sim.pooling.flatten_bags`); sets the output
+        shape and ``_one_per_bag`` (no bag holds two indices)."""
+        flat = pooling.flatten_bags(input, offsets, self.is_bag, self.include_last_offset, self.num_embeddings, self.layer_name)
+        self._out_shape, self._one_per_bag = flat.out_shape, flat.one_per_bag
+        return flat.idx, flat.bags, flat.n_bags
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
                 per_sample_weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,9 @@ that draw, which gives exactly the distribution of ``round(x + sigma * z)`` with
 standard normal clamped at ``tail`` (what :meth:`CIMEmbeddingBag._convert` draws).
 
 Lookups sharing a read with others still go through the exact read path; the split costs
-one ``bincount`` over (bag, array) keys, no sort.
+one ``bincount`` over (bag, array) keys (one sort when the keys far outnumber the lookups),
+none when no bag holds two lookups. Also here: parsing a forward's indices and offsets
+(:func:`flatten_bags`, one host sync for every check).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from cimflow.errors import DataError
 from cimflow.physics import adc_quantize
 
 #: Rows whose outcomes are computed per block while building (bounds the build's memory).
@@ -193,6 +197,68 @@ class SingleReads:
             block = rows[r0 : r0 + BUILD_ROWS]
             self._write(block, *self._outcomes(block, effective))
         self.known[rows] = True
+
+
+class Flat(NamedTuple):
+    """Lookups of one forward: flat indices, the bag of each, the number of bags, the output's
+    leading shape, and whether no bag holds two indices."""
+
+    idx: torch.Tensor
+    bags: torch.Tensor
+    n_bags: int
+    out_shape: tuple[int, ...]
+    one_per_bag: bool
+
+
+def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool, include_last_offset: bool, rows: int,
+                 name: str) -> Flat:
+    """Parse an embedding (bag) input as ``nn.Embedding`` / ``nn.EmbeddingBag`` do: a 2-D input
+    is one bag per row (or one lookup per entry for a plain embedding), a 1-D input is cut by
+    ``offsets`` (with or without the closing one). Offsets, bag sizes and the index range
+    against the table's ``rows`` are checked in one host sync; a violation is a DataError."""
+    if not is_bag or input.dim() == 2:
+        if offsets is not None and input.dim() == 2:
+            raise DataError(f"embedding {name!r}: offsets must be None when the input is 2-D")
+        shape = tuple(input.shape if not is_bag else input.shape[:1])
+        per = 1 if not is_bag else input.shape[1]
+        flat = input.reshape(-1)
+        n_bags = int(math.prod(shape)) if shape else 1
+        bags = torch.arange(n_bags, device=flat.device)
+        bags = bags.repeat_interleave(per) if per != 1 else bags
+        if flat.numel():
+            lowest, highest = torch.stack(list(torch.aminmax(flat))).tolist()  # one host sync
+            _check_indices(lowest, highest, rows, name)
+        return Flat(flat, bags, n_bags, shape, per <= 1)
+    if offsets is None:
+        raise DataError(f"embedding bag {name!r}: a 1-D input needs offsets")
+    offsets = offsets.to(torch.int64)
+    bad_offsets = DataError(f"embedding bag {name!r}: offsets must start at 0, never decrease and stay within the "
+                            f"{input.numel()} indices")
+    if offsets.numel() == 0:
+        raise bad_offsets
+    counts = offsets.diff()  # indices per bag
+    if not include_last_offset:
+        counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
+    bounded = torch.cat([counts, counts.new_zeros(1)])
+    low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
+    first, last, fewest, most, lowest, highest = torch.stack(
+        [offsets[0], offsets[-1], bounded.amin(), bounded.amax(), low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
+    if first != 0 or fewest < 0 or last > input.numel():
+        raise bad_offsets
+    used = last if include_last_offset else input.numel()
+    if used < input.numel() and (lowest < 0 or highest >= rows):  # the unused tail may hold anything
+        lowest, highest = torch.stack(list(torch.aminmax(input[:used]))).tolist() if used else (0, 0)
+    if input.numel():
+        _check_indices(lowest, highest, rows, name)
+    n_bags = counts.numel()
+    bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), counts, output_size=used)
+    return Flat(input[:used], bags, n_bags, (n_bags,), most <= 1)
+
+
+def _check_indices(lowest: int, highest: int, rows: int, name: str) -> None:
+    if lowest < 0 or highest >= rows:
+        bad = lowest if lowest < 0 else highest
+        raise DataError(f"embedding {name!r}: index {bad} is out of range; the table has {rows} rows (0..{rows - 1})")
 
 
 def floor_div(values: torch.Tensor, divisor: int) -> torch.Tensor:
