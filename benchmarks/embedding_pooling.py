@@ -82,14 +82,18 @@ def table_only(rows: int, repeats: int, threads: int, batch: int = 1024, pooling
     offsets = torch.arange(0, batch * pooling, pooling)
     torch.set_num_threads(threads)
     start = time.perf_counter()
+    cim.table.collect_stats = True
     with torch.no_grad():
         cim(values, offsets)  # builds the outcome table of lone reads (the rows read, for a lazy table)
     first = time.perf_counter() - start
+    cim.table.collect_stats = False
+    reads = cim.table.stats["reads"]
     load = os.getloadavg()[0]
     ratios, tp, ts = interleaved_ratios(lambda: model(values, offsets), lambda: cim(values, offsets), repeats)
     line(f"EmbeddingBag {rows:>9,d} x {dim}, table only", threads, ratios, tp, ts, load)
     print(f"{'':38s} convert + program {programmed:.1f} s, first forward {first:.1f} s, "
-          f"{'cached' if cim.table.pool_cache is not None else 'lazy (hashed rows)'}")
+          f"{'cached' if cim.table.pool_cache is not None else 'lazy (hashed rows)'}; {reads:,} array reads per batch "
+          f"of {values.numel():,} lookups")
 
 
 def whole_model(repeats: int, threads: int, batch: int = 1024) -> None:
