@@ -254,3 +254,14 @@ def test_outcome_table_stays_outside_the_module(tmp_path):
         assert pooling.table_of(other) is not pooling.table_of(layer)
         # same programmed state: equal but for read noise (a few code steps)
         assert float((again - first).abs().max()) < 0.5 * float(first.abs().max())
+
+
+def test_sign_only_adc_reads_through_the_exact_path():
+    """A 1-bit ADC keeps only the sign of the noisy sum, so a lone read's code is random near
+    zero: such tables take the exact path (no outcome table) and their outputs vary."""
+    chip = chip_with("hybrid-rram-sram-28nm", **{f"arrays.{EMB}.device.read_noise": 0.3, f"arrays.{EMB}.adc.bits": 1})
+    layer = table_layer(chip, rows=200, dim=3)
+    v, o = torch.arange(200), torch.arange(200)
+    out = draws(layer, v, o, 20)
+    assert pooling.table_of(layer) is None
+    assert float(out.std(0).max()) > 0

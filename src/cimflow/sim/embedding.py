@@ -500,6 +500,8 @@ class CIMEmbeddingBag(ArrayInstance):
         change); None for tables over :data:`cimflow.sim.pooling.SINGLE_READ_ENTRIES` entries."""
         if self.num_embeddings * self.embedding_dim > pooling.SINGLE_READ_ENTRIES or self.num_embeddings > pooling.SINGLE_READ_ROWS:
             return None
+        if self.spec.analog_adc().bits <= 1:  # a 1-bit ADC keeps the sign of the noisy sum: the exact path
+            return None
         state = (self.pool_cache, self.output_gain, self.w_scale, self.seed, self.t_seconds, self.adc_range,
                  self._programmed_version, self.verify_iterations, self.verify_tolerance)
         table = pooling.held_table(self, state)

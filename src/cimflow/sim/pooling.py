@@ -73,7 +73,7 @@ def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: tor
     noise-sensitive code steps as rows (row, cell rank in row, centre, half width, delta,
     column, step order) (None without read noise)."""
     n, dim, s_count = w.shape[0], col_scale.numel(), significance.numel()
-    if var is None or bits <= 1:  # no read noise: the exact path's noise-free conversion
+    if var is None or bits <= 1:  # no read noise (or a sign-only ADC, which the owner reads exactly): noise-free codes
         value = adc_quantize(w if gain is None else w * gain, bits, full)
         return (value.view(n, s_count, dim) * significance.view(1, -1, 1)).sum(1) * col_scale, None
     steps = (1 << (bits - 1)) - 1
