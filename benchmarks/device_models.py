@@ -61,9 +61,9 @@ def main() -> None:
             from cimflow.chip.spec import Device
 
             device = Device.model_validate(device)
-        prog = timed(lambda: program_cells(target, device, 0, "bench", "pos"))
+        prog = timed(lambda d=device: program_cells(target, d, 0, "bench", "pos"))
         g, state, _, _ = program_cells(target, device, 0, "bench", "pos")
-        age = timed(lambda: drifted(g, state, 86_400.0, device))
+        age = timed(lambda g=g, state=state, d=device: drifted(g, state, 86_400.0, d))
         for what, times in (("program", prog), ("age to 1 day", age)):
             med = statistics.median(times)
             print(f"{name + ' ' + what:24s} {min(times) * 1e3:7.2f} {med * 1e3:7.2f} {max(times) * 1e3:7.2f} ms  x{med / ref:.1f}")

@@ -342,9 +342,6 @@ class ArraySpec(StrictModel):
         if self.weight_encoding.scheme == "bit_sliced" and self.device.n_levels ** self.weight_encoding.slices > 1 << 24:
             raise ValueError(f"bit-sliced weights of {self.weight_encoding.slices} slices x {self.device.n_levels} levels resolve "
                              f"{self.device.n_levels}^{self.weight_encoding.slices} steps: at most 2^24 (float32-exact) are allowed")
-        if self.weight_encoding.scheme == "bit_sliced" and self.device.n_levels ** self.weight_encoding.slices > 1 << 24:
-            raise ValueError(f"bit-sliced weights of {self.weight_encoding.slices} slices x {self.device.n_levels} levels resolve "
-                             f"{self.device.n_levels}^{self.weight_encoding.slices} steps: at most 2^24 (float32-exact) are allowed")
         if self.adc is not None and self.adc.columns_per_adc > self.cols:
             raise ValueError(f"adc.columns_per_adc ({self.adc.columns_per_adc}) cannot exceed cols ({self.cols})")
         if self.max_active_rows is not None and self.max_active_rows > self.rows:
