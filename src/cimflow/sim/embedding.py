@@ -153,6 +153,9 @@ class CIMEmbeddingBag(ArrayInstance):
     # buffers registered in __init__ (None when absent or not built yet)
     hot_rows: torch.Tensor | None
     pool_cache: torch.Tensor | None
+    # the latest forward's lookups (set by _flatten)
+    _out_shape: tuple[int, ...]
+    _one_per_bag: bool
 
     def __init__(self, source: nn.EmbeddingBag | nn.Embedding | TableSource, spec: ArraySpec, array_kind: str, name: str = "",
                  hot_rows: torch.Tensor | None = None) -> None:
@@ -390,7 +393,7 @@ class CIMEmbeddingBag(ArrayInstance):
         table in one host sync, :func:`cimflow.sim.pooling.flatten_bags`); sets the output
         shape and ``_one_per_bag`` (no bag holds two indices)."""
         flat = pooling.flatten_bags(input, offsets, self.is_bag, self.include_last_offset, self.num_embeddings, self.layer_name)
-        self._out_shape, self._one_per_bag = flat.out_shape, flat.one_per_bag
+        self.__dict__.update(_out_shape=flat.out_shape, _one_per_bag=flat.one_per_bag)  # plain attributes (no Module.__setattr__)
         return flat.idx, flat.bags, flat.n_bags
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,

@@ -239,10 +239,10 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     counts = offsets.diff()  # indices per bag
     if not include_last_offset:
         counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
-    bounded = torch.cat([counts, counts.new_zeros(1)])
+    fewest_t, most_t = torch.aminmax(counts) if counts.numel() else (offsets[0], offsets[0])
     low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
     first, last, fewest, most, lowest, highest = torch.stack(
-        [offsets[0], offsets[-1], bounded.amin(), bounded.amax(), low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
+        [offsets[0], offsets[-1], fewest_t, most_t, low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
     if first != 0 or fewest < 0 or last > input.numel():
         raise bad_offsets
     used = last if include_last_offset else input.numel()
