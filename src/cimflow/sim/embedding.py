@@ -446,10 +446,13 @@ class CIMEmbeddingBag(ArrayInstance):
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
             singles.ensure(idx, self._effective_rows)
-            per_bag = torch.bincount(bags, minlength=n_bags)
+            one_each = self._one_per_bag and idx.numel() == n_bags  # lookup i is bag i's only one
+            per_bag = None if one_each else torch.bincount(bags, minlength=n_bags)
             alone: torch.Tensor | None = None  # None: every lookup is read alone
             n_rest = 0
             if not (self._one_per_bag and singles.fits is None):  # else no bag holds two lookups: no test, no sync
+                if per_bag is None:
+                    per_bag = torch.ones_like(bags)
                 alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
                                               self.group_rows)
                 if singles.fits is not None:
@@ -457,7 +460,8 @@ class CIMEmbeddingBag(ArrayInstance):
                 n_rest = int((~alone).sum())  # one host sync
             gen = self._read_generator(out.device)
             if alone is None or 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
-                lone_sums = pooling.pool_single(singles, idx, bags, per_bag, alone if n_rest else None, gen)
+                lone_sums = pooling.pool_single(singles, idx, bags, None if one_each and not n_rest else per_bag,
+                                                alone if n_rest else None, gen)
             else:  # mostly sharing reads: gather the lone ones first
                 lone = alone.nonzero().squeeze(1)
                 lone_bags = bags[lone]

@@ -293,16 +293,17 @@ def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, 
     return torch.empty_like(alone_s).scatter_(0, order, alone_s)
 
 
-def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, alone: torch.Tensor | None,
-                generator: torch.Generator | None) -> torch.Tensor:
+def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor | None,
+                alone: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     """Pooled values (bags, dim) of the lookups of rows ``idx`` into ``bags`` (non-decreasing;
-    ``per_bag``: lookups per bag) that are read alone (``alone``; None: all of them):
-    gather-sum of the noise-free values, then each noise-sensitive cell's code from one
-    uniform draw."""
-    dim = table.base.shape[1]
-    offsets = torch.cumsum(per_bag, 0).sub_(per_bag)
-    weights = None if alone is None else alone.to(table.base.dtype)
-    out = F.embedding_bag(idx, table.base, offsets, mode="sum", per_sample_weights=weights)
+    ``per_bag``: lookups per bag; None: lookup i is the only one of bag i) that are read alone
+    (``alone``; None: all of them): gather-sum of the noise-free values, then each
+    noise-sensitive cell's code from one uniform draw."""
+    if per_bag is None:  # one lookup per bag, in bag order: a plain gather
+        out = F.embedding(idx, table.base)
+    else:
+        weights = None if alone is None else alone.to(table.base.dtype)
+        out = F.embedding_bag(idx, table.base, torch.cumsum(per_bag, 0).sub_(per_bag), mode="sum", per_sample_weights=weights)
     if table.slots is None:
         return out
     slots = torch.index_select(table.slots, 0, idx)  # (n, M, 4); whole rows copied (advanced indexing is 4x slower)
@@ -312,7 +313,9 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
     if alone is not None:
         u.masked_fill_(~alone.unsqueeze(1), 2.0)  # no step taken
     taken = (u - slots[..., 0]).abs_() < slots[..., 1]
-    target = (bags * dim).unsqueeze(1) + slots[..., 3].long()
+    if per_bag is None:
+        return out.scatter_add_(1, slots[..., 3].long(), slots[..., 2] * taken)
+    target = (bags * table.base.shape[1]).unsqueeze(1) + slots[..., 3].long()
     out.view(-1).index_add_(0, target.view(-1), (slots[..., 2] * taken).view(-1))
     return out
 
