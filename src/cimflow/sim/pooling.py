@@ -232,10 +232,8 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     if offsets is None:
         raise DataError(f"embedding bag {name!r}: a 1-D input needs offsets")
     offsets = offsets.to(torch.int64)
-    bad_offsets = DataError(f"embedding bag {name!r}: offsets must start at 0, never decrease and stay within the "
-                            f"{input.numel()} indices")
     if offsets.numel() == 0:
-        raise bad_offsets
+        raise _bad_offsets(name, input.numel())
     counts = offsets.diff()  # indices per bag
     if not include_last_offset:
         counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
@@ -244,15 +242,21 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     first, last, fewest, most, lowest, highest = torch.stack(
         [offsets[0], offsets[-1], fewest_t, most_t, low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
     if first != 0 or fewest < 0 or last > input.numel():
-        raise bad_offsets
+        raise _bad_offsets(name, input.numel())
     used = last if include_last_offset else input.numel()
     if used < input.numel() and (lowest < 0 or highest >= rows):  # the unused tail may hold anything
         lowest, highest = torch.stack(list(torch.aminmax(input[:used]))).tolist() if used else (0, 0)
     if input.numel():
         _check_indices(lowest, highest, rows, name)
     n_bags = counts.numel()
-    bags = torch.repeat_interleave(torch.arange(n_bags, device=input.device), counts, output_size=used)
+    bags = torch.arange(n_bags, device=input.device)
+    if not (most <= 1 and used == n_bags):  # else one index per bag: bag i holds index i
+        bags = torch.repeat_interleave(bags, counts, output_size=used)
     return Flat(input[:used], bags, n_bags, (n_bags,), most <= 1)
+
+
+def _bad_offsets(name: str, n_indices: int) -> DataError:
+    return DataError(f"embedding bag {name!r}: offsets must start at 0, never decrease and stay within the {n_indices} indices")
 
 
 def _check_indices(lowest: int, highest: int, rows: int, name: str) -> None:
