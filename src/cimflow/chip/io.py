@@ -195,9 +195,11 @@ def chip_from_dict(data: Any, origin: str = "<dict>", root: yaml.Node | None = N
         raise ChipSpecError(_format_validation_error(err, origin, root)) from None
 
 
-def load_chip_yaml(text: str, origin: str = "<string>") -> Chip:
-    """Parse YAML text (safe loader) into a validated :class:`Chip`; the text is bounded (size,
-    depth, nodes, aliases, expanded size; see ``MAX_YAML_*``) before anything walks it."""
+def parse_yaml_bounded(text: str, origin: str) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML text (safe loader) into plain data and its root node; the text is bounded (size,
+    depth, nodes, aliases, expanded size; see ``MAX_YAML_*``) and duplicate keys are refused before
+    anything is constructed. Every problem is one :class:`ChipSpecError` line. Chip files and
+    space files (``cimflow explore``) are both read through here."""
     try:
         _bound_yaml_events(text, origin)
         loader = yaml.SafeLoader(text)
@@ -216,6 +218,13 @@ def load_chip_yaml(text: str, origin: str = "<string>") -> Chip:
         raise ChipSpecError(f"{where}: malformed YAML ({problem}); fix the syntax and try again") from None
     except (ValueError, OverflowError) as err:  # e.g. an integer of more than 4,300 digits
         raise ChipSpecError(f"{origin}: a YAML value cannot be read ({str(err).splitlines()[0]})") from None
+    return data, root
+
+
+def load_chip_yaml(text: str, origin: str = "<string>") -> Chip:
+    """Parse YAML text (safe loader) into a validated :class:`Chip`; the text is bounded (size,
+    depth, nodes, aliases, expanded size; see ``MAX_YAML_*``) before anything walks it."""
+    data, root = parse_yaml_bounded(text, origin)
     return chip_from_dict(data, origin, root)
 
 

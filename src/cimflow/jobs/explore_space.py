@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cimflow.errors import ChipSpecError, CimflowError
@@ -335,30 +334,14 @@ def space_from_dict(data: Any, origin: str = "<space>") -> Space:
 def parse_space_yaml(text: str, origin: str = "<space>") -> Space:
     """Parse a space file's text: bounded like a chip file (size, depth, nodes, aliases,
     duplicate keys, with the chip reader's checks), safe loader only."""
-    from cimflow.chip.io import _bound_yaml_events, _expanded_size, _refuse_duplicate_keys
+    from cimflow.chip.io import parse_yaml_bounded
 
     if len(text) > MAX_SPACE_BYTES:
         raise SpaceError(f"{origin}: the space file is {len(text):,} characters; at most {MAX_SPACE_BYTES:,} are allowed")
     try:
-        _bound_yaml_events(text, origin)
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            if root is not None:
-                _expanded_size(root, origin)
-                _refuse_duplicate_keys(root, origin)
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
+        data, _ = parse_yaml_bounded(text, origin)
     except ChipSpecError as err:
         raise SpaceError(str(err).replace("the chip description", "the space file")) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{origin}:{mark.line + 1}" if mark is not None else origin
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise SpaceError(f"{where}: malformed YAML ({problem}); fix the syntax and try again") from None
-    except (ValueError, OverflowError) as err:
-        raise SpaceError(f"{origin}: a YAML value cannot be read ({str(err).splitlines()[0]})") from None
     return space_from_dict(data, origin)
 
 
