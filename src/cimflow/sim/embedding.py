@@ -29,17 +29,14 @@ percentile ADC calibration (:func:`cimflow.calibrate`).
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cimflow.chip.spec import ArraySpec
-from cimflow.errors import DataError, SimulationError
+from cimflow.errors import SimulationError
 from cimflow.mapping import encode_weights
 from cimflow.physics import adc_quantize, quantize_symmetric
-from cimflow.physics.hashing import cell_uniform
 from cimflow.sim import pooling
 from cimflow.sim.array_state import (
     ArrayInstance,
@@ -51,6 +48,9 @@ from cimflow.sim.array_state import (
     reference_sums,
     refresh_before_forward,
 )
+from cimflow.sim.tables import HashedTable, ParameterTable, TableSource, TensorTable
+
+__all__ = ["CACHE_CELLS", "CIMEmbeddingBag", "HashedTable", "NOISE_TAIL", "READ_BLOCK", "REFERENCE_ROWS", "TableSource", "TensorTable"]
 
 #: Tables with at most this many cells are programmed once and cached (8 bytes per cell with
 #: read noise: 256 MiB at the limit, e.g. 10^5 rows x 64 x 4 cells = 205 MB). Reads that
@@ -66,69 +66,6 @@ REFERENCE_ROWS = 4096
 NOISE_TAIL = 6.0
 #: Reads converted per block on a CPU (a block's sums, noise and codes stay in cache).
 READ_BLOCK = 1024
-
-
-class TableSource(Protocol):
-    """Where a table's float values come from (a parameter, a memory map, a hash)."""
-
-    num_embeddings: int
-    embedding_dim: int
-
-    def rows(self, idx: torch.Tensor) -> torch.Tensor: ...
-
-    def column_scale(self) -> torch.Tensor: ...
-
-
-class TensorTable:
-    """Rows of an in-memory or memory-mapped (``torch.from_numpy(np.memmap)``) tensor; the
-    column scale is computed in chunks, never copying the table."""
-
-    def __init__(self, tensor: torch.Tensor, chunk_rows: int = 1 << 20) -> None:
-        if tensor.dim() != 2:
-            raise DataError(f"an embedding table must be 2-D (rows x dim), got shape {tuple(tensor.shape)}")
-        self.tensor = tensor
-        self.num_embeddings, self.embedding_dim = int(tensor.shape[0]), int(tensor.shape[1])
-        self.chunk_rows = chunk_rows
-
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.tensor.detach()[idx].float()
-
-    def column_scale(self) -> torch.Tensor:
-        scale = torch.zeros(self.embedding_dim)
-        for start in range(0, self.num_embeddings, self.chunk_rows):
-            chunk = self.tensor.detach()[start : start + self.chunk_rows].float().abs().amax(dim=0)
-            scale = torch.maximum(scale, chunk.cpu())
-        return torch.where(scale > 0, scale, torch.ones_like(scale))
-
-
-class HashedTable:
-    """A table described by shape only: row r, column c holds ``scale * (2u - 1)`` with u a
-    hashed uniform of (seed, r, c). Nothing is allocated until rows are read."""
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, seed: int = 0, scale: float = 0.01, name: str = "table") -> None:
-        if num_embeddings < 1 or embedding_dim < 1:
-            raise DataError(f"a table needs at least one row and one column, got {num_embeddings} x {embedding_dim}")
-        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
-        self.seed, self.scale, self.name = seed, float(scale), name
-
-    def rows(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.scale * (2.0 * cell_uniform(idx, self.embedding_dim, self.seed, self.name, "values") - 1.0)
-
-    def column_scale(self) -> torch.Tensor:
-        return torch.full((self.embedding_dim,), self.scale)
-
-
-class _ParameterTable(TensorTable):
-    """The owning module's ``weight`` parameter (read live, so optimizers keep working)."""
-
-    def __init__(self, owner: CIMEmbeddingBag) -> None:
-        self.owner = owner
-        self.num_embeddings, self.embedding_dim = owner.num_embeddings, owner.embedding_dim
-        self.chunk_rows = 1 << 20
-
-    @property
-    def tensor(self) -> torch.Tensor:  # type: ignore[override]
-        return self.owner.weight
 
 
 def _read_sums(values: torch.Tensor, starts: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -172,7 +109,7 @@ class CIMEmbeddingBag(ArrayInstance):
             self.padding_idx = source.padding_idx
             self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
             self.weight = source.weight
-            self.table: TableSource = _ParameterTable(self)
+            self.table: TableSource = ParameterTable(self)
         else:
             self.is_bag, self.mode, self.include_last_offset, self.padding_idx = True, "sum", True, None
             self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
