@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from cimflow.chip.devices import StateCurve
+from cimflow.chip.devices import CurvePiece, StateCurve
 from cimflow.chip.spec import Device
 from cimflow.physics.device import apply_drift, programming_sigma
 from cimflow.physics.hashing import cell_normal, cell_uniform
@@ -99,23 +99,32 @@ def effective_time(t: float, t0: float, factor: float) -> float:
     return t if t <= t0 or factor == 1.0 else t0 + factor * (t - t0)
 
 
-def evaluate_curve(curve: StateCurve, x: torch.Tensor) -> torch.Tensor:
-    """The curve's value at x = G / g_max (see :class:`cimflow.chip.devices.CurvePiece`)."""
-    out = torch.zeros_like(x)
-    for i, piece in enumerate(curve.pieces):
-        c = piece.coefficients
-        if piece.form == "polynomial":
-            y = torch.zeros_like(x)
-            for coefficient in reversed(c):  # Horner
-                y = y * x + coefficient
-        elif piece.form == "log":
-            y = c[0] + c[1] * torch.log(x.clamp_min(1e-7))
+def _piece_value(piece: CurvePiece, x: torch.Tensor) -> torch.Tensor:
+    """One piece's formula at every x (a fresh tensor, built in place: a few passes)."""
+    c = piece.coefficients
+    if piece.form == "polynomial":  # Horner, highest power first (0 * x + c_last is c_last exactly)
+        if len(c) == 1:
+            y = torch.full_like(x, c[0])
         else:
-            y = c[0] * torch.pow(x.clamp_min(1e-3), c[1])
-        if piece.y_min is not None or piece.y_max is not None:
-            y = y.clamp(piece.y_min, piece.y_max)
-        upper = curve.pieces[i + 1].x_from if i + 1 < len(curve.pieces) else math.inf
-        out = torch.where((x >= piece.x_from) & (x < upper), y, out) if i else torch.where(x < upper, y, out)
+            y = torch.mul(x, c[-1]).add_(c[-2])
+            for coefficient in reversed(c[:-2]):
+                y.mul_(x).add_(coefficient)
+    elif piece.form == "log":
+        y = x.clamp_min(1e-7).log_().mul_(c[1]).add_(c[0])
+    else:
+        y = x.clamp_min(1e-3).pow_(c[1]).mul_(c[0])
+    if piece.y_min is not None or piece.y_max is not None:
+        y.clamp_(piece.y_min, piece.y_max)
+    return y
+
+
+def evaluate_curve(curve: StateCurve, x: torch.Tensor) -> torch.Tensor:
+    """The curve's value at x = G / g_max (see :class:`cimflow.chip.devices.CurvePiece`): each
+    piece's formula evaluated in place, then one ``where`` per later piece (piece i holds from
+    its ``x_from`` on; the first also below 0)."""
+    out = _piece_value(curve.pieces[0], x)
+    for piece in curve.pieces[1:]:
+        out = torch.where(x >= piece.x_from, _piece_value(piece, x), out)
     return out
 
 

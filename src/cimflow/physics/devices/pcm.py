@@ -27,15 +27,17 @@ class PCMModel(DeviceModel):
 
     def drift_moments(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of the drift exponent at each target conductance."""
-        x = (target / self.spec.g_max).abs()
+        x = target.div(self.spec.g_max).abs_()
         return evaluate_curve(self.spec.drift_nu_mean, x), evaluate_curve(self.spec.drift_nu_std, x)
 
     def sample_state(self, target: torch.Tensor, g: torch.Tensor, draws: CellDraws) -> torch.Tensor:
         """(nu, z, Q_s): the drift exponent, the 1/f noise's standard normal and its Q_s."""
         mean, std = self.drift_moments(target)
-        nu = (mean + std * draws.normal("drift")).abs()
-        q_s = evaluate_curve(self.spec.noise_q_s, (g / self.spec.g_max).abs())
-        return torch.stack([nu, draws.normal("1/f"), q_s])
+        state = torch.empty((3, *g.shape), dtype=g.dtype, device=g.device)
+        torch.addcmul(mean, std, draws.normal("drift"), out=state[0]).abs_()
+        state[1].copy_(draws.normal("1/f"))
+        state[2].copy_(evaluate_curve(self.spec.noise_q_s, g.div(self.spec.g_max).abs_()))
+        return state
 
     def noise_growth(self, t: float) -> float:
         """sqrt(ln((t + t_read) / (2 t_read))): the 1/f noise's growth with time (0 before t_read)."""
