@@ -8,7 +8,9 @@ expose SI properties. This module knows nothing of PyTorch.
 Every numeric field has a physically meaningful range (``ge``/``le`` below, the reason in
 its description or comment): far enough out that every real or planned chip fits, close
 enough that anything that validates compiles, simulates and estimates with finite numbers.
-The common limits are the constants below; docs/guide.md lists them all ("Spec bounds").
+The common limits and the shared base model are in :mod:`cimflow.chip.spec_base`, the memory
+tiers, links, board and host in :mod:`cimflow.chip.system_spec` (both re-exported here);
+docs/guide.md lists them all ("Spec bounds").
 """
 
 from __future__ import annotations
@@ -16,59 +18,26 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
+from cimflow.chip.spec_base import (
+    MAX_AREA_UM2,
+    MAX_ARRAYS_PER_CORE,
+    MAX_BANDWIDTH_B_PER_S,
+    MAX_BYTES,
+    MAX_CORES,
+    MAX_ENERGY_PJ,
+    MAX_LEAKAGE_UW,
+    MIN_BANDWIDTH_B_PER_S,
+    Cost,
+    StrictModel,
+)
+from cimflow.chip.system_spec import Board, Host, Interconnect, Link, Memory, Pim
 from cimflow.errors import ChipSpecError
 
 SCHEMA_VERSION: Literal[1] = 1
 
-# Shared physical limits (see the module docstring). Energies per event: 1 uJ is beyond any
-# single circuit event (a DRAM row activation is ~1 nJ). Areas: 1e11 um^2 = 0.1 m^2, more than a
-# 300 mm wafer. Static power: 10 W per instance or per unit. Capacities: 1 PB. Bandwidths:
-# 1 kB/s to 1 PB/s (HBM3 is ~1e12 B/s per stack).
-MAX_ENERGY_PJ = 1e6
-MAX_AREA_UM2 = 1e11
-MAX_LEAKAGE_UW = 1e7
-MAX_BYTES = 10**15
-MIN_BANDWIDTH_B_PER_S = 1e3
-MAX_BANDWIDTH_B_PER_S = 1e15
-# Cores: wafer-scale engines have ~1e6 tiny cores; 1e5 cores x 1e5 arrays covers any CIM chip.
-MAX_CORES = 100_000
-MAX_ARRAYS_PER_CORE = 100_000
-
 Technology = Literal["rram", "pcm", "sram", "nor_flash", "mram", "fefet"]
-
-
-class StrictModel(BaseModel):
-    """Base of every spec model: unknown keys refused, assignments validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class Cost(StrictModel):
-    """Per-event energy, area and latency of one component, in engineers' units.
-
-    ``energy_pj`` is per event (one conversion, one access, one bit ...) as the owning
-    field documents; ``leakage_uw`` is static power per instance.
-    """
-
-    energy_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ, description="pJ per event, at most 1e6 (1 uJ)")
-    area_um2: float | None = Field(default=None, ge=0, le=MAX_AREA_UM2, description="um^2 per instance, at most 1e11 (0.1 m^2)")
-    latency_ns: float | None = Field(default=None, ge=0, le=1e9, description="ns per event, at most 1e9 (1 s)")
-    leakage_uw: float | None = Field(default=None, ge=0, le=MAX_LEAKAGE_UW, description="uW per instance, at most 1e7 (10 W)")
-    source: str | None = None
-
-    @property
-    def energy_j(self) -> float:
-        return (self.energy_pj or 0.0) * 1e-12
-
-    @property
-    def area_m2(self) -> float:
-        return (self.area_um2 or 0.0) * 1e-12
-
-    @property
-    def latency_s(self) -> float:
-        return (self.latency_ns or 0.0) * 1e-9
 
 
 class ProgrammingNoise(StrictModel):
@@ -406,141 +375,6 @@ class DigitalUnit(StrictModel):
     source: str | None = None
 
 
-class Memory(StrictModel):
-    """A buffer or memory level: per-bit energy, capacity, bandwidth."""
-
-    energy_per_bit_pj: float = Field(ge=0, le=MAX_ENERGY_PJ, description="pJ per bit moved (DRAM ~20-40), at most 1e6")
-    capacity_bytes: int | None = Field(default=None, ge=0, le=MAX_BYTES, description="bytes, at most 1e15 (1 PB)")
-    bandwidth_bytes_per_s: float | None = Field(
-        default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
-        description="bytes/s: 1e3 to 1e15")
-    row_activation_pj: float = Field(
-        default=0.0, ge=0, le=MAX_ENERGY_PJ,
-        description="DRAM: energy per random row activation (~1000 pJ), at most 1e6")
-    area_um2_per_kib: float | None = Field(default=None, ge=0, le=1e8, description="um^2 per KiB (SRAM ~1e3-1e4), at most 1e8")
-    leakage_uw_per_kib: float | None = Field(
-        default=None, ge=0, le=1e4,
-        description="static power per KiB held on chip, microwatts (buffers), at most 1e4")
-    stored_bits: int | None = Field(
-        default=None, ge=1, le=64,
-        description="DRAM: bits per embedding value as stored (8 = int8 rows); None = 32 (fp32). Sets bytes per row fetched",
-    )
-    access_bytes: int = Field(
-        default=64, ge=1, le=1 << 20,
-        description="DRAM: smallest transfer (one burst), bytes; a row read moves whole bursts")
-    source: str | None = None
-
-
-class Pim(StrictModel):
-    """Near-memory compute in DRAM (HBM-PIM / AiM class): a DRAM tier whose banks pool rows.
-
-    ``units`` compute units (one per bank or bank pair), each reading ``access_bytes`` from its
-    bank per ``clock_hz`` cycle and adding ``lanes`` values per cycle. Embedding rows placed in this
-    tier are pooled inside the DRAM; only pooled vectors (``result_bits`` per value) cross the
-    external interface (``bandwidth_bytes_per_s``, whole ``burst_bytes``). Internal bank
-    bandwidth = units x access_bytes x clock_hz. Rows are stored at ``stored_bits`` per value and
-    striped across units, so one bag's slice of a row is summed by the unit that holds it.
-    The cost law is :mod:`cimflow.cost.system` (``pim_*`` resources) and the energy is the DRAM
-    tier's in :func:`cimflow.cost.estimate.estimate`.
-    """
-
-    name: str | None = None
-    capacity_bytes: int = Field(ge=1, le=MAX_BYTES, description="bytes in the PIM tier, at most 1e15")
-    bandwidth_bytes_per_s: float = Field(
-        ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
-        description="external interface, bytes/s (HBM2 stack ~3.07e11): 1e3 to 1e15")
-    units: int = Field(ge=1, le=10**7, description="compute units working in parallel (one per bank or bank pair)")
-    lanes: int = Field(default=16, ge=1, le=4096, description="values one unit adds per cycle (SIMD width)")
-    clock_hz: float = Field(ge=1e6, le=1e10, description="compute-unit clock, Hz: 1 MHz to 10 GHz")
-    access_bytes: int = Field(default=32, ge=1, le=4096, description="bytes one unit reads from its bank per cycle")
-    burst_bytes: int = Field(default=32, ge=1, le=4096, description="smallest external transfer, bytes")
-    stored_bits: int = Field(default=16, ge=1, le=64, description="bits per embedding value as stored in the banks")
-    result_bits: int = Field(default=16, ge=1, le=64, description="bits per pooled value sent out")
-    energy_per_op_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one lane add/MAC, pJ")
-    internal_energy_per_bit_pj: float = Field(
-        default=0.0, ge=0, le=MAX_ENERGY_PJ, description="bank read to the unit (no I/O), pJ per bit")
-    external_energy_per_bit_pj: float = Field(
-        default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one bit over the external interface, pJ")
-    row_activation_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="one random row activation, pJ")
-    source: str | None = None
-
-    @property
-    def internal_bandwidth_bytes_per_s(self) -> float:
-        """Aggregate bank bandwidth the units see: units x access_bytes x clock."""
-        return self.units * self.access_bytes * self.clock_hz
-
-    @property
-    def ops_per_s(self) -> float:
-        """Lane operations (adds or MACs) per second over all units."""
-        return self.units * self.lanes * self.clock_hz
-
-
-class Link(StrictModel):
-    """A link between the chip and its host (PCIe, CXL) or between two chips.
-
-    ``bandwidth_bytes_per_s`` is per direction (links are full duplex); ``energy_per_bit_pj``
-    is for one bit moved end to end (both PHYs).
-    """
-
-    name: str | None = None
-    bandwidth_bytes_per_s: float = Field(
-        ge=MIN_BANDWIDTH_B_PER_S, le=1e13,
-        description="per direction, bytes/s (PCIe Gen4 x16 ~ 32e9): 1e3 to 1e13")
-    energy_per_bit_pj: float = Field(default=0.0, ge=0, le=1e4, description="energy per bit moved, pJ")
-    latency_ns: float = Field(default=0.0, ge=0, le=1e9, description="one-way latency, ns")
-    source: str | None = None
-
-
-class Board(StrictModel):
-    """What the chip's card spends beyond the chip's own dynamic energy.
-
-    ``static_power_w``: fixed power of the card whatever the load (DRAM refresh and
-    background, regulators, controller), watts. ``leakage_w_per_mm2``: the chip's static
-    power density, used when the arrays, converters and buffers state no leakage of their own.
-    """
-
-    static_power_w: float = Field(default=0.0, ge=0, le=1e4, description="watts, at most 1e4 (a rack's worth)")
-    leakage_w_per_mm2: float | None = Field(default=None, ge=0, le=10, description="W per mm^2 of chip area")
-    source: str | None = None
-
-
-class Interconnect(StrictModel):
-    energy_per_bit_hop_pj: float = Field(default=0.0, ge=0, le=MAX_ENERGY_PJ, description="pJ per bit per hop, at most 1e6")
-    bandwidth_bytes_per_s: float | None = Field(
-        default=None, ge=MIN_BANDWIDTH_B_PER_S, le=MAX_BANDWIDTH_B_PER_S,
-        description="bytes/s: 1e3 to 1e15")
-    source: str | None = None
-
-
-class Host(StrictModel):
-    """The host the chip is attached to: it runs the operators a plan leaves on the host.
-
-    ``preset`` names one of cimflow's host presets (``cimflow.cost.host.host_presets()``); the
-    other fields override it, or, without a preset, describe the host in full (``name``,
-    ``peak_gflops``, ``memory_bandwidth_gb_per_s`` and ``power_w`` are then required).
-    """
-
-    preset: str | None = None
-    name: str | None = None
-    kind: Literal["cpu", "gpu"] | None = None
-    peak_gflops: float | None = Field(default=None, ge=1e-3, le=1e9, description="FP32 peak, GFLOP/s: 1 MFLOP/s to 1 EFLOP/s")
-    memory_bandwidth_gb_per_s: float | None = Field(default=None, ge=1e-6, le=1e6, description="GB/s: 1 kB/s to 1 PB/s")
-    power_w: float | None = Field(default=None, ge=1e-3, le=1e6, description="active power, watts: 1 mW to 1 MW")
-    cores: int | None = Field(default=None, ge=1, le=10**7)
-    memory_energy_per_bit_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ)
-    row_activation_pj: float | None = Field(default=None, ge=0, le=MAX_ENERGY_PJ)
-    op_overhead_us: float | None = Field(default=None, ge=0, le=1e6, description="fixed dispatch time per operator, us (at most 1 s)")
-    source: str | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Host:
-        if self.preset is None:
-            missing = [f for f in ("name", "peak_gflops", "memory_bandwidth_gb_per_s", "power_w") if getattr(self, f) is None]
-            if missing:
-                raise ValueError(f"a host without 'preset' must give {', '.join(missing)}")
-        return self
-
-
 class TechnologyNode(StrictModel):
     node_nm: float = Field(ge=1, le=1000, description="feature size, nm: 1 to 1000 (every CMOS node since 1985)")
     supply_v: float = Field(ge=0.1, le=5, description="supply, volts: 0.1 (near-threshold) to 5")
@@ -606,3 +440,11 @@ class Chip(StrictModel):
     @property
     def embedding_kind(self) -> str:
         return self.roles.embedding or self.roles.mvm
+
+
+__all__ = [
+    "ADC", "MAX_AREA_UM2", "MAX_ARRAYS_PER_CORE", "MAX_BANDWIDTH_B_PER_S", "MAX_BYTES", "MAX_CORES", "MAX_ENERGY_PJ",
+    "MAX_LEAKAGE_UW", "MIN_BANDWIDTH_B_PER_S", "SCHEMA_VERSION", "AdderTree", "ArrayReadCost", "ArraySpec", "ArrayYield",
+    "Board", "Chip", "Core", "Cost", "Device", "DigitalUnit", "Drift", "Host", "InputEncoding", "Interconnect", "Link",
+    "Memory", "Pim", "ProgrammingNoise", "Roles", "StrictModel", "Technology", "TechnologyNode", "WeightEncoding",
+]
