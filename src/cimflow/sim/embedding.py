@@ -126,6 +126,30 @@ class CIMEmbeddingBag(ArrayInstance):
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
 
+    # ----------------------------------------------------------------- dtype
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(device)`` moves the instance state; ``.double()`` / ``.half()`` / ``.to(dtype)``
+        convert only ``weight``: the simulated state (cached conductances, scales,
+        compensation, calibrated ranges) stays float32 whatever the module's dtype, so the
+        statistics do not depend on it; :meth:`forward` returns the weight's dtype."""
+        state = {name: buf for name, buf in self._buffers.items() if buf is not None and buf.is_floating_point()
+                 and name != "_anchor"}
+        for name in state:
+            self._buffers[name] = None
+        try:
+            super()._apply(fn, recurse)  # the weight, and the anchor: where the state goes
+        finally:
+            for name, buf in state.items():
+                self._buffers[name] = buf.to(self._anchor.device)
+        return self
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """The dtype of :meth:`forward`'s output: the weight's (as ``nn.EmbeddingBag``), float32
+        for a table described by a :class:`~cimflow.sim.tables.TableSource`."""
+        w = getattr(self, "weight", None)
+        return w.dtype if isinstance(w, torch.Tensor) and w.is_floating_point() else torch.float32
+
     # ----------------------------------------------------------------- programming
     @property
     def w_cache(self) -> torch.Tensor | None:
@@ -345,10 +369,11 @@ class CIMEmbeddingBag(ArrayInstance):
             keep = idx != self.padding_idx
             idx, bags = idx[keep], bags[keep]
         with torch.no_grad():
-            pooled = self._pool(idx, bags, n_bags)
+            pooled = self._pool(idx, bags, n_bags)  # float32, the state's dtype
         if self.mode == "mean":
             counts = torch.bincount(bags, minlength=n_bags).clamp_min(1).to(pooled.dtype).unsqueeze(1)
             pooled = pooled / counts
+        pooled = pooled.to(self.out_dtype)
         w = getattr(self, "weight", None)
         if isinstance(w, nn.Parameter) and w.requires_grad and torch.is_grad_enabled():
             # straight-through: the gradient of the exact pooling reaches the table
