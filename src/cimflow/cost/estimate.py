@@ -89,146 +89,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from cimflow.chip.spec import ArraySpec, Chip
+from cimflow.chip.spec import Chip
 from cimflow.compile.graph import Op, OpKind
-from cimflow.compile.partition import input_pulses
 from cimflow.compile.plan import ARRAY, DIGITAL_UNIT, HOST, OpPlan, Plan
 from cimflow.compile.tiers import dram_access_bytes, pim_traffic
-from cimflow.cost.adc_law import ADC_LAW_QUANTILES, ADC_REFERENCE_YEAR
-from cimflow.cost.cell_tech import ProgramCost, array_leakage_w, program_cost
+from cimflow.cost.cell_tech import array_leakage_w
+from cimflow.cost.chip_totals import chip_area, leakage_power_w, on_chip_buffer_bytes, plan_program_cost
 from cimflow.cost.components import (
     PJ,
     accumulator_bits,
-    adc_conversion_energy_j,
-    adc_sample_rate_hz,
-    adcs_per_array,
     add_energy_j,
-    array_area,
-    buffer_area_m2,
-    cell_read_energy_j,
-    digital_bit_op_energy_j,
-    row_drive_energy_j,
 )
 from cimflow.cost.host import EMBEDDING_TYPES, HostSpec, infer_batch_size, op_memory_energy_j, op_time_s, op_work, resolve_host
+from cimflow.cost.kind_cost import CostOptions, KindCost, kind_costs
 from cimflow.cost.report_types import CostReport, OpCost, print_cost, zero_components
 from cimflow.errors import CimflowError
 from cimflow.mapping.tiling import TileGrid, expected_lookup_reads
-
-
-@dataclass(frozen=True)
-class CostOptions:
-    """Cost-model parameters the chip schema does not (yet) hold, with documented defaults.
-
-    Attributes:
-        weight_fill: mean ``|w| / w_max`` of stored weights (0..1), for the mean cell
-            conductance; 0.5 when unknown. A layer's statistics may override it
-            (key ``weight_fill``).
-        fixed_row_activity: fraction of rows driven per read in the fixed estimate (1 = every
-            row, every pulse: the worst case; ~0.5 is typical of random bit-serial inputs).
-        adc_law: the converter law for ADCs without a chip energy, fitted to the ADC survey
-            (:mod:`cimflow.cost.adc_law`): ``"median"`` (a typical published converter) or
-            ``"frontier"`` (the best tenth).
-        adc_year: design year at which that law costs a converter (1997-2025).
-        adc_fom_j_per_step: ``None`` (the survey law), or a constant Walden FOM, joules per
-            conversion step at 28 nm / 0.9 V, to use instead.
-        activation_bits: bits per activation element written to or read from the buffer
-            by the digital unit and written by array ops (their outputs, re-quantized
-            for the next layer).
-    """
-
-    weight_fill: float = 0.5
-    fixed_row_activity: float = 1.0
-    adc_fom_j_per_step: float | None = None
-    activation_bits: int = 8
-    adc_law: str = "median"
-    adc_year: int = ADC_REFERENCE_YEAR
-
-    def __post_init__(self) -> None:
-        def real(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        for name in ("weight_fill", "fixed_row_activity"):
-            v = getattr(self, name)
-            if not (real(v) and 0.0 <= v <= 1.0):
-                raise CimflowError(f"CostOptions.{name} must be within [0, 1], got {v!r}")
-        fom = self.adc_fom_j_per_step  # published converters: ~1e-15 to 1e-12 J per step
-        if fom is not None and not (real(fom) and 0 < fom <= 1e-9):
-            raise CimflowError(f"CostOptions.adc_fom_j_per_step must be None or a number of joules in (0, 1e-9], got {fom!r}")
-        if not isinstance(self.adc_law, str) or self.adc_law not in ADC_LAW_QUANTILES:
-            raise CimflowError(f"CostOptions.adc_law must be one of {', '.join(ADC_LAW_QUANTILES)}, got {self.adc_law!r}")
-        year = self.adc_year
-        if not (isinstance(year, int) and not isinstance(year, bool) and 1997 <= year <= 2025):
-            raise CimflowError(f"CostOptions.adc_year must be an integer within [1997, 2025] (the survey's years), got {year!r}")
-        bits = self.activation_bits
-        if not (isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= 64):
-            raise CimflowError(f"CostOptions.activation_bits must be an integer within [1, 64], got {bits!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return d
-
-
-# ----------------------------------------------------------------------------- per array kind
-
-@dataclass(frozen=True)
-class KindCost:
-    """Per-event energies (J) and per-array area (m²) of one array kind of a chip."""
-
-    kind: str
-    analog: bool
-    pulses: int
-    input_bits: int
-    slices: int
-    cols_per_weight: int
-    reference_cols: int
-    weight_bits: int
-    e_cell_conduction: float
-    e_cell_line: float
-    e_row: float
-    e_conversion: float
-    conversion_source: str
-    e_bit_op: float
-    bit_op_source: str
-    area_per_array: float
-    area_parts: dict[str, float]
-    area_notes: tuple[str, ...]
-    adcs_per_array: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def kind_costs(spec: ArraySpec, kind: str, chip: Chip, options: CostOptions, weight_fill: float | None = None) -> KindCost:
-    """Per-event energies of array kind ``kind`` on ``chip`` (see the module docstring)."""
-    node_m, supply = chip.technology.node_nm * 1e-9, chip.technology.supply_v
-    analog = spec.kind == "analog"
-    fill = options.weight_fill if weight_fill is None else weight_fill
-    conduction, line = cell_read_energy_j(spec, supply, fill) if analog else (0.0, 0.0)
-    e_conv, conv_src = 0.0, "none"
-    if analog:
-        assert spec.adc is not None  # an analog array validates only with an ADC
-        e_conv, conv_src = adc_conversion_energy_j(
-            spec.adc, node_m, supply, options.adc_fom_j_per_step, sample_rate_hz=adc_sample_rate_hz(spec.adc, chip.clock_hz),
-            law=options.adc_law, year=options.adc_year)
-    e_bit, bit_src = (0.0, "none") if analog else digital_bit_op_energy_j(spec, node_m, supply)
-    enc = spec.weight_encoding
-    area, notes = array_area(spec, node_m)
-    return KindCost(
-        kind=kind, analog=analog, pulses=input_pulses(spec), input_bits=spec.input_encoding.bits,
-        slices=enc.slices if analog and enc.scheme == "bit_sliced" else 1,
-        cols_per_weight=spec.cells_per_weight if analog else (spec.weight_bits or 1),
-        reference_cols=1 if analog and enc.scheme == "offset" else 0,
-        weight_bits=spec.weight_bits or 1,
-        e_cell_conduction=conduction, e_cell_line=line,
-        e_row=row_drive_energy_j(spec, supply) if analog or spec.input_encoding.dac.energy_pj is not None else 0.0,
-        e_conversion=e_conv, conversion_source=conv_src, e_bit_op=e_bit, bit_op_source=bit_src,
-        area_per_array=area.total, area_parts={"cells": area.cells, "adc": area.adcs, "dac": area.dacs, "adder_tree": area.adder_tree},
-        area_notes=tuple(notes), adcs_per_array=adcs_per_array(spec),
-    )
-
 
 # ----------------------------------------------------------------------------- read groups
 
@@ -531,54 +410,6 @@ def _cost_host_op(o: OpPlan, op: Op, ctx: _Context) -> OpCost:
                   energy_j=e, fixed_energy_j=e, latency_s=t, area_m2=0.0, events=ev)
 
 
-# ----------------------------------------------------------------------------- chip level
-
-def chip_area(chip: Chip, kinds: Mapping[str, KindCost]) -> tuple[dict[str, float], list[str]]:
-    """Area of the whole chip by component (m²): every array on the chip with its ADCs, DACs
-    and adder trees, the digital unit, the chip buffer and the per-core buffers."""
-    node_m = chip.technology.node_nm * 1e-9
-    area = {"cells": 0.0, "adc": 0.0, "dac": 0.0, "adder_tree": 0.0, "digital_unit": 0.0, "buffers": 0.0}
-    notes: list[str] = []
-    for kind, kc in kinds.items():
-        n = chip.arrays_on_chip(kind)
-        for part, value in kc.area_parts.items():
-            area[part] += n * value
-        if n:
-            notes += [f"array kind {kind!r}: {note}" for note in kc.area_notes]
-    if chip.digital_unit.area_um2 is not None:
-        area["digital_unit"] = chip.digital_unit.area_um2 * 1e-12
-    else:
-        notes.append("digital unit area not given (digital_unit.area_um2): counted as 0")
-    a, note = buffer_area_m2(on_chip_buffer_bytes(chip), chip.buffer, node_m)
-    area["buffers"] = a
-    if note:
-        notes.append(note)
-    return area, notes
-
-
-def on_chip_buffer_bytes(chip: Chip) -> int:
-    """Bytes of on-chip buffer: the chip buffer plus every core's own."""
-    chip_buffer = (chip.buffer.capacity_bytes or 0) if chip.buffer is not None else 0
-    return chip_buffer + chip.cores.buffer_bytes * chip.cores.count
-
-
-def leakage_power_w(chip: Chip) -> float:
-    """Static power of the chip (W), from what the chip gives: ``leakage_uw`` of every ADC and
-    DAC instance, of the digital unit, and ``leakage_uw_per_kib`` of the on-chip buffers. The
-    estimate adds the volatile (SRAM) cells holding their weights
-    (:func:`~cimflow.cost.cell_tech.array_leakage_w`), a modelled, not a stated, figure."""
-    total_uw = chip.digital_unit.leakage_uw or 0.0
-    if chip.buffer is not None and chip.buffer.leakage_uw_per_kib:
-        total_uw += on_chip_buffer_bytes(chip) / 1024 * chip.buffer.leakage_uw_per_kib
-    for kind, spec in chip.arrays.items():
-        n = chip.arrays_on_chip(kind)
-        if spec.adc is not None and spec.adc.conversion.leakage_uw:
-            total_uw += n * adcs_per_array(spec) * spec.adc.conversion.leakage_uw
-        if spec.input_encoding.dac.leakage_uw:
-            total_uw += n * spec.rows * spec.input_encoding.dac.leakage_uw
-    return total_uw * 1e-6
-
-
 def _context(chip: Chip, options: CostOptions, host: HostSpec) -> _Context:
     node_m, supply = chip.technology.node_nm * 1e-9, chip.technology.supply_v
     kinds = {k: kind_costs(spec, k, chip, options) for k, spec in chip.arrays.items()}
@@ -709,19 +540,5 @@ def estimate(plan: Plan, stats: Mapping[str, Any] | None = None, *, host: HostSp
     )
 
 
-def plan_program_cost(plan: Plan, kinds: Mapping[str, KindCost]) -> ProgramCost:
-    """One-time cost of writing the plan's weights: every weight cell of every array op
-    (weights x cells per weight x replicas), by its array kind's technology law."""
-    cells: dict[str, int] = {}
-    for o in plan.array_ops():
-        if o.array_kind is None or o.weight_shape is None:
-            continue
-        weights = math.prod(o.weight_shape)
-        cells[o.array_kind] = cells.get(o.array_kind, 0) + weights * kinds[o.array_kind].cols_per_weight * max(o.replication, 1)
-    parts = [program_cost(plan.chip.arrays[kind], n, plan.chip.technology.supply_v) for kind, n in cells.items()]
-    return ProgramCost(cells=sum(p.cells for p in parts), pulses=sum(p.pulses for p in parts),
-                       energy_j=sum(p.energy_j for p in parts), time_s=sum(p.time_s for p in parts))
-
-
 __all__ = ["CostOptions", "KindCost", "chip_area", "estimate", "expected_lookup_reads", "group_counts", "kind_costs",
-           "leakage_power_w", "plan_program_cost", "print_cost", "zero_read_fraction"]
+           "leakage_power_w", "on_chip_buffer_bytes", "plan_program_cost", "print_cost", "zero_read_fraction"]
