@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ from cimflow.physics import (
     sample_drift_exponents,
     sample_stuck_mask,
 )
-from cimflow.physics.devices import DeviceModel, GeneratorDraws, HashedDraws, check_endurance, model_for
+from cimflow.physics.devices import CellDraws, DeviceModel, GeneratorDraws, HashedDraws, check_endurance, model_for
 from cimflow.physics.devices.array_yield import dead_cells
 from cimflow.physics.hashing import cell_draws, cell_normal
 
@@ -203,7 +204,7 @@ def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tenso
     return g, nu, pulses
 
 
-def program_with_model(model: DeviceModel, target: torch.Tensor, draws: GeneratorDraws | HashedDraws, stuck: torch.Tensor,
+def program_with_model(model: DeviceModel, target: torch.Tensor, draws: CellDraws, stuck: torch.Tensor,
                        verify_iterations: int, verify_tolerance: float | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Program ``target`` through a device plug-in: its programming law, the stuck codes
     ``stuck`` applied, program-and-verify (a fresh programming per round; tolerance None: each
@@ -217,6 +218,31 @@ def program_with_model(model: DeviceModel, target: torch.Tensor, draws: Generato
         g, again = verify_cells(g, target, stuck != 0, tol, verify_iterations, lambda k: model.program(target, draws, k)[0])
         pulses += round(again * pulses / max(target.numel(), 1))  # a re-programmed cell costs the mean pulses per cell
     return g, model.sample_state(target, g, draws), pulses
+
+
+class InstanceSource(Protocol):
+    """Where a matrix layer's instance takes its per-cell draws from instead of its own seeded
+    generators (e.g. the cached pools of hardware-aware training,
+    :class:`cimflow.train.draws.InstanceDraws`). ``shape`` is (2 S, in, out): the positive
+    cells of every slice, then the negative ones."""
+
+    def cells(self, shape: tuple[int, ...]) -> CellDraws:
+        """The draws of every cell (programming noise, drift state, any purpose a device asks for)."""
+        ...
+
+    def stuck(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The cells' stuck codes (int8: 1 on, -1 off, 0 healthy)."""
+        ...
+
+
+def program_from_source(target: torch.Tensor, device: Device, source: InstanceSource, verify_iterations: int = 0,
+                        verify_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Program ``target`` (2 S, in, out) from a draw source through the device's model (the
+    generic model included: its laws are those of :func:`program_cells`). Returns
+    conductances, per-cell state (drift exponents, or a plug-in's stacked state) and pulses."""
+    shape = tuple(target.shape)
+    return program_with_model(model_for(device), target, source.cells(shape), source.stuck(shape), verify_iterations,
+                              verify_tolerance)
 
 
 def drifted(g: torch.Tensor, nu: torch.Tensor, t_seconds: float, device: Device) -> torch.Tensor:
@@ -471,8 +497,7 @@ class ArrayInstance(nn.Module):
         return None
 
 
-__all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "check_compensation_mode", "check_verify_settings", "compensation_gain",
-           "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale", "percentile_values",
-           "program_cells", "program_hashed_cells", "program_with_model", "reference_sums", "refresh_before_forward", "stuck_codes",
-           "verify_cells",
-           "verify_tolerance_of", "with_dead_lines"]
+__all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "InstanceSource", "check_compensation_mode", "check_verify_settings",
+           "compensation_gain", "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale",
+           "percentile_values", "program_cells", "program_from_source", "program_hashed_cells", "program_with_model",
+           "reference_sums", "refresh_before_forward", "stuck_codes", "verify_cells", "verify_tolerance_of", "with_dead_lines"]

@@ -47,6 +47,7 @@ from cimflow.sim.array_state import (
     COMPENSATION_MODES,
     EPS,
     ArrayInstance,
+    InstanceSource,
     check_compensation_mode,
     drifted,
     effective_weights,
@@ -54,6 +55,7 @@ from cimflow.sim.array_state import (
     moment_full_scale,
     percentile_values,
     program_cells,
+    program_from_source,
     reference_sums,
     stuck_codes,
 )
@@ -142,13 +144,20 @@ class CrossbarEngine(ArrayInstance):
         tiles = per_col.reshape(per_col.shape[:-1] + (self.grid.col_tiles, wc)).amax(dim=-1)
         return self._col_tile_expand(tiles)
 
-    def program(self, weight_in_out: torch.Tensor, seed: int) -> None:
+    def program(self, weight_in_out: torch.Tensor, seed: int, draws: InstanceSource | None = None,
+                t_seconds: float | None = None) -> None:
         """Program a chip instance: sample programming noise, stuck cells and drift exponents
         once (seeded by (seed, layer name, purpose)) and cache the effective weights.
 
         With program-and-verify on (:meth:`set_program_verify`) badly programmed cells are
         programmed again. :attr:`write_pulses` counts every programming operation: one pulse
-        per cell, plus one per re-programmed cell and verify iteration."""
+        per cell, plus one per re-programmed cell and verify iteration.
+
+        ``draws``: take every cell's draws from this source instead of the instance's seeded
+        generators (:class:`cimflow.sim.array_state.InstanceSource`; differential or
+        bit-sliced encoding, no array-yield defects). ``t_seconds``: the time after
+        programming to leave the instance at (default ``t0``); the same as ``set_time``
+        afterwards, with the cached weights computed once."""
         w = weight_in_out.detach()
         self._start_programming(seed)
         self._read_key = stream_key(int(seed), self.name, "read", "counter")
@@ -177,7 +186,15 @@ class CrossbarEngine(ArrayInstance):
             pulses += spent
             return g, nu
 
-        if targets.reference_per_col_tile:
+        if draws is not None:
+            if targets.reference_per_col_tile or not dev.array_yield.is_zero:
+                raise SimulationError(f"{self._what}: programming from a draw source needs differential or bit-sliced "
+                                      "weight encoding and no array-yield defects")
+            s = pos.shape[0]
+            g, state, pulses = program_from_source(torch.cat([pos, neg]), dev, draws, self.verify_iterations, self.verify_tolerance)
+            self.g_pos, self.g_neg = g[:s], g[s:]
+            self.nu_pos, self.nu_neg = state.narrow(-3, 0, s), state.narrow(-3, s, s)
+        elif targets.reference_per_col_tile:
             # one reference cell per (row, array), shared by the array's columns
             ref_target = torch.stack(targets.negative)
             g_ref, nu_ref = one_side(ref_target, "ref")
@@ -191,8 +208,26 @@ class CrossbarEngine(ArrayInstance):
         self.write_pulses = pulses
         if self.spec.wire_resistance > 0:
             self.path_pos, self.path_neg = self._ir_paths(w.device)
-        self._refresh(set_adc_range=True)
+        self._settle(t_seconds)
         self._update_gain()
+
+    def _settle(self, t_seconds: float | None) -> None:
+        """After programming: the ADC ranges from the instance at t0, the cached weights at
+        ``t_seconds`` (default t0), with one full refresh (at another time the ranges come from
+        the effective weights at t0 alone: no drift, no read-noise variances)."""
+        t0 = self.spec.device.drift.t0_s
+        if t_seconds is None or float(t_seconds) == t0:
+            self._refresh(set_adc_range=True)
+            return
+        adc = self.spec.adc
+        if adc is not None:
+            w0 = None
+            if adc.range != "fixed":
+                g_pos, g_neg = self._conductances_now(t0)
+                w0 = self._grouped(((g_pos - g_neg) / self.denominator).permute(1, 0, 2)).permute(2, 0, 1, 3)
+            self.adc_range = self._initial_adc_range(w0)
+        self.t_seconds = float(t_seconds)
+        self._refresh()
 
     def stuck_masks(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Which cells of this instance are stuck, (positive, negative) boolean tensors shaped
@@ -256,17 +291,21 @@ class CrossbarEngine(ArrayInstance):
         if set_adc_range:
             self.adc_range = self._initial_adc_range()
 
-    def _initial_adc_range(self) -> torch.Tensor:
-        """ADC full scale per (slice, read group, column), constant within an array."""
+    def _initial_adc_range(self, w_eff: torch.Tensor | None = None) -> torch.Tensor:
+        """ADC full scale per (slice, read group, column), constant within an array, from the
+        effective weights at t0 (``w_eff``, (S, G, gr, out); default: the cached ones;
+        unused by a ``fixed`` range, which takes the layout from the programmed cells)."""
         adc = self.spec.adc
         assert adc is not None
         if adc.range == "fixed":
-            return torch.full(self.w_eff.shape[:2] + (1, self.grid.out_features), adc.full_scale * self.grid.group_rows,
-                              dtype=self.w_eff.dtype, device=self.w_eff.device)
+            like = self.g_pos if self.g_pos is not None else self.w_eff
+            return torch.full((like.shape[0], self.grid.read_groups, 1, self.grid.out_features),
+                              adc.full_scale * self.grid.group_rows, dtype=like.dtype, device=like.device)
+        w_eff = self.w_eff if w_eff is None else w_eff
         if adc.range == "expected":  # (S, G, out): mean + k sigma of each column sum
-            col = expected_full_scale(self.w_eff, 2, adc.sigmas, self.spec.input_encoding)
+            col = expected_full_scale(w_eff, 2, adc.sigmas, self.spec.input_encoding)
         else:
-            col = self.w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
+            col = w_eff.abs().sum(dim=2)  # (S, G, out): the largest |psum| any |x| <= 1 can give
         rng = self._col_tile_max(col).unsqueeze(2)
         if adc.range in ("percentile", "expected") and self.adc_range_calibrated is not None:
             rng = self.adc_range_calibrated

@@ -14,7 +14,7 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec
 from cimflow.sim import single_read
-from cimflow.sim.array_state import refresh_before_forward
+from cimflow.sim.array_state import InstanceSource, refresh_before_forward
 from cimflow.sim.engine import CrossbarEngine
 
 
@@ -53,8 +53,10 @@ class CIMLayer(nn.Module):
         """The weight as the crossbar holds it: (in_features, out_features)."""
         return self.weight.reshape(self.weight.shape[0], -1).t()
 
-    def program(self, seed: int) -> None:
-        self.engine.program(self.weight_matrix(), seed)
+    def program(self, seed: int, draws: InstanceSource | None = None, t_seconds: float | None = None) -> None:
+        """Program instance ``seed`` (:meth:`CrossbarEngine.program`: ``draws`` a draw source
+        in place of the seeded generators, ``t_seconds`` the time to leave it at)."""
+        self.engine.program(self.weight_matrix(), seed, draws=draws, t_seconds=t_seconds)
         self.engine._weight_version = self.weight._version
 
     def set_time(self, t_seconds: float) -> None:

@@ -52,8 +52,7 @@ from torch import nn
 
 from cimflow.chip.spec import Device
 from cimflow.errors import CimflowError
-from cimflow.mapping import encode_weights, weight_scales
-from cimflow.physics import derive_seed, generator_for, programming_sigma, sample_drift_exponents, sample_stuck_mask
+from cimflow.physics import derive_seed, generator_for, sample_drift_exponents, sample_stuck_mask
 from cimflow.physics.hashing import stream_key
 from cimflow.sim.convert import cim_layers
 from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool
@@ -152,12 +151,44 @@ _StuckIndex = tuple[torch.Tensor, torch.Tensor] | None  # flat indices of stuck-
 
 @dataclass
 class _LayerPools:
-    normal: DrawPool  # standard normals: programming noise
-    drift: DrawPool  # drift exponents
     stuck: StuckPool | None  # None when the device has no stuck cells
     shape: tuple[int, ...]  # (2 S, in, out): positive cells of every slice, then negative ones
+    device: torch.device
+    spec: Device  # the layer's device
+    normal: DrawPool | None = None  # the fast path: standard normals (programming noise)
+    drift: DrawPool | None = None  # the fast path: drift exponents
     work: _Workspace | None = None  # the in-place buffers of the fast path (when it applies)
-    plugin: PooledDraws | None = None  # the draws of a device plug-in (any purpose it asks for)
+    cells: PooledDraws | None = None  # any other layer: the draws its device model asks for
+
+
+class _PooledSource:
+    """One layer's instance ``seed`` as a draw source for ``CrossbarEngine.program``
+    (:class:`cimflow.sim.array_state.InstanceSource`): the device model's draws from
+    :class:`PooledDraws`, stuck codes from the stuck pool's window."""
+
+    def __init__(self, owner: InstanceDraws, name: str, layer: CIMLayer, seed: int) -> None:
+        self.owner, self.name, self.layer, self.seed = owner, name, layer, int(seed)
+        self.pools: _LayerPools | None = None
+
+    def _pools(self, shape: tuple[int, ...]) -> _LayerPools:
+        if self.pools is None or self.pools.shape != shape:
+            self.pools = self.owner._pools_for(self.name, self.layer, shape, self.layer.weight.device)
+        return self.pools
+
+    def cells(self, shape: tuple[int, ...]) -> PooledDraws:
+        pools = self._pools(shape)
+        if pools.cells is None:
+            pools.cells = PooledDraws(shape, self.owner.seed, self.name, pools.device, self.owner.refresh_steps)
+        pools.cells.start(self.seed)
+        return pools.cells
+
+    def stuck(self, shape: tuple[int, ...]) -> torch.Tensor:
+        pools = self._pools(shape)
+        if pools.stuck is None:
+            return torch.zeros(shape, dtype=torch.int8, device=pools.device)
+        pools.stuck.renew()
+        offset = derive_seed(self.seed, self.name, "hwa-window", "stuck") % (pools.stuck.pool.n + 1)
+        return pools.stuck.pool.window(offset).view(shape)
 
 
 def generic_physics(dev: Device) -> bool:
@@ -245,31 +276,30 @@ class InstanceDraws:
 
     def _pools_for(self, name: str, layer: CIMLayer, shape: tuple[int, ...], device: torch.device) -> _LayerPools:
         pools = self._pools.get(name)
-        if pools is not None and pools.shape == shape and pools.normal.data.device == device:
+        if pools is not None and pools.shape == shape and pools.device == device:
             return pools
         dev = layer.engine.spec.device
-        n = math.prod(shape)
-
-        def gen(purpose: str) -> torch.Generator:
-            return generator_for(self.seed, name, "hwa-pool", purpose, device=device)
-
-        def normals(count: int, g: torch.Generator) -> torch.Tensor:
-            return torch.randn(count, generator=g, device=device)
-
-        def exponents(count: int, g: torch.Generator) -> torch.Tensor:
-            return sample_drift_exponents((count,), dev.drift.nu_mean, dev.drift.nu_std, g, device=device)
-
         stuck = None
         if dev.stuck_on_rate > 0 or dev.stuck_off_rate > 0:
-            stuck = StuckPool(n, dev.stuck_on_rate, dev.stuck_off_rate, gen("stuck"), device, self.refresh_steps)
-        pools = _LayerPools(DrawPool(n, normals, gen("program"), self.refresh_steps),
-                            DrawPool(n, exponents, gen("drift"), self.refresh_steps), stuck, shape)
-        self._pools[name] = pools
+            stuck = StuckPool(math.prod(shape), dev.stuck_on_rate, dev.stuck_off_rate,
+                              generator_for(self.seed, name, "hwa-pool", "stuck", device=device), device, self.refresh_steps)
+        pools = self._pools[name] = _LayerPools(stuck, shape, device, dev)
         return pools
 
     def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, _StuckIndex]:
         """Renew the pools by one slice and take this instance's windows: standard normals,
         drift exponents (both shaped like the cells) and the stuck cells' flat indices."""
+        if pools.normal is None or pools.drift is None:
+            dev, n, device = pools.spec, math.prod(pools.shape), pools.device
+
+            def normals(count: int, g: torch.Generator) -> torch.Tensor:
+                return torch.randn(count, generator=g, device=device)
+
+            def exponents(count: int, g: torch.Generator) -> torch.Tensor:
+                return sample_drift_exponents((count,), dev.drift.nu_mean, dev.drift.nu_std, g, device=device)
+
+            pools.normal = DrawPool(n, normals, generator_for(self.seed, name, "hwa-pool", "program", device=device), self.refresh_steps)
+            pools.drift = DrawPool(n, exponents, generator_for(self.seed, name, "hwa-pool", "drift", device=device), self.refresh_steps)
         for pool in (pools.normal, pools.drift):
             pool.renew()
         if pools.stuck is not None:
@@ -286,16 +316,16 @@ class InstanceDraws:
         age it to ``t_seconds`` (default: the device's ``t0``), as ``layer.program(seed)``
         followed by ``layer.set_time(t_seconds)`` does with fresh generators."""
         eng = layer.engine
+        t = eng.spec.device.drift.t0_s if t_seconds is None else float(t_seconds)
+        if not (_fast(layer) and name not in self.fallbacks):  # the engine's own programming, drawing from the pools
+            layer.program(seed, draws=_PooledSource(self, name, layer, seed), t_seconds=t)
+            return
         eng._start_programming(seed)  # seed, read generator, t0, reference read: a new instance
         eng._read_key = stream_key(int(seed), eng.name, "read", "counter")
         eng.read_counter.zero_()
-        t = eng.spec.device.drift.t0_s if t_seconds is None else float(t_seconds)
-        if _fast(layer) and name not in self.fallbacks:
-            self._program_fast(name, layer, seed, t)
-            if name not in self._checked:
-                self._check_fast(name, layer, t)
-        else:
-            self._program_generic(name, layer, seed, t)
+        self._program_fast(name, layer, seed, t)
+        if name not in self._checked:
+            self._check_fast(name, layer, t)
         eng.write_pulses = eng.g_pos.numel() + eng.g_neg.numel()
         eng._update_gain()
         eng._weight_version = layer.weight._version
@@ -322,56 +352,6 @@ class InstanceDraws:
             if not same:
                 self.fallbacks.add(name)
         self._checked.add(name)
-
-    def _program_generic(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
-        """Any covered layer: targets from :func:`cimflow.mapping.encode_weights`, the cached
-        draws, then the engine's own refresh at ``t0`` (ADC ranges) and at ``t``."""
-        eng = layer.engine
-        spec, dev = eng.spec, eng.spec.device
-        w = layer.weight_matrix().detach()
-        eng.w_scale = weight_scales(w, spec.weight_scaling)
-        targets = encode_weights(w / eng.w_scale, spec, eng.grid.col_tiles)
-        target = torch.stack(targets.positive + targets.negative)  # (2 S, in, out)
-        pools = self._pools_for(name, layer, tuple(target.shape), w.device)
-        s = len(targets.positive)
-        if dev.model != "generic":  # a device plug-in: its own laws, on pooled draws
-            self._program_plugin(name, eng, pools, target, seed, s)
-        else:
-            z, nu, stuck = self._windows(pools, name, seed)
-            g = target.addcmul(programming_sigma(target, dev.g_max, dev.programming_noise.coefficients), z).clamp_min_(0.0)
-            if stuck is not None:
-                g.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
-            eng.g_pos, eng.g_neg = g[:s], g[s:]
-            eng.nu_pos, eng.nu_neg = nu[:s], nu[s:]
-        eng.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
-        eng.denominator = targets.denominator
-        if spec.wire_resistance > 0 and eng.path_pos is None:
-            eng.path_pos, eng.path_neg = eng._ir_paths(w.device)
-        eng._refresh(set_adc_range=True)  # the ADC ranges are set at programming time
-        if t != eng.t_seconds:
-            eng.t_seconds = t
-            eng._refresh()
-
-    def _program_plugin(self, name: str, eng: CrossbarEngine, pools: _LayerPools, target: torch.Tensor, seed: int, s: int) -> None:
-        """Program ``target`` (2 S, in, out) through the device's plug-in with pooled draws
-        (the engine's own :func:`cimflow.sim.array_state.program_with_model`), stuck cells from
-        the stuck pool; its per-cell state becomes the engine's drift state."""
-        from cimflow.physics.devices import model_for  # the plug-ins load when a chip names one
-        from cimflow.sim.array_state import program_with_model
-
-        dev = eng.spec.device
-        if pools.plugin is None:
-            pools.plugin = PooledDraws(pools.shape, self.seed, name, target.device, self.refresh_steps)
-        pools.plugin.start(seed)
-        if pools.stuck is not None:
-            pools.stuck.renew()
-            offset = derive_seed(seed, name, "hwa-window", "stuck") % (pools.stuck.pool.n + 1)
-            mask = pools.stuck.pool.window(offset).view(pools.shape)
-        else:
-            mask = torch.zeros(pools.shape, dtype=torch.int8, device=target.device)
-        g, state, _ = program_with_model(model_for(dev), target, pools.plugin, mask, 0, None)  # type: ignore[arg-type]
-        eng.g_pos, eng.g_neg = g[:s], g[s:]
-        eng.nu_pos, eng.nu_neg = state.narrow(-3, 0, s), state.narrow(-3, s, s)
 
     def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
         """One differential slice, in place: the same conductances, drift, effective weights,
@@ -461,10 +441,20 @@ class InstanceDraws:
                 assert isinstance(layer, CIMLayer)
                 self.program_layer(name, layer, seed, t)
             else:
-                with torch.no_grad():
-                    layer.program(seed)
-                    if t is not None:
-                        layer.set_time(t)
+                program_at(layer, seed, t)
 
 
-__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "PooledDraws", "StuckPool", "covered", "generic_physics"]
+def program_at(layer: nn.Module, seed: int, t_seconds: float | None) -> None:
+    """Program instance ``seed`` into one CIM layer with its own generators and leave it at
+    ``t_seconds`` after programming (None: at ``t0``); a matrix layer computes its cached
+    weights once (``CrossbarEngine.program(t_seconds=)``), a table is programmed, then aged."""
+    with torch.no_grad():
+        if isinstance(layer, CIMLayer):
+            layer.program(seed, t_seconds=t_seconds)
+            return
+        layer.program(seed)  # type: ignore[operator]
+        if t_seconds is not None:
+            layer.set_time(t_seconds)  # type: ignore[operator]
+
+
+__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "PooledDraws", "StuckPool", "covered", "generic_physics", "program_at"]

@@ -22,7 +22,7 @@ from cimflow.physics.rng import derive_seed
 from cimflow.sim.convert import cim_layers, program_model
 from cimflow.sim.embedding import CIMEmbeddingBag
 from cimflow.sim.layers import CIMLayer
-from cimflow.train.draws import InstanceDraws
+from cimflow.train.draws import InstanceDraws, program_at
 
 
 def layer_spec_t0(layer: CIMLayer | CIMEmbeddingBag) -> float:
@@ -76,11 +76,11 @@ def sample_instance(
     if draws is not None:
         draws.program(model, seed, times)
         return fraction
-    program_model(model, seed)
-    with torch.no_grad():
-        for name, layer in cim_layers(model):
-            if name in times:
-                layer.set_time(times[name])
+    if not times:
+        program_model(model, seed)
+        return fraction
+    for name, layer in cim_layers(model):
+        program_at(layer, seed, times.get(name))
     return fraction
 
 
