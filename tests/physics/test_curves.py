@@ -71,3 +71,37 @@ def test_float32_curve_matches_float64_and_leaves_x_alone() -> None:
     y = evaluate_curve(curve, x)
     assert torch.equal(x, before)  # evaluated in place on fresh tensors, never on x
     assert torch.allclose(y.double(), evaluate_curve(curve, x.double()), rtol=1e-5, atol=1e-8)
+
+
+def test_curves_at_targets_gather_on_the_level_grid_equal_the_direct_evaluation() -> None:
+    from cimflow.chip.devices import PCMDevice
+    from cimflow.physics.devices import curves_at_targets
+
+    dev = PCMDevice(technology="pcm", g_min=1e-7, g_max=25e-6, levels=64)
+    span = dev.g_max - dev.g_min
+    gen = torch.Generator().manual_seed(0)
+    on_grid = dev.g_min + span * torch.randint(0, 64, (40, 50), generator=gen).float() / 63  # as encode_weights programs
+    off_grid = on_grid.clone()
+    off_grid[3, 7] += 0.3 * span / 63  # one target between levels: evaluated directly
+    curves = (dev.drift_nu_mean, dev.drift_nu_std, dev.noise_q_s)
+    for target in (on_grid, off_grid, on_grid.double()):
+        got = curves_at_targets(dev, target, *curves)
+        for curve, values in zip(curves, got, strict=True):
+            want = evaluate_curve(curve, (target / dev.g_max).abs())
+            assert values.shape == target.shape and values.dtype == target.dtype
+            assert torch.allclose(values, want, rtol=1e-6, atol=0), curve
+
+
+def test_curves_at_targets_evaluate_once_per_level(monkeypatch) -> None:
+    from cimflow.chip.devices import PCMDevice
+    from cimflow.physics.devices import base
+
+    dev = PCMDevice(technology="pcm", g_min=0.0, g_max=25e-6, levels=256)
+    sizes: list[int] = []
+    direct_eval = base.evaluate_curve
+    monkeypatch.setattr(base, "evaluate_curve", lambda curve, x: sizes.append(x.numel()) or direct_eval(curve, x))
+    target = dev.g_max * torch.randint(0, 256, (2, 300, 40)).float() / 255
+    base.curves_at_targets(dev, target, dev.drift_nu_mean)
+    assert sizes == [256]  # the level grid, not the 24,000 cells
+    base.curves_at_targets(dev, target + 1e-9, dev.drift_nu_mean)
+    assert sizes[-1] == target.numel()  # off the grid: every cell

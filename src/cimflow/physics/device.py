@@ -20,11 +20,14 @@ def quantize_to_levels(g: torch.Tensor, g_min: float, g_max: float, levels: int)
 def programming_sigma(g: torch.Tensor, g_max: float, coefficients: Sequence[float]) -> torch.Tensor:
     """State-dependent programming-noise sigma in siemens:
     ``g_max * sum_k c_k (g / g_max)**k`` (negative values clipped to 0)."""
+    scaled = [c * g_max for c in coefficients]  # g_max folded into the coefficients: no pass to scale back
+    if len(scaled) <= 1:
+        return torch.full_like(g, max(scaled[0], 0.0) if scaled else 0.0)
     x = g / g_max
-    sigma = torch.zeros_like(g)
-    for c in reversed(list(coefficients)):  # Horner
-        sigma = sigma * x + c
-    return (sigma * g_max).clamp_min(0.0)
+    sigma = torch.mul(x, scaled[-1]).add_(scaled[-2])  # Horner, in place
+    for c in reversed(scaled[:-2]):
+        sigma.mul_(x).add_(c)
+    return sigma.clamp_min_(0.0)
 
 
 def program_conductances(
@@ -82,8 +85,7 @@ def apply_stuck_at(g: torch.Tensor, mask: torch.Tensor, g_min: float, g_max: flo
     """Replace stuck cells: code 1 -> g_max, code -1 -> g_min."""
     if not bool(mask.any()):
         return g
-    out = torch.where(mask == 1, torch.full_like(g, g_max), g)
-    return torch.where(mask == -1, torch.full_like(g, g_min), out)
+    return g.masked_fill(mask == 1, g_max).masked_fill_(mask == -1, g_min)
 
 
 def ir_drop_path_cells(

@@ -16,6 +16,7 @@ from cimflow.physics.devices.base import (
     GeneratorDraws,
     HashedDraws,
     arrhenius_factor,
+    curves_at_targets,
     effective_time,
     evaluate_curve,
     retention_loss,
@@ -51,5 +52,5 @@ def model_for(spec: Device) -> DeviceModel:
 
 
 __all__ = ["REGISTRY", "CellDraws", "ChargeSRAMModel", "DeviceModel", "FeFETModel", "GeneratorDraws", "HashedDraws", "MRAMModel",
-           "NORFlashModel", "PCMModel", "RRAMModel", "arrhenius_factor", "check_endurance", "effective_time", "evaluate_curve",
-           "model_for", "register", "retention_loss", "switching_probability"]
+           "NORFlashModel", "PCMModel", "RRAMModel", "arrhenius_factor", "check_endurance", "curves_at_targets", "effective_time",
+           "evaluate_curve", "model_for", "register", "retention_loss", "switching_probability"]

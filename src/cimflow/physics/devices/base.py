@@ -128,6 +128,22 @@ def evaluate_curve(curve: StateCurve, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def curves_at_targets(spec: Device, target: torch.Tensor, *curves: StateCurve) -> list[torch.Tensor]:
+    """Each curve at x = |target| / g_max. Target conductances on the device's level grid
+    (``g_min + (g_max - g_min) level / (levels - 1)``, what :func:`cimflow.mapping.encode_weights`
+    programs) take the curves evaluated once per level and gathered (a few passes over the
+    cells, whatever the curves' pieces); any other target is evaluated directly."""
+    levels, span = spec.n_levels, spec.g_max - spec.g_min
+    if target.is_floating_point() and target.numel() > 4 * levels:
+        grid = spec.g_min + span * torch.arange(levels, dtype=target.dtype, device=target.device) / (levels - 1)
+        index = (target - spec.g_min).mul_((levels - 1) / span).round_().clamp_(0, levels - 1).to(torch.int32).view(-1)
+        if bool(grid.index_select(0, index).view_as(target).eq(target).all()):  # on the levels: the same x, the same values
+            x = grid.div(spec.g_max).abs_()
+            return [evaluate_curve(curve, x).index_select(0, index).view_as(target) for curve in curves]
+    x = target.div(spec.g_max).abs_()
+    return [evaluate_curve(curve, x) for curve in curves]
+
+
 def retention_loss(g: torch.Tensor, anchor: float, rate: float, tau_s: float, t_eff: float, t0: float) -> torch.Tensor:
     """Log-time retention loss toward ``anchor`` (the state the stored charge or polarization
     relaxes to): ``anchor + (g - anchor) max(0, 1 - rate ln(1 + (t_eff - t0) / tau))``."""
@@ -190,4 +206,4 @@ class DeviceModel:
 
 
 __all__ = ["BOLTZMANN_EV", "T_REF_K", "CellDraws", "DeviceModel", "GeneratorDraws", "HashedDraws", "arrhenius_factor",
-           "effective_time", "evaluate_curve", "retention_loss"]
+           "curves_at_targets", "effective_time", "evaluate_curve", "retention_loss"]

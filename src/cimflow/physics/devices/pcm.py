@@ -18,7 +18,7 @@ import math
 import torch
 
 from cimflow.chip.devices import PCMDevice
-from cimflow.physics.devices.base import CellDraws, DeviceModel, effective_time, evaluate_curve
+from cimflow.physics.devices.base import CellDraws, DeviceModel, curves_at_targets, effective_time, evaluate_curve
 
 
 class PCMModel(DeviceModel):
@@ -27,8 +27,8 @@ class PCMModel(DeviceModel):
 
     def drift_moments(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation of the drift exponent at each target conductance."""
-        x = target.div(self.spec.g_max).abs_()
-        return evaluate_curve(self.spec.drift_nu_mean, x), evaluate_curve(self.spec.drift_nu_std, x)
+        mean, std = curves_at_targets(self.spec, target, self.spec.drift_nu_mean, self.spec.drift_nu_std)
+        return mean, std
 
     def sample_state(self, target: torch.Tensor, g: torch.Tensor, draws: CellDraws) -> torch.Tensor:
         """(nu, z, Q_s): the drift exponent, the 1/f noise's standard normal and its Q_s."""

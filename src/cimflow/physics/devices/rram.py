@@ -16,7 +16,7 @@ import math
 import torch
 
 from cimflow.chip.devices import RRAMDevice
-from cimflow.physics.devices.base import CellDraws, DeviceModel, effective_time, evaluate_curve
+from cimflow.physics.devices.base import CellDraws, DeviceModel, curves_at_targets, effective_time
 
 
 class RRAMModel(DeviceModel):
@@ -26,8 +26,11 @@ class RRAMModel(DeviceModel):
     def sample_state(self, target: torch.Tensor, g: torch.Tensor, draws: CellDraws) -> torch.Tensor:
         """(nu, z, sigma): the generic drift exponent, the relaxation's normal and its sigma per decade."""
         nu = super().sample_state(target, g, draws)
-        sigma = evaluate_curve(self.spec.relaxation_sigma_per_decade, (target / self.spec.g_max).abs()).clamp_min(0.0)
-        return torch.stack([nu, draws.normal("relax"), sigma])
+        state = torch.empty((3, *g.shape), dtype=g.dtype, device=g.device)
+        state[0].copy_(nu)
+        state[1].copy_(draws.normal("relax"))
+        state[2].copy_(curves_at_targets(self.spec, target, self.spec.relaxation_sigma_per_decade)[0]).clamp_min_(0.0)
+        return state
 
     def conductance(self, g: torch.Tensor, state: torch.Tensor, t: float) -> torch.Tensor:
         t_eff = effective_time(t, self.t0, self.acceleration)
