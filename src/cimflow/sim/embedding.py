@@ -29,6 +29,8 @@ percentile ADC calibration (:func:`cimflow.calibrate`).
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +92,7 @@ class CIMEmbeddingBag(ArrayInstance):
     # buffers registered in __init__ (None when absent or not built yet)
     hot_rows: torch.Tensor | None
     pool_cache: torch.Tensor | None
+    mode: str  # "sum" or "mean"
     # the latest forward's lookups (set by _flatten)
     _out_shape: tuple[int, ...]
     _one_per_bag: bool
@@ -104,7 +107,7 @@ class CIMEmbeddingBag(ArrayInstance):
             if self.is_bag and source.mode not in ("sum", "mean"):
                 raise SimulationError(f"embedding bag {name!r}: mode {source.mode!r} cannot be pooled in an array (sum or mean only); "
                                       "keep it on the host")
-            self.mode = source.mode if self.is_bag else "sum"
+            self.mode = str(source.mode) if self.is_bag else "sum"
             self.include_last_offset = bool(getattr(source, "include_last_offset", False))
             self.padding_idx = source.padding_idx
             self.num_embeddings, self.embedding_dim = source.num_embeddings, source.embedding_dim
@@ -125,6 +128,11 @@ class CIMEmbeddingBag(ArrayInstance):
         self.register_forward_pre_hook(refresh_before_forward)
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
+        _LIVE[id(self)] = self
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _LIVE[id(self)] = self  # a copy or an unpickled table is named by its own id
 
     # ----------------------------------------------------------------- dtype
     def _apply(self, fn, recurse: bool = True):
@@ -364,24 +372,44 @@ class CIMEmbeddingBag(ArrayInstance):
         if per_sample_weights is not None:
             raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; "
                                   "keep this table on the host")
-        idx, bags, n_bags = self._flatten(input, offsets)  # indices checked against the table
-        if self.padding_idx is not None:
-            keep = idx != self.padding_idx
-            idx, bags = idx[keep], bags[keep]
-        with torch.no_grad():
-            pooled = self._pool(idx, bags, n_bags)  # float32, the state's dtype
-        if self.mode == "mean":
-            counts = torch.bincount(bags, minlength=n_bags).clamp_min(1).to(pooled.dtype).unsqueeze(1)
-            pooled = pooled / counts
+        if torch.compiler.is_compiling():  # one opaque op in the graph (its shapes depend on the indices' values)
+            pooled = _pool_op(id(self), input, offsets)
+        else:
+            pooled = self.pooled(input, offsets)
         pooled = pooled.to(self.out_dtype)
         w = getattr(self, "weight", None)
         if isinstance(w, nn.Parameter) and w.requires_grad and torch.is_grad_enabled():
             # straight-through: the gradient of the exact pooling reaches the table
-            exact = torch.zeros(n_bags, self.embedding_dim, dtype=w.dtype, device=w.device).index_add(0, bags, w[idx])
-            if self.mode == "mean":
-                exact = exact / counts
+            if self.is_bag:
+                exact = F.embedding_bag(input, w, offsets, mode=self.mode, include_last_offset=self.include_last_offset,
+                                        padding_idx=self.padding_idx)
+            else:
+                exact = F.embedding(input, w, padding_idx=self.padding_idx)
             pooled = exact + (pooled - exact).detach()
+        return pooled
+
+    @torch.no_grad()
+    def pooled(self, input: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """The simulated pooling of ``input`` (float32, no gradient), shaped as the output;
+        indices and offsets checked (a DataError names what is wrong)."""
+        idx, bags, n_bags = self._flatten(input, offsets)  # indices checked against the table
+        if self.padding_idx is not None:
+            keep = idx != self.padding_idx
+            idx, bags = idx[keep], bags[keep]
+        pooled = self._pool(idx, bags, n_bags)  # float32, the state's dtype
+        if self.mode == "mean":
+            pooled = pooled / torch.bincount(bags, minlength=n_bags).clamp_min(1).to(pooled.dtype).unsqueeze(1)
         return pooled.reshape(*self._out_shape, self.embedding_dim)
+
+    def output_shape(self, input: torch.Tensor, offsets: torch.Tensor | None) -> tuple[int, ...]:
+        """The output's shape, from the input's and the offsets' shapes alone."""
+        if not self.is_bag:
+            lead: tuple[int, ...] = tuple(input.shape)
+        elif input.dim() == 2 or offsets is None:
+            lead = tuple(input.shape[:1])
+        else:
+            lead = (offsets.shape[0] - int(self.include_last_offset),)
+        return (*lead, self.embedding_dim)
 
     def _pool(self, idx: torch.Tensor, bags: torch.Tensor, n_bags: int) -> torch.Tensor:
         out = torch.zeros(n_bags, self.embedding_dim, device=self.w_scale.device)
@@ -565,3 +593,29 @@ class CIMEmbeddingBag(ArrayInstance):
     def extra_repr(self) -> str:
         hot = 0 if self.hot_rows is None else self.hot_rows.numel()
         return f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, array={self.array_kind!r}, hot_rows={hot}"
+
+
+# ---------------------------------------------------------------------- under torch.compile
+#: Tables by ``id``: the compiled graph names a table by an integer (an op's arguments are
+#: tensors and numbers); registered when built, copied or unpickled, dropped with the table.
+_LIVE: weakref.WeakValueDictionary[int, CIMEmbeddingBag] = weakref.WeakValueDictionary()
+
+
+def _owner(key: int) -> CIMEmbeddingBag:
+    owner = _LIVE.get(key)
+    if owner is None:
+        raise SimulationError("a compiled graph reads an embedding table that no longer exists; compile the model again")
+    return owner
+
+
+@torch.library.custom_op("cimflow::embedding_pool", mutates_args=())
+def _pool_op(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """:meth:`CIMEmbeddingBag.pooled` as one op: torch.compile keeps it whole (the reads'
+    grouping depends on the indices' values), so a model with tables traces without graph
+    breaks; run eagerly inside the compiled graph (bad indices still raise a DataError)."""
+    return _owner(key).pooled(input, offsets)
+
+
+@_pool_op.register_fake
+def _pool_op_shape(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    return input.new_empty(_owner(key).output_shape(input, offsets), dtype=torch.float32)
