@@ -70,16 +70,6 @@ NOISE_TAIL = 6.0
 READ_BLOCK = 1024
 
 
-def _read_sums(values: torch.Tensor, starts: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-    """Sums over the contiguous segments that begin at ``starts`` (sorted, first 0) of the
-    rows ``values[idx]`` (or of ``values`` itself when ``idx`` is None), in one pass
-    (``F.embedding_bag``: no gathered copy, no running sum)."""
-    flat = values.reshape(values.shape[0], -1)
-    if idx is None:
-        idx = torch.arange(flat.shape[0], device=flat.device)
-    return F.embedding_bag(idx, flat, starts, mode="sum")
-
-
 class CIMEmbeddingBag(ArrayInstance):
     """``nn.EmbeddingBag`` (mode sum or mean) or ``nn.Embedding`` whose table lives in arrays.
 
@@ -463,7 +453,8 @@ class CIMEmbeddingBag(ArrayInstance):
                 return out
             shared = (~alone).nonzero().squeeze(1)
             idx, bags = idx[shared], bags[shared]
-        idx_s, read_starts, read_bags = self._reads(idx, bags)
+        idx_s, read_starts, read_bags = pooling.group_reads(idx, bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1,
+                                                            self.group_rows)
         if self.collect_stats:
             self.stats["reads"] += int(read_starts.numel())
         s_count, dim = self._significance.numel(), self.embedding_dim
@@ -480,10 +471,10 @@ class CIMEmbeddingBag(ArrayInstance):
             r1 = min(r0 + block, n_reads)
             lookups, starts = idx_s[cuts[k] : cuts[k + 1]], read_starts[r0:r1] - cuts[k]
             if self.pool_cache is not None:
-                sums = _read_sums(self.pool_cache, starts, lookups)
+                sums = pooling.segment_sums(self.pool_cache, starts, lookups)
             else:
                 w, var = self._rows_effective(lookups)  # (n, S, dim)
-                sums = _read_sums(w if var is None else torch.cat([w, var], dim=1), starts)
+                sums = pooling.segment_sums(w if var is None else torch.cat([w, var], dim=1), starts)
             psum, var = sums[:, : s_count * dim], (sums[:, s_count * dim :] if sums.shape[1] > s_count * dim else None)
             # (reads, S*dim); codes x unit = cell units; one-row reads rarely sit near a boundary
             codes, unit = self._convert(psum, var, gain, near_only=cuts[k + 1] - cuts[k] < 1.5 * (r1 - r0))
@@ -519,32 +510,12 @@ class CIMEmbeddingBag(ArrayInstance):
         w, var = self._rows_effective(rows)
         return w.reshape(rows.numel(), -1), None if var is None else var.reshape(rows.numel(), -1)
 
-    def _reads(self, idx: torch.Tensor, bags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so
-        that every read is a contiguous run (reads ordered by bag), the first position of
-        each read, and each read's bag."""
-        key = bags * (self.num_embeddings // self.spec.rows + 1) + pooling.floor_div(idx, self.spec.rows)
-        order = torch.sort(key, stable=True).indices
-        key_s = key[order]
-        n = key_s.numel()
-        first = torch.ones(n, dtype=torch.bool, device=key_s.device)
-        first[1:] = key_s[1:] != key_s[:-1]
-        pos = torch.arange(n, device=key_s.device)
-        group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
-        read_starts = torch.nonzero(first | (pooling.mod(pos - group_start, self.group_rows) == 0)).squeeze(1)
-        return idx[order], read_starts, bags[order][read_starts]
-
     def _convert(self, psum: torch.Tensor, var: torch.Tensor | None, gain: torch.Tensor | None,
                  near_only: bool = False) -> tuple[torch.Tensor, float]:
         """ADC codes of the reads' partial sums ``psum`` (cell units, times the compensation
         ``gain``) with read noise of variance ``var`` (cell units squared), and the code's
-        value in cell units.
-
-        Noise is ``sigma * z`` with z standard normal clamped at :data:`NOISE_TAIL`: one draw
-        per partial sum, or (``near_only``, cheaper when few sums are near an ADC decision
-        boundary, as for one-row reads) only for the sums within the noise's reach of one (the
-        others convert to the same code whatever the draw: the same distribution). When
-        calibrating, the noisy sums themselves are recorded."""
+        value in cell units (:func:`cimflow.sim.pooling.adc_codes`, noise clamped at
+        :data:`NOISE_TAIL`). When calibrating, the noisy sums themselves are recorded."""
         bits, full = self.spec.analog_adc().bits, self.adc_range
         self._read_generator(psum.device)  # self._read_gen, seeded, on psum's device
         if var is None or bits <= 1 or self._calibrating:
@@ -557,22 +528,7 @@ class CIMEmbeddingBag(ArrayInstance):
             if self._calibrating:
                 self._calib_psums.append(psum.detach().abs().reshape(-1))
             return adc_quantize(psum, bits, full), 1.0
-        steps = (1 << (bits - 1)) - 1
-        k = steps / full  # ADC steps per cell
-        x = psum * (k if gain is None else gain * k)  # in ADC steps
-        sigma = var.sqrt().mul_(k)  # var >= 0: a sum of variances
-        if gain is not None:
-            sigma = sigma.mul_(gain.abs())
-        if near_only:  # a draw can change the code only where a boundary (an odd multiple of half a step) is within reach
-            codes = x.round()
-            where = torch.nonzero((torch.sub(x, codes).abs_() + sigma * NOISE_TAIL >= 0.5).view(-1)).squeeze(1)
-            if where.numel():
-                z = torch.randn(where.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype)
-                codes.view(-1)[where] = x.view(-1)[where].addcmul_(z.clamp_(-NOISE_TAIL, NOISE_TAIL), sigma.view(-1)[where]).round_()
-        else:  # one randn pass costs less than finding the near sums (nonzero) and scattering their draws back
-            z = torch.randn(x.shape, generator=self._read_gen, device=psum.device, dtype=psum.dtype).clamp_(-NOISE_TAIL, NOISE_TAIL)
-            codes = x.addcmul_(z, sigma).round_()
-        return codes.clamp_(-steps, steps), 1.0 / k
+        return pooling.adc_codes(psum, var, gain, bits, full, NOISE_TAIL, self._read_gen, near_only)
 
     @property
     def adc_range(self) -> float:

@@ -361,3 +361,57 @@ def same_state(key: tuple[object, ...], state: tuple[object, ...]) -> bool:
         elif isinstance(now, torch.Tensor) or held != now:
             return False
     return True
+
+
+# ---------------------------------------------------------------------- reads shared by several lookups
+def segment_sums(values: torch.Tensor, starts: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Sums over the contiguous segments that begin at ``starts`` (sorted, first 0) of the
+    rows ``values[idx]`` (or of ``values`` itself when ``idx`` is None), in one pass
+    (``F.embedding_bag``: no gathered copy, no running sum)."""
+    flat = values.reshape(values.shape[0], -1)
+    if idx is None:
+        idx = torch.arange(flat.shape[0], device=flat.device)
+    return F.embedding_bag(idx, flat, starts, mode="sum")
+
+
+def group_reads(idx: torch.Tensor, bags: torch.Tensor, array_rows: int, n_arrays: int,
+                group_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One read per (bag, array, chunk of ``group_rows`` rows): the lookups reordered so that
+    every read is a contiguous run (reads ordered by bag), the first position of each read,
+    and each read's bag."""
+    key = bags * n_arrays + floor_div(idx, array_rows)
+    order = torch.sort(key, stable=True).indices
+    key_s = key[order]
+    n = key_s.numel()
+    first = torch.ones(n, dtype=torch.bool, device=key_s.device)
+    first[1:] = key_s[1:] != key_s[:-1]
+    pos = torch.arange(n, device=key_s.device)
+    group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+    read_starts = torch.nonzero(first | (mod(pos - group_start, group_rows) == 0)).squeeze(1)
+    return idx[order], read_starts, bags[order][read_starts]
+
+
+def adc_codes(psum: torch.Tensor, var: torch.Tensor, gain: torch.Tensor | None, bits: int, full: float, tail: float,
+              generator: torch.Generator | None, near_only: bool = False) -> tuple[torch.Tensor, float]:
+    """ADC codes (``bits`` > 1, full scale ``full``) of partial sums ``psum`` (cell units,
+    times the compensation ``gain``) with read noise of variance ``var``, and one code's value
+    in cell units. Noise is ``sigma * z``, z standard normal clamped at ``tail``: one draw per
+    sum, or (``near_only``, cheaper when few sums are near an ADC decision boundary, as for
+    one-row reads) only for the sums within the noise's reach of one (the others convert to
+    the same code whatever the draw: the same distribution)."""
+    steps = (1 << (bits - 1)) - 1
+    k = steps / full  # ADC steps per cell
+    x = psum * (k if gain is None else gain * k)  # in ADC steps
+    sigma = var.sqrt().mul_(k)  # var >= 0: a sum of variances
+    if gain is not None:
+        sigma = sigma.mul_(gain.abs())
+    if near_only:  # a draw can change the code only where a boundary (an odd multiple of half a step) is within reach
+        codes = x.round()
+        where = torch.nonzero((torch.sub(x, codes).abs_() + sigma * tail >= 0.5).view(-1)).squeeze(1)
+        if where.numel():
+            z = torch.randn(where.shape, generator=generator, device=psum.device, dtype=psum.dtype)
+            codes.view(-1)[where] = x.view(-1)[where].addcmul_(z.clamp_(-tail, tail), sigma.view(-1)[where]).round_()
+    else:  # one randn pass costs less than finding the near sums (nonzero) and scattering their draws back
+        z = torch.randn(x.shape, generator=generator, device=psum.device, dtype=psum.dtype).clamp_(-tail, tail)
+        codes = x.addcmul_(z, sigma).round_()
+    return codes.clamp_(-steps, steps), 1.0 / k
