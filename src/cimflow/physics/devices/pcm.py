@@ -47,8 +47,12 @@ class PCMModel(DeviceModel):
     def conductance(self, g: torch.Tensor, state: torch.Tensor, t: float) -> torch.Tensor:
         nu, z, q_s = state[0], state[1], state[2]
         t_eff = effective_time(t, self.t0, self.acceleration)
-        drifted = g if t_eff <= self.t0 else g * torch.pow(torch.as_tensor(t_eff / self.t0, dtype=g.dtype, device=g.device), -nu)
         growth = self.noise_growth(t_eff)
         if growth == 0:
-            return drifted
-        return (drifted + drifted.abs() * q_s * growth * z).clamp_min(0.0)
+            return g if t_eff <= self.t0 else torch.mul(nu, -math.log(t_eff / self.t0)).exp_().mul_(g)
+        # (t / t0)^-nu (g + |g| Q_s growth z), clipped at 0: the drift factor is positive, so this
+        # is G(t) + |G(t)| Q_s growth z; fresh tensors built in place (few passes, no temporaries)
+        out = torch.mul(q_s, z).mul_(growth).mul_(g.abs()).add_(g)
+        if t_eff > self.t0:
+            out.mul_(torch.mul(nu, -math.log(t_eff / self.t0)).exp_())
+        return out.clamp_min_(0.0)
