@@ -257,3 +257,30 @@ def test_convolution_column_path_equals_general_path():
     scale = float(general.abs().max())
     assert float(((fast - general).abs() > 1e-4 * scale).float().mean()) < 0.01
     assert float((fast - general).abs().max()) < 0.05 * scale
+
+
+def test_convolution_read_in_batch_chunks_equals_one_read(monkeypatch):
+    """An inference convolution reads its batch in chunks of columns (layers.COLUMN_CHUNK_BYTES):
+    without read noise every output equals the one-read output; with it, the noise keeps its
+    mean and variance (the chunks draw in turn from the same generator)."""
+    from cimflow.sim import layers
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1))
+    x = torch.randn(37, 2, 12, 12)  # 37 images: chunks of 5 and a ragged last chunk of 2
+    per_image = 2 * 3 * 3 * 12 * 12 * 4
+    quiet = cimflow.program(cimflow.convert(model, chip_with("pcm-hermes-like", **{"arrays.pcm.device.read_noise": 0.0})), 0)
+    noisy = cimflow.program(cimflow.convert(model, "pcm-hermes-like"), 0)
+    outs = {}
+    for chunk in (1 << 40, 5 * per_image):
+        monkeypatch.setattr(layers, "COLUMN_CHUNK_BYTES", chunk)
+        with torch.no_grad():
+            outs[chunk] = (quiet(x), torch.stack([noisy(x) for _ in range(6)]))
+    (q_one, n_one), (q_chunk, n_chunk) = outs[1 << 40], outs[5 * per_image]
+    assert torch.equal(q_one, q_chunk)
+    d_one, d_chunk = n_one - q_one, n_chunk - q_chunk  # read noise (through the ADC) per output
+    count = d_one.numel()
+    var = float(d_one.var())
+    assert var > 0
+    assert abs(float(d_chunk.mean()) - float(d_one.mean())) < 5 * math.sqrt(2 * var / count)
+    assert abs(float(d_chunk.var()) / var - 1) < 5 * math.sqrt(4 / count)

@@ -132,3 +132,47 @@ def test_a_pool_window_must_fit():
     for offset, count in ((5, 4), (-1, 2), (0, 5), (0, 0)):
         with pytest.raises(SimulationError, match="does not fit"):
             pool.window(offset, count)
+
+
+def _bit_planes(codes: torch.Tensor, bits: int) -> list[torch.Tensor]:
+    """Sign-magnitude bit planes of integer codes: ``codes == sum_b 2^b planes[b]``."""
+    mag, sign = codes.abs(), codes.sign()
+    return [sign * ((mag >> b) & 1) for b in range(bits)]
+
+
+@pytest.mark.parametrize(("weight_bits", "input_bits"), [(4, 4), (8, 8), (3, 6)])
+def test_digital_read_is_the_bit_serial_bit_sliced_integer_sum(weight_bits, input_bits):
+    """A digital array's one-matmul read equals the bit-by-bit shift-add of (input bit,
+    weight bit) products in exact integers, and the general (autograd) path's output."""
+    torch.manual_seed(weight_bits * 10 + input_bits)
+    lin = nn.Linear(300, 24)  # 300 rows: two row tiles of the 256-row digital array
+    chip = chip_with("ideal", **{"arrays.digital.weight_bits": weight_bits, "arrays.digital.input_encoding.bits": input_bits})
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip, overrides={nn.Linear: "digital"}), 0)
+    x = torch.randn(40, 300)
+    x[3] = 0.0  # an all-zero vector reads zeros
+    w = lin.weight.detach().t().double()
+    w_steps, x_steps = (1 << (weight_bits - 1)) - 1, (1 << (input_bits - 1)) - 1
+    sw = w.abs().amax(0)
+    wc = torch.round(w / sw * w_steps).long()
+    sx = x.double().abs().amax(1, keepdim=True).clamp_min(1e-12)
+    xc = torch.round(x.double() / sx * x_steps).long()
+    acc = torch.zeros(40, 24, dtype=torch.long)
+    for b, xp in enumerate(_bit_planes(xc, input_bits - 1)):
+        for c, wp in enumerate(_bit_planes(wc, weight_bits - 1)):
+            acc += (xp @ wp) << (b + c)
+    assert torch.equal(acc, xc @ wc)  # the shift-add is the integer product
+    expect = acc.double() * (sx / x_steps) * (sw / w_steps) + lin.bias.detach().double()
+    with torch.no_grad():
+        fast = cim(x)
+        assert torch.equal(cim(x), fast)  # the cached weights read the same again
+    general = cim(x.clone().requires_grad_(True)).detach()  # the autograd path: no cache, no fusion
+    scale = float(expect.abs().max())
+    assert float((fast.double() - expect).abs().max()) <= 1e-6 * scale
+    assert float((general.double() - expect).abs().max()) <= 1e-6 * scale
+    assert bool(fast[3].eq(lin.bias.detach()).all())
+    with torch.no_grad():  # new weights (twice the scale, the same codes), programmed again: the cache follows
+        cim[0].weight.mul_(2.0)  # convert copied the model: the converted layer's own weight
+    cimflow.program(cim, seed=1)
+    with torch.no_grad():
+        doubled = 2 * (expect - lin.bias.detach().double()) + lin.bias.detach().double()
+        assert float((cim(x).double() - doubled).abs().max()) <= 2e-6 * scale

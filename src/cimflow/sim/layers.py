@@ -17,6 +17,12 @@ from cimflow.sim import single_read
 from cimflow.sim.array_state import InstanceSource, refresh_before_forward
 from cimflow.sim.engine import CrossbarEngine
 
+#: Bytes of im2col columns an inference convolution reads at a time on a CPU: the batch is
+#: read in chunks whose columns stay in the caches through the passes over them (quantize,
+#: round, the signal and read-noise variance matmuls); a chunk's read noise is drawn from the
+#: same generator in turn, so the draws are distributed as one read of the whole batch.
+COLUMN_CHUNK_BYTES = 4 << 20
+
 
 def patch_max(a: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> torch.Tensor:
     """Each convolution patch's maximum of ``a`` (N, 1, H, W), as ``F.max_pool2d(a, kernel,
@@ -150,7 +156,15 @@ class CIMConv(CIMLayer):
             if not self.engine.has_fixed_input_range():
                 scale = patch_max(x.detach().abs().amax(dim=1, keepdim=True), k, stride, dilation)
                 scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
-            y = self.engine.read_columns(patch_view(x, k, stride, dilation), scale)
+            patches = patch_view(x, k, stride, dilation)
+            step = n
+            if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a batch chunk's columns stay in the caches
+                step = max(1, COLUMN_CHUNK_BYTES // (self.weight[0].numel() * ho * wo * x.element_size()))
+            if step >= n:
+                y = self.engine.read_columns(patches, scale)
+            else:
+                y = torch.cat([self.engine.read_columns(patches[i : i + step], None if scale is None else scale[i : i + step])
+                               for i in range(0, n, step)])
             if self.bias is not None:
                 y.add_(self.bias.view(1, -1, 1))  # no-grad read: a fresh tensor
             y = y.reshape(n, self.out_channels, ho, wo)

@@ -45,6 +45,28 @@ def dac_steps(engine: CrossbarEngine) -> float:
     return float((1 << (bits - 1)) - 1) if bits > 1 else 1.0
 
 
+def digital_weights(engine: CrossbarEngine, steps_in: float) -> torch.Tensor:
+    """A digital array's weights for :func:`single_read`: the quantized weights times the
+    weight scale over the DAC steps, (in, out), so that one matmul of the integer input codes
+    gives the output up to the per-vector input scale.
+
+    A digital CIM array streams the input codes bit-serially and holds the weight codes
+    bit-sliced; its adder tree and accumulator are exact integer arithmetic (the spec gives
+    them no width limit, so nothing saturates), so the shift-added sum of every (input bit,
+    weight bit) product is the integer product of the codes: one matmul, no loop over bits
+    (``tests/sim/test_single_read.py`` checks it against the bit-by-bit sum). Cached on the
+    engine for the weights it was made from (a new programming or ``.to(device)`` makes new
+    weights, and a new cache on the next read); made afresh under ``torch.compile``."""
+    src = engine.w_eff
+    if torch.compiler.is_compiling():
+        return src[0] * (engine.w_scale / steps_in)
+    cached = engine.__dict__.get("_digital_read")
+    if cached is None or cached[0] is not src:
+        cached = (src, (src[0] * (engine.w_scale / steps_in)).contiguous())
+        engine.__dict__["_digital_read"] = cached
+    return cached[1]
+
+
 @torch.no_grad()
 def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
     """``y = x @ W`` read once (see the module docstring); ``x`` (N, in) -> (N, out).
@@ -68,7 +90,7 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
         engine._record_stats(xi)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale_x, "adc_inside": None, "dac_inside": dac_inside}
     if engine.is_digital:
-        return (xi @ engine.w_eff[0]).mul_(engine.w_scale / steps_in).mul_(scale_x), kept
+        return torch.mm(xi, digital_weights(engine, steps_in)).mul_(scale_x), kept
     w = engine.w_eff[0]  # (G, gr, out): one slice, G read groups
     g = w.shape[0]
     # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding
@@ -156,4 +178,4 @@ class SingleReadStraightThrough(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-__all__ = ["ENABLED", "SingleReadStraightThrough", "applies", "dac_steps", "single_read"]
+__all__ = ["ENABLED", "SingleReadStraightThrough", "applies", "dac_steps", "digital_weights", "single_read"]
