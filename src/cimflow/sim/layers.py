@@ -86,8 +86,10 @@ class CIMLayer(nn.Module):
 
     def mvm(self, x2d: torch.Tensor) -> torch.Tensor:
         self.engine.record_input(x2d)
+        if not (torch.is_grad_enabled() and (x2d.requires_grad or self.weight.requires_grad)):
+            return self.engine(x2d, None)  # no gradient: the live weight is not needed
         weight = self.weight_matrix()
-        if torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad) and single_read.applies(self.engine):
+        if single_read.applies(self.engine):
             # training: the noisy read forward, straight-through gradients in closed form
             return single_read.SingleReadStraightThrough.apply(x2d, weight, self.engine)
         return self.engine(x2d, weight)
