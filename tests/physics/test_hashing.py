@@ -51,3 +51,41 @@ def test_marginals_and_independence():
 def test_mix32_is_a_bijection_on_a_sample():
     x = torch.randint(-(1 << 31), (1 << 31) - 1, (200_000,), dtype=torch.int32, generator=torch.Generator().manual_seed(0)).unique()
     assert mix32(x).unique().numel() == x.numel()
+
+
+def _plain_mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 written out with whole-tensor passes (the definition the blocked kernels keep)."""
+    def shr(v: torch.Tensor, k: int) -> torch.Tensor:
+        return (v >> k) & ((1 << (32 - k)) - 1)
+    x = x ^ shr(x, 16)
+    x = x * 0x7FEB352D
+    x = x ^ shr(x, 15)
+    x = x * (0x846CA68B - (1 << 32))
+    return x ^ shr(x, 16)
+
+
+def test_blocked_in_place_kernels_equal_the_plain_definition(monkeypatch):
+    """Cells hashed in cache-sized blocks, in place, give the values of whole-tensor passes,
+    for blocks that cut rows anywhere (a block of 1000 cells over rows of 48)."""
+    import cimflow.physics.hashing as hashing
+
+    rows = torch.tensor([0, 7, 7, 123456789, (1 << 33) + 1] * 11)
+    x = torch.randint(-(1 << 31), (1 << 31) - 1, (5000,), dtype=torch.int32)
+    whole = (hashing.cell_draws(rows, 48, 4, "t", "pos"), hashing.cell_normal(rows, 48, 4, "t"),
+             hashing.cell_uniform(rows, 48, 4, "t"), hashing.mix32(x))
+    monkeypatch.setattr(hashing, "BLOCK_CELLS", 1000)
+    blocked = (hashing.cell_draws(rows, 48, 4, "t", "pos"), hashing.cell_normal(rows, 48, 4, "t"),
+               hashing.cell_uniform(rows, 48, 4, "t"), hashing.mix32(x))
+    for a, b in zip(whole[0], blocked[0], strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(whole[1:], blocked[1:], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(blocked[3], _plain_mix32(x))
+    # the uniform: (top 24 bits of the cell's hash + 1/2) / 2^24; the normal: Box-Muller on it
+    # and the uniform of the next hash, mix32(h ^ golden)
+    h1 = hashing.cell_hashes(rows, 48, 4, "t")
+    u1 = (((h1 >> 8) & 0xFFFFFF).float() + 0.5) / (1 << 24)
+    assert torch.equal(blocked[2], u1)
+    h2 = _plain_mix32(h1 ^ (0x9E3779B9 - (1 << 32)))
+    u2 = (((h2 >> 8) & 0xFFFFFF).float() + 0.5) / (1 << 24)
+    assert torch.allclose(blocked[1], torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2), atol=1e-6)
