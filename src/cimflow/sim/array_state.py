@@ -263,8 +263,10 @@ def effective_weights(g_pos: torch.Tensor, g_neg: torch.Tensor, denominator: flo
         return w, None
     # normalize before squaring: squares of siemens-scale values fall into float32
     # denormals, which make every later op on them ~20x slower
-    var = read_noise**2 * ((g_pos / denominator).square() + (g_neg / denominator).square())
-    return w, torch.where(var < 1e-30, torch.zeros_like(var), var)
+    var = torch.div(g_pos, denominator).square_()
+    neg = torch.div(g_neg, denominator)
+    var.addcmul_(neg, neg).mul_(read_noise**2)
+    return w, var.masked_fill_(var < 1e-30, 0.0)
 
 
 def reference_sums(g_pos: torch.Tensor, g_neg: torch.Tensor, significance: torch.Tensor, denominator: float) -> torch.Tensor:
@@ -302,8 +304,8 @@ def expected_full_scale(w: torch.Tensor, dim: int, sigmas: float, enc: InputEnco
     sqrt(m2 sum_i w_i^2) (signed or one-signed inputs alike); the full scale is the first
     plus ``sigmas`` times the second, never above the worst case ``sum_i |w_i|``."""
     m1, m2 = input_moments(enc)
-    mean = w.sum(dim=dim).abs().mul_(m1)
-    sd = w.square().sum(dim=dim).mul_(m2).sqrt_()
+    mean = w.sum(dim=dim).abs_().mul_(m1)
+    sd = torch.linalg.vector_norm(w, 2, dim=dim).mul_(math.sqrt(m2))  # sqrt(m2 sum w^2), no squared temporary
     return torch.minimum(mean.add_(sd, alpha=sigmas), w.abs().sum(dim=dim))
 
 

@@ -24,10 +24,10 @@ offset (derived from the step's instance seed), re-drawing a slice of every pool
 What differs from drawing each instance from its own generators is only which entries of
 the (renewed) pool a step's instance is made of, never the distribution of any instance:
 ``tests/train/test_draws.py`` pins the per-step moments against the exact path's. The
-instance is then aged to its time once (the exact path programs at ``t0`` and re-computes
-everything at ``t``): for one differential slice of a generic device, in place in buffers
-re-used step after step (checked once per layer against the engine's own refresh); else by
-the engine's refresh.
+instance is then aged to its time once: for one differential slice of a generic device, in
+place in buffers re-used step after step (checked once per layer against the engine's own
+refresh); any other covered layer is programmed by ``CrossbarEngine.program(seed,
+draws=..., t_seconds=...)`` itself, the pools its draw source (:class:`_PooledSource`).
 
 Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell), the fast
 path's buffers about 52 bytes per weight; a device plug-in adds 8 bytes per cell for every
