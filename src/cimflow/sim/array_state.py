@@ -37,6 +37,7 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec, Device, InputEncoding
 from cimflow.errors import SimulationError
+from cimflow.mapping import ConductanceTargets
 from cimflow.physics import (
     apply_drift,
     apply_stuck_at,
@@ -243,6 +244,32 @@ def program_from_source(target: torch.Tensor, device: Device, source: InstanceSo
     shape = tuple(target.shape)
     return program_with_model(model_for(device), target, source.cells(shape), source.stuck(shape), verify_iterations,
                               verify_tolerance)
+
+
+def program_matrix(targets: ConductanceTargets, device: Device, seed: int, stream: str, array_shape: tuple[int, int],
+                   expand: Callable[[torch.Tensor], torch.Tensor], draws: InstanceSource | None, verify_iterations: int,
+                   verify_tolerance: float | None, what: str) -> tuple[tuple[torch.Tensor, ...], int]:
+    """Program both sides of a matrix layer's targets: ((G+, G-, state+, state-), write pulses).
+    Each side from its own generators (:func:`program_cells`; offset encoding: one reference
+    cell per row and array, ``expand`` spreading it over the array's columns), or both from
+    a draw source (:func:`program_from_source`; paired encodings without array yield)."""
+    pos, neg = torch.stack(targets.positive), torch.stack(targets.negative)
+    if draws is not None:
+        if targets.reference_per_col_tile or not device.array_yield.is_zero:
+            raise SimulationError(f"{what}: programming from a draw source needs differential or bit-sliced weight encoding "
+                                  "and no array-yield defects")
+        s = pos.shape[0]
+        g, state, pulses = program_from_source(torch.cat([pos, neg]), device, draws, verify_iterations, verify_tolerance)
+        return (g[:s], g[s:], state.narrow(-3, 0, s), state.narrow(-3, s, s)), pulses
+    sides = {}
+    pulses = 0
+    for side, target in (("pos", pos), ("ref" if targets.reference_per_col_tile else "neg", neg)):
+        shape = None if side == "ref" else array_shape  # array yield (dead lines)
+        g, nu, _, spent = program_cells(target, device, seed, stream, side, verify_iterations, verify_tolerance, array_shape=shape)
+        sides[side] = (expand(g), expand(nu)) if side == "ref" else (g, nu)
+        pulses += spent
+    (g_pos, nu_pos), (g_neg, nu_neg) = sides["pos"], sides["ref" if targets.reference_per_col_tile else "neg"]
+    return (g_pos, g_neg, nu_pos, nu_neg), pulses
 
 
 def drifted(g: torch.Tensor, nu: torch.Tensor, t_seconds: float, device: Device) -> torch.Tensor:
@@ -501,5 +528,5 @@ class ArrayInstance(nn.Module):
 
 __all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "InstanceSource", "check_compensation_mode", "check_verify_settings",
            "compensation_gain", "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale",
-           "percentile_values", "program_cells", "program_from_source", "program_hashed_cells", "program_with_model",
+           "percentile_values", "program_cells", "program_from_source", "program_matrix", "program_hashed_cells", "program_with_model",
            "reference_sums", "refresh_before_forward", "stuck_codes", "verify_cells", "verify_tolerance_of", "with_dead_lines"]

@@ -54,8 +54,7 @@ from cimflow.sim.array_state import (
     expected_full_scale,
     moment_full_scale,
     percentile_values,
-    program_cells,
-    program_from_source,
+    program_matrix,
     reference_sums,
     stuck_codes,
 )
@@ -172,37 +171,9 @@ class CrossbarEngine(ArrayInstance):
             self.output_gain = None
             return
         targets = encode_weights(w_norm, self.spec, self.grid.col_tiles)
-        pos = torch.stack(targets.positive)
-        neg = torch.stack(targets.negative)
-        if targets.reference_per_col_tile:
-            neg = self._col_tile_expand(neg)
-        pulses = 0
-
-        def one_side(target: torch.Tensor, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-            nonlocal pulses
-            shape = None if side == "ref" else (self.spec.rows, self.grid.weight_columns)  # array yield (dead lines)
-            g, nu, _, spent = program_cells(target, dev, self.seed or 0, self.name, side, self.verify_iterations, self.verify_tolerance,
-                                            array_shape=shape)
-            pulses += spent
-            return g, nu
-
-        if draws is not None:
-            if targets.reference_per_col_tile or not dev.array_yield.is_zero:
-                raise SimulationError(f"{self._what}: programming from a draw source needs differential or bit-sliced "
-                                      "weight encoding and no array-yield defects")
-            s = pos.shape[0]
-            g, state, pulses = program_from_source(torch.cat([pos, neg]), dev, draws, self.verify_iterations, self.verify_tolerance)
-            self.g_pos, self.g_neg = g[:s], g[s:]
-            self.nu_pos, self.nu_neg = state.narrow(-3, 0, s), state.narrow(-3, s, s)
-        elif targets.reference_per_col_tile:
-            # one reference cell per (row, array), shared by the array's columns
-            ref_target = torch.stack(targets.negative)
-            g_ref, nu_ref = one_side(ref_target, "ref")
-            self.g_neg, self.nu_neg = self._col_tile_expand(g_ref), self._col_tile_expand(nu_ref)
-            self.g_pos, self.nu_pos = one_side(pos, "pos")
-        else:
-            self.g_pos, self.nu_pos = one_side(pos, "pos")
-            self.g_neg, self.nu_neg = one_side(neg, "neg")
+        (self.g_pos, self.g_neg, self.nu_pos, self.nu_neg), pulses = program_matrix(
+            targets, dev, self.seed or 0, self.name, (self.spec.rows, self.grid.weight_columns), self._col_tile_expand, draws,
+            self.verify_iterations, self.verify_tolerance, self._what)
         self.significance = torch.tensor(targets.significance, dtype=w.dtype, device=w.device)
         self.denominator = targets.denominator
         self.write_pulses = pulses
