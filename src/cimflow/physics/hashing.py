@@ -8,6 +8,7 @@ shifts by masking); uniforms use its top 53 bits; normals use Box-Muller on two 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -88,10 +89,12 @@ def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A bijective avalanche mix of int32 values (the "lowbias32" finalizer)."""
-    out = x.to(torch.int32).clone().reshape(-1)
-    for block, tmp in _blocks(out):
+    out = x.to(torch.int32, copy=True, memory_format=torch.contiguous_format)
+    if out.numel() <= BLOCK_CELLS or out.device.type != "cpu":
+        return _mix32_(out, torch.empty_like(out))
+    for block, tmp in _blocks(out.view(-1)):
         _mix32_(block, tmp)
-    return out.view(x.shape)
+    return out
 
 
 def _blocks(flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -122,13 +125,25 @@ def _uniform24(h: torch.Tensor) -> torch.Tensor:
 def _cell_keys(rows: torch.Tensor, cols: int, seed: int, keys: tuple[object, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The int32 key of each row (n,) and column (cols,) under the stream (seed, keys); a
     cell's hash is ``mix32(row_key ^ col_key)``. Rows may exceed 2^32 (both halves mixed in)."""
-    salt = derive_seed(seed, *keys)
+    salt = _salt(int(seed), keys)
     r = rows.to(torch.int64)
     lo = _int32_tensor(r & 0xFFFFFFFF)
     hi = _int32_tensor((r >> 32) & 0xFFFFFFFF)
     row_key = mix32(lo ^ mix32(hi ^ _int32(salt)))
-    col = torch.arange(cols, device=rows.device, dtype=torch.int32)
-    return row_key, mix32(col * _G32 ^ _int32(salt >> 32))
+    return row_key, _column_keys(salt, cols, str(rows.device))
+
+
+@functools.lru_cache(maxsize=1024)
+def _salt(seed: int, keys: tuple[object, ...]) -> int:
+    return derive_seed(seed, *keys)
+
+
+@functools.lru_cache(maxsize=256)
+def _column_keys(salt: int, cols: int, device: str) -> torch.Tensor:
+    """The int32 key of each column (cols,) under a stream's salt (kept: a table reads the
+    same few streams on every forward)."""
+    col = torch.arange(cols, device=device, dtype=torch.int32)
+    return mix32(col * _G32 ^ _int32(salt >> 32))
 
 
 def cell_hashes(rows: torch.Tensor, cols: int, seed: int, *keys: object) -> torch.Tensor:
