@@ -54,10 +54,10 @@ def encode_weights(w_norm: torch.Tensor, spec: ArraySpec, col_tiles: int = 1) ->
     if scheme == "differential":
         level = torch.round(w.abs() * (levels - 1))
         g = g_min + span * level / (levels - 1)
-        g_lo = torch.full_like(g, g_min)
-        pos = torch.where(w >= 0, g, g_lo)
-        neg = torch.where(w >= 0, g_lo, g)
-        return ConductanceTargets([pos], [neg], [1.0], span)
+        below = w < 0
+        g_pos = g.masked_fill(below, g_min)  # the other cell of each pair at g_min
+        g_neg = g.masked_fill_(below.logical_not_(), g_min)
+        return ConductanceTargets([g_pos], [g_neg], [1.0], span)
     if scheme == "offset":
         half = (levels - 1) / 2.0
         level = torch.round((w + 1.0) * half)  # 0 .. levels-1 ; mid-window is zero when levels is odd

@@ -3,6 +3,7 @@ cells and first-order IR drop. Conductances in siemens; times in seconds."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +56,9 @@ def apply_drift(g: torch.Tensor, nu: torch.Tensor | float, t: float, t0: float) 
     """Power-law drift: ``G(t) = G(t0) * (t / t0) ** -nu`` for t >= t0; unchanged for t <= t0."""
     if t <= t0:
         return g
-    return g * torch.pow(torch.as_tensor(t / t0, dtype=g.dtype, device=g.device), -nu)
+    if not isinstance(nu, torch.Tensor):
+        return g * (t / t0) ** -nu
+    return torch.mul(nu, -math.log(t / t0)).exp_().mul_(g)  # exp(-nu ln(t/t0)): one fresh tensor, in place
 
 
 def read_noise(g: torch.Tensor, relative_sigma: float, generator: torch.Generator) -> torch.Tensor:
