@@ -170,14 +170,14 @@ class DeviceModel:
         if self.spec.programming_noise.is_zero:
             return target.clone(), target.numel()
         sigma = programming_sigma(target, self.spec.g_max, self.spec.programming_noise.coefficients)
-        return (target + sigma * draws.normal("program", k)).clamp_min(0.0), target.numel()
+        return torch.addcmul(target, sigma, draws.normal("program", k)).clamp_min_(0.0), target.numel()
 
     def sample_state(self, target: torch.Tensor, g: torch.Tensor, draws: CellDraws) -> torch.Tensor:
         """Per-cell state drawn once per programming: here the drift exponents nu (shape of g)."""
         drift = self.spec.drift
         if drift.nu_std == 0:
             return torch.full_like(g, max(drift.nu_mean, 0.0))
-        return (drift.nu_mean + drift.nu_std * draws.normal("drift")).clamp_min(0.0)
+        return torch.mul(draws.normal("drift"), drift.nu_std).add_(drift.nu_mean).clamp_min_(0.0)
 
     @property
     def t0(self) -> float:
