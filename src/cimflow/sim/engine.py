@@ -385,8 +385,7 @@ class CrossbarEngine(ArrayInstance):
     def _input_planes_count(self) -> int:
         return 1 if self.is_digital else self.spec.input_encoding.pulses
 
-    @torch.no_grad()
-    def _forward_single_read(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_single_read(self, x: torch.Tensor) -> torch.Tensor:  # single_read runs without autograd
         """Inference fast path for one slice and one pulse (any number of contiguous read
         groups, as one batched matmul): :func:`cimflow.sim.single_read.single_read`, the same
         arithmetic as the general path, kept in integer DAC codes and fused in place."""

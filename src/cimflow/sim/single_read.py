@@ -78,7 +78,7 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     scale_x = engine._input_scale(x)
     dac_inside = None
     if engine.spec.input_encoding.bits > 1:
-        xi = x * (steps_in / scale_x)
+        xi = x * scale_x.reciprocal().mul_(steps_in)  # not steps_in / scale_x: Tensor.__rdiv__ is Python
         if engine.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
             if keep:
                 dac_inside = xi.abs() <= steps_in
@@ -102,7 +102,7 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
     if bits > 1:
         steps_adc = float((1 << (bits - 1)) - 1)
-        ahead = steps_adc / rng
+        ahead = rng.reciprocal().mul_(steps_adc)
         if engine.output_gain is not None:
             ahead = ahead * engine.output_gain  # drift compensation, ahead of the ADC
         acc.mul_(ahead)
