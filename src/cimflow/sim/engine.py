@@ -422,7 +422,7 @@ class CrossbarEngine(ArrayInstance):
                 and (self.output_gain is None or self.output_gain.dim() <= 1))
 
     @torch.no_grad()
-    def read_columns(self, cols: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    def read_columns(self, cols: torch.Tensor, scale: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Inference on im2col columns without transposing them: ``cols`` (N, in, L) -> (N, out, L).
         ``cols`` may also be the patches as a strided view (N, C, kh, kw, Ho, Wo)
         (:func:`cimflow.sim.layers.patch_view`): quantizing it writes the columns once.
@@ -430,7 +430,8 @@ class CrossbarEngine(ArrayInstance):
         ``scale`` (N, 1, L) is each patch's absolute maximum (the per-vector input range; a
         convolution gets it from a max-pool over the input, far cheaper than from the columns),
         or None for a fixed per-layer range. The arithmetic is :meth:`_forward_single_read`'s,
-        laid out channel-first so the result is already a feature map.
+        laid out channel-first so the result is already a feature map, written into ``out``
+        when given (the rows of a larger batch's output: a convolution reads in batch chunks).
         """
         per_patch = scale is not None  # each patch's own maximum: its codes are within range
         n = cols.shape[0]
@@ -444,7 +445,7 @@ class CrossbarEngine(ArrayInstance):
             xi = cols * (steps_in / per_element) if enc.bits > 1 else torch.sign(cols)
         else:
             xi = torch.empty(cols.shape, dtype=cols.dtype, device=cols.device)  # the columns, written once
-            torch.mul(cols, steps_in / per_element, out=xi) if enc.bits > 1 else torch.sign(cols, out=xi)
+            torch.mul(cols, per_element.reciprocal().mul_(steps_in), out=xi) if enc.bits > 1 else torch.sign(cols, out=xi)
         if enc.bits > 1:
             (xi if per_patch else xi.clamp_(-steps_in, steps_in)).round_()  # |cols| <= scale: no clamp needed
         xi = xi.reshape(n, -1, length)  # a view, but for the compiled form's copy
@@ -472,7 +473,8 @@ class CrossbarEngine(ArrayInstance):
             else:
                 acc = torch.sign(acc)
                 per_out = per_out * rng
-        return acc.mul_(per_out).mul_(scale)
+        acc.mul_(per_out)
+        return acc.mul_(scale) if out is None else torch.mul(acc, scale, out=out)
 
     def _analog(self, x_q: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
         planes, plane_w = input_planes(x_q, self.spec.input_encoding)  # (P, N, in)

@@ -164,9 +164,10 @@ class CIMConv(CIMLayer):
                 step = max(1, COLUMN_CHUNK_BYTES // (self.weight[0].numel() * ho * wo * x.element_size()))
             if step >= n:
                 y = self.engine.read_columns(patches, scale)
-            else:
-                y = torch.cat([self.engine.read_columns(patches[i : i + step], None if scale is None else scale[i : i + step])
-                               for i in range(0, n, step)])
+            else:  # each chunk written straight into its rows of the output
+                y = x.new_empty((n, self.out_channels, ho * wo))
+                for i in range(0, n, step):
+                    self.engine.read_columns(patches[i : i + step], None if scale is None else scale[i : i + step], out=y[i : i + step])
             if self.bias is not None:
                 y.add_(self.bias.view(1, -1, 1))  # no-grad read: a fresh tensor
             y = y.reshape(n, self.out_channels, ho, wo)
