@@ -9,6 +9,8 @@ import copy
 import pytest
 import torch
 import torch._dynamo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import cimflow
@@ -95,3 +97,33 @@ def test_a_copied_model_compiles_to_its_own_tables():
         b = torch.compile(twin, backend="aot_eager", fullgraph=True)(*x)
         assert torch.allclose(a, model(*x), atol=1e-5) and torch.allclose(b, twin(*x), atol=1e-5)
         assert not torch.allclose(a, b, atol=1e-3)
+
+
+_SHAPES: dict[tuple[str, bool], nn.Module] = {}
+
+
+def _table(kind: str, last: bool) -> nn.Module:
+    if (kind, last) not in _SHAPES:
+        torch.manual_seed(2)
+        source = nn.Embedding(40, 3) if kind == "embedding" else nn.EmbeddingBag(40, 3, mode=kind, include_last_offset=last)
+        _SHAPES[kind, last] = cimflow.program(cimflow.convert(nn.Sequential(source), "ideal"), seed=0)[0]
+    return _SHAPES[kind, last]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["embedding", "sum", "mean"]), st.booleans(), st.booleans(),
+       st.lists(st.integers(1, 5), min_size=0, max_size=3), st.lists(st.integers(0, 4), min_size=1, max_size=6))
+def test_shape_from_input_shapes_matches_the_pooling(kind, last, two_d, dims, sizes):
+    """The compiled op's output shape (from the shapes of the input and offsets alone) is the
+    shape the pooling gives, for plain embeddings of any input rank, 2-D bags and offset bags
+    (empty ones too, with or without the closing offset)."""
+    table = _table(kind, last)
+    g = torch.Generator().manual_seed(len(dims) + 7 * sum(sizes))
+    if kind == "embedding":
+        values, offsets = torch.randint(0, 40, tuple(dims), generator=g), None
+    elif two_d:
+        values, offsets = torch.randint(0, 40, (len(sizes), max(sizes[0], 1)), generator=g), None
+    else:
+        ends = torch.cat([torch.zeros(1, dtype=torch.int64), torch.tensor(sizes).cumsum(0)])
+        values, offsets = torch.randint(0, 40, (int(ends[-1]),), generator=g), ends if last else ends[:-1]
+    assert tuple(table.pooled(values, offsets).shape) == table.output_shape(values, offsets)
