@@ -156,3 +156,21 @@ def test_convolution_read_from_patch_view_equals_general_path(make, shape):
     scale = float(general.abs().max())
     assert float(((fast - general).abs() > 1e-4 * scale).float().mean()) < 0.01
     assert float((fast - general).abs().max()) < 0.05 * scale
+
+
+@settings(max_examples=40, deadline=None)
+@given(width=st.integers(1, 140), n=st.integers(1, 6), seed=st.integers(0, 2**31 - 1), zero_row=st.booleans())
+def test_per_vector_input_range_is_the_max_magnitude_for_every_width(width, n, seed, zero_row):
+    """The per-vector input range is max |x| per row, by either form (short rows: one |x|
+    pass; long rows: max and min), and the floor for an all-zero row."""
+    from cimflow.sim.array_state import EPS
+
+    lin = nn.Linear(width, 3)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), "ideal"), 0)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, width, generator=gen) * torch.exp(4 * torch.rand(n, 1, generator=gen) - 2)
+    if zero_row:
+        x[0] = 0.0
+    got = cim[0].engine._input_scale(x)
+    assert got.shape == (n, 1)
+    assert torch.equal(got, x.abs().amax(dim=-1, keepdim=True).clamp_min(EPS))
