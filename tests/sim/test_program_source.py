@@ -9,6 +9,7 @@ from cimtest import chip_with
 from torch import nn
 
 import cimflow
+from cimflow.chip import load_preset
 from cimflow.errors import SimulationError
 from cimflow.physics.devices import GeneratorDraws
 from cimflow.sim.engine import CrossbarEngine
@@ -81,7 +82,7 @@ class _Source:
 
 @pytest.mark.parametrize("chip_name", ["pcm-hermes-like", "rram-analog-generic"])
 def test_a_draw_source_replaces_the_generators(chip_name: str) -> None:
-    layer = _layer(load(chip_name))
+    layer = _layer(load_preset(chip_name))
     eng = layer.engine
     dev = eng.spec.device
     zero = _Source(0.0)
@@ -106,12 +107,6 @@ def test_a_draw_source_replaces_the_generators(chip_name: str) -> None:
         layer.program(5, draws=_Source(1.0))
     noisy = torch.cat([eng.g_pos, eng.g_neg]).view(-1)[~stuck]
     assert float((noisy - healthy).abs().mean()) > 1e-3 * dev.g_max
-
-
-def load(name: str):
-    from cimflow.chip import load_preset
-
-    return load_preset(name)
 
 
 def test_a_draw_source_needs_a_paired_encoding() -> None:
