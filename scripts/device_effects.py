@@ -160,8 +160,9 @@ class Digits:
     def __init__(self, seed: int, weights: dict[str, list] | None = None) -> None:
         from cimflow.vision import load_digits_data, small_cnn, train_classifier
 
+        torch.manual_seed(seed)  # the initial weights, as in cimflow.jobs.digits (train_classifier seeds only the training)
         self.data = load_digits_data(seed=seed)
-        if weights is None:  # training is not bit-reproducible across processes: a resumed run reuses the weights
+        if weights is None:  # a resumed run reuses the weights it trained first
             self.model = train_classifier(small_cnn(), self.data, seed=seed).eval()
         else:
             self.model = small_cnn().eval()
