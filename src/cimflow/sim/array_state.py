@@ -48,8 +48,8 @@ from cimflow.physics import (
     sample_stuck_mask,
 )
 from cimflow.physics.devices import CellDraws, DeviceModel, GeneratorDraws, HashedDraws, check_endurance, model_for
-from cimflow.physics.devices.array_yield import dead_cells
-from cimflow.physics.hashing import cell_draws, cell_normal
+from cimflow.physics.devices.array_yield import columns_dead, dead_cells, rows_unrepaired
+from cimflow.physics.hashing import cell_draws, cell_normal, cell_uniform
 
 EPS = 1e-12
 
@@ -158,13 +158,45 @@ def with_dead_lines(mask: torch.Tensor, device: Device, seed: int, stream: str, 
     return torch.where(dead, torch.full_like(mask, -1), mask)
 
 
+def table_dead_cells(rows: torch.Tensor, s_count: int, dim: int, device: Device, seed: int, stream: str, side: str,
+                     array_shape: tuple[int, int]) -> torch.Tensor | None:
+    """Boolean (S, n, dim): the cells of the table rows ``rows`` (n,) on one side that sit on an
+    unrepaired dead row or a dead column (array yield, the law of
+    :mod:`cimflow.physics.devices.array_yield`); None without array yield. Row r lies in the
+    row tile ``r // rows`` of arrays of ``array_shape`` (rows, columns), column j in the column
+    tile ``j // columns``; every slice has its own columns. The uniforms of an array's lines
+    are hashed from its index (seed, stream, "yield-rows" / "yield-cols", side): only the
+    arrays holding ``rows`` are drawn, with the same values in any subset or order. Row draws
+    are shared by both sides (the same physical rows)."""
+    spec = device.array_yield
+    if spec.is_zero:
+        return None
+    a_rows, a_cols = array_shape
+    col_tiles = -(-dim // a_cols)
+    row_tiles, inverse = torch.unique(torch.div(rows, a_rows, rounding_mode="floor"), return_inverse=True)
+    tile = torch.arange(col_tiles, device=rows.device)
+    arrays = (row_tiles.unsqueeze(1) * col_tiles + tile).reshape(-1)  # the arrays in use, (tiles x col_tiles)
+    bad_rows = rows_unrepaired(cell_uniform(arrays, a_rows, seed, stream, "yield-rows"), spec)  # (arrays, a_rows)
+    used = min(a_cols, dim)  # the columns of an array that hold the table (a column's draw is its own)
+    lines = (arrays.unsqueeze(1) * s_count + torch.arange(s_count, device=rows.device)).reshape(-1)  # (array, slice)
+    col_u = cell_uniform(lines, used, seed, stream, "yield-cols", side).view(arrays.numel(), s_count, used)
+    bad_cols = columns_dead(col_u, spec).permute(1, 0, 2)  # (S, arrays, used)
+    j = torch.arange(dim, device=rows.device)
+    local = inverse.unsqueeze(1) * col_tiles + torch.div(j, a_cols, rounding_mode="floor").unsqueeze(0)  # (n, dim)
+    on_dead_row = bad_rows[local, (rows % a_rows).unsqueeze(1)]
+    on_dead_col = bad_cols[:, local, (j % a_cols).unsqueeze(0)]
+    return on_dead_row.unsqueeze(0) | on_dead_col
+
+
 def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tensor, seed: int, stream: str, side: str,
-                         verify_iterations: int = 0, verify_tolerance: float | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                         verify_iterations: int = 0, verify_tolerance: float | None = None,
+                         dead: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Program the cells ``target`` (S, n, dim) of the table rows ``rows`` (n,) on one side,
     every cell's draws from the counter-based hash of (seed, stream, row, cell, side)
     (:func:`cimflow.physics.hashing.cell_draws`; the verify re-programming of iteration k
     from key k): the same laws as :func:`program_cells`, for any subset of rows, in any
-    order, with the same values. Returns conductances, drift exponents and the verify pulses."""
+    order, with the same values. ``dead`` (S, n, dim; :func:`table_dead_cells`): cells on
+    dead lines, stuck at g_min. Returns conductances, drift exponents and the verify pulses."""
     s_count, n, d = target.shape
     if device.model != "generic":
         hashed = HashedDraws(rows, s_count * d, seed, stream, side, layout=lambda x: x.view(n, s_count, d).permute(1, 0, 2))
@@ -172,6 +204,8 @@ def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tenso
         mask = torch.zeros(target.shape, dtype=torch.int8, device=target.device)
         mask[u < device.stuck_on_rate] = 1
         mask[(u >= device.stuck_on_rate) & (u < device.stuck_on_rate + device.stuck_off_rate)] = -1
+        if dead is not None:
+            mask[dead] = -1
         g, state, pulses = program_with_model(model_for(device), target, hashed, mask, verify_iterations, verify_tolerance)
         return g, state, pulses - target.numel()  # the verify pulses only, as below
     noisy = not device.programming_noise.is_zero or bool(device.stuck_on_rate or device.stuck_off_rate) or device.drift.nu_std > 0
@@ -186,9 +220,14 @@ def program_hashed_cells(target: torch.Tensor, device: Device, rows: torch.Tenso
         u = draws[2]
         stuck_on = u < device.stuck_on_rate
         stuck_off = (u >= device.stuck_on_rate) & (u < device.stuck_on_rate + device.stuck_off_rate)
+        if dead is not None:
+            stuck_on, stuck_off = stuck_on & ~dead, stuck_off | dead
         stuck = stuck_on | stuck_off
         g = torch.where(stuck_on, torch.full_like(g, device.g_max), g)
         g = torch.where(stuck_off, torch.full_like(g, device.g_min), g)
+    elif dead is not None:
+        stuck = dead
+        g = torch.where(dead, torch.full_like(g, device.g_min), g)
     if verify_iterations and sigma is not None:
         tol = sigma if verify_tolerance is None else torch.full_like(target, verify_tolerance * device.g_max)
         sig = sigma
@@ -529,4 +568,5 @@ class ArrayInstance(nn.Module):
 __all__ = ["ArrayInstance", "COMPENSATION_MODES", "EPS", "InstanceSource", "check_compensation_mode", "check_verify_settings",
            "compensation_gain", "drifted", "effective_weights", "expected_full_scale", "input_moments", "moment_full_scale",
            "percentile_values", "program_cells", "program_from_source", "program_matrix", "program_hashed_cells", "program_with_model",
-           "reference_sums", "refresh_before_forward", "stuck_codes", "verify_cells", "verify_tolerance_of", "with_dead_lines"]
+           "reference_sums", "refresh_before_forward", "stuck_codes", "table_dead_cells", "verify_cells",
+           "verify_tolerance_of", "with_dead_lines"]

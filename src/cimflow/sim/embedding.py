@@ -49,6 +49,7 @@ from cimflow.sim.array_state import (
     program_hashed_cells,
     reference_sums,
     refresh_before_forward,
+    table_dead_cells,
 )
 from cimflow.sim.tables import HashedTable, ParameterTable, TableSource, TensorTable
 
@@ -305,8 +306,10 @@ class CIMEmbeddingBag(ArrayInstance):
             neg = neg.expand(-1, -1, self.embedding_dim)
         out = []
         for side, target in (("pos", pos), ("neg", neg)):
+            dead = None if side == "neg" and targets.reference_per_col_tile else table_dead_cells(  # array yield: dead lines
+                idx, target.shape[0], self.embedding_dim, dev, self.seed or 0, self.layer_name, side, (spec.rows, spec.weight_columns))
             g, nu, pulses = program_hashed_cells(target, dev, idx, self.seed or 0, self.layer_name, side,
-                                                 self.verify_iterations, self.verify_tolerance)
+                                                 self.verify_iterations, self.verify_tolerance, dead)
             if count_pulses:
                 self._verify_pulses += pulses
             out.append((g, nu))

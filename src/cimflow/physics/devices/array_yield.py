@@ -21,14 +21,27 @@ def unrepaired_dead_rows(arrays: int, rows: int, spec: ArrayYield, generator: to
     """Boolean (arrays, rows): the dead rows that no spare row repairs. Each row is dead with
     probability ``dead_row_rate``; the first ``spare_rows`` dead rows of an array (in row
     order) are repaired."""
-    dead = torch.rand((arrays, rows), generator=generator, device=device) < spec.dead_row_rate
-    rank = dead.to(torch.int32).cumsum(dim=1)  # 1-based rank of each dead row in its array
-    return dead & (rank > spec.spare_rows)
+    return rows_unrepaired(torch.rand((arrays, rows), generator=generator, device=device), spec)
 
 
 def dead_columns(shape: tuple[int, ...], spec: ArrayYield, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
     """Boolean ``shape``: each column dead with probability ``dead_col_rate`` (columns are not repaired)."""
-    return torch.rand(shape, generator=generator, device=device) < spec.dead_col_rate
+    return columns_dead(torch.rand(shape, generator=generator, device=device), spec)
+
+
+def rows_unrepaired(row_uniforms: torch.Tensor, spec: ArrayYield) -> torch.Tensor:
+    """The law of dead rows on uniform (0, 1) draws, whatever their source (a seeded generator
+    for matrix layers, a hash of the array index for tables): boolean ``row_uniforms.shape``
+    (..., rows), one array per last-axis line; a row is dead below ``dead_row_rate`` and the
+    first ``spare_rows`` dead rows of an array, in row order, are repaired."""
+    dead = row_uniforms < spec.dead_row_rate
+    rank = dead.to(torch.int32).cumsum(dim=-1)  # 1-based rank of each dead row in its array
+    return dead & (rank > spec.spare_rows)
+
+
+def columns_dead(col_uniforms: torch.Tensor, spec: ArrayYield) -> torch.Tensor:
+    """The law of dead columns on uniform (0, 1) draws: dead below ``dead_col_rate``, never repaired."""
+    return col_uniforms < spec.dead_col_rate
 
 
 def dead_cells(target_shape: tuple[int, int, int], rows: int, cols: int, spec: ArrayYield, row_generator: torch.Generator,
