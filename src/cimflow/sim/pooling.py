@@ -93,7 +93,11 @@ def _block_outcomes(w: torch.Tensor, var: torch.Tensor | None, significance: tor
     rank = torch.arange(rows_of.numel(), device=w.device) - (torch.cumsum(per_row, 0) - per_row)[rows_of]
     xs, cs, rs = x[rows_of, cells_of], codes[rows_of, cells_of], reach[rows_of, cells_of]
     entries = []
-    for order, (j, p) in enumerate(_step_probabilities(xs, rs / tail, cs, tail, int(math.ceil(float(rs.max()))) + 1)):
+    # steps past a cell's noise reach have probability 0 and steps past the opposite end of the code range
+    # change nothing (the clamp): the per-cell smaller bound is enough, and it stays finite when a
+    # degenerate full scale (e.g. every cell dead) makes the reach huge
+    max_steps = int(torch.minimum(rs.ceil() + 1, cs.abs() + steps + 1).max())
+    for order, (j, p) in enumerate(_step_probabilities(xs, rs / tail, cs, tail, max_steps)):
         # the value moves only where the clamp lets the code go from codes + j -+ 1 to codes + j
         inner = (cs + j).clamp(-steps, steps) - (cs + (j - 1 if j > 0 else j + 1)).clamp(-steps, steps)
         which = ((p > 0) & (inner != 0)).nonzero().squeeze(1)
