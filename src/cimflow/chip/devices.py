@@ -12,7 +12,7 @@ and their sources. This module knows nothing of PyTorch.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -66,7 +66,27 @@ def _curve(*pieces: dict) -> StateCurve:
     return StateCurve(pieces=[CurvePiece(**p) for p in pieces])
 
 
-class PCMDevice(Device):
+class ModelDevice(Device):
+    """A named device model (every model but the generic one): not ideal, and where the model
+    has its own law of change over time (``drift_replaced_by``), the generic power-law drift
+    exponents are refused rather than silently ignored."""
+
+    #: what stands in for the generic power-law drift in this model (None: drift.nu_* allowed).
+    drift_replaced_by: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _own_drift_law(self) -> ModelDevice:
+        if self.drift_replaced_by is not None and (self.drift.nu_mean or self.drift.nu_std):
+            raise ValueError(f"model {self.model} has {self.drift_replaced_by}, not the generic power-law drift: "
+                             "leave drift.nu_mean and drift.nu_std at 0")
+        return self
+
+    @property
+    def is_ideal(self) -> bool:
+        return False
+
+
+class PCMDevice(ModelDevice):
     """Phase-change memory: conductance-dependent drift exponent nu(x) ~ N(mean(x), std(x)),
     G(t) = G_prog (t / t0)^-nu, plus accumulated 1/f noise of sigma
     G(t) Q_s(x) sqrt(ln((t + t_read) / (2 t_read))), drawn once per cell and scaled with t.
@@ -82,20 +102,11 @@ class PCMDevice(Device):
     noise_q_s: StateCurve = Field(default_factory=lambda: _curve(
         {"form": "power", "coefficients": [0.0088, -0.65], "y_max": 0.2}))
     t_read_s: float = Field(default=250e-9, ge=1e-12, le=1.0, description="read pulse width of the 1/f fit, s")
-
-    @model_validator(mode="after")
-    def _pcm(self) -> PCMDevice:
-        if self.drift.nu_mean or self.drift.nu_std:
-            raise ValueError("model pcm takes its drift exponents from drift_nu_mean / drift_nu_std (curves of G/g_max); "
-                             "leave drift.nu_mean and drift.nu_std at 0")
-        return self
-
-    @property
-    def is_ideal(self) -> bool:
-        return False
+    drift_replaced_by: ClassVar[str | None] = "drift exponents from drift_nu_mean / drift_nu_std (curves of G/g_max)"
 
 
-class RRAMDevice(Device):
+
+class RRAMDevice(ModelDevice):
     """Resistive RAM: state-dependent programming noise (the ``programming_noise`` polynomial)
     and relaxation after programming: for t > t0 each cell moves by
     g_max [shift_per_decade log10(t/t0) + sigma(x) log10(t/t0) z], z ~ N(0, 1) drawn once per
@@ -107,12 +118,8 @@ class RRAMDevice(Device):
     relaxation_shift_per_decade: float = Field(default=0.0, ge=-0.5, le=0.5,
                                                description="mean shift per decade after t0, fraction of g_max")
 
-    @property
-    def is_ideal(self) -> bool:
-        return False
 
-
-class NORFlashDevice(Device):
+class NORFlashDevice(ModelDevice):
     """NOR flash / charge-trap cell programmed by incremental step pulses (ISPP) with verify:
     from the erased state (g_max) each pulse raises the threshold voltage by ``ispp_step_v``
     (+ N(0, ``pulse_sigma_v``)) until it passes the verify level (half a step below the
@@ -128,21 +135,16 @@ class NORFlashDevice(Device):
     max_pulses: int = Field(default=512, ge=1, le=100_000, description="ISPP pulses before a cell is given up")
     retention_rate: float = Field(default=0.002, ge=0, le=1, description="fraction of stored charge lost per e-fold of time")
     retention_tau_s: float = Field(default=1.0, ge=1e-9, le=1e9, description="retention time constant, s")
+    drift_replaced_by: ClassVar[str | None] = "retention loss (retention_rate)"
 
     @model_validator(mode="after")
     def _flash(self) -> NORFlashDevice:
         if not self.programming_noise.is_zero:
             raise ValueError("model nor_flash programs by ISPP (ispp_step_v, pulse_sigma_v); leave programming_noise at 0")
-        if self.drift.nu_mean or self.drift.nu_std:
-            raise ValueError("model nor_flash has retention loss (retention_rate), not power-law drift: leave drift.nu_* at 0")
         return self
 
-    @property
-    def is_ideal(self) -> bool:
-        return False
 
-
-class MRAMDevice(Device):
+class MRAMDevice(ModelDevice):
     """Spin-transfer-torque MRAM: binary cells (levels 2) switched stochastically. A write
     pulse of ``write_pulse_s`` at ``write_current_ratio`` = I/I_c0 switches with probability
     1 - exp(-t_p / tau), tau = ``attempt_time_s`` exp(Delta (1 - I/I_c0)) (thermally assisted
@@ -158,21 +160,18 @@ class MRAMDevice(Device):
     read_current_ratio: float = Field(default=0.3, ge=0, le=1, description="read current / critical current I_c0")
     read_pulse_s: float = Field(default=10e-9, ge=1e-12, le=1e-3)
     reads_per_second: float = Field(default=1e3, ge=0, le=1e10, description="reads of each cell per second of operation")
+    drift_replaced_by: ClassVar[str | None] = "write errors and read disturb"
 
     @model_validator(mode="after")
     def _mram(self) -> MRAMDevice:
         if self.n_levels != 2:
             raise ValueError(f"model mram cells are binary: levels must be 2, got {self.n_levels}")
-        if not self.programming_noise.is_zero or self.drift.nu_mean or self.drift.nu_std:
-            raise ValueError("model mram cells are binary: leave programming_noise and drift.nu_* at 0 (write errors model it)")
+        if not self.programming_noise.is_zero:
+            raise ValueError("model mram cells are binary: leave programming_noise at 0 (write errors model it)")
         return self
 
-    @property
-    def is_ideal(self) -> bool:
-        return False
 
-
-class FeFETDevice(Device):
+class FeFETDevice(ModelDevice):
     """Ferroelectric FET: multi-level (``levels``), programming noise from the polynomial, and
     retention loss (depolarization): the memory window closes toward its middle as
     G(t) = g_mid + (G_prog - g_mid) max(0, 1 - ``retention_rate`` ln(1 + t_eff / ``retention_tau_s``))."""
@@ -181,19 +180,10 @@ class FeFETDevice(Device):
     drift: Drift = Field(default_factory=lambda: Drift(activation_energy_ev=1.0))
     retention_rate: float = Field(default=0.004, ge=0, le=1, description="window closed per e-fold of time")
     retention_tau_s: float = Field(default=1.0, ge=1e-9, le=1e9, description="retention time constant, s")
-
-    @model_validator(mode="after")
-    def _fefet(self) -> FeFETDevice:
-        if self.drift.nu_mean or self.drift.nu_std:
-            raise ValueError("model fefet has retention loss (retention_rate), not power-law drift: leave drift.nu_* at 0")
-        return self
-
-    @property
-    def is_ideal(self) -> bool:
-        return False
+    drift_replaced_by: ClassVar[str | None] = "retention loss (retention_rate)"
 
 
-class ChargeSRAMDevice(Device):
+class ChargeSRAMDevice(ModelDevice):
     """Charge-domain SRAM compute (a bit cell switching a capacitor): binary cells whose
     weight is set by a capacitor, so the error is a static per-cell gain error
     eps ~ N(0, sigma), sigma = A_C / sqrt(2 x area) (Pelgrom's law for one capacitor,
@@ -202,6 +192,7 @@ class ChargeSRAMDevice(Device):
     model: Literal["charge_sram"] = "charge_sram"  # type: ignore[assignment]
     capacitor_area_um2: float = Field(default=1.0, ge=1e-4, le=1e4, description="area of one cell's capacitor, um^2")
     pelgrom_a_pct_um: float = Field(default=0.5, ge=0, le=100, description="Pelgrom A_C: sigma(dC/C) of a pair x sqrt(area), % um")
+    drift_replaced_by: ClassVar[str | None] = "a static capacitor mismatch (no drift)"
 
     @model_validator(mode="after")
     def _charge(self) -> ChargeSRAMDevice:
@@ -209,9 +200,9 @@ class ChargeSRAMDevice(Device):
             raise ValueError(f"model charge_sram needs technology sram, got {self.technology}")
         if self.n_levels != 2:
             raise ValueError(f"model charge_sram cells are SRAM bits: levels must be 2, got {self.n_levels}")
-        if not self.programming_noise.is_zero or self.drift.nu_mean or self.drift.nu_std or self.read_noise:
+        if not self.programming_noise.is_zero or self.read_noise:
             raise ValueError("model charge_sram has capacitor mismatch instead of conductance noise: "
-                             "leave programming_noise, drift.nu_* and read_noise at 0")
+                             "leave programming_noise and read_noise at 0")
         return self
 
     @property
@@ -221,7 +212,7 @@ class ChargeSRAMDevice(Device):
 
     @property
     def is_ideal(self) -> bool:
-        return self.mismatch_sigma == 0 and super().is_ideal
+        return self.mismatch_sigma == 0 and Device.is_ideal.fget(self)  # type: ignore[attr-defined]
 
 
 #: model name -> spec class (the physics registry, :mod:`cimflow.physics.devices`, has the same names).
@@ -251,4 +242,4 @@ def parse_device(value: Any) -> Any:
 
 
 __all__ = ["DEVICE_SPECS", "TECHNOLOGY_MODELS", "ChargeSRAMDevice", "CurvePiece", "FeFETDevice", "MRAMDevice",
-           "NORFlashDevice", "PCMDevice", "RRAMDevice", "StateCurve", "parse_device"]
+           "ModelDevice", "NORFlashDevice", "PCMDevice", "RRAMDevice", "StateCurve", "parse_device"]
