@@ -174,3 +174,48 @@ def test_per_vector_input_range_is_the_max_magnitude_for_every_width(width, n, s
     got = cim[0].engine._input_scale(x)
     assert got.shape == (n, 1)
     assert torch.equal(got, x.abs().amax(dim=-1, keepdim=True).clamp_min(EPS))
+
+
+@settings(max_examples=40, deadline=None)
+@given(groups=st.integers(1, 3), group_rows=st.integers(1, 40), last=st.integers(1, 40), out=st.integers(1, 12),
+       n=st.integers(1, 9), seed=st.integers(0, 2**31 - 1), spread=st.floats(-6, 6))
+def test_int8_signal_planes_are_within_their_bound(groups, group_rows, last, out, n, seed, spread):
+    """The two int8 planes represent each weight within 1/508 of its column's scale, and the
+    int8 partial sums equal the float64 product of those weights within sum |code| * scale / 508."""
+    last = min(last, group_rows)
+    rows = (groups - 1) * group_rows + last
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(groups, group_rows, out, generator=gen) * torch.exp(spread * torch.rand(groups, group_rows, out, generator=gen))
+    w[-1, last:] = 0.0
+    planes = fastmm.int8_planes(w)
+    assert planes.hi.dtype == planes.lo.dtype == torch.int8 and planes.scale.shape == (groups, 1, out)
+    rebuilt = planes.scale.double() * (planes.hi.double() + planes.lo.double() / fastmm.LO_LEVELS)
+    bound = planes.scale.double() / (2 * fastmm.LO_LEVELS) + 1e-6 * w.double().abs()  # and float32 rounding of w / scale
+    assert bool(((rebuilt - w.double()).abs() <= bound).all())
+    codes = torch.randint(-127, 128, (n, rows), generator=gen)
+    got = fastmm.int_signal_products(codes.to(torch.int8), planes, rows).double() * planes.scale.double()
+    padded = torch.cat([codes, codes.new_zeros(n, groups * group_rows - rows)], 1).view(n, groups, group_rows).transpose(0, 1)
+    ref = torch.matmul(padded.double(), w.double())
+    err_bound = torch.matmul(padded.double().abs(), bound) + 1e-6 * torch.matmul(padded.double().abs(), w.double().abs())
+    assert bool(((got - ref).abs() <= err_bound + 1e-30).all())
+
+
+def test_int8_read_matches_the_float_read_without_noise(matrix_units, monkeypatch):
+    """The integer read (forced on for a small read) and the float32 one give the same ADC
+    codes but where the planes' rounding moves a partial sum across a code boundary: at most
+    one ADC step, on a small fraction of the outputs."""
+    torch.manual_seed(14)
+    x = torch.randn(256, 600)
+    cim_e = _layer("exact", out_f=64, read_noise=0.0)
+    cim_f = _layer("fast", out_f=64, read_noise=0.0)
+    monkeypatch.setattr(fastmm, "BF16_MIN_MACS", 0)
+    eng = cim_layers(cim_f)[0][1].engine
+    with torch.no_grad():
+        y_f, y_e = cim_f(x), cim_e(x)
+    assert "_int_analog" in eng.__dict__  # the integer path really ran
+    diff = (y_f - y_e).abs()
+    steps_adc = (1 << (eng.spec.analog_adc().bits - 1)) - 1
+    # one ADC step of every group, per output: full scale x weight scale x input scale / steps
+    step = (eng.adc_range[0, :, 0] * eng.w_scale).sum(0) * x.abs().amax(1, keepdim=True) / steps_adc
+    assert bool((diff <= step * 1.0001).all())
+    assert float((diff > 1e-5 * float(y_e.abs().max())).float().mean()) < 0.01

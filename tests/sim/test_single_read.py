@@ -176,3 +176,22 @@ def test_digital_read_is_the_bit_serial_bit_sliced_integer_sum(weight_bits, inpu
     with torch.no_grad():
         doubled = 2 * (expect - lin.bias.detach().double()) + lin.bias.detach().double()
         assert float((cim(x).double() - doubled).abs().max()) <= 2e-6 * scale
+
+
+@pytest.mark.parametrize("weight_bits", [4, 8])
+def test_digital_read_on_the_int8_units_is_the_same_integer_product(weight_bits, monkeypatch):
+    """Forced onto the int8 matrix units, a digital array's read is the same exact integer
+    product: equal to the float32 read (whose sums are exact below 2^24)."""
+    from cimflow.sim import fastmm
+
+    torch.manual_seed(weight_bits)
+    chip = chip_with("ideal", **{"arrays.digital.weight_bits": weight_bits, "arrays.digital.input_encoding.bits": 8})
+    cim = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(300, 24)), chip, overrides={nn.Linear: "digital"}), 0)
+    x = torch.randn(40, 300)
+    with torch.no_grad():
+        plain = cim(x)
+        monkeypatch.setattr(fastmm, "matrix_units_available", lambda: True)
+        monkeypatch.setattr(fastmm, "BF16_MIN_MACS", 0)
+        on_ints = cim(x)
+    assert "_int_digital" in cim[0].engine.__dict__
+    assert torch.allclose(on_ints, plain, rtol=1e-6, atol=1e-6 * float(plain.abs().max()))

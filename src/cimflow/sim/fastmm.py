@@ -14,17 +14,31 @@ cell variances keep 8 significant bits, products accumulate in float32 and the r
 rounded to bfloat16 - each variance within ~0.4 % (a sample needs ~10^6 reads per column to
 see it), at a fraction of a float32 matmul. ``tests/sim/test_fast_read.py`` pins the
 output noise's mean and variance per column against the float32 (``exact``) read.
+
+On such a CPU the partial sums themselves run on the integer matrix units
+(:func:`int8_planes`, :func:`int_signal_products`): DAC codes of up to 8 bits are exact int8
+values, and each read group's weights are split per column into two int8 planes,
+``w = s (hi + lo / 254)`` with ``s`` the column's largest |w| over 127. Two int8 matmuls
+accumulate exactly in int32, so the only error is the weights' representation: at most
+``s / 508``, 1/64,516 of the column's largest weight (~16 bits; the float32 read keeps 24,
+far below any programming noise or ADC step a chip has). A digital array's weights are
+integer codes already: one int8 matmul is its exact integer product.
+``tests/sim/test_fast_read.py`` pins the signal against the float32 read.
 """
 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
 #: Multiply-accumulates below which a bfloat16 variance costs more than float32 (conversions
 #: and small-matrix overheads dominate; measured on a 2-core AMX CPU).
 BF16_MIN_MACS = 1 << 23
+
+#: Levels of the int8 weight planes' low part (``lo`` in [-127, 127] covers hi's rounding error of +-1/2).
+LO_LEVELS = 254.0
 
 _AVAILABLE: bool | None = None
 
@@ -63,6 +77,45 @@ def grouped_products(x: torch.Tensor, w: torch.Tensor, rows: int) -> torch.Tenso
     return res
 
 
+class SignalPlanes(NamedTuple):
+    """Weights (G, gr, out) as ``scale * (hi + lo / LO_LEVELS)``: int8 planes, float ``scale`` (G, 1, out)."""
+
+    hi: torch.Tensor
+    lo: torch.Tensor
+    scale: torch.Tensor
+
+
+def int8_planes(w: torch.Tensor) -> SignalPlanes:
+    """Split float weights (G, gr, out) into two int8 planes per column (module docstring)."""
+    scale = w.abs().amax(dim=-2, keepdim=True).clamp_min_(torch.finfo(w.dtype).tiny).div_(127.0)
+    r = w / scale
+    hi = r.round()
+    lo = r.sub_(hi).mul_(LO_LEVELS).round_()
+    return SignalPlanes(hi.to(torch.int8), lo.to(torch.int8), scale)
+
+
+def int_products(codes: torch.Tensor, w: torch.Tensor, rows: int) -> torch.Tensor:
+    """Integer codes ``codes`` (N, rows) int8 against int8 groups ``w`` (G, gr, out) laid out as
+    in :func:`grouped_products`: (G, N, out) int32, exact. One int8 matmul per group (the
+    matrix units take no batch)."""
+    g, gr, out = w.shape
+    last = rows - (g - 1) * gr
+    if g == 1:
+        return torch._int_mm(codes, w[0, :last] if last < gr else w[0]).unsqueeze(0)
+    res = codes.new_empty((g, codes.shape[0], out), dtype=torch.int32)
+    for k in range(g):
+        end = min((k + 1) * gr, rows)
+        torch._int_mm(codes[:, k * gr:end].contiguous(), w[k, :end - k * gr], out=res[k])
+    return res
+
+
+def int_signal_products(codes: torch.Tensor, planes: SignalPlanes, rows: int) -> torch.Tensor:
+    """Partial sums (G, N, out) float32 of int8 DAC codes (N, rows) against ``planes``, in
+    units of ``planes.scale`` (the caller folds the scale into what follows)."""
+    acc = int_products(codes, planes.hi, rows).to(torch.float32)
+    return acc.add_(int_products(codes, planes.lo, rows), alpha=1.0 / LO_LEVELS)
+
+
 def variance_products(codes: torch.Tensor, cell_var: torch.Tensor, rows: int) -> torch.Tensor:
     """Read-noise variances (G, N, out) float32 of the column sums for DAC codes ``codes``
     (N, rows): ``codes^2 @ cell_var`` per group, in ``cell_var``'s dtype (bfloat16 on the
@@ -72,4 +125,5 @@ def variance_products(codes: torch.Tensor, cell_var: torch.Tensor, rows: int) ->
     return var if var.dtype == torch.float32 else var.to(torch.float32)
 
 
-__all__ = ["BF16_MIN_MACS", "grouped_products", "matrix_units_available", "variance_products"]
+__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "grouped_products", "int8_planes", "int_products",
+           "int_signal_products", "matrix_units_available", "variance_products"]

@@ -25,7 +25,8 @@ pins both against the general path's autograd.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -57,14 +58,56 @@ def digital_weights(engine: CrossbarEngine, steps_in: float) -> torch.Tensor:
     (``tests/sim/test_single_read.py`` checks it against the bit-by-bit sum). Cached on the
     engine for the weights it was made from (a new programming or ``.to(device)`` makes new
     weights, and a new cache on the next read); made afresh under ``torch.compile``."""
-    src = engine.w_eff
     if torch.compiler.is_compiling():
-        return src[0] * (engine.w_scale / steps_in)
-    cached = engine.__dict__.get("_digital_read")
-    if cached is None or cached[0] is not src:
-        cached = (src, (src[0] * (engine.w_scale / steps_in)).contiguous())
-        engine.__dict__["_digital_read"] = cached
-    return cached[1]
+        return engine.w_eff[0] * (engine.w_scale / steps_in)
+    return _cached(engine, "_digital_read", lambda: (engine.w_eff[0] * (engine.w_scale / steps_in)).contiguous())
+
+
+def _cached(engine: CrossbarEngine, key: str, make: Callable[[], Any]) -> Any:
+    """``make()`` cached on ``engine`` for its current weights and read-noise variances (the
+    same tensors, not written in place since: hardware-aware training re-programs in place)."""
+    w, var = engine.w_eff, engine.read_var
+    stamp = (id(w), w._version, id(var), -1 if var is None else var._version)
+    cached = engine.__dict__.get(key)
+    if cached is None or cached[0] != stamp or cached[1] is not w:
+        cached = (stamp, w, make())
+        engine.__dict__[key] = cached
+    return cached[2]
+
+
+def int_read_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
+    """Whether a read of ``x`` (N, in) runs on the integer matrix units (:mod:`cimflow.sim.fastmm`):
+    a CPU that has them, the ``fast`` read, DAC codes of at most 8 bits, a read large enough
+    to gain, not inside ``torch.compile``."""
+    return (x.device.type == "cpu" and engine.spec.input_encoding.bits <= 8 and not torch.compiler.is_compiling()
+            and (engine.is_digital or engine.read_noise_mode == "fast")
+            and x.shape[0] * engine.grid.in_features * engine.w_eff.shape[-1] >= fastmm.BF16_MIN_MACS
+            and (not engine.is_digital or (engine.spec.weight_bits or 8) <= 8)
+            and fastmm.matrix_units_available())
+
+
+def _int_digital(engine: CrossbarEngine, codes: torch.Tensor, steps_in: float) -> torch.Tensor:
+    """A digital array's read on the int8 matrix units: the exact integer product of the codes,
+    then the weight scale over the DAC and weight steps. (N, out) float32."""
+    steps_w = float((1 << ((engine.spec.weight_bits or 8) - 1)) - 1)
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        w_codes = (engine.w_eff[0] * steps_w).round_().to(torch.int8)
+        return w_codes, (engine.w_scale / (steps_in * steps_w)).reshape(1, -1)
+
+    w_codes, per_out = _cached(engine, "_int_digital", make)
+    return torch._int_mm(codes, w_codes).to(torch.float32).mul_(per_out)
+
+
+def _int_analog_operands(engine: CrossbarEngine) -> tuple[fastmm.SignalPlanes, torch.Tensor | None]:
+    """The weights' int8 planes and the read-noise cell variances over their scale squared
+    in bfloat16 (the variance of partial sums in the planes' units), cached."""
+    def make() -> tuple[fastmm.SignalPlanes, torch.Tensor | None]:
+        planes = fastmm.int8_planes(engine.w_eff[0])
+        var = None if engine.read_var is None else (engine.read_var[0] / planes.scale.square()).to(torch.bfloat16)
+        return planes, var
+
+    return _cached(engine, "_int_analog", make)
 
 
 @torch.no_grad()
@@ -89,20 +132,34 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     if engine.collect_stats:
         engine._record_stats(xi)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale_x, "adc_inside": None, "dac_inside": dac_inside}
+    on_ints = int_read_applies(engine, xi)
+    codes = xi.to(torch.int8) if on_ints else None
     if engine.is_digital:
+        if codes is not None:
+            return _int_digital(engine, codes, steps_in).mul_(scale_x), kept
         return torch.mm(xi, digital_weights(engine, steps_in)).mul_(scale_x), kept
     w = engine.w_eff[0]  # (G, gr, out): one slice, G read groups
     g = w.shape[0]
-    # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding
-    acc = fastmm.grouped_products(xi, w, engine.grid.in_features)
-    if engine.read_var is not None:
-        var = engine._read_variance(xi)  # one normal draw below for all groups
+    rows = engine.grid.in_features
+    # partial sums in DAC-code units, (G, N, out): each group over its true rows, no padding;
+    # on the integer units in units of the planes' per-column scale, folded into the ADC below
+    unit = None
+    if codes is not None:
+        planes, cell_var = _int_analog_operands(engine)
+        acc, unit = fastmm.int_signal_products(codes, planes, rows), planes.scale
+        var = None if cell_var is None else fastmm.variance_products(codes, cell_var, rows)
+    else:
+        acc = fastmm.grouped_products(xi, w, rows)
+        var = None if engine.read_var is None else engine._read_variance(xi)
+    if var is not None:  # one normal draw for all groups
         acc.addcmul_(training_read_normal(engine, acc) if keep else engine._read_normal(acc), var.sqrt_())
     bits = engine.spec.analog_adc().bits
     rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
     if bits > 1:
         steps_adc = float((1 << (bits - 1)) - 1)
         ahead = rng.reciprocal().mul_(steps_adc)
+        if unit is not None:
+            ahead = ahead.mul_(unit)
         if engine.output_gain is not None:
             ahead = ahead * engine.output_gain  # drift compensation, ahead of the ADC
         acc.mul_(ahead)
