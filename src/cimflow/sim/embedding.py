@@ -475,6 +475,9 @@ class CIMEmbeddingBag(ArrayInstance):
             lookups, starts = idx_s[cuts[k] : cuts[k + 1]], read_starts[r0:r1] - cuts[k]
             if self.pool_cache is not None:
                 sums = pooling.segment_sums(self.pool_cache, starts, lookups)
+            elif singles is not None:  # lazy: rows once hashed are kept beside the outcome table
+                values, where = singles.stored_rows(lookups, self._effective_rows)
+                sums = pooling.segment_sums(values, starts, where)
             else:
                 w, var = self._rows_effective(lookups)  # (n, S, dim)
                 sums = pooling.segment_sums(w if var is None else torch.cat([w, var], dim=1), starts)

@@ -49,6 +49,9 @@ SINGLE_READ_ROWS = 1 << 22
 MAX_SLOTS = 16
 #: The slot width is the smallest that fits this fraction of the rows (the rest: exact path).
 SLOT_QUANTILE = 0.999
+#: A lazy table keeps at most this many values of the rows its shared reads hash (float32:
+#: 128 MiB; ~131,000 rows of 64 values in 2 slices with read noise).
+STORED_VALUES = 1 << 25
 
 
 def _step_probabilities(x: torch.Tensor, sigma: torch.Tensor, codes: torch.Tensor, tail: float,
@@ -144,6 +147,11 @@ class SingleReads:
         self.base = (torch.empty if lazy else torch.zeros)(rows, col_scale.numel(), device=device)
         self.slots: torch.Tensor | None = None
         self.cell_of: torch.Tensor | None = None
+        # per row and draw: P(the draw moves its cell's code), P(it moves it up); per row:
+        # P(some draw moves a code) (see :func:`pool_single`)
+        self.moves: torch.Tensor | None = None
+        self.moves_up: torch.Tensor | None = None
+        self.any_move: torch.Tensor | None = None
         self.fits: torch.Tensor | None = None
         self.draws = 0
         if steps is not None:  # read noise: slots as wide as the sample's rows need
@@ -152,7 +160,14 @@ class SingleReads:
             self.draws = max(1, min(width, MAX_SLOTS))
             self.slots = torch.zeros(rows, self.draws, 4, device=device)
             self.fits = torch.ones(rows, dtype=torch.bool, device=device)
+            self.moves = torch.zeros(rows, self.draws, device=device)
+            self.moves_up = torch.zeros(rows, self.draws, device=device)
+            self.any_move = torch.zeros(rows, device=device)
         self.known: torch.Tensor | None = None
+        # rows of shared reads of a lazy table, once hashed (see stored_rows)
+        self._slot_of: torch.Tensor | None = None
+        self._store: torch.Tensor | None = None
+        self._stored_count = 0
         self._write(sample, base, steps)
         if lazy:
             self.known = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -188,19 +203,71 @@ class SingleReads:
             self.cell_of = torch.arange(self.draws, device=idx.device).repeat(self.base.shape[0], 1)
         if self.cell_of is not None:
             self.cell_of[row, slot[keep]] = cell[keep]
+        self._write_moves(idx)
+
+    def _write_moves(self, idx: torch.Tensor) -> None:
+        """Per draw of rows ``idx``: the probability that it moves its cell's code (its steps'
+        intervals are nested at 0 for steps up, at 1 for steps down: the widest of each side),
+        the probability that it moves it up, and per row the probability that any draw moves one."""
+        if self.slots is None or self.moves is None or self.moves_up is None or self.any_move is None:
+            return
+        slots = self.slots[idx]  # (k, M, 4)
+        width = slots[..., 1] * 2
+        up = torch.where(slots[..., 0] < 0.5, width, torch.zeros_like(width))
+        down = width - up
+        if self.cell_of is None:  # slot d is draw d
+            up_d, down_d = up, down
+        else:
+            cell = self.cell_of[idx]
+            up_d = torch.zeros_like(up).scatter_reduce_(1, cell, up, "amax")
+            down_d = torch.zeros_like(up).scatter_reduce_(1, cell, down, "amax")
+        moves = up_d + down_d
+        self.moves[idx], self.moves_up[idx] = moves, up_d
+        self.any_move[idx] = (1.0 - torch.prod(1.0 - moves.double(), dim=1)).float()
 
     def ensure(self, idx: torch.Tensor, effective: Effective) -> None:
         """Build the outcomes of the rows among ``idx`` not built yet (lazy tables)."""
         if self.known is None:
             return
-        missing = idx[~self.known[idx]]
-        if not missing.numel():
+        known = self.known.index_select(0, idx)
+        if bool(known.all()):  # one host sync; the common case once the rows read have been seen
             return
-        rows = torch.unique(missing)
+        rows = torch.unique(idx[~known])
         for r0 in range(0, rows.numel(), BUILD_ROWS):
             block = rows[r0 : r0 + BUILD_ROWS]
             self._write(block, *self._outcomes(block, effective))
         self.known[rows] = True
+
+    def stored_rows(self, idx: torch.Tensor, effective: Effective) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows' (n, S * dim [+ S * dim]) effective weights and read-noise variances side by
+        side, as ``(values, where)``: row ``idx[i]`` is ``values[where[i]]``. A lazy table keeps
+        the rows read by shared reads once hashed (up to :data:`STORED_VALUES` values; past
+        that, rows not stored yet are hashed on every read); values are the hash's own."""
+        slot_of = self._slot_of
+        if slot_of is None:
+            slot_of = self._slot_of = torch.full(self.base.shape[:1], -1, dtype=torch.int64, device=idx.device)
+        where = slot_of.index_select(0, idx)
+        missing = where < 0
+        if bool(missing.any()):  # one host sync
+            rows = torch.unique(idx[missing])
+            w, var = effective(rows)
+            values = w if var is None else torch.cat([w, var], dim=1)
+            used = self._stored_count
+            if (used + rows.numel()) * values.shape[1] > STORED_VALUES:  # full: these rows are hashed (not kept)
+                out = torch.cat([self._store[:used], values]) if self._store is not None else values
+                where = where.masked_scatter(missing, torch.searchsorted(rows, idx[missing]) + used)
+                return out, where
+            if self._store is None or used + rows.numel() > self._store.shape[0]:  # grow by doubling
+                grown = values.new_empty(max(2 * used, used + rows.numel(), 1024), values.shape[1])
+                if self._store is not None:
+                    grown[:used] = self._store[:used]
+                self._store = grown
+            self._store[used : used + rows.numel()] = values
+            slot_of[rows] = torch.arange(used, used + rows.numel(), device=idx.device)
+            self._stored_count = used + rows.numel()
+            where = slot_of.index_select(0, idx)
+        assert self._store is not None
+        return self._store, where
 
 
 class Flat(NamedTuple):
@@ -292,7 +359,31 @@ def alone_in_read(idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor, 
         return per_bag[bags] == 1
     key = bags * n_arrays + floor_div(idx, array_rows)
     if per_bag.numel() * n_arrays <= 8 * key.numel():
-        return torch.bincount(key, minlength=per_bag.numel() * n_arrays)[key] == 1
+        return counts(key, per_bag.numel() * n_arrays).index_select(0, key) == 1
+    # many more keys than lookups: hashed into 4-8 bins per lookup, a lookup alone in its bin
+    # is alone in its read; only the others (shared reads and hash collisions) are sorted
+    bits = max(10, (4 * key.numel()).bit_length())
+    bins = ((key * _HASH_MULTIPLIER) >> (62 - bits)) & ((1 << bits) - 1)
+    alone = counts(bins, 1 << bits).index_select(0, bins) == 1
+    maybe = (~alone).nonzero().squeeze(1)
+    if maybe.numel():
+        alone[maybe] = _alone_by_sorting(key[maybe])
+    return alone
+
+
+#: An odd 62-bit multiplier (Fibonacci hashing): the product's high bits mix every key bit.
+_HASH_MULTIPLIER = 0x278DDE6E5FD29E00 | 1
+
+
+def counts(values: torch.Tensor, size: int) -> torch.Tensor:
+    """How often each of ``0 .. size - 1`` occurs in ``values`` (int32; a scatter-add, about
+    twice as fast as ``torch.bincount`` on a CPU, which scans for the range first)."""
+    ones = torch.ones(1, dtype=torch.int32, device=values.device).expand(values.numel())
+    return torch.zeros(size, dtype=torch.int32, device=values.device).scatter_add_(0, values, ones)
+
+
+def _alone_by_sorting(key: torch.Tensor) -> torch.Tensor:
+    """Mask of the keys that occur once, by one sort."""
     key_s, order = torch.sort(key)
     differs = key_s[1:] != key_s[:-1]
     alone_s = torch.ones_like(key_s, dtype=torch.bool)
@@ -305,27 +396,63 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
                 alone: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
     """Pooled values (bags, dim) of the lookups of rows ``idx`` into ``bags`` (non-decreasing;
     ``per_bag``: lookups per bag; None: lookup i is the only one of bag i) that are read alone
-    (``alone``; None: all of them): gather-sum of the noise-free values, then each
-    noise-sensitive cell's code from one uniform draw."""
+    (``alone``; None: all of them): gather-sum of the noise-free values, then the codes of
+    the noise-sensitive cells.
+
+    The cells' uniform draws are sampled in two stages with their exact joint law: one
+    uniform ``u0`` per lookup decides whether any draw of its row moves a code (probability
+    :attr:`SingleReads.any_move`, ~2 % at 1 % read noise); only those lookups (on a CPU) get
+    their draws: the first moving draw J is found by inverting P(J <= d) with ``u0``, draw J
+    is placed uniformly in its moving intervals (from ``u0`` again: given J it is uniform in
+    its interval), draws before J in none, draws after J fresh."""
     if per_bag is None:  # one lookup per bag, in bag order: a plain gather
         out = F.embedding(idx, table.base)
     else:
         weights = None if alone is None else alone.to(table.base.dtype)
         out = F.embedding_bag(idx, table.base, torch.cumsum(per_bag, 0).sub_(per_bag), mode="sum", per_sample_weights=weights)
-    if table.slots is None:
+    if table.slots is None or table.any_move is None:
         return out
+    u0 = torch.rand(idx.numel(), generator=generator, device=idx.device)
+    moved = u0 < table.any_move.index_select(0, idx)
+    if alone is not None:
+        moved &= alone
+    hit: torch.Tensor | None = moved
+    if idx.device.type == "cpu":  # few lookups move a code: only theirs are drawn
+        which = moved.nonzero().squeeze(1)
+        if not which.numel():
+            return out
+        idx, bags, u0, hit = idx[which], bags[which], u0[which], None
     slots = torch.index_select(table.slots, 0, idx)  # (n, M, 4); whole rows copied (advanced indexing is 4x slower)
-    u = torch.rand(idx.numel(), table.draws, generator=generator, device=idx.device)
+    u = _moving_draws(table, idx, u0, hit, generator)
     if table.cell_of is not None:
         u = u.gather(1, torch.index_select(table.cell_of, 0, idx))
-    if alone is not None:
-        u.masked_fill_(~alone.unsqueeze(1), 2.0)  # no step taken
-    taken = (u - slots[..., 0]).abs_() < slots[..., 1]
-    if per_bag is None:
-        return out.scatter_add_(1, slots[..., 3].long(), slots[..., 2] * taken)
+    change = slots[..., 2] * ((u - slots[..., 0]).abs_() < slots[..., 1])
     target = (bags * table.base.shape[1]).unsqueeze(1) + slots[..., 3].long()
-    out.view(-1).index_add_(0, target.view(-1), (slots[..., 2] * taken).view(-1))
+    out.view(-1).index_add_(0, target.view(-1), change.view(-1))
     return out
+
+
+def _moving_draws(table: SingleReads, idx: torch.Tensor, u0: torch.Tensor, hit: torch.Tensor | None,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    """(n, M) uniform draws of the lookups of rows ``idx`` given that some draw moves a code
+    (where ``hit``; elsewhere 2.0: no step), from ``u0`` uniform below its row's
+    :attr:`SingleReads.any_move` (see :func:`pool_single`)."""
+    assert table.moves is not None and table.moves_up is not None
+    moves = table.moves.index_select(0, idx).double()
+    reached = 1.0 - torch.cumprod(1.0 - moves, dim=1)  # P(the first moving draw is <= d)
+    u = u0.double().unsqueeze(1)
+    first = (reached <= u).sum(1, keepdim=True).clamp_max_(moves.shape[1] - 1)
+    below = torch.where(first > 0, reached.gather(1, (first - 1).clamp_min(0)), torch.zeros_like(u))
+    share = ((u - below) / (reached.gather(1, first) - below).clamp_min(1e-300)).clamp_(0.0, 1.0)
+    within = share * moves.gather(1, first)  # uniform over the draw's moving intervals, of length moves
+    up = table.moves_up.index_select(0, idx).double().gather(1, first)
+    at = torch.where(within < up, within, 1.0 - (within - up)).float()
+    draws = torch.rand(moves.shape, generator=generator, device=idx.device)
+    order = torch.arange(moves.shape[1], device=idx.device).unsqueeze(0)
+    draws.masked_fill_(order < first, 2.0).scatter_(1, first, at)
+    if hit is not None:
+        draws.masked_fill_(~hit.unsqueeze(1), 2.0)
+    return draws
 
 
 #: Each owner's outcome table with the key of the state it was built for, kept beside the
