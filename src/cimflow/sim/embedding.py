@@ -428,9 +428,9 @@ class CIMEmbeddingBag(ArrayInstance):
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
-            singles.ensure(idx, self._effective_rows)
+            gate = singles.ensure(idx, self._effective_rows)  # per lookup: P(a code moves), 2 (exact path)
             one_each = self._one_per_bag and idx.numel() == n_bags  # lookup i is bag i's only one
-            per_bag = None if one_each else torch.bincount(bags, minlength=n_bags)
+            per_bag = None if one_each else pooling.counts(bags, n_bags)
             alone: torch.Tensor | None = None  # None: every lookup is read alone
             n_rest = 0
             if not (self._one_per_bag and singles.fits is None):  # else no bag holds two lookups: no test, no sync
@@ -439,12 +439,12 @@ class CIMEmbeddingBag(ArrayInstance):
                 alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
                                               self.group_rows)
                 if singles.fits is not None:
-                    alone &= singles.fits[idx]
+                    alone &= gate <= 1.0
                 n_rest = int((~alone).sum())  # one host sync
             gen = self._read_generator(out.device)
             if alone is None or 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
                 lone_sums = pooling.pool_single(singles, idx, bags, None if one_each and not n_rest else per_bag,
-                                                alone if n_rest else None, gen)
+                                                alone if n_rest else None, gen, gate)
             else:  # mostly sharing reads: gather the lone ones first
                 lone = alone.nonzero().squeeze(1)
                 lone_bags = bags[lone]
