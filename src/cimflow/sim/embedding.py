@@ -355,7 +355,8 @@ class CIMEmbeddingBag(ArrayInstance):
         table in one host sync, :func:`cimflow.sim.pooling.flatten_bags`); sets the output
         shape and ``_one_per_bag`` (no bag holds two indices)."""
         flat = pooling.flatten_bags(input, offsets, self.is_bag, self.include_last_offset, self.num_embeddings, self.layer_name)
-        self.__dict__.update(_out_shape=flat.out_shape, _one_per_bag=flat.one_per_bag)  # plain attributes (no Module.__setattr__)
+        self.__dict__.update(_out_shape=flat.out_shape, _one_per_bag=flat.one_per_bag, _per_bag=flat.per_bag,
+                             _n_flat=flat.idx.numel())  # plain attributes (no Module.__setattr__)
         return flat.idx, flat.bags, flat.n_bags
 
     def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None,
@@ -428,33 +429,16 @@ class CIMEmbeddingBag(ArrayInstance):
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
-            gate = singles.ensure(idx, self._effective_rows)  # per lookup: P(a code moves), 2 (exact path)
-            one_each = self._one_per_bag and idx.numel() == n_bags  # lookup i is bag i's only one
-            per_bag = None if one_each else pooling.counts(bags, n_bags)
-            alone: torch.Tensor | None = None  # None: every lookup is read alone
-            n_rest = 0
-            if not (self._one_per_bag and singles.fits is None):  # else no bag holds two lookups: no test, no sync
-                if per_bag is None:
-                    per_bag = torch.ones_like(bags)
-                alone = pooling.alone_in_read(idx, bags, per_bag, self.spec.rows, -(-self.num_embeddings // self.spec.rows),
-                                              self.group_rows)
-                if singles.fits is not None:
-                    alone &= gate <= 1.0
-                n_rest = int((~alone).sum())  # one host sync
-            gen = self._read_generator(out.device)
-            if alone is None or 2 * n_rest < idx.numel():  # mostly alone: mask the others out in place
-                lone_sums = pooling.pool_single(singles, idx, bags, None if one_each and not n_rest else per_bag,
-                                                alone if n_rest else None, gen, gate)
-            else:  # mostly sharing reads: gather the lone ones first
-                lone = alone.nonzero().squeeze(1)
-                lone_bags = bags[lone]
-                lone_sums = pooling.pool_single(singles, idx[lone], lone_bags, torch.bincount(lone_bags, minlength=n_bags), None, gen)
+            gate = singles.ensure(idx, self._effective_rows)
+            per_bag = self.__dict__.get("_per_bag") if idx.numel() == self.__dict__.get("_n_flat") else None
+            lone_sums, shared = pooling.pool_lone(singles, idx, bags, n_bags, per_bag, self._one_per_bag, self.spec.rows,
+                                                  -(-self.num_embeddings // self.spec.rows), self.group_rows, gate,
+                                                  self._read_generator(out.device))
             out = lone_sums if out_is_zero else out.add_(lone_sums)
             if self.collect_stats:
-                self.stats["reads"] += idx.numel() - n_rest
-            if alone is None or n_rest == 0:
+                self.stats["reads"] += idx.numel() - (0 if shared is None else shared.numel())
+            if shared is None:
                 return out
-            shared = (~alone).nonzero().squeeze(1)
             idx, bags = idx[shared], bags[shared]
         idx_s, read_starts, read_bags = pooling.group_reads(idx, bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1,
                                                             self.group_rows)

@@ -57,6 +57,9 @@ SINGLE_READ_ROWS = 1 << 22
 MAX_SLOTS = 16
 #: The slot width is the smallest that fits this fraction of the rows (the rest: exact path).
 SLOT_QUANTILE = 0.999
+#: Lone reads with at most this many cell draws in all take one uniform per draw (fewer
+#: operations); larger batches draw in two stages (:func:`pool_single`).
+DENSE_DRAWS = 1 << 14
 #: A lazy table keeps at most this many values of the rows its shared reads hash (float32:
 #: 128 MiB; ~131,000 rows of 64 values in 2 slices with read noise).
 STORED_VALUES = 1 << 25
@@ -288,6 +291,36 @@ class SingleReads:
         return self._store, where
 
 
+def pool_lone(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, n_bags: int, per_bag: torch.Tensor | None,
+              one_per_bag: bool, array_rows: int, n_arrays: int, group_rows: int, gate: torch.Tensor,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled values (bags, dim) of the lookups read alone (:func:`pool_single`), and the
+    positions of the others (sharing a read, or of rows whose steps overflow their slots)
+    in ``idx`` (None: none). ``per_bag``: lookups per bag (None: counted here), ``gate``:
+    the rows' :attr:`SingleReads.gate` (:meth:`SingleReads.ensure`); ``array_rows``,
+    ``n_arrays`` and ``group_rows`` the table's arrays. One host sync, none when no bag
+    holds two lookups and every row fits its slots."""
+    one_each = one_per_bag and idx.numel() == n_bags  # lookup i is bag i's only one
+    if one_per_bag and table.fits is None:  # no lookup shares a read
+        return pool_single(table, idx, bags, None if one_each else counts(bags, n_bags), None, generator, gate), None
+    if per_bag is None:
+        per_bag = counts(bags, n_bags)
+    if one_per_bag:  # every lookup alone in its read: only rows overflowing their slots are not
+        alone = gate <= 1.0
+    else:
+        alone = alone_in_read(idx, bags, per_bag, array_rows, n_arrays, group_rows)
+        if table.fits is not None:
+            alone &= gate <= 1.0
+    shared = (~alone).nonzero().squeeze(1)  # the host sync
+    if not shared.numel():
+        return pool_single(table, idx, bags, None if one_each else per_bag, None, generator, gate), None
+    if 2 * shared.numel() < idx.numel():  # mostly alone: mask the others out in place
+        return pool_single(table, idx, bags, per_bag, alone, generator, gate), shared
+    lone = alone.nonzero().squeeze(1)  # mostly sharing reads: gather the lone ones first
+    lone_bags = bags[lone]
+    return pool_single(table, idx[lone], lone_bags, counts(lone_bags, n_bags), None, generator, gate[lone]), shared
+
+
 def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_bag: torch.Tensor | None,
                 alone: torch.Tensor | None, generator: torch.Generator | None, gate: torch.Tensor | None = None) -> torch.Tensor:
     """Pooled values (bags, dim) of the lookups of rows ``idx`` into ``bags`` (non-decreasing;
@@ -309,6 +342,11 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
         out = F.embedding_bag(idx, table.base, torch.cumsum(per_bag, 0).sub_(per_bag), mode="sum", per_sample_weights=weights)
     if table.slots is None or table.any_move is None:
         return out
+    if idx.numel() * table.draws <= DENSE_DRAWS:  # few lookups: one uniform per draw costs fewer operations
+        u = torch.rand(idx.numel(), table.draws, generator=generator, device=idx.device)
+        if alone is not None:
+            u.masked_fill_(~alone.unsqueeze(1), 2.0)  # no step taken
+        return _take_steps(table, idx, bags, u, out)
     u0 = torch.rand(idx.numel(), generator=generator, device=idx.device)
     moved = u0 < (table.any_move.index_select(0, idx) if gate is None else gate)
     if alone is not None:
@@ -319,11 +357,17 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
         if not which.numel():
             return out
         idx, bags, u0, hit = idx[which], bags[which], u0[which], None
+    return _take_steps(table, idx, bags, _moving_draws(table, idx, u0, hit, generator), out)
+
+
+def _take_steps(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, draws: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Add to ``out`` (bags, dim) the value changes of the code steps that the (n, M) uniform
+    ``draws`` of the lookups of rows ``idx`` take (a draw of 2 takes none)."""
+    assert table.slots is not None
     slots = torch.index_select(table.slots, 0, idx)  # (n, M, 4); whole rows copied (advanced indexing is 4x slower)
-    u = _moving_draws(table, idx, u0, hit, generator)
     if table.cell_of is not None:
-        u = u.gather(1, torch.index_select(table.cell_of, 0, idx))
-    change = slots[..., 2] * ((u - slots[..., 0]).abs_() < slots[..., 1])
+        draws = draws.gather(1, torch.index_select(table.cell_of, 0, idx))
+    change = slots[..., 2] * ((draws - slots[..., 0]).abs_() < slots[..., 1])
     target = (bags * table.base.shape[1]).unsqueeze(1) + slots[..., 3].long()
     out.view(-1).index_add_(0, target.view(-1), change.view(-1))
     return out

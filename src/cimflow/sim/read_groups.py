@@ -17,13 +17,15 @@ from cimflow.errors import DataError
 
 class Flat(NamedTuple):
     """Lookups of one forward: flat indices, the bag of each, the number of bags, the output's
-    leading shape, and whether no bag holds two indices."""
+    leading shape, whether no bag holds two indices, and the number of indices per bag
+    (None: one each)."""
 
     idx: torch.Tensor
     bags: torch.Tensor
     n_bags: int
     out_shape: tuple[int, ...]
     one_per_bag: bool
+    per_bag: torch.Tensor | None = None
 
 
 def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool, include_last_offset: bool, rows: int,
@@ -44,7 +46,7 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
         if flat.numel():
             lowest, highest = torch.stack(list(torch.aminmax(flat))).tolist()  # one host sync
             _check_indices(lowest, highest, rows, name)
-        return Flat(flat, bags, n_bags, shape, per <= 1)
+        return Flat(flat, bags, n_bags, shape, per <= 1, None if per == 1 else torch.full((n_bags,), per, device=flat.device))
     if offsets is None:
         raise DataError(f"embedding bag {name!r}: a 1-D input needs offsets")
     offsets = offsets.to(torch.int64)
@@ -68,7 +70,7 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     bags = torch.arange(n_bags, device=input.device)
     if not (most <= 1 and used == n_bags):  # else one index per bag: bag i holds index i
         bags = torch.repeat_interleave(bags, counts, output_size=used)
-    return Flat(input[:used], bags, n_bags, (n_bags,), most <= 1)
+    return Flat(input[:used], bags, n_bags, (n_bags,), most <= 1, counts)
 
 
 def _bad_offsets(name: str, n_indices: int) -> DataError:
