@@ -118,3 +118,42 @@ def test_hashed_alone_test_matches_counting(per_bag_list, seed, array_rows):
     got = pooling.alone_in_read(idx, bags_, per_bag, array_rows, n_arrays, 32)
     pairs = list(zip(bags_.tolist(), (idx // array_rows).tolist(), strict=True))
     assert got.tolist() == [pairs.count(p) == 1 for p in pairs]
+
+
+@pytest.mark.parametrize("sampler", ["one_per_draw", "two_stage", "two_stage_no_sync"])
+def test_lone_read_samplers_have_the_closed_form_law(monkeypatch, sampler):
+    """Every way of drawing lone reads' codes (one uniform per cell draw for small batches, two
+    stages with the moving lookups gathered as on a CPU, or masked without a host sync as on a
+    GPU): per output, the mean and variance over forwards equal the closed form of
+    round(x + sigma z) clamped, slices weighted by significance, within sampling error."""
+    monkeypatch.setattr(pooling, "SLOT_QUANTILE", 1.0)
+    monkeypatch.setattr(pooling, "MAX_SLOTS", 64)
+    monkeypatch.setattr(pooling, "DENSE_DRAWS", 1 << 40 if sampler == "one_per_draw" else 0)
+    if sampler == "two_stage_no_sync":
+        monkeypatch.setattr(pooling, "COMPACT_DEVICES", ())
+    layer = table_layer(0.06, rows=300, dim=4)
+    v, o = torch.arange(300), torch.arange(300)
+    n = 600
+    with torch.no_grad():
+        out = torch.stack([layer(v, o) for _ in range(n)]).double()
+    steps = (1 << (layer.spec.analog_adc().bits - 1)) - 1
+    k = steps / layer.adc_range
+    x, sigma = layer.w_cache.double() * k, layer.var_cache.double().sqrt().clamp_min(1e-30) * k  # (rows, S, dim)
+    m = torch.arange(-steps - 3, steps + 4, dtype=torch.float64).view(-1, 1, 1, 1)
+    cdf = torch.special.ndtr
+    p = cdf((m + 0.5 - x) / sigma) - cdf((m - 0.5 - x) / sigma)
+    code = m.clamp(-steps, steps)
+    mean_code = (code * p).sum(0)
+    unit = layer._significance.double().view(1, -1, 1) * layer.w_scale.double() / k
+    mean = (mean_code * unit).sum(1)
+    var = (((code - mean_code).square() * p).sum(0) * unit.square()).sum(1)
+    assert float(var.max()) > 0.01 * float(unit.max()) ** 2  # the noise is visible
+    jump = unit.amax(1)
+    err = (out.mean(0) - mean).abs()
+    assert bool((err <= 5 * var.sqrt() / math.sqrt(n) + 3 * jump / n + 1e-6 * float(unit.max())).all())
+    common = var >= 10 * jump.square() / n  # outputs with enough code changes for a normal mean
+    assert int(common.sum()) >= 20
+    z2 = (out.mean(0) - mean).square() / (var / n)
+    assert float(z2[common].mean()) <= 1 + 6 * math.sqrt(2 / int(common.sum()))
+    rel = (out.var(0)[common] / var[common]).mean()
+    assert abs(float(rel) - 1) <= 6 * math.sqrt(2 / n / int(common.sum())) + 0.05

@@ -60,6 +60,9 @@ SLOT_QUANTILE = 0.999
 #: Lone reads with at most this many cell draws in all take one uniform per draw (fewer
 #: operations); larger batches draw in two stages (:func:`pool_single`).
 DENSE_DRAWS = 1 << 14
+#: Devices where the lookups whose codes move are gathered (a host sync) before their draws;
+#: elsewhere every lookup's draws are computed and masked (no sync).
+COMPACT_DEVICES = ("cpu",)
 #: A lazy table keeps at most this many values of the rows its shared reads hash (float32:
 #: 128 MiB; ~131,000 rows of 64 values in 2 slices with read noise).
 STORED_VALUES = 1 << 25
@@ -352,7 +355,7 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
     if alone is not None:
         moved &= alone
     hit: torch.Tensor | None = moved
-    if idx.device.type == "cpu":  # few lookups move a code: only theirs are drawn
+    if idx.device.type in COMPACT_DEVICES:  # few lookups move a code: only theirs are drawn (one host sync)
         which = moved.nonzero().squeeze(1)
         if not which.numel():
             return out
