@@ -15,10 +15,11 @@ the hash gives), which makes them fast.
 Speed (``benchmarks/embedding_pooling.py``): a lookup that is the only row of its bag in
 its array is read alone; its codes have a fixed distribution per instance state, so it is
 served from an outcome table (:mod:`cimflow.sim.pooling`: one ``F.embedding_bag`` over
-noise-free pooled values plus one uniform draw per noise-sensitive cell). The other lookups
-are grouped into reads by one sort of (bag, array) keys; every read's partial sums and
-read-noise variances come from one ``F.embedding_bag`` over the cached rows; reads are
-converted in cache-sized blocks, one clamped normal per partial sum.
+noise-free pooled values, one uniform per lookup, and draws for the noise-sensitive cells of
+the few lookups whose codes move). The other lookups are grouped into reads by one sort of
+(bag, array) keys; every read's partial sums and read-noise variances come from one
+``F.embedding_bag`` over the cached rows (an uncached table keeps the rows it hashed for
+them); reads are converted in cache-sized blocks, one clamped normal per partial sum.
 
 As for matrix layers (:mod:`cimflow.sim.engine`): program-and-verify
 (:meth:`CIMEmbeddingBag.set_program_verify`; its re-programming draws are hashed per
