@@ -246,12 +246,13 @@ class SingleReads:
         fits = self.fits[idx] if self.fits is not None else torch.ones_like(idx, dtype=torch.bool)
         self.gate[idx] = torch.where(fits, self.any_move[idx], torch.full_like(self.any_move[idx], 2.0))
 
-    def ensure(self, idx: torch.Tensor, effective: Effective) -> torch.Tensor:
+    def ensure(self, idx: torch.Tensor, effective: Effective) -> torch.Tensor | None:
         """Build the outcomes of the rows among ``idx`` not built yet (lazy tables); returns
-        the rows' :attr:`gate` (one gather, and one host sync for a lazy table)."""
-        gate = self.gate.index_select(0, idx)
+        the rows' :attr:`gate` (one gather, and one host sync) for a lazy table, None for a
+        table built at once (gathered where needed)."""
         if self.known is None:
-            return gate
+            return None
+        gate = self.gate.index_select(0, idx)
         missing = gate < 0
         if not bool(missing.any()):  # the common case once the rows read have been seen
             return gate
@@ -295,12 +296,13 @@ class SingleReads:
 
 
 def pool_lone(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, n_bags: int, per_bag: torch.Tensor | None,
-              one_per_bag: bool, array_rows: int, n_arrays: int, group_rows: int, gate: torch.Tensor,
+              one_per_bag: bool, array_rows: int, n_arrays: int, group_rows: int, gate: torch.Tensor | None,
               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pooled values (bags, dim) of the lookups read alone (:func:`pool_single`), and the
     positions of the others (sharing a read, or of rows whose steps overflow their slots)
     in ``idx`` (None: none). ``per_bag``: lookups per bag (None: counted here), ``gate``:
-    the rows' :attr:`SingleReads.gate` (:meth:`SingleReads.ensure`); ``array_rows``,
+    the rows' :attr:`SingleReads.gate` (:meth:`SingleReads.ensure`; None: gathered here when
+    needed); ``array_rows``,
     ``n_arrays`` and ``group_rows`` the table's arrays. One host sync, none when no bag
     holds two lookups and every row fits its slots."""
     one_each = one_per_bag and idx.numel() == n_bags  # lookup i is bag i's only one
@@ -308,6 +310,8 @@ def pool_lone(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, n_bags:
         return pool_single(table, idx, bags, None if one_each else counts(bags, n_bags), None, generator, gate), None
     if per_bag is None:
         per_bag = counts(bags, n_bags)
+    if gate is None:
+        gate = table.gate.index_select(0, idx)
     if one_per_bag:  # every lookup alone in its read: only rows overflowing their slots are not
         alone = gate <= 1.0
     else:
@@ -349,9 +353,9 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
         u = torch.rand(idx.numel(), table.draws, generator=generator, device=idx.device)
         if alone is not None:
             u.masked_fill_(~alone.unsqueeze(1), 2.0)  # no step taken
-        return _take_steps(table, idx, bags, u, out)
+        return _take_steps(table, idx, None if per_bag is None else bags, u, out)
     u0 = torch.rand(idx.numel(), generator=generator, device=idx.device)
-    moved = u0 < (table.any_move.index_select(0, idx) if gate is None else gate)
+    moved = u0 < (table.gate.index_select(0, idx) if gate is None else gate)
     if alone is not None:
         moved &= alone
     hit: torch.Tensor | None = moved
@@ -363,14 +367,18 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
     return _take_steps(table, idx, bags, _moving_draws(table, idx, u0, hit, generator), out)
 
 
-def _take_steps(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, draws: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _take_steps(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor | None, draws: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
     """Add to ``out`` (bags, dim) the value changes of the code steps that the (n, M) uniform
-    ``draws`` of the lookups of rows ``idx`` take (a draw of 2 takes none)."""
+    ``draws`` of the lookups of rows ``idx`` into ``bags`` take (a draw of 2 takes none;
+    ``bags`` None: lookup i is bag i)."""
     assert table.slots is not None
     slots = torch.index_select(table.slots, 0, idx)  # (n, M, 4); whole rows copied (advanced indexing is 4x slower)
     if table.cell_of is not None:
         draws = draws.gather(1, torch.index_select(table.cell_of, 0, idx))
     change = slots[..., 2] * ((draws - slots[..., 0]).abs_() < slots[..., 1])
+    if bags is None:
+        return out.scatter_add_(1, slots[..., 3].long(), change)
     target = (bags * table.base.shape[1]).unsqueeze(1) + slots[..., 3].long()
     out.view(-1).index_add_(0, target.view(-1), change.view(-1))
     return out
