@@ -58,7 +58,7 @@ def test_two_stage_draws_have_the_law_of_independent_uniforms(monkeypatch, read_
     moved = u0 < table.any_move[idx]
     which = moved.nonzero().squeeze(1)
     draws = torch.full((n, table.draws), 2.0)
-    draws[which] = pooling._moving_draws(table, idx[which], u0[which], None, gen)
+    draws[which] = pooling._moving_draws(table.slots[idx[which]], u0[which], None, gen)
     p, p_up = table.moves[row].double(), table.moves_up[row].double()
     got, got_up = moving(draws, table.moves_up[row], table.moves[row] - table.moves_up[row])
     freq, freq_up = got.double().mean(0), got_up.double().mean(0)

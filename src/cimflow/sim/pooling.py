@@ -136,8 +136,9 @@ class SingleReads:
     at once (``lazy=False``) or row by row as rows are first read (:meth:`ensure`).
 
     ``base`` (rows, dim): pooled value of the read with every cell at its noise-free code.
-    ``slots`` (rows, M, 4): the row's noise-sensitive code steps, each as (centre, half
-    width, value change in table units, output column): the step is taken when the cell's
+    ``slots`` (rows, M, 6): the row's noise-sensitive code steps, each as (centre, half
+    width, value change in table units, output column), then, for draw d = the slot's
+    position, :attr:`moves` and :attr:`moves_up` (one gather reads all): the step is taken when the cell's
     uniform draw u has ``|u - centre| < half width`` (an interval of length p at 0 for a
     step up, at 1 for a step down), so one draw per cell samples its code by inverting its
     CDF. Unused slots have half width 0; None without read noise. ``cell_of`` (rows, M):
@@ -172,10 +173,9 @@ class SingleReads:
             per_row = torch.bincount(steps[:, 0].long(), minlength=sample.numel())
             width = int(torch.sort(per_row).values[min(sample.numel() - 1, int(SLOT_QUANTILE * sample.numel()))])
             self.draws = max(1, min(width, MAX_SLOTS))
-            self.slots = torch.zeros(rows, self.draws, 4, device=device)
+            self.slots = torch.zeros(rows, self.draws, 6, device=device)
             self.fits = torch.ones(rows, dtype=torch.bool, device=device)
-            self.moves = torch.zeros(rows, self.draws, device=device)
-            self.moves_up = torch.zeros(rows, self.draws, device=device)
+            self.moves, self.moves_up = self.slots[..., 4], self.slots[..., 5]  # views
             self.any_move = torch.zeros(rows, device=device)
         self.known: torch.Tensor | None = None
         # per row, read by every forward (one gather): P(some draw moves a code) where the row
@@ -217,7 +217,7 @@ class SingleReads:
         fits[idx] = per_row <= self.draws
         keep = (per_row <= self.draws)[local]
         row = idx[local[keep]]
-        slots[row, slot[keep]] = steps[keep][:, 2:6].float()
+        slots[row, slot[keep], :4] = steps[keep][:, 2:6].float()
         if self.cell_of is None and bool((cell[keep] != slot[keep]).any()):  # a cell with several steps: they share its draw
             self.cell_of = torch.arange(self.draws, device=idx.device).repeat(self.base.shape[0], 1)
         if self.cell_of is not None:
@@ -230,7 +230,7 @@ class SingleReads:
         the probability that it moves it up, and per row the probability that any draw moves one."""
         if self.slots is None or self.moves is None or self.moves_up is None or self.any_move is None:
             return
-        slots = self.slots[idx]  # (k, M, 4)
+        slots = self.slots[idx]  # (k, M, 6)
         width = slots[..., 1] * 2
         up = torch.where(slots[..., 0] < 0.5, width, torch.zeros_like(width))
         down = width - up
@@ -364,16 +364,18 @@ def pool_single(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor, per_b
         if not which.numel():
             return out
         idx, bags, u0, hit = idx[which], bags[which], u0[which], None
-    return _take_steps(table, idx, bags, _moving_draws(table, idx, u0, hit, generator), out)
+    slots = torch.index_select(table.slots, 0, idx)  # (n, M, 6); whole rows copied (advanced indexing is 4x slower)
+    return _take_steps(table, idx, bags, _moving_draws(slots, u0, hit, generator), out, slots)
 
 
 def _take_steps(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor | None, draws: torch.Tensor,
-                out: torch.Tensor) -> torch.Tensor:
+                out: torch.Tensor, slots: torch.Tensor | None = None) -> torch.Tensor:
     """Add to ``out`` (bags, dim) the value changes of the code steps that the (n, M) uniform
     ``draws`` of the lookups of rows ``idx`` into ``bags`` take (a draw of 2 takes none;
-    ``bags`` None: lookup i is bag i)."""
+    ``bags`` None: lookup i is bag i; ``slots``: the rows' slots when already gathered)."""
     assert table.slots is not None
-    slots = torch.index_select(table.slots, 0, idx)  # (n, M, 4); whole rows copied (advanced indexing is 4x slower)
+    if slots is None:
+        slots = torch.index_select(table.slots, 0, idx)  # (n, M, 6); whole rows copied (advanced indexing is 4x slower)
     if table.cell_of is not None:
         draws = draws.gather(1, torch.index_select(table.cell_of, 0, idx))
     change = slots[..., 2] * ((draws - slots[..., 0]).abs_() < slots[..., 1])
@@ -384,23 +386,23 @@ def _take_steps(table: SingleReads, idx: torch.Tensor, bags: torch.Tensor | None
     return out
 
 
-def _moving_draws(table: SingleReads, idx: torch.Tensor, u0: torch.Tensor, hit: torch.Tensor | None,
+def _moving_draws(slots: torch.Tensor, u0: torch.Tensor, hit: torch.Tensor | None,
                   generator: torch.Generator | None) -> torch.Tensor:
-    """(n, M) uniform draws of the lookups of rows ``idx`` given that some draw moves a code
-    (where ``hit``; elsewhere 2.0: no step), from ``u0`` uniform below its row's
-    :attr:`SingleReads.any_move` (see :func:`pool_single`)."""
-    assert table.moves is not None and table.moves_up is not None
-    moves = table.moves.index_select(0, idx).double()
-    reached = 1.0 - torch.cumprod(1.0 - moves, dim=1)  # P(the first moving draw is <= d)
+    """(n, M) uniform draws of lookups whose rows' slots are ``slots`` (n, M, 6), given that
+    some draw moves a code (where ``hit``; elsewhere 2.0: no step), from ``u0`` uniform below
+    its row's :attr:`SingleReads.any_move` (see :func:`pool_single`). With K_d = P(no draw
+    <= d moves), the first moving draw J is the first d with 1 - K_d > u0, and given J,
+    ``1 - (1 - u0) / K_(J-1)`` is uniform over [0, moves_J): draw J's moving intervals."""
+    moves = slots[..., 4].double()
+    keep = torch.cumprod(1.0 - moves, dim=1)
     u = u0.double().unsqueeze(1)
-    first = (reached <= u).sum(1, keepdim=True).clamp_max_(moves.shape[1] - 1)
-    below = torch.where(first > 0, reached.gather(1, (first - 1).clamp_min(0)), torch.zeros_like(u))
-    share = ((u - below) / (reached.gather(1, first) - below).clamp_min(1e-300)).clamp_(0.0, 1.0)
-    within = share * moves.gather(1, first)  # uniform over the draw's moving intervals, of length moves
-    up = table.moves_up.index_select(0, idx).double().gather(1, first)
-    at = torch.where(within < up, within, 1.0 - (within - up)).float()
-    draws = torch.rand(moves.shape, generator=generator, device=idx.device)
-    order = torch.arange(moves.shape[1], device=idx.device).unsqueeze(0)
+    first = (keep >= 1.0 - u).sum(1, keepdim=True).clamp_max_(moves.shape[1] - 1)
+    before = torch.cat([torch.ones_like(u), keep[:, :-1]], dim=1).gather(1, first)  # K_(J-1), K_(-1) = 1
+    within = 1.0 - (1.0 - u) / before
+    up = slots[..., 5].gather(1, first).double()
+    at = torch.where(within < up, within, up + 1.0 - within).float()  # (0, up) steps up, the rest from 1 down
+    draws = torch.rand(moves.shape, generator=generator, device=u0.device)
+    order = torch.arange(moves.shape[1], device=u0.device).unsqueeze(0)
     draws.masked_fill_(order < first, 2.0).scatter_(1, first, at)
     if hit is not None:
         draws.masked_fill_(~hit.unsqueeze(1), 2.0)
