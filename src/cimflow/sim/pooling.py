@@ -64,8 +64,8 @@ DENSE_DRAWS = 1 << 14
 #: elsewhere every lookup's draws are computed and masked (no sync).
 COMPACT_DEVICES = ("cpu",)
 #: A lazy table keeps at most this many values of the rows its shared reads hash (float32:
-#: 128 MiB; ~131,000 rows of 64 values in 2 slices with read noise).
-STORED_VALUES = 1 << 25
+#: 32 MiB per table; ~32,000 rows of 64 values in 2 slices with read noise).
+STORED_VALUES = 1 << 23
 
 
 def _step_probabilities(x: torch.Tensor, sigma: torch.Tensor, codes: torch.Tensor, tail: float,
