@@ -6,14 +6,16 @@ programming and read noise, drift to 1 day, 8-bit ADC and 512-row tiles.
 Targets: <= 1.3x, <= 2x, <= 3x.
 
 Variants, timed interleaved round by round (plain, then each variant, every round):
-``fast`` (the default read: int8/bfloat16 matrix units where the CPU has them),
-``fast-f32`` (the same with the matrix units turned off: what a CPU without them runs),
+``fast`` (the default read: int8/bfloat16 matrix units where the CPU has them, the readout
+fused with the read noise's draw), ``unfused`` (the same matmuls, the readout as torch
+passes with torch's generator: ``CIMFLOW_FUSED_READ=0``), ``fast-f32`` (the matrix units
+turned off: what a CPU without them runs),
 ``exact`` (read-noise variance as a float32 matmul). Each ratio is per round (variant time /
 plain time of the same round); the table prints min / median / max over the rounds, at
 each thread count, with the load average before and after (a loaded machine stalls
 oversubscribed threads: compare 1-thread figures).
 
-Run: .venv/bin/python benchmarks/sim_overhead.py [--repeats 7] [--threads 1,2] [--variants fast,fast-f32,exact]
+Run: .venv/bin/python benchmarks/sim_overhead.py [--repeats 7] [--threads 1,2] [--variants fast,unfused,fast-f32,exact]
      [--clock wall|cpu]   (cpu: the thread's CPU time, 1 thread, steadier on a shared machine)
 """
 
@@ -32,7 +34,14 @@ import cimflow
 from cimflow.chip import chip_from_dict, load_preset
 from cimflow.sim import cim_layers
 
-VARIANTS = {"fast": ("fast", True), "fast-f32": ("fast", False), "exact": ("exact", True), "column_mean": ("column_mean", True)}
+# variant: (read-noise mode, environment while it runs)
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "fast": ("fast", {}),
+    "unfused": ("fast", {"CIMFLOW_FUSED_READ": "0"}),
+    "fast-f32": ("fast", {"CIMFLOW_MATRIX_UNITS": "0"}),
+    "exact": ("exact", {}),
+    "column_mean": ("column_mean", {}),
+}
 
 
 def lenet5() -> nn.Module:
@@ -63,16 +72,17 @@ def workloads() -> list[tuple[str, nn.Module, torch.Tensor, float]]:
 
 
 @contextmanager
-def matrix_units(on: bool):
-    old = os.environ.get("CIMFLOW_MATRIX_UNITS")
-    os.environ["CIMFLOW_MATRIX_UNITS"] = "1" if on else "0"
+def environment(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["CIMFLOW_MATRIX_UNITS"]
-        else:
-            os.environ["CIMFLOW_MATRIX_UNITS"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
@@ -107,13 +117,13 @@ def bench_workload(label: str, model: nn.Module, x: torch.Tensor, chip, variants
             model(x)
         iters = max(1, min(20, int(0.05 / max((time.perf_counter() - warm) / 2, 1e-6))))
         for name in variants:
-            with matrix_units(VARIANTS[name][1]):
+            with environment(VARIANTS[name][1]):
                 for _ in range(2):
                     sims[name](x)
         for _ in range(repeats):  # interleaved: every round times every variant once
             times["plain"].append(time_once(model, x, iters))
             for name in variants:
-                with matrix_units(VARIANTS[name][1]):
+                with environment(VARIANTS[name][1]):
                     times[name].append(time_once(sims[name], x, iters))
     return times
 
@@ -124,7 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--clock", default="wall", choices=list(CLOCK),
                         help="wall: elapsed time; cpu: this thread's CPU time (1 thread only: robust to a loaded machine)")
-    parser.add_argument("--variants", default="fast,fast-f32,exact", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="fast,unfused,fast-f32,exact", help=f"comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -5,8 +5,6 @@ bfloat16 path is forced on, so these run on any CPU (slowly where it has no matr
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from cimtest import chip_with
@@ -51,11 +49,18 @@ def test_fast_read_noise_has_the_exact_reads_moments(matrix_units):
     exact, fast, approx = samples["exact"], samples["fast"], samples["column_mean"]
     assert not torch.equal(exact, fast)  # different arithmetic, not the same code path
     var_e, var_f, var_a = exact.var(0), fast.var(0), approx.var(0)
-    se_var = var_e * math.sqrt(2.0 / (reads - 1)) * math.sqrt(2.0)  # difference of two estimates
+
+    def var_se2(y: torch.Tensor) -> torch.Tensor:
+        """Squared standard error of a column's sample variance from its fourth central moment:
+        after the ADC an output is discrete, far from Gaussian when the noise is below a step."""
+        d = y - y.mean(0)
+        return ((d**4).mean(0) - d.square().mean(0) ** 2) / reads
+
+    se_var = (var_se2(exact) + var_se2(fast)).sqrt()  # the difference of two independent estimates
     assert bool(((var_f - var_e).abs() <= 5 * se_var).all()), (var_f / var_e)
     se_mean = (2 * var_e / reads).sqrt()
     assert bool(((fast.mean(0) - exact.mean(0)).abs() <= 5 * se_mean + 1e-7).all())
-    assert bool(((var_a - var_e).abs() > 5 * se_var).any())  # the test can fail
+    assert bool(((var_a - var_e).abs() > 5 * (var_se2(exact) + var_se2(approx)).sqrt()).any())  # the test can fail
 
 
 def test_fast_read_signal_equals_exact_without_noise(matrix_units):

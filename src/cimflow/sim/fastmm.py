@@ -57,17 +57,19 @@ def matrix_units_available() -> bool:
     return _AVAILABLE
 
 
-def grouped_products(x: torch.Tensor, w: torch.Tensor, rows: int) -> torch.Tensor:
+def grouped_products(x: torch.Tensor, w: torch.Tensor, rows: int, res: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` (N, rows) against per-group matrices ``w`` (G, gr, out) whose groups hold
     consecutive inputs, ``gr`` each but the last (``rows - (G-1) gr``): (G, N, out), group
-    g's product over its own rows only. The full groups are one batched matmul, the last
-    group one matmul on its true rows; nothing is padded."""
+    g's product over its own rows only (written into ``res`` when given). The full groups
+    are one batched matmul, the last group one matmul on its true rows; nothing is padded."""
     g, gr, out = w.shape
     n = x.shape[0]
     last = rows - (g - 1) * gr
+    if res is None:
+        res = x.new_empty((g, n, out))
     if g == 1:
-        return torch.mm(x, w[0, :last] if last < gr else w[0]).unsqueeze(0)
-    res = x.new_empty((g, n, out))
+        torch.mm(x, w[0, :last] if last < gr else w[0], out=res[0])
+        return res
     full = (g - 1) * gr
     if g == 2:  # a plain matmul beats a batch of one (markedly so in bfloat16)
         torch.mm(x[:, :full], w[0], out=res[0])
@@ -94,15 +96,17 @@ def int8_planes(w: torch.Tensor) -> SignalPlanes:
     return SignalPlanes(hi.to(torch.int8), lo.to(torch.int8), scale)
 
 
-def int_products(codes: torch.Tensor, w: torch.Tensor, rows: int) -> torch.Tensor:
+def int_products(codes: torch.Tensor, w: torch.Tensor, rows: int, res: torch.Tensor | None = None) -> torch.Tensor:
     """Integer codes ``codes`` (N, rows) int8 against int8 groups ``w`` (G, gr, out) laid out as
-    in :func:`grouped_products`: (G, N, out) int32, exact. One int8 matmul per group (the
-    matrix units take no batch)."""
+    in :func:`grouped_products`: (G, N, out) int32, exact, written into ``res`` when given.
+    One int8 matmul per group (the matrix units take no batch)."""
     g, gr, out = w.shape
     last = rows - (g - 1) * gr
+    if res is None:
+        res = codes.new_empty((g, codes.shape[0], out), dtype=torch.int32)
     if g == 1:
-        return torch._int_mm(codes, w[0, :last] if last < gr else w[0]).unsqueeze(0)
-    res = codes.new_empty((g, codes.shape[0], out), dtype=torch.int32)
+        torch._int_mm(codes, w[0, :last] if last < gr else w[0], out=res[0])
+        return res
     for k in range(g):
         end = min((k + 1) * gr, rows)
         torch._int_mm(codes[:, k * gr:end].contiguous(), w[k, :end - k * gr], out=res[k])
@@ -116,14 +120,39 @@ def int_signal_products(codes: torch.Tensor, planes: SignalPlanes, rows: int) ->
     return acc.add_(int_products(codes, planes.lo, rows), alpha=1.0 / LO_LEVELS)
 
 
-def variance_products(codes: torch.Tensor, cell_var: torch.Tensor, rows: int) -> torch.Tensor:
+def variance_products(codes: torch.Tensor, cell_var: torch.Tensor, rows: int, keep_dtype: bool = False,
+                      space: Workspace | None = None) -> torch.Tensor:
     """Read-noise variances (G, N, out) float32 of the column sums for DAC codes ``codes``
     (N, rows): ``codes^2 @ cell_var`` per group, in ``cell_var``'s dtype (bfloat16 on the
-    fast path, float32 for the exact one)."""
-    sq = codes.square() if codes.dtype == cell_var.dtype else codes.to(cell_var.dtype).square_()
-    var = grouped_products(sq, cell_var, rows)
-    return var if var.dtype == torch.float32 else var.to(torch.float32)
+    fast path, float32 for the exact one); ``keep_dtype``: returned in that dtype, in
+    ``space`` (its squares too) when given."""
+    if codes.dtype == cell_var.dtype:
+        sq = codes.square()
+    elif space is not None:
+        sq = space.get("squares", codes.shape, cell_var.dtype)
+        sq.copy_(codes).square_()
+    else:
+        sq = codes.to(cell_var.dtype).square_()
+    res = None if space is None else space.get("variance", (cell_var.shape[0], codes.shape[0], cell_var.shape[-1]), cell_var.dtype)
+    var = grouped_products(sq, cell_var, rows, res)
+    return var if keep_dtype or var.dtype == torch.float32 else var.to(torch.float32)
 
 
-__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "grouped_products", "int8_planes", "int_products",
+class Workspace:
+    """A layer's scratch tensors for its reads, kept from read to read: a large tensor made
+    afresh per read costs page faults (the allocator hands big blocks back to the system),
+    several times its arithmetic. Only what does not outlive the read goes here; one tensor
+    per name, remade when the shape or dtype changes."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        t = self._tensors.get(name)
+        if t is None or t.shape != tuple(shape) or t.dtype != dtype:
+            t = self._tensors[name] = torch.empty(tuple(shape), dtype=dtype)
+        return t
+
+
+__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "Workspace", "grouped_products", "int8_planes", "int_products",
            "int_signal_products", "matrix_units_available", "variance_products"]

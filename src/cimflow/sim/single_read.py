@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cimflow.sim import fastmm
+from cimflow.sim import fastmm, fused_read
 from cimflow.sim.draw_pool import training_read_normal
 
 if TYPE_CHECKING:
@@ -73,6 +73,13 @@ def _cached(engine: CrossbarEngine, key: str, make: Callable[[], Any]) -> Any:
         cached = (stamp, w, make())
         engine.__dict__[key] = cached
     return cached[2]
+
+
+def _workspace(engine: CrossbarEngine) -> fastmm.Workspace:
+    space = engine.__dict__.get("_workspace")
+    if space is None:
+        space = engine.__dict__["_workspace"] = fastmm.Workspace()
+    return space
 
 
 def int_read_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
@@ -121,7 +128,10 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     scale_x = engine._input_scale(x)
     dac_inside = None
     if engine.spec.input_encoding.bits > 1:
-        xi = x * scale_x.reciprocal().mul_(steps_in)  # not steps_in / scale_x: Tensor.__rdiv__ is Python
+        # not steps_in / scale_x: Tensor.__rdiv__ is Python; in the workspace unless training keeps it
+        xi = torch.mul(x, scale_x.reciprocal().mul_(steps_in),
+                       out=None if keep or x.device.type != "cpu" or torch.compiler.is_compiling()
+                       else _workspace(engine).get("xi", x.shape, x.dtype))
         if engine.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
             if keep:
                 dac_inside = xi.abs() <= steps_in
@@ -132,8 +142,10 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     if engine.collect_stats:
         engine._record_stats(xi)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale_x, "adc_inside": None, "dac_inside": dac_inside}
-    on_ints = int_read_applies(engine, xi)
-    codes = xi.to(torch.int8) if on_ints else None
+    codes = None
+    if int_read_applies(engine, xi):
+        codes = _workspace(engine).get("codes", xi.shape, torch.int8)
+        codes.copy_(xi)
     if engine.is_digital:
         if codes is not None:
             return _int_digital(engine, codes, steps_in).mul_(scale_x), kept
@@ -146,6 +158,8 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     unit = None
     if codes is not None:
         planes, cell_var = _int_analog_operands(engine)
+        if engine.spec.analog_adc().bits > 1 and fused_read.available():
+            return _fused_int_read(engine, codes, planes, cell_var, scale_x, steps_in, keep, kept)
         acc, unit = fastmm.int_signal_products(codes, planes, rows), planes.scale
         var = None if cell_var is None else fastmm.variance_products(codes, cell_var, rows)
     else:
@@ -175,6 +189,38 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
         acc = torch.sign(acc).mul_(rng * (engine.w_scale / steps_in))
     y = acc[0] if g == 1 else acc.sum(dim=0)
     return y.mul_(scale_x), kept
+
+
+def _fused_int_read(engine: CrossbarEngine, codes: torch.Tensor, planes: fastmm.SignalPlanes, cell_var: torch.Tensor | None,
+                    scale_x: torch.Tensor, steps_in: float, keep: bool,
+                    kept: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """:func:`single_read` after the DAC on the int8 units with the readout fused
+    (:mod:`cimflow.sim.fused_read`): the same arithmetic, the read noise from the layer's
+    counter-based stream (or training's pool when one is on)."""
+    rows = engine.grid.in_features
+    space = _workspace(engine)
+    shape = (planes.hi.shape[0], codes.shape[0], planes.hi.shape[-1])
+    hi = fastmm.int_products(codes, planes.hi, rows, space.get("hi", shape, torch.int32))
+    lo = fastmm.int_products(codes, planes.lo, rows, space.get("lo", shape, torch.int32))
+    var = None if cell_var is None else fastmm.variance_products(codes, cell_var, rows, keep_dtype=True, space=space)
+    given = var is not None and keep and getattr(engine, "_read_noise_pool", None) is not None
+    if given:  # training's pooled normals
+        z = training_read_normal(engine, hi.new_empty(shape, dtype=torch.float32)).reshape(-1)
+    else:  # scratch for the layer's stream
+        z = space.get("normals", (shape[0] * shape[1] * shape[2] if var is not None else 0,), torch.float32)
+    steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
+    rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
+    coef = rng.reciprocal().mul_(steps_adc).mul_(planes.scale)
+    if engine.output_gain is not None:
+        coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
+    lsb = rng * (engine.w_scale / (steps_adc * steps_in))
+    draw = int(engine.read_counter)
+    if var is not None and not given:
+        engine.read_counter.add_(1)
+    y, mask, clipped = fused_read.int_readout(hi, lo, var, z, given, engine._read_key, draw, coef, steps_adc, lsb, scale_x, keep)
+    if keep:
+        kept["adc_inside"] = mask if clipped else None
+    return y, kept
 
 
 def applies(engine: CrossbarEngine) -> bool:

@@ -1,0 +1,226 @@
+"""Compiled CPU kernels of the fused read (numba): counter-based normals and the readout.
+
+Imported only by :mod:`cimflow.sim.fused_read` when a fused read runs (numba costs ~0.2 s to
+import and compiles these once per machine, cached on disk). Everything here is plain
+arithmetic on NumPy views of torch tensors; :mod:`cimflow.sim.fused_read` documents the
+stream and the readout and holds the torch-facing API.
+
+The normal generator is the inverse of the normal distribution function applied to 32-bit
+uniforms, vectorizable with no table and no rejection: ``Phi^-1(u)`` as ``q P(q^2)`` for
+``|q| <= 0.425`` (``q = u - 1/2``) and ``sign(q) Q(sqrt(-log min(u, 1 - u)))`` beyond (the split
+of Wichura's AS 241, Appl. Stat. 37, 1988), with polynomials fitted by
+``scripts/fit_normal_quantile.py`` (float32 error <= 6e-7 over the whole range) and the log
+from the float's exponent and an atanh series. A 32-bit uniform reaches |z| = 6.1 (torch's
+float32 Box-Muller on 24-bit uniforms reaches 5.8). The random bits come from a
+counter-based hash (the SplitMix64 finalizer, Steele et al., OOPSLA 2014), not from a
+generator state: the value at (key, draw, row, column) is a function of those alone, so any
+read can be re-drawn and rows do not depend on how they are batched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, uint32, uint64
+
+from cimflow.sim.fastmm import LO_LEVELS
+
+# numpy's error model: no Python division checks in the loops (they would stop vectorization);
+# contract: multiply-adds fused
+_kernel = njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+_inline = njit(inline="always", cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+
+_GOLDEN = uint64(0x9E3779B97F4A7C15)
+# scripts/fit_normal_quantile.py: P in t = 2 q^2 / 0.425^2 - 1, Q in t = 2 (s - S_LO) / (S_HI - S_LO) - 1
+_SPLIT = 0.425
+_S_LO, _S_HI = 1.6094306960679687, 4.782662120459504
+_F = np.float32
+_C_T = _F(2.0 / _SPLIT**2)
+_T_T = _F(2.0 / (_S_HI - _S_LO))
+_T_LO = _F(_S_LO)
+_TWO_M32 = _F(2.0**-32)
+_LN2 = _F(math.log(2.0))
+_SQRT2 = _F(math.sqrt(2.0))
+
+
+@_inline
+def _mix(z):  # noqa: ANN001, ANN202
+    z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> uint64(27))) * uint64(0x94D049BB133111EB)
+    return z ^ (z >> uint64(31))
+
+
+@_inline
+def _log(x):  # noqa: ANN001, ANN202
+    """Natural log of a positive normal float32: exponent from the bits, the mantissa (moved
+    into [sqrt(1/2), sqrt(2))) through 2 atanh((m-1)/(m+1)), series to y^9 (error < 4e-10)."""
+    b = np.float32(x).view(np.uint32)
+    e = np.float32(np.int32(b >> uint32(23)) - np.int32(127))
+    m = np.uint32((b & uint32(0x7FFFFF)) | uint32(0x3F800000)).view(np.float32)
+    big = np.float32(m > _SQRT2)  # arithmetic, not a branch: the loop stays vectorizable
+    m = m - _F(0.5) * big * m
+    e = e + big
+    y = (m - _F(1.0)) / (m + _F(1.0))
+    y2 = y * y
+    series = _F(1.0) + y2 * (_F(1 / 3) + y2 * (_F(1 / 5) + y2 * (_F(1 / 7) + y2 * _F(1 / 9))))
+    return np.float32(e * _LN2 + _F(2.0) * y * series)
+
+
+@_inline
+def _centred(k):  # noqa: ANN001, ANN202
+    """``q = u - 1/2`` of the 32-bit uniform ``u = (k + 1/2) / 2^32``, float32."""
+    return (np.float32(np.int32(np.uint32(k ^ uint32(0x80000000)))) + _F(0.5)) * _TWO_M32
+
+
+@_inline
+def _tail_s(k):  # noqa: ANN001, ANN202
+    """``s = sqrt(-log(min(u, 1 - u)))`` of the uniform of ``k``, float32."""
+    a = min(k, np.uint32(~k))  # the nearer end: min(u, 1 - u) = (a + 1/2) / 2^32
+    return np.float32(np.sqrt(-_log((np.float32(a) + _F(0.5)) * _TWO_M32)))
+
+
+@_inline
+def _quantile(q, s):  # noqa: ANN001, ANN202
+    """The standard normal quantile at ``1/2 + q`` (``s``: :func:`_tail_s` of the same uniform)."""
+    t = q * q * _C_T - _F(1.0)
+    # even and odd halves, two independent chains (scripts/fit_normal_quantile.py's _CENTRAL)
+    t2 = t * t
+    pe = _F(0.000179453939)
+    po = _F(0.000317941528)
+    pe = pe * t2 + _F(2.99491847e-05)
+    po = po * t2 + _F(0.000152409977)
+    pe = pe * t2 + _F(0.00106441534)
+    po = po * t2 + _F(0.00206221778)
+    pe = pe * t2 + _F(0.00382185336)
+    po = po * t2 + _F(0.00824940865)
+    pe = pe * t2 + _F(0.0185621513)
+    po = po * t2 + _F(0.0440801663)
+    pe = pe * t2 + _F(0.116486486)
+    po = po * t2 + _F(0.385390128)
+    pe = pe * t2 + _F(2.80673626)
+    p = pe + t * po
+    central = q * p
+    t = np.float32((s - _T_LO) * _T_T - _F(1.0))
+    # even and odd halves, two independent chains (scripts/fit_normal_quantile.py's _TAIL)
+    t2 = t * t
+    ze = _F(-6.7028533e-06)
+    zo = _F(1.37269739e-05)
+    ze = ze * t2 + _F(-4.84098881e-06)
+    zo = zo * t2 + _F(1.41846381e-05)
+    ze = ze * t2 + _F(-7.05832167e-05)
+    zo = zo * t2 + _F(0.000154915796)
+    ze = ze * t2 + _F(-0.000323807433)
+    zo = zo * t2 + _F(0.000751695463)
+    ze = ze * t2 + _F(-0.00177218181)
+    zo = zo * t2 + _F(0.00420763665)
+    ze = ze * t2 + _F(-0.0101669522)
+    zo = zo * t2 + _F(0.0251471525)
+    ze = ze * t2 + _F(-0.0643691467)
+    zo = zo * t2 + _F(2.41892383)
+    ze = ze * t2 + _F(3.96545883)
+    z = ze + t * zo
+    tail = np.copysign(z, q)
+    return central if abs(q) <= _F(_SPLIT) else tail
+
+
+_CHUNK = 4096  # normals drawn per pass: long enough to vectorize, short enough to stay in cache
+_INV_LO = np.float32(1.0 / LO_LEVELS)
+
+
+@_kernel
+def _draw_key(key, draw):  # noqa: ANN001, ANN202
+    return _mix(uint64(key) ^ ((uint64(draw) + uint64(1)) * _GOLDEN))
+
+
+@_kernel
+def _fill(draw_key, start, out, bits):  # noqa: ANN001, ANN202
+    """Standard normals of elements ``start .. start + len(out)`` (``start`` even) of a draw:
+    element e from the hash of ``e // 2`` (high 32 bits for even e, low for odd), through
+    :func:`_quantile`; ``bits`` is scratch of at least ``len(out) + 1``."""
+    m = out.shape[0]
+    base = uint64(start // 2) + uint64(1)
+    for p in range((m + 1) // 2):
+        h = _mix(draw_key + (base + uint64(p)) * _GOLDEN)
+        bits[2 * p] = uint32(h >> uint64(32))
+        bits[2 * p + 1] = uint32(h & uint64(0xFFFFFFFF))
+    quantiles(bits[:m], out)
+
+
+@_kernel
+def quantiles(bits, out):  # noqa: ANN001, ANN201
+    """``out[j]``: the standard normal quantile of the 32-bit uniform ``(bits[j] + 1/2) / 2^32``."""
+    for j in range(out.shape[0]):  # two short loops vectorize where one long one does not
+        out[j] = _tail_s(bits[j])
+    for j in range(out.shape[0]):
+        out[j] = _quantile(_centred(bits[j]), out[j])
+
+
+@_kernel
+def normals(key, draw, out):  # noqa: ANN001, ANN201
+    """Fill the flat float32 ``out`` with the normals of draw ``draw`` of stream ``key``."""
+    dk = _draw_key(key, draw)
+    bits = np.empty(_CHUNK + 1, np.uint32)
+    for start in range(0, out.shape[0], _CHUNK):
+        _fill(dk, start, out[start:start + _CHUNK], bits)
+
+
+@_kernel
+def int_readout(hi, lo, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask):  # noqa: ANN001, ANN201
+    """The read after the int8 products, fused, in float32: for group g, vector n, column j,
+    ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat element
+    (g N + n) M + j of the draw (``z`` (G N M,) is scratch for them, or holds the normals to
+    use when ``given``; no noise when ``var16`` is empty), the ADC ``round(clamp(v,
+    +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``. ``var16``: bfloat16
+    variances as int16 bits. ``mask`` (G, N, M) bool, or empty: where |v| <= steps. Returns
+    whether any partial sum clipped."""
+    groups, n_vec, m = hi.shape
+    noisy = var16.shape[0] > 0
+    want_mask = mask.shape[0] > 0
+    steps = np.float32(steps)
+    neg = -steps
+    dk = _draw_key(key, draw)
+    bits = np.empty(_CHUNK + 2, np.uint32)
+    rows_per_chunk = max(1, _CHUNK // m)
+    clipped = 0
+    for g in range(groups):
+        last = g == groups - 1
+        for n0 in range(0, n_vec, rows_per_chunk):
+            n1 = min(n_vec, n0 + rows_per_chunk)
+            first = (g * n_vec + n0) * m
+            count = (n1 - n0) * m
+            if noisy and not given:
+                if first % 2:  # draws start at even elements: redraw the pair's first half
+                    _fill(dk, first - 1, z[first - 1:first + count], bits)
+                else:
+                    _fill(dk, first, z[first:first + count], bits)
+            for n in range(n0, n1):
+                hr, lr, yr, cr, lr_ = hi[g, n], lo[g, n], y[n], c[g], lsb[g]
+                sx = np.float32(scale_x[n]) if last else np.float32(1.0)
+                off = (g * n_vec + n) * m
+                clip = 0
+                if noisy:
+                    vr = var16[g, n]
+                    for j in range(m):
+                        var = np.uint32(np.uint32(np.uint16(vr[j])) << np.uint32(16)).view(np.float32)
+                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO + z[off + j] * np.sqrt(var)) * cr[j]
+                        clip += abs(v) > steps
+                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lr_[j]) * sx
+                else:
+                    for j in range(m):
+                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO) * cr[j]
+                        clip += abs(v) > steps
+                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lr_[j]) * sx
+                clipped += clip
+                if want_mask:
+                    mr = mask[g, n]
+                    for j in range(m):
+                        v = np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO
+                        if noisy:
+                            var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
+                            v += z[off + j] * np.sqrt(var)
+                        mr[j] = abs(v * cr[j]) <= steps
+    return clipped > 0
+
+
+__all__ = ["int_readout", "normals", "quantiles"]

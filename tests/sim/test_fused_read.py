@@ -1,0 +1,141 @@
+"""The fused CPU read (cimflow.sim.fused_read, sim/read_kernels.py): its counter-based
+normals are standard normal (quantile accuracy, moments, tails, Kolmogorov-Smirnov),
+reproducible per (key, draw) and independent across draws; the fused read equals the
+unfused integer read without noise, its training forward is the inference read for the same
+seed, and its gradients equal the general path's, clipping included."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from cimtest import chip_with
+from torch import nn
+
+import cimflow
+from cimflow.sim import cim_layers, draw_pool, fastmm, fused_read
+
+pytestmark = pytest.mark.skipif(not fused_read.available(), reason="numba is not importable")
+
+
+def test_quantiles_are_the_normal_quantile_to_float32_precision():
+    from cimflow.sim import read_kernels
+
+    bits = np.concatenate([np.arange(0, 2**32, 4099, dtype=np.uint64), np.arange(0, 5000, dtype=np.uint64),
+                           2**32 - 1 - np.arange(0, 5000, dtype=np.uint64)]).astype(np.uint32)
+    out = np.empty(bits.shape[0], np.float32)
+    read_kernels.quantiles(bits, out)
+    u = (torch.from_numpy(bits.astype(np.float64)) + 0.5) / 2.0**32
+    exact = torch.special.ndtri(u)
+    err = (torch.from_numpy(out).double() - exact).abs()
+    assert float(err.max()) < 2e-6  # a few float32 ulps at |z| = 6.1, the largest a 32-bit uniform reaches
+    assert float((err / exact.abs().clamp_min(1.0)).max()) < 5e-7
+    assert float(exact.abs().max()) > 6.0  # the grid reaches the tails
+
+
+def test_normals_are_standard_normal():
+    n = 2_000_000
+    z = fused_read.normals(20261202, 0, (n,)).double()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    assert abs(float((z**3).mean())) < 5 * math.sqrt(15 / n)
+    assert abs(float((z**4).mean()) - 3) < 5 * math.sqrt(96 / n)
+    for k in (1.0, 2.0, 3.0, 4.0):  # two-sided tail frequencies, binomial standard error
+        p = 2 * float(torch.special.ndtr(torch.tensor(-k, dtype=torch.float64)))
+        assert abs(float((z.abs() > k).double().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n), k
+    ks = float((torch.special.ndtr(z.sort().values) - torch.arange(1, n + 1, dtype=torch.float64) / n).abs().max())
+    assert ks < 1.95 / math.sqrt(n)  # Kolmogorov-Smirnov at the 0.1 % level
+
+
+def test_normals_are_reproducible_and_independent_across_draws_and_keys():
+    a = fused_read.normals(7, 3, (300, 100))
+    assert torch.equal(a, fused_read.normals(7, 3, (300, 100)))
+    assert torch.equal(a.view(-1)[:5000], fused_read.normals(7, 3, (5000,)))  # element e is the stream's element e
+    n = a.numel()
+    for other in (fused_read.normals(7, 4, (300, 100)), fused_read.normals(8, 3, (300, 100))):
+        r = float(torch.corrcoef(torch.stack([a.view(-1), other.view(-1)]))[0, 1])
+        assert abs(r) < 5 / math.sqrt(n)
+    lag = float(torch.corrcoef(torch.stack([a.view(-1)[:-1], a.view(-1)[1:]]))[0, 1])
+    assert abs(lag) < 5 / math.sqrt(n)
+
+
+def test_the_readout_adds_the_streams_normals():
+    """With zero partial sums and unit variances, a read's output before the ADC's rounding is
+    the stream's normals: the readout draws what :func:`fused_read.normals` gives."""
+    g, n, m = 2, 30, 50
+    zero = torch.zeros(g, n, m, dtype=torch.int32)
+    var = torch.ones(g, n, m).to(torch.bfloat16)
+    coef = torch.full((g, 1, m), 2.0**20)  # codes of 2^-20: rounding moves a value by at most 2^-21
+    lsb = torch.full((g, 1, m), 2.0**-20)
+    y, mask, clipped = fused_read.int_readout(zero, zero, var, torch.empty(g * n * m), False, 11, 5, coef, 2.0**30, lsb,
+                                              torch.ones(n), True)
+    z = fused_read.normals(11, 5, (g, n, m))
+    assert not clipped and bool(mask.all())
+    assert float((y - z.sum(0)).abs().max()) < 1e-5
+
+
+def _cim(chip, monkeypatch, fused: bool, seed: int = 0):
+    monkeypatch.setattr(fastmm, "matrix_units_available", lambda: True)
+    monkeypatch.setattr(fastmm, "BF16_MIN_MACS", 0)
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1" if fused else "0")
+    torch.manual_seed(0)
+    return cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(600, 64), nn.ReLU(), nn.Linear(64, 10)), chip), seed=seed)
+
+
+QUIET_PCM = chip_with("pcm-hermes-like", **{"arrays.pcm.device.programming_noise": {"coefficients": [0.0]},
+                                            "arrays.pcm.device.read_noise": 0.0})
+
+
+def test_fused_read_equals_the_unfused_integer_read_without_noise(monkeypatch):
+    x = torch.randn(128, 600)
+    with torch.no_grad():
+        fused = _cim(QUIET_PCM, monkeypatch, True)(x)
+        unfused = _cim(QUIET_PCM, monkeypatch, False)(x)
+    # the same codes; the products are summed in another order (float rounding only)
+    assert torch.allclose(fused, unfused, rtol=1e-5, atol=1e-6 * float(unfused.abs().max()))
+
+
+@pytest.mark.parametrize("adc_scale", [1.0, 0.05], ids=["in-range", "adc-clips"])
+def test_fused_training_read_gradients_equal_the_unfused_ones(monkeypatch, adc_scale):
+    """The fused read's forward and its ADC mask feed the same closed-form gradients as the
+    unfused integer read (no noise: both compute the same codes)."""
+    grads = []
+    for fused in (True, False):
+        cim = _cim(QUIET_PCM, monkeypatch, fused)
+        for i in (0, 2):
+            cim[i].engine.adc_range = cim[i].engine.adc_range * adc_scale
+        x = (torch.rand(32, 600, generator=torch.Generator().manual_seed(1)) - 0.3).requires_grad_(True)
+        y = cim(x)
+        y.pow(2).sum().backward()
+        grads.append([y.detach(), x.grad, cim[0].weight.grad, cim[2].weight.grad])
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
+def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its_moments(monkeypatch):
+    cim = _cim("pcm-hermes-like", monkeypatch, True, seed=3)
+    x = torch.rand(64, 600)
+    with torch.no_grad():
+        expected = cim(x)
+    assert "_int_analog" in cim[0].engine.__dict__
+    cimflow.program(cim, seed=3)  # the same instance, its read-noise stream restarted
+    assert torch.equal(cim(x.clone().requires_grad_(True)).detach(), expected)
+    # training's pooled normals ("given") through the fused read: the noise keeps its variance
+    r = 0.05
+    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14,
+                                 "arrays.analog.input_encoding.bits": 8})
+    lin = nn.Linear(600, 50, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.02)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
+    eng = cim_layers(cim)[0][1].engine
+    draw_pool.use_pooled_read_noise(eng, 7)
+    xs = torch.ones(2000, 600)
+    xs[:, ::2] = -1.0  # the ideal sum is 0, far inside the ADC's range; its step is far below the noise
+    y = cim(xs.requires_grad_(True)).detach()
+    assert "_int_analog" in eng.__dict__
+    var = float(eng.read_var[0].sum(dim=(0, 1))[0]) * float(eng.w_scale[0]) ** 2  # every group's cells of column 0
+    assert abs(float(y.mean())) < 5 * math.sqrt(var / y.numel())
+    assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / y.numel())
