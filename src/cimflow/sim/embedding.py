@@ -455,6 +455,10 @@ class CIMEmbeddingBag(ArrayInstance):
         # CPU core's cache through every pass (one block on a GPU)
         block = n_reads if out.device.type != "cpu" else READ_BLOCK
         cuts = [0] + (read_starts[block::block].tolist() if n_reads > block else []) + [idx_s.numel()]
+        # codes summed per bag (reads come in bag order), slices combined once at the end
+        bag_ids, read_slot = torch.unique_consecutive(read_bags, return_inverse=True)
+        codes_per_bag = torch.zeros(bag_ids.numel(), s_count * dim, device=out.device)
+        unit = 1.0
         for k, r0 in enumerate(range(0, n_reads, block)):
             r1 = min(r0 + block, n_reads)
             lookups, starts = idx_s[cuts[k] : cuts[k + 1]], read_starts[r0:r1] - cuts[k]
@@ -469,9 +473,9 @@ class CIMEmbeddingBag(ArrayInstance):
             psum, var = sums[:, : s_count * dim], (sums[:, s_count * dim :] if sums.shape[1] > s_count * dim else None)
             # (reads, S*dim); codes x unit = cell units; one-row reads rarely sit near a boundary
             codes, unit = self._convert(psum, var, gain, near_only=cuts[k + 1] - cuts[k] < 1.5 * (r1 - r0))
-            # each read's codes, slices combined by significance, in table units, added to its bag
-            out.index_add_(0, read_bags[r0:r1], (codes.view(-1, s_count, dim) * weights).sum(1), alpha=unit)
-        return out
+            codes_per_bag.index_add_(0, read_slot[r0:r1], codes)
+        # each bag's codes, slices combined by significance, in table units
+        return out.index_add_(0, bag_ids, (codes_per_bag.view(-1, s_count, dim) * weights).sum(1), alpha=unit)
 
     def _single_reads(self) -> pooling.SingleReads | None:
         """Outcome table of the single-row reads at the instance's current state (built when
