@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from cimtest import chip_with
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -157,3 +157,38 @@ def test_lone_read_samplers_have_the_closed_form_law(monkeypatch, sampler):
     assert float(z2[common].mean()) <= 1 + 6 * math.sqrt(2 / int(common.sum()))
     rel = (out.var(0)[common] / var[common]).mean()
     assert abs(float(rel) - 1) <= 6 * math.sqrt(2 / n / int(common.sum())) + 0.05
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=12), st.integers(0, 2**31 - 1), st.sampled_from([1, 4, 16]),
+       st.integers(1, 5))
+def test_reads_group_lookups_by_bag_and_array(per_bag_list, seed, array_rows, group_rows):
+    """Every read is a run of lookups of one (bag, array), at most ``group_rows`` long; each
+    (bag, array) with c lookups takes ceil(c / group_rows) reads; reads come in bag order, the
+    lookups are a permutation of the input's and each read's bag is its lookups' bag."""
+    assume(sum(per_bag_list) > 0)  # (an empty forward returns before grouping)
+    g = torch.Generator().manual_seed(seed)
+    rows = 40
+    per_bag = torch.tensor(per_bag_list)
+    bags_ = torch.repeat_interleave(torch.arange(per_bag.numel()), per_bag)
+    idx = torch.randint(0, rows, (bags_.numel(),), generator=g)
+    n_arrays = -(-rows // array_rows)
+    idx_s, starts, read_bags = pooling.group_reads(idx, bags_, array_rows, n_arrays, group_rows)
+    assert sorted(idx_s.tolist()) == sorted(idx.tolist())
+    ends = starts[1:].tolist() + [idx_s.numel()]
+    pairs_in = sorted(zip(bags_.tolist(), (idx // array_rows).tolist(), idx.tolist(), strict=True))
+    pairs_out = []
+    reads_of: dict[tuple[int, int], int] = {}
+    for a, b, bag in zip(starts.tolist(), ends, read_bags.tolist(), strict=True):
+        lookups = idx_s[a:b].tolist()
+        assert 1 <= len(lookups) <= group_rows
+        arrays = {r // array_rows for r in lookups}
+        assert len(arrays) == 1
+        reads_of[(bag, arrays.pop())] = reads_of.get((bag, lookups[0] // array_rows), 0) + 1
+        pairs_out += [(bag, r // array_rows, r) for r in lookups]
+    assert sorted(pairs_out) == pairs_in  # each lookup read with its own bag
+    assert read_bags.tolist() == sorted(read_bags.tolist())
+    count: dict[tuple[int, int], int] = {}
+    for bag, array, _ in pairs_in:
+        count[(bag, array)] = count.get((bag, array), 0) + 1
+    assert reads_of == {key: -(-c // group_rows) for key, c in count.items()}

@@ -156,14 +156,15 @@ def group_reads(idx: torch.Tensor, bags: torch.Tensor, array_rows: int, n_arrays
     every read is a contiguous run (reads ordered by bag), the first position of each read,
     and each read's bag."""
     key = bags * n_arrays + floor_div(idx, array_rows)
-    order = torch.sort(key, stable=True).indices
-    key_s = key[order]
+    key_s, order = torch.sort(key)  # (the order within a read does not matter)
     n = key_s.numel()
     first = torch.ones(n, dtype=torch.bool, device=key_s.device)
     first[1:] = key_s[1:] != key_s[:-1]
-    pos = torch.arange(n, device=key_s.device)
-    group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
-    read_starts = torch.nonzero(first | (mod(pos - group_start, group_rows) == 0)).squeeze(1)
+    read_starts = torch.nonzero(first).squeeze(1)
+    if n and bool((torch.diff(read_starts, append=read_starts.new_tensor([n])) > group_rows).any()):  # some reads split
+        pos = torch.arange(n, device=key_s.device)
+        group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+        read_starts = torch.nonzero(first | (mod(pos - group_start, group_rows) == 0)).squeeze(1)
     return idx[order], read_starts, bags[order][read_starts]
 
 
