@@ -205,7 +205,8 @@ def test_int8_signal_planes_are_within_their_bound(groups, group_rows, last, out
     assert bool(((got - ref).abs() <= err_bound + 1e-30).all())
 
 
-def test_int8_read_matches_the_float_read_without_noise(matrix_units, monkeypatch):
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "unfused"])
+def test_int8_read_matches_the_float_read_without_noise(matrix_units, monkeypatch, fused):
     """The integer read (forced on for a small read) and the float32 one give the same ADC
     codes but where the planes' rounding moves a partial sum across a code boundary: at most
     one ADC step, on a small fraction of the outputs."""
@@ -214,10 +215,11 @@ def test_int8_read_matches_the_float_read_without_noise(matrix_units, monkeypatc
     cim_e = _layer("exact", out_f=64, read_noise=0.0)
     cim_f = _layer("fast", out_f=64, read_noise=0.0)
     monkeypatch.setattr(fastmm, "BF16_MIN_MACS", 0)
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", fused)
     eng = cim_layers(cim_f)[0][1].engine
     with torch.no_grad():
         y_f, y_e = cim_f(x), cim_e(x)
-    assert "_int_analog" in eng.__dict__  # the integer path really ran
+    assert ("_fused_operands" if fused == "1" else "_int_analog") in eng.__dict__  # the integer path really ran
     diff = (y_f - y_e).abs()
     steps_adc = (1 << (eng.spec.analog_adc().bits - 1)) - 1
     # one ADC step of every group, per output: full scale x weight scale x input scale / steps

@@ -64,16 +64,19 @@ def test_normals_are_reproducible_and_independent_across_draws_and_keys():
 def test_the_readout_adds_the_streams_normals():
     """With zero partial sums and unit variances, a read's output before the ADC's rounding is
     the stream's normals: the readout draws what :func:`fused_read.normals` gives."""
-    g, n, m = 2, 30, 50
-    zero = torch.zeros(g, n, m, dtype=torch.int32)
-    var = torch.ones(g, n, m).to(torch.bfloat16)
-    coef = torch.full((g, 1, m), 2.0**20)  # codes of 2^-20: rounding moves a value by at most 2^-21
-    lsb = torch.full((g, 1, m), 2.0**-20)
-    y, mask, clipped = fused_read.int_readout(zero, zero, var, torch.empty(g * n * m), False, 11, 5, coef, 2.0**30, lsb,
-                                              torch.ones(n), True)
+    from cimflow.sim import read_kernels
+
+    n, g, m = 30, 2, 50
+    prod = np.zeros((g, n, 2, m), np.int32)
+    var16 = torch.ones(g, n, m).to(torch.bfloat16).view(torch.int16).numpy()
+    coef = np.full((g, m), 2.0**20, np.float32)  # codes of 2^-20: rounding moves a value by at most 2^-21
+    lsb = np.full((g, m), 2.0**-20, np.float32)
+    y, mask = np.empty((n, m), np.float32), np.empty((g, n, m), np.bool_)
+    clipped = read_kernels.int_readout(prod, var16, np.empty(n * g * m, np.float32), np.uint64(11), np.uint64(5), False, coef,
+                                       2.0**30, lsb, np.ones(n, np.float32), y, mask)
     z = fused_read.normals(11, 5, (g, n, m))
     assert not clipped and bool(mask.all())
-    assert float((y - z.sum(0)).abs().max()) < 1e-5
+    assert float((torch.from_numpy(y) - z.sum(0)).abs().max()) < 1e-5
 
 
 def _cim(chip, monkeypatch, fused: bool, seed: int = 0):
@@ -119,7 +122,7 @@ def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its
     x = torch.rand(64, 600)
     with torch.no_grad():
         expected = cim(x)
-    assert "_int_analog" in cim[0].engine.__dict__
+    assert "_fused_operands" in cim[0].engine.__dict__
     cimflow.program(cim, seed=3)  # the same instance, its read-noise stream restarted
     assert torch.equal(cim(x.clone().requires_grad_(True)).detach(), expected)
     # training's pooled normals ("given") through the fused read: the noise keeps its variance
@@ -135,7 +138,7 @@ def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its
     xs = torch.ones(2000, 600)
     xs[:, ::2] = -1.0  # the ideal sum is 0, far inside the ADC's range; its step is far below the noise
     y = cim(xs.requires_grad_(True)).detach()
-    assert "_int_analog" in eng.__dict__
+    assert "_fused_operands" in eng.__dict__
     var = float(eng.read_var[0].sum(dim=(0, 1))[0]) * float(eng.w_scale[0]) ** 2  # every group's cells of column 0
     assert abs(float(y.mean())) < 5 * math.sqrt(var / y.numel())
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / y.numel())

@@ -29,9 +29,13 @@ integer codes already: one int8 matmul is its exact integer product.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:
+    from cimflow.sim.engine import CrossbarEngine
 
 #: Multiply-accumulates below which a bfloat16 variance costs more than float32 (conversions
 #: and small-matrix overheads dominate; measured on a 2-core AMX CPU).
@@ -154,5 +158,38 @@ class Workspace:
         return t
 
 
-__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "Workspace", "grouped_products", "int8_planes", "int_products",
-           "int_signal_products", "matrix_units_available", "variance_products"]
+def int_read_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
+    """Whether a read of ``x`` (N, in) runs on the integer matrix units (:mod:`cimflow.sim.fastmm`):
+    a CPU that has them, the ``fast`` read, DAC codes of at most 8 bits, a read large enough
+    to gain, not inside ``torch.compile``."""
+    return (x.device.type == "cpu" and engine.spec.input_encoding.bits <= 8 and not torch.compiler.is_compiling()
+            and (engine.is_digital or engine.read_noise_mode == "fast")
+            and x.shape[0] * engine.grid.in_features * engine.w_eff.shape[-1] >= BF16_MIN_MACS
+            and (not engine.is_digital or (engine.spec.weight_bits or 8) <= 8)
+            and matrix_units_available())
+
+
+def cached(engine: CrossbarEngine, key: str, make: Callable[[], Any]) -> Any:
+    """``make()`` cached on ``engine`` for the state a read depends on: its weights, read-noise
+    variances, ADC ranges, drift compensation gains and weight scales (the same tensors, not
+    written in place since: hardware-aware training re-programs in place)."""
+    parts = (engine.w_eff, engine.read_var, engine.adc_range, engine.output_gain, engine.w_scale)
+    stamp = tuple((id(t), -1 if t is None else t._version) for t in parts)
+    got = engine.__dict__.get(key)
+    if got is None or got[0] != stamp or got[1] is not engine.w_eff:
+        got = (stamp, engine.w_eff, make())
+        engine.__dict__[key] = got
+    return got[2]
+
+
+def workspace(engine: CrossbarEngine) -> Workspace:
+    """``engine``'s :class:`Workspace` (made on first use)."""
+    space = engine.__dict__.get("_workspace")
+    if space is None:
+        space = engine.__dict__["_workspace"] = Workspace()
+    return space
+
+
+__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "Workspace", "cached", "grouped_products", "int8_planes",
+           "int_products", "int_read_applies", "int_signal_products", "matrix_units_available", "variance_products",
+           "workspace"]

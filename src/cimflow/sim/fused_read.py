@@ -23,10 +23,18 @@ the instance's torch generator), and so does a missing numba.
 from __future__ import annotations
 
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from cimflow.sim import fastmm
+from cimflow.sim.array_state import EPS
+from cimflow.sim.draw_pool import training_read_normal
+
+if TYPE_CHECKING:
+    from cimflow.sim.engine import CrossbarEngine
 
 _KERNELS: Any = None
 _TRIED = False
@@ -54,38 +62,108 @@ def _u64(value: int) -> np.uint64:
     return np.uint64(value & 0xFFFFFFFFFFFFFFFF)
 
 
-_EMPTY_I16 = torch.empty(0, dtype=torch.int16)
-_EMPTY_BOOL = torch.empty(0, dtype=torch.bool)
+_EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
+_EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 
 
 def normals(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normals (float32, CPU) of draw ``draw`` of stream ``key``, element e of the
-    flattened tensor the stream's element e: the values :func:`int_readout` adds there."""
+    flattened tensor the stream's element e: the values :func:`read` adds there."""
     out = torch.empty(shape, dtype=torch.float32)
     _kernels().normals(_u64(key), _u64(draw), out.view(-1).numpy())
     return out
 
 
-def int_readout(hi: torch.Tensor, lo: torch.Tensor, var: torch.Tensor | None, z: torch.Tensor, given: bool, key: int,
-                draw: int, coef: torch.Tensor, steps: float, lsb: torch.Tensor, scale_x: torch.Tensor,
-                want_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """One read after its int8 products ``hi``, ``lo`` (G, N, out) int32: returns the output
-    (N, out) float32, the ADC's in-range mask (G, N, out) when ``want_mask``, and whether
-    any partial sum clipped. ``var``: bfloat16 variances (G, N, out) in the planes' units
-    (None: no read noise); ``z`` (G N out,) float32: scratch for the stream's normals, or
-    the normals to use when ``given`` (training's pooled draws); ``coef`` (G, out): planes'
-    units to ADC steps; ``steps``: the ADC's steps per side; ``lsb`` (G, out): an ADC step in
-    output units over the input scale; ``scale_x`` (N,): each vector's input scale."""
-    groups, n, m = hi.shape
-    y = torch.empty((n, m), dtype=torch.float32)
-    mask = torch.empty((groups, n, m), dtype=torch.bool) if want_mask else _EMPTY_BOOL
-    var16 = _EMPTY_I16 if var is None else var.contiguous().view(torch.int16)
-    clipped = _kernels().int_readout(
-        hi.numpy(), lo.numpy(), var16.view(-1, n, m).numpy(), z.view(-1).numpy(), _u64(key), _u64(draw), given,
-        coef.to(torch.float32).contiguous().view(groups, m).numpy(), float(steps),
-        lsb.to(torch.float32).contiguous().view(groups, m).numpy(), scale_x.reshape(-1).to(torch.float32).contiguous().numpy(),
-        y.numpy(), mask.view(-1, n, m).numpy())
-    return y, (mask if want_mask else None), bool(clipped)
+@dataclass
+class Operands:
+    """What a fused read of one programmed instance needs, made once per instance state: per
+    read group ``(start, end, planes, cell)`` (the int8 weight planes side by side (len, 2
+    out) and the bfloat16 cell variances over the planes' scale squared (len, out)), and per
+    (group, column) float32 ``coef`` (planes' units to ADC steps) and ``lsb`` (an ADC step in
+    output units over the input scale)."""
+
+    groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]
+    coef: torch.Tensor
+    lsb: torch.Tensor
 
 
-__all__ = ["available", "int_readout", "normals"]
+def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
+    def make() -> Operands:
+        planes = fastmm.int8_planes(engine.w_eff[0])
+        g, gr, out = planes.hi.shape
+        rows = engine.grid.in_features
+        cell = None if engine.read_var is None else (engine.read_var[0] / planes.scale.square()).to(torch.bfloat16)
+        both = torch.stack([planes.hi, planes.lo], dim=2)  # (G, gr, 2, out)
+        groups = []
+        for k in range(g):
+            a, b = k * gr, min((k + 1) * gr, rows)
+            groups.append((a, b, both[k, :b - a].reshape(b - a, 2 * out).contiguous(),
+                           None if cell is None else cell[k, :b - a].contiguous()))
+        steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
+        rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
+        coef = rng.reciprocal().mul_(steps_adc).mul_(planes.scale)
+        if engine.output_gain is not None:
+            coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
+        lsb = rng * (engine.w_scale / (steps_adc * steps_in))
+        return Operands(groups, coef.reshape(g, out).to(torch.float32).contiguous(),
+                        lsb.reshape(g, out).to(torch.float32).contiguous())
+
+    return fastmm.cached(engine, "_fused_operands", make)
+
+
+def applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
+    """Whether :func:`read` reads ``x`` (N, in): an analog array read once on the int8 units
+    (:func:`cimflow.sim.fastmm.int_read_applies`) with a multi-bit DAC with a per-vector range
+    and a multi-bit ADC, float32 inputs, no statistics being collected, numba here."""
+    return (x.dtype == torch.float32 and not engine.is_digital and not engine.collect_stats
+            and engine.spec.input_encoding.bits > 1 and not engine.has_fixed_input_range()
+            and engine.spec.analog_adc().bits > 1 and fastmm.int_read_applies(engine, x) and available())
+
+
+def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
+         keep: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """:func:`cimflow.sim.single_read.single_read` fused: the DAC (one kernel), the int8
+    products (one matmul per read group, both weight planes), the read-noise variances
+    (one bfloat16 matmul per group), then the readout with the read noise drawn from the
+    layer's counter-based stream (training's pool when one is on) in one kernel. Returns
+    the output (N, out) and what the training backward keeps (the DAC codes as float32, the
+    input scale, the ADC's in-range mask (G, N, out) when a partial sum clipped)."""
+    k = _kernels()
+    x = x.contiguous()
+    n, rows = x.shape
+    ops = _operands(engine, steps_in)
+    g, out = ops.coef.shape
+    space = fastmm.workspace(engine)
+    codes = space.get("codes", (n, rows), torch.int8)
+    scale = torch.empty(n, 1) if keep else space.get("scale", (n, 1), torch.float32)
+    k.quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy())
+    prod = space.get("products", (g, n, 2, out), torch.int32)  # one int8 matmul per read group, both planes
+    for j, (a, b, w, _) in enumerate(ops.groups):
+        torch._int_mm(codes[:, a:b] if g > 1 else codes, w, out=prod[j].view(n, 2 * out))
+    var = _EMPTY_I16
+    if engine.read_var is not None:
+        sq = space.get("squares", (n, rows), torch.bfloat16)
+        sq.copy_(codes).square_()
+        v = space.get("variance", (g, n, out), torch.bfloat16)
+        for j, (a, b, _, cell) in enumerate(ops.groups):
+            torch.mm(sq[:, a:b] if g > 1 else sq, cell, out=v[j])
+        var = v.view(torch.int16)
+    given = engine.read_var is not None and keep and getattr(engine, "_read_noise_pool", None) is not None
+    if given:  # training's pooled normals
+        z = training_read_normal(engine, torch.empty((g, n, out))).reshape(-1)
+    else:  # scratch for the layer's stream
+        z = space.get("normals", (n * g * out if engine.read_var is not None else 0,), torch.float32)
+    draw = int(engine.read_counter)
+    if engine.read_var is not None and not given:
+        engine.read_counter.add_(1)
+    y = torch.empty((n, out), dtype=torch.float32)
+    mask = torch.empty((g, n, out), dtype=torch.bool) if keep else _EMPTY_BOOL
+    clipped = k.int_readout(prod.numpy(), var.view(-1, n, out).numpy(), z.numpy(), _u64(engine._read_key), _u64(draw), given,
+                            ops.coef.numpy(), float((1 << (engine.spec.analog_adc().bits - 1)) - 1), ops.lsb.numpy(),
+                            scale.view(-1).numpy(), y.numpy(), mask.view(-1, n, out).numpy())
+    kept: dict[str, torch.Tensor | None] = {"xi": codes.to(torch.float32) if keep else None, "scale_x": scale,
+                                            "adc_inside": mask if keep and clipped else None, "dac_inside": None}
+    return y, kept
+
+
+__all__ = ["Operands", "applies", "available", "normals", "read"]

@@ -165,16 +165,35 @@ def normals(key, draw, out):  # noqa: ANN001, ANN201
         _fill(dk, start, out[start:start + _CHUNK], bits)
 
 
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nnan", "ninf", "nsz"})
+def quantize_rows(x, steps, eps, codes, scale):  # noqa: ANN001, ANN201
+    """The input DAC with a per-vector range: ``scale[n] = max(max_j |x[n, j]|, eps)`` and
+    ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (int8), float32 as the torch
+    read computes it (finite inputs: the maximum is a vectorized reduction)."""
+    steps = np.float32(steps)
+    for n in range(x.shape[0]):
+        xr = x[n]
+        top = np.float32(eps)
+        for j in range(xr.shape[0]):
+            top = max(top, abs(xr[j]))
+        scale[n] = top
+        f = (np.float32(1.0) / top) * steps
+        cr = codes[n]
+        for j in range(xr.shape[0]):
+            cr[j] = np.int8(np.rint(xr[j] * f))
+
+
 @_kernel
-def int_readout(hi, lo, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask):  # noqa: ANN001, ANN201
-    """The read after the int8 products, fused, in float32: for group g, vector n, column j,
-    ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat element
-    (g N + n) M + j of the draw (``z`` (G N M,) is scratch for them, or holds the normals to
-    use when ``given``; no noise when ``var16`` is empty), the ADC ``round(clamp(v,
-    +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``. ``var16``: bfloat16
-    variances as int16 bits. ``mask`` (G, N, M) bool, or empty: where |v| <= steps. Returns
-    whether any partial sum clipped."""
-    groups, n_vec, m = hi.shape
+def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask):  # noqa: ANN001, ANN201
+    """The read after the int8 products, fused, in float32. ``prod`` (G, N, 2, M) int32: per
+    read group the products with the weights' high and low planes. For group g, vector n,
+    column j: ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat
+    element (g N + n) M + j of the draw (``z`` (G N M,) is scratch for them, or holds the
+    normals to use when ``given``; no noise when ``var16`` is empty), the ADC
+    ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``.
+    ``var16`` (G, N, M): bfloat16 variances as int16 bits. ``mask`` (G, N, M) bool, or empty:
+    where |v| <= steps. Returns whether any partial sum clipped."""
+    groups, n_vec, _, m = prod.shape
     noisy = var16.shape[0] > 0
     want_mask = mask.shape[0] > 0
     steps = np.float32(steps)
@@ -183,34 +202,32 @@ def int_readout(hi, lo, var16, z, key, draw, given, c, steps, lsb, scale_x, y, m
     bits = np.empty(_CHUNK + 2, np.uint32)
     rows_per_chunk = max(1, _CHUNK // m)
     clipped = 0
-    for g in range(groups):
-        last = g == groups - 1
-        for n0 in range(0, n_vec, rows_per_chunk):
-            n1 = min(n_vec, n0 + rows_per_chunk)
-            first = (g * n_vec + n0) * m
-            count = (n1 - n0) * m
+    for n0 in range(0, n_vec, rows_per_chunk):
+        n1 = min(n_vec, n0 + rows_per_chunk)
+        for g in range(groups):
+            first, count = (g * n_vec + n0) * m, (n1 - n0) * m
             if noisy and not given:
                 if first % 2:  # draws start at even elements: redraw the pair's first half
                     _fill(dk, first - 1, z[first - 1:first + count], bits)
                 else:
                     _fill(dk, first, z[first:first + count], bits)
             for n in range(n0, n1):
-                hr, lr, yr, cr, lr_ = hi[g, n], lo[g, n], y[n], c[g], lsb[g]
-                sx = np.float32(scale_x[n]) if last else np.float32(1.0)
-                off = (g * n_vec + n) * m
+                hr, lr, yr, cr, ls = prod[g, n, 0], prod[g, n, 1], y[n], c[g], lsb[g]
+                sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
+                zr = z[(g * n_vec + n) * m:(g * n_vec + n + 1) * m] if noisy else z[:0]
                 clip = 0
                 if noisy:
                     vr = var16[g, n]
                     for j in range(m):
                         var = np.uint32(np.uint32(np.uint16(vr[j])) << np.uint32(16)).view(np.float32)
-                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO + z[off + j] * np.sqrt(var)) * cr[j]
+                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO + zr[j] * np.sqrt(var)) * cr[j]
                         clip += abs(v) > steps
-                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lr_[j]) * sx
+                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * ls[j]) * sx
                 else:
                     for j in range(m):
                         v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO) * cr[j]
                         clip += abs(v) > steps
-                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lr_[j]) * sx
+                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * ls[j]) * sx
                 clipped += clip
                 if want_mask:
                     mr = mask[g, n]
@@ -218,9 +235,9 @@ def int_readout(hi, lo, var16, z, key, draw, given, c, steps, lsb, scale_x, y, m
                         v = np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO
                         if noisy:
                             var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
-                            v += z[off + j] * np.sqrt(var)
+                            v += zr[j] * np.sqrt(var)
                         mr[j] = abs(v * cr[j]) <= steps
     return clipped > 0
 
 
-__all__ = ["int_readout", "normals", "quantiles"]
+__all__ = ["int_readout", "normals", "quantiles", "quantize_rows"]

@@ -25,8 +25,7 @@ pins both against the general path's autograd.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -60,37 +59,7 @@ def digital_weights(engine: CrossbarEngine, steps_in: float) -> torch.Tensor:
     weights, and a new cache on the next read); made afresh under ``torch.compile``."""
     if torch.compiler.is_compiling():
         return engine.w_eff[0] * (engine.w_scale / steps_in)
-    return _cached(engine, "_digital_read", lambda: (engine.w_eff[0] * (engine.w_scale / steps_in)).contiguous())
-
-
-def _cached(engine: CrossbarEngine, key: str, make: Callable[[], Any]) -> Any:
-    """``make()`` cached on ``engine`` for its current weights and read-noise variances (the
-    same tensors, not written in place since: hardware-aware training re-programs in place)."""
-    w, var = engine.w_eff, engine.read_var
-    stamp = (id(w), w._version, id(var), -1 if var is None else var._version)
-    cached = engine.__dict__.get(key)
-    if cached is None or cached[0] != stamp or cached[1] is not w:
-        cached = (stamp, w, make())
-        engine.__dict__[key] = cached
-    return cached[2]
-
-
-def _workspace(engine: CrossbarEngine) -> fastmm.Workspace:
-    space = engine.__dict__.get("_workspace")
-    if space is None:
-        space = engine.__dict__["_workspace"] = fastmm.Workspace()
-    return space
-
-
-def int_read_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
-    """Whether a read of ``x`` (N, in) runs on the integer matrix units (:mod:`cimflow.sim.fastmm`):
-    a CPU that has them, the ``fast`` read, DAC codes of at most 8 bits, a read large enough
-    to gain, not inside ``torch.compile``."""
-    return (x.device.type == "cpu" and engine.spec.input_encoding.bits <= 8 and not torch.compiler.is_compiling()
-            and (engine.is_digital or engine.read_noise_mode == "fast")
-            and x.shape[0] * engine.grid.in_features * engine.w_eff.shape[-1] >= fastmm.BF16_MIN_MACS
-            and (not engine.is_digital or (engine.spec.weight_bits or 8) <= 8)
-            and fastmm.matrix_units_available())
+    return fastmm.cached(engine, "_digital_read", lambda: (engine.w_eff[0] * (engine.w_scale / steps_in)).contiguous())
 
 
 def _int_digital(engine: CrossbarEngine, codes: torch.Tensor, steps_in: float) -> torch.Tensor:
@@ -102,7 +71,7 @@ def _int_digital(engine: CrossbarEngine, codes: torch.Tensor, steps_in: float) -
         w_codes = (engine.w_eff[0] * steps_w).round_().to(torch.int8)
         return w_codes, (engine.w_scale / (steps_in * steps_w)).reshape(1, -1)
 
-    w_codes, per_out = _cached(engine, "_int_digital", make)
+    w_codes, per_out = fastmm.cached(engine, "_int_digital", make)
     return torch._int_mm(codes, w_codes).to(torch.float32).mul_(per_out)
 
 
@@ -114,7 +83,7 @@ def _int_analog_operands(engine: CrossbarEngine) -> tuple[fastmm.SignalPlanes, t
         var = None if engine.read_var is None else (engine.read_var[0] / planes.scale.square()).to(torch.bfloat16)
         return planes, var
 
-    return _cached(engine, "_int_analog", make)
+    return fastmm.cached(engine, "_int_analog", make)
 
 
 @torch.no_grad()
@@ -125,13 +94,15 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     input scale, the ADC's in-range mask per (group, vector, column) (None when nothing
     clipped) and the fixed-range DAC's in-range mask (None for per-vector ranges)."""
     steps_in = dac_steps(engine)
+    if fused_read.applies(engine, x):
+        return fused_read.read(engine, x, steps_in, keep)
     scale_x = engine._input_scale(x)
     dac_inside = None
     if engine.spec.input_encoding.bits > 1:
         # not steps_in / scale_x: Tensor.__rdiv__ is Python; in the workspace unless training keeps it
         xi = torch.mul(x, scale_x.reciprocal().mul_(steps_in),
                        out=None if keep or x.device.type != "cpu" or torch.compiler.is_compiling()
-                       else _workspace(engine).get("xi", x.shape, x.dtype))
+                       else fastmm.workspace(engine).get("xi", x.shape, x.dtype))
         if engine.has_fixed_input_range():  # a per-vector range holds every |x| <= scale_x: no clamp
             if keep:
                 dac_inside = xi.abs() <= steps_in
@@ -143,8 +114,8 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
         engine._record_stats(xi)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale_x, "adc_inside": None, "dac_inside": dac_inside}
     codes = None
-    if int_read_applies(engine, xi):
-        codes = _workspace(engine).get("codes", xi.shape, torch.int8)
+    if fastmm.int_read_applies(engine, xi):
+        codes = fastmm.workspace(engine).get("codes", xi.shape, torch.int8)
         codes.copy_(xi)
     if engine.is_digital:
         if codes is not None:
@@ -158,8 +129,6 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     unit = None
     if codes is not None:
         planes, cell_var = _int_analog_operands(engine)
-        if engine.spec.analog_adc().bits > 1 and fused_read.available():
-            return _fused_int_read(engine, codes, planes, cell_var, scale_x, steps_in, keep, kept)
         acc, unit = fastmm.int_signal_products(codes, planes, rows), planes.scale
         var = None if cell_var is None else fastmm.variance_products(codes, cell_var, rows)
     else:
@@ -189,38 +158,6 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
         acc = torch.sign(acc).mul_(rng * (engine.w_scale / steps_in))
     y = acc[0] if g == 1 else acc.sum(dim=0)
     return y.mul_(scale_x), kept
-
-
-def _fused_int_read(engine: CrossbarEngine, codes: torch.Tensor, planes: fastmm.SignalPlanes, cell_var: torch.Tensor | None,
-                    scale_x: torch.Tensor, steps_in: float, keep: bool,
-                    kept: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-    """:func:`single_read` after the DAC on the int8 units with the readout fused
-    (:mod:`cimflow.sim.fused_read`): the same arithmetic, the read noise from the layer's
-    counter-based stream (or training's pool when one is on)."""
-    rows = engine.grid.in_features
-    space = _workspace(engine)
-    shape = (planes.hi.shape[0], codes.shape[0], planes.hi.shape[-1])
-    hi = fastmm.int_products(codes, planes.hi, rows, space.get("hi", shape, torch.int32))
-    lo = fastmm.int_products(codes, planes.lo, rows, space.get("lo", shape, torch.int32))
-    var = None if cell_var is None else fastmm.variance_products(codes, cell_var, rows, keep_dtype=True, space=space)
-    given = var is not None and keep and getattr(engine, "_read_noise_pool", None) is not None
-    if given:  # training's pooled normals
-        z = training_read_normal(engine, hi.new_empty(shape, dtype=torch.float32)).reshape(-1)
-    else:  # scratch for the layer's stream
-        z = space.get("normals", (shape[0] * shape[1] * shape[2] if var is not None else 0,), torch.float32)
-    steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
-    rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
-    coef = rng.reciprocal().mul_(steps_adc).mul_(planes.scale)
-    if engine.output_gain is not None:
-        coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
-    lsb = rng * (engine.w_scale / (steps_adc * steps_in))
-    draw = int(engine.read_counter)
-    if var is not None and not given:
-        engine.read_counter.add_(1)
-    y, mask, clipped = fused_read.int_readout(hi, lo, var, z, given, engine._read_key, draw, coef, steps_adc, lsb, scale_x, keep)
-    if keep:
-        kept["adc_inside"] = mask if clipped else None
-    return y, kept
 
 
 def applies(engine: CrossbarEngine) -> bool:
