@@ -146,6 +146,7 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
         sq.copy_(codes).square_()
         v = space.get("variance", (g, n, out), torch.bfloat16)
         for j, (a, b, _, cell) in enumerate(ops.groups):
+            assert cell is not None  # made with the variances
             torch.mm(sq[:, a:b] if g > 1 else sq, cell, out=v[j])
         var = v.view(torch.int16)
     given = engine.read_var is not None and keep and getattr(engine, "_read_noise_pool", None) is not None
