@@ -111,6 +111,23 @@ def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
     return fastmm.cached(engine, "_fused_operands", make)
 
 
+def dac_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
+    """Whether :func:`dac` quantizes ``x`` for ``engine``: a multi-bit DAC with a per-vector
+    range, float32 inputs on the CPU, not inside ``torch.compile``, numba here."""
+    return (x.dtype == torch.float32 and x.device.type == "cpu" and engine.spec.input_encoding.bits > 1
+            and not engine.has_fixed_input_range() and not torch.compiler.is_compiling() and available())
+
+
+def dac(x: torch.Tensor, steps_in: float, space: fastmm.Workspace | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input DAC with a per-vector range in one kernel: the DAC codes (N, in) float32 (in
+    ``space`` when given: scratch that does not outlive the read) and each vector's range (N, 1)."""
+    x = x.contiguous()
+    codes = torch.empty(x.shape) if space is None else space.get("xi", x.shape, torch.float32)
+    scale = torch.empty(x.shape[0], 1)
+    _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy())
+    return codes, scale
+
+
 def applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
     """Whether :func:`read` reads ``x`` (N, in): an analog array read once on the int8 units
     (:func:`cimflow.sim.fastmm.int_read_applies`) with a multi-bit DAC with a per-vector range
@@ -167,4 +184,4 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     return y, kept
 
 
-__all__ = ["Operands", "applies", "available", "normals", "read"]
+__all__ = ["Operands", "applies", "available", "dac", "dac_applies", "normals", "read"]

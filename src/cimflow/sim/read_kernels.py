@@ -168,8 +168,9 @@ def normals(key, draw, out):  # noqa: ANN001, ANN201
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nnan", "ninf", "nsz"})
 def quantize_rows(x, steps, eps, codes, scale):  # noqa: ANN001, ANN201
     """The input DAC with a per-vector range: ``scale[n] = max(max_j |x[n, j]|, eps)`` and
-    ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (int8), float32 as the torch
-    read computes it (finite inputs: the maximum is a vectorized reduction)."""
+    ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (into ``codes``' dtype: int8 for
+    the integer units, float32 otherwise), float32 as the torch read computes it (finite
+    inputs: the maximum is a vectorized reduction)."""
     steps = np.float32(steps)
     for n in range(x.shape[0]):
         xr = x[n]
@@ -180,7 +181,7 @@ def quantize_rows(x, steps, eps, codes, scale):  # noqa: ANN001, ANN201
         f = (np.float32(1.0) / top) * steps
         cr = codes[n]
         for j in range(xr.shape[0]):
-            cr[j] = np.int8(np.rint(xr[j] * f))
+            cr[j] = np.rint(xr[j] * f)
 
 
 @_kernel

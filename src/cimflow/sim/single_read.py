@@ -96,9 +96,11 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
     steps_in = dac_steps(engine)
     if fused_read.applies(engine, x):
         return fused_read.read(engine, x, steps_in, keep)
-    scale_x = engine._input_scale(x)
     dac_inside = None
-    if engine.spec.input_encoding.bits > 1:
+    if fused_read.dac_applies(engine, x):  # one kernel: the per-vector range and the codes
+        xi, scale_x = fused_read.dac(x, steps_in, None if keep else fastmm.workspace(engine))
+    elif engine.spec.input_encoding.bits > 1:
+        scale_x = engine._input_scale(x)
         # not steps_in / scale_x: Tensor.__rdiv__ is Python; in the workspace unless training keeps it
         xi = torch.mul(x, scale_x.reciprocal().mul_(steps_in),
                        out=None if keep or x.device.type != "cpu" or torch.compiler.is_compiling()
@@ -109,6 +111,7 @@ def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> 
             xi.clamp_(-steps_in, steps_in)
         xi.round_()  # DAC codes
     else:
+        scale_x = engine._input_scale(x)
         xi = torch.sign(x)
     if engine.collect_stats:
         engine._record_stats(xi)
