@@ -40,7 +40,8 @@ from cimflow.chip.spec import ArraySpec
 from cimflow.errors import SimulationError
 from cimflow.mapping import encode_weights
 from cimflow.physics import adc_quantize, quantize_symmetric
-from cimflow.sim import pooling
+from cimflow.physics.hashing import stream_key
+from cimflow.sim import fused_table, pooling
 from cimflow.sim.array_state import (
     ArrayInstance,
     drifted,
@@ -116,6 +117,7 @@ class CIMEmbeddingBag(ArrayInstance):
         self.register_buffer("pool_cache", None, persistent=False)
         self._reference_hint: tuple[torch.Tensor, ...] | None = None  # the reference rows' state while refreshing
         self._adc_range_expected: float | None = None  # ADC range "expected", set by program()
+        self._read_key, self._read_draw = 0, 0  # counter-based read-noise stream of the fused read (sim/fused_table.py)
         # re-programming after a weight change happens before forward, never inside it
         self.register_forward_pre_hook(refresh_before_forward)
         self.collect_stats = False
@@ -190,6 +192,7 @@ class CIMEmbeddingBag(ArrayInstance):
 
     def program(self, seed: int) -> None:
         self._start_programming(seed)
+        self._read_key, self._read_draw = stream_key(int(seed), self.layer_name, "read", "counter"), 0
         device = self._device()
         self.w_scale = self.table.column_scale().to(device)
         if self.spec.kind != "digital":  # slice significances and span, known before any row is read
@@ -441,6 +444,11 @@ class CIMEmbeddingBag(ArrayInstance):
             if shared is None:
                 return out
             idx, bags = idx[shared], bags[shared]
+        if fused_table.applies(out.device, self._calibrating, self.spec.analog_adc().bits):  # one compiled pass
+            reads = fused_table.pool_shared(self, idx, bags, out, singles, NOISE_TAIL)
+            if self.collect_stats:
+                self.stats["reads"] += reads
+            return out
         idx_s, read_starts, read_bags = pooling.group_reads(idx, bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1,
                                                             self.group_rows)
         if self.collect_stats:

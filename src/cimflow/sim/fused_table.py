@@ -1,0 +1,100 @@
+"""The fused CPU read of an embedding table's shared reads: one compiled pass per forward.
+
+Lookups of one bag that fall in one array are read together (at most ``group_rows`` per
+read). In eager PyTorch such a read costs a sort of (bag, array) keys to group the lookups,
+a gather-sum of their rows, a normal per (read, slice, column), the ADC's elementwise passes,
+a scatter of the codes into their bags and the slices' combination, each a pass over memory.
+:func:`pool_shared` does all of it in one kernel (:func:`cimflow.sim.table_kernels.shared_reads`,
+numba): each bag's lookups are ordered by array in place (no global sort), each read's
+partial sums and read-noise variances are summed row by row into a small buffer that stays
+in cache, and the read noise is drawn from the counter-based stream of the fused crossbar
+read (:mod:`cimflow.sim.fused_read`): the table's (seed, name, "read", "counter") key and
+its draw counter, advanced once per forward and restarted by ``program``. Element
+``r S dim + c`` of the draw is read r's column c (reads numbered bag by bag, arrays in
+increasing order), so a normal is needed only where an ADC decision boundary lies within the
+noise's clamp (:data:`cimflow.sim.embedding.NOISE_TAIL` standard deviations): elsewhere every
+draw gives the same code, and the value drawn anywhere else does not depend on it.
+
+The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes`, codes summed
+per bag, slices combined once per bag): the same codes up to float rounding at a code
+boundary (the order of a read's row sum differs); ``tests/sim/test_fused_table.py`` pins
+the noise-free outputs and the noise moments against it. Used on a CPU with a multi-bit ADC
+when numba is importable and ``CIMFLOW_FUSED_READ`` is not ``0``, except while calibrating
+(which records the noisy sums); elsewhere (GPU, no numba) the torch path runs, with the
+table's torch generator: the same statistics, other values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from cimflow.sim import fused_read
+
+if TYPE_CHECKING:
+    from cimflow.sim.embedding import CIMEmbeddingBag
+    from cimflow.sim.pooling import SingleReads
+
+_KERNELS: Any = None
+
+
+def _kernels() -> Any:
+    global _KERNELS
+    if _KERNELS is None:
+        from cimflow.sim import table_kernels
+
+        _KERNELS = table_kernels
+    return _KERNELS
+
+
+def applies(device: torch.device, calibrating: bool, adc_bits: int) -> bool:
+    """Whether :func:`pool_shared` reads a table's shared reads: on a CPU, a multi-bit ADC, not
+    calibrating, numba importable and the fused read not turned off."""
+    return device.type == "cpu" and adc_bits > 1 and not calibrating and fused_read.available()
+
+
+def _operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """Per (slice, column): the sum's factor to ADC steps (times the compensation gain) and the
+    gain's magnitude; per slice and column the code's weight; the ADC's steps per cell and one
+    code's value in cell units."""
+    steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
+    k = steps / table.adc_range
+    gain = table.output_gain
+    if gain is None:
+        mult_x = torch.full((sd,), k, dtype=torch.float32)
+        gain_abs = torch.ones(sd)
+    else:
+        gain = gain.to(torch.device("cpu"), torch.float32).reshape(-1)
+        gain = gain.repeat(sd // gain.numel()) if gain.numel() > 1 else gain.expand(sd)
+        mult_x, gain_abs = (gain * k).contiguous(), gain.abs().contiguous()
+    weights = (table._significance.to(torch.float32).view(-1, 1) * table.w_scale).contiguous()
+    return mult_x, gain_abs, weights, k, 1.0 / k
+
+
+def pool_shared(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: torch.Tensor,
+                singles: SingleReads | None, tail: float) -> int:
+    """Add to ``out`` (bags, dim, float32, CPU) the pooled codes of the lookups of rows ``idx``
+    in ``bags`` (non-decreasing) that share reads (every lookup given is read through the
+    shared path, alone or not) and return the number of reads. Rows come from the table's
+    cache, the rows a lazy table keeps (``singles``), or the hash."""
+    s_count, dim = table._significance.numel(), table.embedding_dim
+    sd = s_count * dim
+    if table.pool_cache is not None:
+        values, where = table.pool_cache, idx
+    elif singles is not None:  # lazy: rows once hashed are kept beside the outcome table
+        values, where = singles.stored_rows(idx, table._effective_rows)
+    else:
+        w, var = table._effective_rows(idx)
+        values, where = (w if var is None else torch.cat([w, var], dim=1)), torch.arange(idx.numel())
+    mult_x, gain_abs, weights, k, unit = _operands(table, sd)
+    draw = table._read_draw
+    table._read_draw = draw + 1
+    steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
+    return int(_kernels().shared_reads(
+        values.contiguous().numpy(), where.contiguous().numpy(), idx.contiguous().numpy(), bags.contiguous().numpy(),
+        table.spec.rows, table.group_rows, mult_x.numpy(), k, gain_abs.numpy(), float(steps), tail, weights.numpy(), unit,
+        fused_read._u64(table._read_key), fused_read._u64(draw), out.numpy()))
+
+
+__all__ = ["applies", "pool_shared"]
