@@ -63,29 +63,20 @@ def test_fast_read_noise_has_the_exact_reads_moments(matrix_units):
     assert bool(((var_a - var_e).abs() > 5 * (var_se2(exact) + var_se2(approx)).sqrt()).any())  # the test can fail
 
 
-def test_fast_read_signal_equals_exact_without_noise(matrix_units):
-    """Without read noise the two modes are the same float32 arithmetic: equal outputs."""
-    torch.manual_seed(12)
-    x = torch.randn(256, 600)
-    cim_f, cim_e = _layer("fast", read_noise=0.0), _layer("exact", read_noise=0.0)
-    with torch.no_grad():
-        y_f, y_e = cim_f(x), cim_e(x)
-    assert float(y_e.abs().max()) > 0 and torch.equal(y_f, y_e)
-
-
 def test_fast_read_keeps_drift_compensation(matrix_units):
-    """Per-column drift compensation (ahead of the ADC) gives the same outputs in both modes."""
+    """Per-column drift compensation (ahead of the ADC) gives the same outputs in both modes,
+    without read noise, up to the int8 planes moving a rare partial sum across a code boundary."""
     torch.manual_seed(13)
     x = torch.randn(64, 600)
     outs = []
     for mode in ("fast", "exact"):
-        cim = _layer(mode)
+        cim = _layer(mode, read_noise=0.0)
         cimflow.compensate(cim, "per_column")
         cimflow.drift(cim, "30d")
         with torch.no_grad():
             outs.append(cim(x))
+    assert cim_layers(cim)[0][1].engine.output_gain is not None  # compensation is on
     scale = float(outs[1].abs().max())
-    # same noise draws; the bfloat16 variance moves a rare ADC code by one step
     assert float(((outs[0] - outs[1]).abs() > 1e-5 * scale).float().mean()) < 0.01
 
 

@@ -158,13 +158,14 @@ class Workspace:
         return t
 
 
-def int_read_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
+def int_read_applies(engine: CrossbarEngine, x: torch.Tensor, min_macs: int | None = None) -> bool:
     """Whether a read of ``x`` (N, in) runs on the integer matrix units (:mod:`cimflow.sim.fastmm`):
-    a CPU that has them, the ``fast`` read, DAC codes of at most 8 bits, a read large enough
-    to gain, not inside ``torch.compile``."""
+    a CPU that has them, the ``fast`` read, DAC codes of at most 8 bits, a read of at least
+    ``min_macs`` multiply-adds (default :data:`BF16_MIN_MACS`: where the unfused read gains),
+    not inside ``torch.compile``."""
     return (x.device.type == "cpu" and engine.spec.input_encoding.bits <= 8 and not torch.compiler.is_compiling()
             and (engine.is_digital or engine.read_noise_mode == "fast")
-            and x.shape[0] * engine.grid.in_features * engine.w_eff.shape[-1] >= BF16_MIN_MACS
+            and x.shape[0] * engine.grid.in_features * engine.w_eff.shape[-1] >= (BF16_MIN_MACS if min_macs is None else min_macs)
             and (not engine.is_digital or (engine.spec.weight_bits or 8) <= 8)
             and matrix_units_available())
 

@@ -64,6 +64,7 @@ def _u64(value: int) -> np.uint64:
 
 _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
+_NO_SQUARES = np.empty((0, 1), np.int16)
 
 
 def normals(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -124,7 +125,7 @@ def dac(x: torch.Tensor, steps_in: float, space: fastmm.Workspace | None) -> tup
     x = x.contiguous()
     codes = torch.empty(x.shape) if space is None else space.get("xi", x.shape, torch.float32)
     scale = torch.empty(x.shape[0], 1)
-    _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy())
+    _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(), _NO_SQUARES)
     return codes, scale
 
 
@@ -134,7 +135,7 @@ def applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
     and a multi-bit ADC, float32 inputs, no statistics being collected, numba here."""
     return (x.dtype == torch.float32 and not engine.is_digital and not engine.collect_stats
             and engine.spec.input_encoding.bits > 1 and not engine.has_fixed_input_range()
-            and engine.spec.analog_adc().bits > 1 and fastmm.int_read_applies(engine, x) and available())
+            and engine.spec.analog_adc().bits > 1 and fastmm.int_read_applies(engine, x, min_macs=0) and available())
 
 
 def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
@@ -153,14 +154,15 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     space = fastmm.workspace(engine)
     codes = space.get("codes", (n, rows), torch.int8)
     scale = torch.empty(n, 1) if keep else space.get("scale", (n, 1), torch.float32)
-    k.quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy())
+    noisy = engine.read_var is not None
+    sq = space.get("squares", (n, rows), torch.bfloat16) if noisy else None
+    k.quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(),
+                    _NO_SQUARES if sq is None else sq.view(torch.int16).numpy())
     prod = space.get("products", (g, n, 2, out), torch.int32)  # one int8 matmul per read group, both planes
     for j, (a, b, w, _) in enumerate(ops.groups):
         torch._int_mm(codes[:, a:b] if g > 1 else codes, w, out=prod[j].view(n, 2 * out))
     var = _EMPTY_I16
-    if engine.read_var is not None:
-        sq = space.get("squares", (n, rows), torch.bfloat16)
-        sq.copy_(codes).square_()
+    if sq is not None:
         v = space.get("variance", (g, n, out), torch.bfloat16)
         for j, (a, b, _, cell) in enumerate(ops.groups):
             assert cell is not None  # made with the variances

@@ -165,23 +165,36 @@ def normals(key, draw, out):  # noqa: ANN001, ANN201
         _fill(dk, start, out[start:start + _CHUNK], bits)
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "nnan", "ninf", "nsz"})
-def quantize_rows(x, steps, eps, codes, scale):  # noqa: ANN001, ANN201
+@_kernel
+def quantize_rows(x, steps, eps, codes, scale, squares):  # noqa: ANN001, ANN201
     """The input DAC with a per-vector range: ``scale[n] = max(max_j |x[n, j]|, eps)`` and
     ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (into ``codes``' dtype: int8 for
-    the integer units, float32 otherwise), float32 as the torch read computes it (finite
-    inputs: the maximum is a vectorized reduction)."""
+    the integer units, float32 otherwise), float32 as the torch read computes it. ``x`` is
+    C-contiguous; the largest |x| is an integer maximum of the floats' bits with the sign
+    cleared (the same order for finite floats, and it vectorizes where a float maximum does not).
+    ``squares`` (N, in) int16, or empty: the codes' squares as bfloat16 bits, rounded to
+    nearest even as ``Tensor.to(torch.bfloat16)`` rounds (the read-noise variance's input)."""
     steps = np.float32(steps)
+    bits = x.view(np.int32)
     for n in range(x.shape[0]):
-        xr = x[n]
-        top = np.float32(eps)
-        for j in range(xr.shape[0]):
-            top = max(top, abs(xr[j]))
-        scale[n] = top
-        f = (np.float32(1.0) / top) * steps
-        cr = codes[n]
-        for j in range(xr.shape[0]):
-            cr[j] = np.rint(xr[j] * f)
+        br = bits[n]
+        top = np.int32(0)
+        for j in range(br.shape[0]):
+            top = max(top, br[j] & np.int32(0x7FFFFFFF))
+        largest = max(np.float32(np.uint32(top).view(np.float32)), np.float32(eps))
+        scale[n] = largest
+        f = (np.float32(1.0) / largest) * steps
+        xr, cr = x[n], codes[n]
+        if squares.shape[0] > 0:
+            sr = squares[n]
+            for j in range(xr.shape[0]):
+                c = np.rint(xr[j] * f)
+                cr[j] = c
+                b = np.uint32(np.float32(c * c).view(np.uint32))
+                sr[j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+        else:
+            for j in range(xr.shape[0]):
+                cr[j] = np.rint(xr[j] * f)
 
 
 @_kernel
