@@ -65,6 +65,7 @@ def _u64(value: int) -> np.uint64:
 _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
+_EMPTY_F32 = torch.empty(0, 1, 1)
 
 
 def normals(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -90,19 +91,23 @@ class Operands:
 
 def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
     def make() -> Operands:
-        planes = fastmm.int8_planes(engine.w_eff[0])
-        g, gr, out = planes.hi.shape
+        w = engine.w_eff[0].contiguous()  # (G, gr, out)
+        g, gr, out = w.shape
         rows = engine.grid.in_features
-        cell = None if engine.read_var is None else (engine.read_var[0] / planes.scale.square()).to(torch.bfloat16)
-        both = torch.stack([planes.hi, planes.lo], dim=2)  # (G, gr, 2, out)
+        both = torch.empty((g, gr, 2, out), dtype=torch.int8)
+        scale = torch.empty((g, out))
+        var = None if engine.read_var is None else engine.read_var[0].contiguous()
+        cell = torch.empty((g, gr, out), dtype=torch.int16) if var is not None else _EMPTY_I16
+        _kernels().weight_planes(w.numpy(), (_EMPTY_F32 if var is None else var).numpy(), both.numpy(), cell.numpy(), scale.numpy())
+        cell_bf16 = cell.view(torch.bfloat16) if var is not None else None
         groups = []
         for k in range(g):
             a, b = k * gr, min((k + 1) * gr, rows)
-            groups.append((a, b, both[k, :b - a].reshape(b - a, 2 * out).contiguous(),
-                           None if cell is None else cell[k, :b - a].contiguous()))
+            groups.append((a, b, both[k, :b - a].view(b - a, 2 * out), None if cell_bf16 is None else cell_bf16[k, :b - a]))
+        planes_scale = scale.view(g, 1, out)
         steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
         rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
-        coef = rng.reciprocal().mul_(steps_adc).mul_(planes.scale)
+        coef = rng.reciprocal().mul_(steps_adc).mul_(planes_scale)
         if engine.output_gain is not None:
             coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
         lsb = rng * (engine.w_scale / (steps_adc * steps_in))
