@@ -153,42 +153,66 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     input scale, the ADC's in-range mask (G, N, out) when a partial sum clipped)."""
     k = _kernels()
     x = x.contiguous()
-    n, rows = x.shape
-    ops = _operands(engine, steps_in)
-    g, out = ops.coef.shape
-    space = fastmm.workspace(engine)
-    codes = space.get("codes", (n, rows), torch.int8)
-    scale = torch.empty(n, 1) if keep else space.get("scale", (n, 1), torch.float32)
+    n = x.shape[0]
+    plan = _plan(engine, n, steps_in)
+    scale = torch.empty(n, 1) if keep else plan.scale
+    k.quantize_rows(x.numpy(), steps_in, EPS, plan.codes_np, scale.view(-1).numpy(), plan.squares_np)
+    for codes, w, dest in plan.products:  # one int8 matmul per read group, both planes
+        torch._int_mm(codes, w, out=dest)
+    for squares, cell, dest in plan.variances:
+        torch.mm(squares, cell, out=dest)
     noisy = engine.read_var is not None
-    sq = space.get("squares", (n, rows), torch.bfloat16) if noisy else None
-    k.quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(),
-                    _NO_SQUARES if sq is None else sq.view(torch.int16).numpy())
-    prod = space.get("products", (g, n, 2, out), torch.int32)  # one int8 matmul per read group, both planes
-    for j, (a, b, w, _) in enumerate(ops.groups):
-        torch._int_mm(codes[:, a:b] if g > 1 else codes, w, out=prod[j].view(n, 2 * out))
-    var = _EMPTY_I16
-    if sq is not None:
-        v = space.get("variance", (g, n, out), torch.bfloat16)
-        for j, (a, b, _, cell) in enumerate(ops.groups):
-            assert cell is not None  # made with the variances
-            torch.mm(sq[:, a:b] if g > 1 else sq, cell, out=v[j])
-        var = v.view(torch.int16)
-    given = engine.read_var is not None and keep and getattr(engine, "_read_noise_pool", None) is not None
-    if given:  # training's pooled normals
-        z = training_read_normal(engine, torch.empty((g, n, out))).reshape(-1)
-    else:  # scratch for the layer's stream
-        z = space.get("normals", (n * g * out if engine.read_var is not None else 0,), torch.float32)
+    given = noisy and keep and getattr(engine, "_read_noise_pool", None) is not None
+    z_np = (training_read_normal(engine, torch.empty(plan.prod.shape[:2] + plan.prod.shape[3:])).reshape(-1).numpy() if given
+            else plan.z_np)  # training's pooled normals, or scratch for the layer's stream
     draw = int(engine.read_counter)
-    if engine.read_var is not None and not given:
+    if noisy and not given:
         engine.read_counter.add_(1)
-    y = torch.empty((n, out), dtype=torch.float32)
-    mask = torch.empty((g, n, out), dtype=torch.bool) if keep else _EMPTY_BOOL
-    clipped = k.int_readout(prod.numpy(), var.view(-1, n, out).numpy(), z.numpy(), _u64(engine._read_key), _u64(draw), given,
-                            ops.coef.numpy(), float((1 << (engine.spec.analog_adc().bits - 1)) - 1), ops.lsb.numpy(),
-                            scale.view(-1).numpy(), y.numpy(), mask.view(-1, n, out).numpy())
-    kept: dict[str, torch.Tensor | None] = {"xi": codes.to(torch.float32) if keep else None, "scale_x": scale,
+    y = torch.empty((n, plan.out), dtype=torch.float32)
+    mask = torch.empty(plan.var_shape, dtype=torch.bool) if keep else _EMPTY_BOOL
+    clipped = k.int_readout(plan.prod_np, plan.var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc,
+                            plan.lsb_np, scale.view(-1).numpy(), y.numpy(), mask.view(-1, n, plan.out).numpy())
+    kept: dict[str, torch.Tensor | None] = {"xi": plan.codes.to(torch.float32) if keep else None, "scale_x": scale,
                                             "adc_inside": mask if keep and clipped else None, "dac_inside": None}
     return y, kept
+
+
+class _Plan:
+    """One layer's fused read of ``n`` vectors, laid out once: the scratch tensors (DAC codes,
+    their squares, products, variances, normals), the per-group matmul calls writing into
+    them, and NumPy views of what the kernels take (each view costs a call)."""
+
+    def __init__(self, engine: CrossbarEngine, ops: Operands, n: int, steps_in: float) -> None:
+        g, out = ops.coef.shape
+        rows = engine.grid.in_features
+        noisy = engine.read_var is not None
+        self.ops, self.n, self.out = ops, n, out
+        self.codes = torch.empty((n, rows), dtype=torch.int8)
+        self.codes_np = self.codes.numpy()
+        self.scale = torch.empty(n, 1)
+        squares = torch.empty((n, rows), dtype=torch.bfloat16) if noisy else None
+        self.squares_np = _NO_SQUARES if squares is None else squares.view(torch.int16).numpy()
+        self.prod = torch.empty((g, n, 2, out), dtype=torch.int32)
+        self.prod_np = self.prod.numpy()
+        self.products = [(self.codes[:, a:b] if g > 1 else self.codes, w, self.prod[j].view(n, 2 * out))
+                         for j, (a, b, w, _) in enumerate(ops.groups)]
+        self.var_shape = (g, n, out)
+        var = torch.empty(self.var_shape, dtype=torch.bfloat16) if noisy else _EMPTY_I16
+        self.variances = [] if squares is None else [(squares[:, a:b] if g > 1 else squares, cell, var[j])
+                                                     for j, (a, b, _, cell) in enumerate(ops.groups) if cell is not None]
+        self.var_np = var.view(torch.int16).view(-1, n, out).numpy()
+        self.z_np = np.empty(n * g * out if noisy else 0, np.float32)
+        self.key = _u64(engine._read_key)
+        self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
+        self.coef_np, self.lsb_np = ops.coef.numpy(), ops.lsb.numpy()
+
+
+def _plan(engine: CrossbarEngine, n: int, steps_in: float) -> _Plan:
+    ops = _operands(engine, steps_in)
+    plan = engine.__dict__.get("_fused_plan")
+    if plan is None or plan.ops is not ops or plan.n != n:
+        plan = engine.__dict__["_fused_plan"] = _Plan(engine, ops, n, steps_in)
+    return plan
 
 
 __all__ = ["Operands", "applies", "available", "dac", "dac_applies", "normals", "read"]
