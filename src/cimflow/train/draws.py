@@ -30,7 +30,7 @@ refresh); any other covered layer is programmed by ``CrossbarEngine.program(seed
 draws=..., t_seconds=...)`` itself, the pools its draw source (:class:`_PooledSource`).
 
 Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell), the fast
-path's buffers about 52 bytes per weight; a device plug-in adds 8 bytes per cell for every
+path's buffers about 36 bytes per weight (52 in the torch form); a device plug-in adds 8 bytes per cell for every
 kind of draw it asks for.
 
 An instance made here is not re-drawn by its seed: ``CrossbarEngine.stuck_masks`` (which
@@ -46,7 +46,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +56,8 @@ from cimflow.chip.spec import Device
 from cimflow.errors import CimflowError
 from cimflow.physics import derive_seed, generator_for, sample_drift_exponents, sample_stuck_mask
 from cimflow.physics.hashing import stream_key
+from cimflow.sim import fused_read
+from cimflow.sim.array_state import full_scale_from_sums
 from cimflow.sim.convert import cim_layers
 from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool
 from cimflow.sim.engine import CrossbarEngine
@@ -74,20 +78,25 @@ class StuckPool:
         chunk, size = self.pool.chunk, 2 * n
         self._slices = [(a, min(a + chunk, size)) for a in range(0, size, chunk)]
         self._stuck = [self._positions(a, b) for a, b in self._slices]
+        self._stale: set[int] = set()  # slices renewed since their positions were taken
 
     def _positions(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         codes = self.pool.data[start:end]
         return torch.nonzero(codes == 1).flatten() + start, torch.nonzero(codes == -1).flatten() + start
 
     def renew(self) -> None:
-        start, end = self.pool.renew()
-        k = start // self.pool.chunk
-        self._stuck[k] = self._positions(start, end)
+        """Re-draw the pool's next slice (its positions are taken again when :meth:`window`
+        next needs them; a caller reading the codes themselves never pays for them)."""
+        start, _ = self.pool.renew()
+        self._stale.add(start // self.pool.chunk)
 
     def window(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat indices (within the window) of the stuck-on and stuck-off cells at ``offset``:
         the slices inside the window whole, the two it cuts by binary search (no pass that
         tests every index)."""
+        for k in self._stale:
+            self._stuck[k] = self._positions(*self._slices[k])
+        self._stale.clear()
         end = offset + self.pool.n
         out = []
         for side in (0, 1):
@@ -146,7 +155,10 @@ class PooledDraws:
         return self._draw("uniform", purpose, k)
 
 
-_StuckIndex = tuple[torch.Tensor, torch.Tensor] | None  # flat indices of stuck-on and stuck-off cells
+_StuckWindow = tuple[StuckPool, int] | None  # a stuck pool and this instance's window offset in it
+_NO_CODES = np.empty((0, 1, 1), np.int8)  # the compiled kernels' empty operands
+_NO_CELLS = np.empty((0, 1), np.float32)
+_NO_CELLS3 = np.empty((0, 1, 1), np.float32)
 
 
 @dataclass
@@ -220,20 +232,12 @@ def _fast(layer: CIMLayer) -> bool:
             and eng.read_noise_mode != "column_mean" and generic_physics(eng.spec.device))
 
 
-def _sigma_in_levels(dev: Device) -> list[float]:
-    """Coefficients ``b_k`` (highest power first) with ``sum_k b_k l^k`` equal to the
-    programming sigma (siemens) of a cell programmed to level ``l``, i.e. to
-    ``g_min + l (g_max - g_min) / (levels - 1)``: the device's polynomial in ``G / g_max``
-    (:func:`cimflow.physics.programming_sigma`) composed with the level's conductance."""
-    a = dev.g_min / dev.g_max  # x = a + d l
-    d = (dev.g_max - dev.g_min) / (dev.n_levels - 1) / dev.g_max
-    out = [0.0]  # polynomial in l, lowest power first
-    for c in reversed(dev.programming_noise.coefficients):  # Horner: out = out * (a + d l) + c
-        shifted = [0.0] + [d * v for v in out]
-        out = [a * v for v in out] + [0.0]
-        out = [u + v for u, v in zip(out, shifted, strict=True)]
-        out[0] += c
-    return [dev.g_max * v for v in reversed(out)]
+def _sigma_coefficients(dev: Device) -> list[float]:
+    """The programming sigma's polynomial in ``x = G / g_max`` with ``g_max`` folded in
+    (siemens), highest power first: ``sigma = sum_k b_k x^k``, evaluated by Horner's rule in
+    ``x`` as :func:`cimflow.physics.programming_sigma` does (a polynomial in the level instead
+    would lose float32 digits to cancellation at high degree)."""
+    return [c * dev.g_max for c in reversed(dev.programming_noise.coefficients)]
 
 
 class _Workspace:
@@ -246,15 +250,21 @@ class _Workspace:
         rows, out = eng.grid.in_features, eng.grid.out_features
         g, gr = eng.grid.read_groups, eng.grid.group_rows
         self.levels = torch.empty(rows, out, device=device)
-        self.a = torch.empty(2, rows, out, device=device)
-        self.b = torch.empty(2, rows, out, device=device)
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # the torch form's two (2, in, out) buffers
         self.g0 = [torch.empty(2, rows, out, device=device) for _ in range(2)]
         self.w_eff = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)]
         self.read_var = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)] if eng.spec.device.read_noise > 0 else None
         self.bounds = [(k * gr, min((k + 1) * gr, rows)) for k in range(g)]
-        self.sigma = _sigma_in_levels(eng.spec.device)
+        self.sigma = _sigma_coefficients(eng.spec.device)
+        self.padded: np.ndarray | None = None  # the compiled form's copy of sigma, padded
         self.significance = torch.ones(1, device=device)
         self.flip = 0
+
+    def scratch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two (2, in, out) buffers of the torch form (the compiled one needs none), made once."""
+        if self._scratch is None:
+            self._scratch = (torch.empty_like(self.g0[0]), torch.empty_like(self.g0[0]))
+        return self._scratch
 
 
 class InstanceDraws:
@@ -286,9 +296,9 @@ class InstanceDraws:
         pools = self._pools[name] = _LayerPools(stuck, shape, device, dev)
         return pools
 
-    def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, _StuckIndex]:
+    def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, _StuckWindow]:
         """Renew the pools by one slice and take this instance's windows: standard normals,
-        drift exponents (both shaped like the cells) and the stuck cells' flat indices."""
+        drift exponents (both shaped like the cells) and the stuck pool's window offset."""
         if pools.normal is None or pools.drift is None:
             dev, n, device = pools.spec, math.prod(pools.shape), pools.device
 
@@ -308,7 +318,7 @@ class InstanceDraws:
         off_z, off_nu, off_stuck = (derive_seed(seed, name, "hwa-window", purpose) % (n + 1) for purpose in ("program", "drift", "stuck"))
         z = pools.normal.window(off_z).view(pools.shape)
         nu = pools.drift.window(off_nu).view(pools.shape)
-        return z, nu, None if pools.stuck is None else pools.stuck.window(off_stuck)
+        return z, nu, None if pools.stuck is None else (pools.stuck, off_stuck)
 
     @torch.no_grad()
     def program_layer(self, name: str, layer: CIMLayer, seed: int, t_seconds: float | None = None) -> None:
@@ -355,10 +365,12 @@ class InstanceDraws:
 
     def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
         """One differential slice, in place: the same conductances, drift, effective weights,
-        read-noise variances and ADC ranges as ``program`` + ``set_time``, in about a third of
-        the elementwise passes and no fresh large tensor."""
+        read-noise variances and ADC ranges as ``program`` + ``set_time``, and no fresh large
+        tensor; the per-cell arithmetic in three compiled passes where numba runs
+        (:mod:`cimflow.train.program_kernels`), else in about a third of the elementwise
+        torch passes of ``program`` + ``set_time`` (:meth:`_cells_torch`)."""
         eng = layer.engine
-        spec, dev = eng.spec, eng.spec.device
+        dev = eng.spec.device
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, in): rows contiguous
         rows, out = eng.grid.in_features, eng.grid.out_features
         pools = self._pools_for(name, layer, (2, rows, out), weight.device)
@@ -367,68 +379,21 @@ class InstanceDraws:
         ws = pools.work
         ws.flip ^= 1
         z, nu, stuck = self._windows(pools, name, seed)
-        # weight scale (mapping.weight_scales: max |w| per column or per layer, 1 for all-zero)
-        scale = torch.maximum(weight.amax(dim=1), weight.amin(dim=1).neg_())
-        if spec.weight_scaling != "per_column":
-            scale = scale.amax().expand(out).clone()
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        eng.w_scale = scale
-        # signed level of every weight (mapping.encode_weights, differential): round(w / scale * (levels - 1))
-        lev = torch.div(weight.t(), scale, out=ws.levels).clamp_(-1.0, 1.0).mul_(dev.n_levels - 1).round_()
-        a, b = ws.a, ws.b
-        torch.clamp_min(lev, 0.0, out=a[0])  # the positive cell's level, then the negative cell's
-        torch.sub(a[0], lev, out=a[1])
-        # programming sigma at each cell's target level (Horner in levels), then the target
-        coeffs = ws.sigma
-        g0 = ws.g0[ws.flip]
-        if any(c != 0 for c in dev.programming_noise.coefficients):
-            if len(coeffs) == 1:
-                b.fill_(coeffs[0])
-            else:
-                torch.mul(a, coeffs[0], out=b).add_(coeffs[1])
-                for c in coeffs[2:]:
-                    b.mul_(a).add_(c)
-            b.clamp_min_(0.0)
-            a.mul_((dev.g_max - dev.g_min) / (dev.n_levels - 1)).add_(dev.g_min)
-            torch.addcmul(a, b, z, out=g0).clamp_min_(0.0)
-        else:
-            a.mul_((dev.g_max - dev.g_min) / (dev.n_levels - 1)).add_(dev.g_min)
-            g0.copy_(a)
-        if stuck is not None:
-            g0.view(-1).index_fill_(0, stuck[0], dev.g_max).index_fill_(0, stuck[1], dev.g_min)
-        den = dev.g_max - dev.g_min
-        # ADC full scale, set at programming time (t0): per read group and array, the largest
-        # column sum of |w_eff| (the engine's _initial_adc_range)
-        w_eff = ws.w_eff[ws.flip]
+        g0, w_eff = ws.g0[ws.flip], ws.w_eff[ws.flip]
+        var = None if ws.read_var is None else ws.read_var[ws.flip]
         eng.w_eff = w_eff
-        flat = w_eff.view(-1, out)[:rows]
-        adc = spec.adc
-        if adc is not None and (adc.range == "per_array_max" or (adc.range == "percentile" and eng.adc_range_calibrated is None)):
-            diff = torch.sub(g0[0], g0[1], out=a[0]).abs_()
-            col = torch.stack([diff[i:j].sum(dim=0) for i, j in ws.bounds]).div_(den)  # (G, out)
-            eng.adc_range = eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12)
-        else:  # any other law: the engine's own, on the effective weights at t0
-            torch.sub(g0[0], g0[1], out=flat).div_(den)
-            eng.adc_range = eng._initial_adc_range()
-        # conductances at t (the drift law G(t0) (t / t0) ** -nu), effective weights, read noise
-        t0 = dev.drift.t0_s
-        g_t = g0
-        if t > t0:
-            g_t = torch.mul(nu, -math.log(t / t0), out=b).exp_().mul_(g0)
-        torch.sub(g_t[0], g_t[1], out=flat).div_(den)
-        if ws.read_var is not None:
-            var = ws.read_var[ws.flip].view(-1, out)[:rows]
-            sq = torch.div(g_t, den, out=a).square_()
-            torch.add(sq[0], sq[1], out=var).mul_(dev.read_noise**2)
-            eng.read_var = ws.read_var[ws.flip]
+        kernels = _compiled_kernels(weight, z, nu, ws)
+        if kernels is not None:
+            _cells_compiled(kernels, eng, weight, z, nu, stuck, ws, g0, var, t)
         else:
-            eng.read_var = None
+            _cells_torch(eng, weight, z, nu, stuck, ws, g0, var, t)
+        eng.read_var = var
         if hasattr(eng, "_read_var_bf16"):
             eng._read_var_bf16 = None  # the fast inference read's bfloat16 copy of read_var
         eng.g_pos, eng.g_neg = g0[0:1], g0[1:2]
         eng.nu_pos, eng.nu_neg = nu[0:1], nu[1:2]
         eng.significance = ws.significance
-        eng.denominator = den
+        eng.denominator = dev.g_max - dev.g_min
         eng.t_seconds = t
 
     def program(self, model: nn.Module, seed: int, times: Mapping[str, float] | None = None) -> None:
@@ -442,6 +407,124 @@ class InstanceDraws:
                 self.program_layer(name, layer, seed, t)
             else:
                 program_at(layer, seed, t)
+
+
+def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, ws: _Workspace) -> Any:
+    """:mod:`cimflow.train.program_kernels` when the fast path's cells can be programmed by it
+    (float32 tensors on the CPU, numba importable, ``CIMFLOW_FUSED_READ`` not 0: the switch
+    of every compiled kernel, :func:`cimflow.sim.fused_read.available`), else None."""
+    if not all(v.device.type == "cpu" and v.dtype == torch.float32 for v in (weight, z, nu, ws.levels)):
+        return None
+    if not fused_read.available():
+        return None
+    try:
+        from cimflow.train import program_kernels
+    except ImportError:  # numba not built for this Python: the torch form
+        return None
+    return program_kernels
+
+
+def _adc_from_sums(eng: CrossbarEngine, col: torch.Tensor) -> None:
+    """The engine's ADC full scale from the per-read-group column sums of |w_eff| at t0 ``col``
+    (G, out), normalized: the largest of each array (``CrossbarEngine._initial_adc_range``)."""
+    eng.adc_range = eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12)
+
+
+def _sums_set_adc(eng: CrossbarEngine) -> bool:
+    """Whether the ADC full scale is set from the column sums at t0 (``per_array_max``, or a
+    ``percentile`` range not calibrated yet); any other law takes the engine's own."""
+    adc = eng.spec.adc
+    return adc is not None and (adc.range == "per_array_max" or (adc.range == "percentile" and eng.adc_range_calibrated is None))
+
+
+def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, stuck: _StuckWindow,
+                    ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> None:
+    """The fast path's per-cell arithmetic in :mod:`cimflow.train.program_kernels`."""
+    spec, dev = eng.spec, eng.spec.device
+    rows, out = eng.grid.in_features, eng.grid.out_features
+    w = weight.contiguous().numpy()
+    scale = torch.empty(out)
+    k.column_scales(w, spec.weight_scaling == "per_column", scale.numpy())
+    eng.w_scale = scale
+    k.levels(w, scale.numpy(), float(dev.n_levels - 1), ws.levels.numpy())
+    codes = _NO_CODES if stuck is None else stuck[0].pool.window(stuck[1]).view(g0.shape).numpy()
+    if ws.padded is None:
+        ws.padded = np.array([0.0] * (k.COEFFICIENTS - len(ws.sigma)) + ws.sigma)  # leading zeros: the same Horner values
+    k.program_cells(ws.levels.numpy(), z.numpy(), ws.padded, (dev.g_max - dev.g_min) / (dev.n_levels - 1), dev.g_min, dev.g_max,
+                    codes, g0.numpy())
+    den = dev.g_max - dev.g_min
+    flat = eng.w_eff.view(-1, out)[:rows].numpy()
+    t0 = dev.drift.t0_s
+    adc = spec.adc
+    law: str | None = None if adc is None else adc.range
+    if law in ("expected", "percentile") and eng.adc_range_calibrated is not None:
+        law = "calibrated"
+    sums = torch.empty(3, eng.grid.read_groups, out) if law in ("per_array_max", "percentile", "expected") else None
+    k.age_cells(g0.numpy(), nu.numpy(), math.log(t / t0) if t > t0 else 0.0, den, dev.read_noise**2, eng.grid.group_rows,
+                _NO_CELLS3 if sums is None else sums.numpy(), flat, _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy())
+    if sums is None:  # fixed, calibrated (or no ADC): the engine's own law, which reads no weights
+        eng.adc_range = eng._initial_adc_range()
+    elif law == "expected":
+        assert adc is not None
+        _adc_from_sums(eng, full_scale_from_sums(sums[1], sums[2], sums[0], adc.sigmas, spec.input_encoding))
+    else:  # per array, the largest column sum of |w_eff|
+        _adc_from_sums(eng, sums[0])
+
+
+def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, stuck: _StuckWindow,
+                 ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> None:
+    """The fast path's per-cell arithmetic as in-place torch passes (any device and dtype)."""
+    spec, dev = eng.spec, eng.spec.device
+    rows, out = eng.grid.in_features, eng.grid.out_features
+    # weight scale (mapping.weight_scales: max |w| per column or per layer, 1 for all-zero)
+    scale = torch.maximum(weight.amax(dim=1), weight.amin(dim=1).neg_())
+    if spec.weight_scaling != "per_column":
+        scale = scale.amax().expand(out).clone()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    eng.w_scale = scale
+    # signed level of every weight (mapping.encode_weights, differential): round(w / scale * (levels - 1))
+    lev = torch.div(weight.t(), scale, out=ws.levels).clamp_(-1.0, 1.0).mul_(dev.n_levels - 1).round_()
+    a, b = ws.scratch()
+    torch.clamp_min(lev, 0.0, out=a[0])  # the positive cell's level, then the negative cell's
+    torch.sub(a[0], lev, out=a[1])
+    # the targets, then the programming sigma at each (Horner in G / g_max), then the draw
+    a.mul_((dev.g_max - dev.g_min) / (dev.n_levels - 1)).add_(dev.g_min)
+    coeffs = ws.sigma
+    if any(c != 0 for c in coeffs):
+        if len(coeffs) == 1:
+            b.fill_(coeffs[0])
+        else:
+            x = torch.div(a, dev.g_max, out=g0)  # g0 as scratch until the draw
+            torch.mul(x, coeffs[0], out=b).add_(coeffs[1])
+            for c in coeffs[2:]:
+                b.mul_(x).add_(c)
+        b.clamp_min_(0.0)
+        torch.addcmul(a, b, z, out=g0).clamp_min_(0.0)
+    else:
+        g0.copy_(a)
+    if stuck is not None:
+        on, off = stuck[0].window(stuck[1])
+        g0.view(-1).index_fill_(0, on, dev.g_max).index_fill_(0, off, dev.g_min)
+    den = dev.g_max - dev.g_min
+    # ADC full scale, set at programming time (t0): per read group and array, the largest
+    # column sum of |w_eff| (the engine's _initial_adc_range)
+    flat = eng.w_eff.view(-1, out)[:rows]
+    if _sums_set_adc(eng):
+        diff = torch.sub(g0[0], g0[1], out=a[0]).abs_()
+        _adc_from_sums(eng, torch.stack([diff[i:j].sum(dim=0) for i, j in ws.bounds]).div_(den))  # (G, out)
+    else:  # any other law: the engine's own, on the effective weights at t0
+        torch.sub(g0[0], g0[1], out=flat).div_(den)
+        eng.adc_range = eng._initial_adc_range()
+    # conductances at t (the drift law G(t0) (t / t0) ** -nu), effective weights, read noise
+    t0 = dev.drift.t0_s
+    g_t = g0
+    if t > t0:
+        g_t = torch.mul(nu, -math.log(t / t0), out=b).exp_().mul_(g0)
+    torch.sub(g_t[0], g_t[1], out=flat).div_(den)
+    if var is not None:
+        v = var.view(-1, out)[:rows]
+        sq = torch.div(g_t, den, out=a).square_()
+        torch.add(sq[0], sq[1], out=v).mul_(dev.read_noise**2)
 
 
 def program_at(layer: nn.Module, seed: int, t_seconds: float | None) -> None:
