@@ -57,6 +57,8 @@ def _instance(chip, compiled: bool, monkeypatch, t: float, in_f: int = 300, out_
     draws.program_layer("0", cim[0], 6, t)  # the first instance is checked against (and left as) the engine's own refresh
     draws.program_layer("0", cim[0], 7, t)
     assert ran == [compiled, compiled] and not draws.fallbacks
+    work = draws._pools["0"].work
+    assert work is not None and (work._scratch is None) == compiled  # the compiled form needs no scratch buffers
     eng = cim[0].engine
     return {key: getattr(eng, key).clone() for key in ("g_pos", "g_neg", "w_scale", "w_eff", "read_var", "adc_range")
             if getattr(eng, key) is not None}
@@ -142,10 +144,10 @@ def test_the_torch_form_runs_when_the_kernels_are_off(monkeypatch):
     draws.program_layer("0", cim[0], 1, 1e3)
     ws = draws._pools["0"].work
     assert ws is not None and ws._scratch is not None  # the torch form's buffers were made
-    assert draws_module._compiled_kernels(weight, ws.levels, ws.levels, ws) is None
+    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is None
     monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
-    assert draws_module._compiled_kernels(weight, ws.levels, ws.levels, ws) is not None
-    assert draws_module._compiled_kernels(weight.double(), ws.levels, ws.levels, ws) is None
+    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is not None
+    assert draws_module._compiled_kernels(weight.double(), ws.g0[0], ws.g0[0], ws) is None
 
 
 @settings(max_examples=30, deadline=None)

@@ -30,7 +30,7 @@ refresh); any other covered layer is programmed by ``CrossbarEngine.program(seed
 draws=..., t_seconds=...)`` itself, the pools its draw source (:class:`_PooledSource`).
 
 Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell), the fast
-path's buffers about 36 bytes per weight (52 in the torch form); a device plug-in adds 8 bytes per cell for every
+path's buffers about 32 bytes per weight (52 in the torch form); a device plug-in adds 8 bytes per cell for every
 kind of draw it asks for.
 
 An instance made here is not re-drawn by its seed: ``CrossbarEngine.stuck_masks`` (which
@@ -249,8 +249,7 @@ class _Workspace:
     def __init__(self, eng: CrossbarEngine, device: torch.device) -> None:
         rows, out = eng.grid.in_features, eng.grid.out_features
         g, gr = eng.grid.read_groups, eng.grid.group_rows
-        self.levels = torch.empty(rows, out, device=device)
-        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # the torch form's two (2, in, out) buffers
+        self._scratch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the torch form's buffers
         self.g0 = [torch.empty(2, rows, out, device=device) for _ in range(2)]
         self.w_eff = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)]
         self.read_var = [torch.zeros(1, g, gr, out, device=device) for _ in range(2)] if eng.spec.device.read_noise > 0 else None
@@ -260,10 +259,12 @@ class _Workspace:
         self.significance = torch.ones(1, device=device)
         self.flip = 0
 
-    def scratch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two (2, in, out) buffers of the torch form (the compiled one needs none), made once."""
+    def scratch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The torch form's buffers (the compiled one needs none), made once: the levels (in,
+        out) and two (2, in, out)."""
         if self._scratch is None:
-            self._scratch = (torch.empty_like(self.g0[0]), torch.empty_like(self.g0[0]))
+            g = self.g0[0]
+            self._scratch = (torch.empty(g.shape[1:], dtype=g.dtype, device=g.device), torch.empty_like(g), torch.empty_like(g))
         return self._scratch
 
 
@@ -413,7 +414,7 @@ def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, w
     """:mod:`cimflow.train.program_kernels` when the fast path's cells can be programmed by it
     (float32 tensors on the CPU, numba importable, ``CIMFLOW_FUSED_READ`` not 0: the switch
     of every compiled kernel, :func:`cimflow.sim.fused_read.available`), else None."""
-    if not all(v.device.type == "cpu" and v.dtype == torch.float32 for v in (weight, z, nu, ws.levels)):
+    if not all(v.device.type == "cpu" and v.dtype == torch.float32 for v in (weight, z, nu, ws.g0[0])):
         return None
     if not fused_read.available():
         return None
@@ -446,22 +447,19 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
     scale = torch.empty(out)
     k.column_scales(w, spec.weight_scaling == "per_column", scale.numpy())
     eng.w_scale = scale
-    k.levels(w, scale.numpy(), float(dev.n_levels - 1), ws.levels.numpy())
     codes = _NO_CODES if stuck is None else stuck[0].pool.window(stuck[1]).view(g0.shape).numpy()
     if ws.padded is None:
         ws.padded = np.array([0.0] * (k.COEFFICIENTS - len(ws.sigma)) + ws.sigma)  # leading zeros: the same Horner values
-    k.program_cells(ws.levels.numpy(), z.numpy(), ws.padded, (dev.g_max - dev.g_min) / (dev.n_levels - 1), dev.g_min, dev.g_max,
-                    codes, g0.numpy())
-    den = dev.g_max - dev.g_min
-    flat = eng.w_eff.view(-1, out)[:rows].numpy()
-    t0 = dev.drift.t0_s
     adc = spec.adc
     law: str | None = None if adc is None else adc.range
     if law in ("expected", "percentile") and eng.adc_range_calibrated is not None:
         law = "calibrated"
     sums = torch.empty(3, eng.grid.read_groups, out) if law in ("per_array_max", "percentile", "expected") else None
-    k.age_cells(g0.numpy(), nu.numpy(), math.log(t / t0) if t > t0 else 0.0, den, dev.read_noise**2, eng.grid.group_rows,
-                _NO_CELLS3 if sums is None else sums.numpy(), flat, _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy())
+    t0, den = dev.drift.t0_s, dev.g_max - dev.g_min
+    k.program_instance(w, scale.numpy(), float(dev.n_levels - 1), z.numpy(), ws.padded, den / (dev.n_levels - 1), dev.g_min,
+                       dev.g_max, codes, nu.numpy(), math.log(t / t0) if t > t0 else 0.0, den, dev.read_noise**2,
+                       eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
+                       eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy())
     if sums is None:  # fixed, calibrated (or no ADC): the engine's own law, which reads no weights
         eng.adc_range = eng._initial_adc_range()
     elif law == "expected":
@@ -483,8 +481,8 @@ def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     eng.w_scale = scale
     # signed level of every weight (mapping.encode_weights, differential): round(w / scale * (levels - 1))
-    lev = torch.div(weight.t(), scale, out=ws.levels).clamp_(-1.0, 1.0).mul_(dev.n_levels - 1).round_()
-    a, b = ws.scratch()
+    levels, a, b = ws.scratch()
+    lev = torch.div(weight.t(), scale, out=levels).clamp_(-1.0, 1.0).mul_(dev.n_levels - 1).round_()
     torch.clamp_min(lev, 0.0, out=a[0])  # the positive cell's level, then the negative cell's
     torch.sub(a[0], lev, out=a[1])
     # the targets, then the programming sigma at each (Horner in G / g_max), then the draw

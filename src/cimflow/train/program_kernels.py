@@ -40,7 +40,7 @@ _inline = njit(inline="always", cache=True, nogil=True, error_model="numpy", fas
 _F = np.float32
 #: the programming-sigma polynomial's coefficients are padded to this many (the spec allows 8)
 COEFFICIENTS = 8
-_BLOCK = 32  # square blocks of the transpose: 32 x 32 float32 in and out stay in the L1 cache
+_ROWS = 16  # cell rows per block: 16 float32 of a weight row are one 64-byte cache line
 _LOG2E = _F(1.0 / math.log(2.0))
 # ln 2 split so that k ln2_hi is exact for |k| < 2^11 (Cody and Waite's reduction)
 _LN2_HI = _F(0.693359375)
@@ -96,99 +96,118 @@ def column_scales(weight, per_column, scale):  # noqa: ANN001, ANN201
             scale[o] = _F(1.0)
 
 
-@_kernel
-def levels(weight, scale, top, out):  # noqa: ANN001, ANN201
-    """``out[i, o] = rint(clamp(weight[o, i] / scale[o], -1, 1) * top)``: the signed level of
-    every weight (``weight`` (out, in), ``out`` (in, out), float32), in square blocks."""
-    n_out, n_in = weight.shape
-    top = _F(top)
+@_inline
+def _levels_block(weight, scale, top, i0, block):  # noqa: ANN001, ANN202
+    """``block[r, o] = rint(clamp(weight[o, i0 + r] / scale[o], -1, 1) * top)`` for the rows
+    ``r < len(block)`` (``weight`` (out, in)): a block of the signed levels, transposed to the
+    cells' (in, out) layout (each weight row's slice is one cache line)."""
     one = _F(1.0)
-    for o0 in range(0, n_out, _BLOCK):
-        o1 = min(n_out, o0 + _BLOCK)
-        for i0 in range(0, n_in, _BLOCK):
-            i1 = min(n_in, i0 + _BLOCK)
-            for o in range(o0, o1):
-                s, wr = scale[o], weight[o]
-                for i in range(i0, i1):
-                    v = wr[i] / s
-                    out[i, o] = np.rint(max(-one, min(one, v)) * top)
+    for o in range(weight.shape[0]):
+        s, wr = scale[o], weight[o, i0:i0 + block.shape[0]]
+        for r in range(wr.shape[0]):
+            block[r, o] = np.rint(max(-one, min(one, wr[r] / s)) * top)
 
 
-@_kernel
-def program_cells(lev, z, coeffs, step, g_min, g_max, stuck, g0):  # noqa: ANN001, ANN201
-    """Conductances at ``t0`` (``g0`` (2, in, out): positive cells, then negative ones) of
-    the signed levels ``lev`` (in, out): the positive cell at ``max(l, 0)``, the negative at
-    ``max(l, 0) - l``; target ``G = level * step + g_min``; sigma the polynomial ``coeffs``
-    (``COEFFICIENTS`` of them, highest power first, leading zeros as padding) in
-    ``G / g_max``, clamped at 0; ``g0 = max(G + sigma z, 0)`` with ``z`` (2, in, out)
-    standard normals; then the stuck cells: ``g_max`` where the int8 code ``stuck`` (2, in,
-    out; or empty: none) is 1, ``g_min`` where it is -1."""
-    rows, m = lev.shape
-    step, g_min, top, zero = _F(step), _F(g_min), _F(g_max), _F(0.0)
+@_inline
+def _program_row(lr, zp, zn, gp, gn, coeffs, step, g_min, top):  # noqa: ANN001, ANN202
+    """One row of both cells' conductances at t0 from the signed levels ``lr`` (see
+    :func:`program_instance`)."""
+    zero = _F(0.0)
     c0, c1, c2, c3 = _F(coeffs[0]), _F(coeffs[1]), _F(coeffs[2]), _F(coeffs[3])
     c4, c5, c6, c7 = _F(coeffs[4]), _F(coeffs[5]), _F(coeffs[6]), _F(coeffs[7])
-    has_stuck = stuck.shape[0] > 0
-    for i in range(rows):
-        lr, zp, zn, gp, gn = lev[i], z[0, i], z[1, i], g0[0, i], g0[1, i]
-        for j in range(m):
-            p = max(lr[j], zero)
-            tp, tn = p * step + g_min, (p - lr[j]) * step + g_min
-            xp, xn = tp / top, tn / top
-            sp = ((((((c0 * xp + c1) * xp + c2) * xp + c3) * xp + c4) * xp + c5) * xp + c6) * xp + c7
-            sn = ((((((c0 * xn + c1) * xn + c2) * xn + c3) * xn + c4) * xn + c5) * xn + c6) * xn + c7
-            gp[j] = max(tp + max(sp, zero) * zp[j], zero)
-            gn[j] = max(tn + max(sn, zero) * zn[j], zero)
-        if has_stuck:
-            for gr, sr in ((gp, stuck[0, i]), (gn, stuck[1, i])):
-                for j in range(m):
-                    code = sr[j]
-                    gr[j] = top if code == 1 else (g_min if code == -1 else gr[j])
+    for j in range(lr.shape[0]):
+        p = max(lr[j], zero)
+        tp, tn = p * step + g_min, (p - lr[j]) * step + g_min
+        xp, xn = tp / top, tn / top
+        sp = ((((((c0 * xp + c1) * xp + c2) * xp + c3) * xp + c4) * xp + c5) * xp + c6) * xp + c7
+        sn = ((((((c0 * xn + c1) * xn + c2) * xn + c3) * xn + c4) * xn + c5) * xn + c6) * xn + c7
+        gp[j] = max(tp + max(sp, zero) * zp[j], zero)
+        gn[j] = max(tn + max(sn, zero) * zn[j], zero)
+
+
+@_inline
+def _stick(gr, codes, g_max, g_min):  # noqa: ANN001, ANN202
+    """``g_max`` where the code is 1 (stuck on), ``g_min`` where it is -1 (stuck off)."""
+    for j in range(gr.shape[0]):
+        code = codes[j]
+        gr[j] = g_max if code == 1 else (g_min if code == -1 else gr[j])
+
+
+@_inline
+def _sum_row(gp, gn, den, sa, s1, s2):  # noqa: ANN001, ANN202
+    """Add one row's ``|w|``, ``w``, ``w^2`` (``w = (G+ - G-) / den``) to the column sums."""
+    for j in range(gp.shape[0]):
+        d = (gp[j] - gn[j]) / den
+        sa[j] += abs(d)
+        s1[j] += d
+        s2[j] += d * d
+
+
+@_inline
+def _age_row(gp, gn, np_, nn, c, drift, den, rn2, wr, vr, noisy):  # noqa: ANN001, ANN202
+    """One row of effective weights (and read variances when ``noisy``) at ``t``: ``G(t) =
+    G(t0) exp(nu c)`` when ``drift`` (``c = -log(t / t0)``)."""
+    if drift and noisy:
+        for j in range(gp.shape[0]):
+            p = gp[j] * _exp(np_[j] * c)
+            n = gn[j] * _exp(nn[j] * c)
+            wr[j] = (p - n) / den
+            pd, nd = p / den, n / den
+            vr[j] = (pd * pd + nd * nd) * rn2
+    elif drift:
+        for j in range(gp.shape[0]):
+            wr[j] = (gp[j] * _exp(np_[j] * c) - gn[j] * _exp(nn[j] * c)) / den
+    elif noisy:
+        for j in range(gp.shape[0]):
+            wr[j] = (gp[j] - gn[j]) / den
+            pd, nd = gp[j] / den, gn[j] / den
+            vr[j] = (pd * pd + nd * nd) * rn2
+    else:
+        for j in range(gp.shape[0]):
+            wr[j] = (gp[j] - gn[j]) / den
 
 
 @_kernel
-def age_cells(g0, nu, log_ratio, den, read_noise_sq, group_rows, sums, w_eff, var):  # noqa: ANN001, ANN201
-    """From the conductances at ``t0`` ``g0`` (2, in, out) and drift exponents ``nu`` (2, in,
-    out): ``sums`` (3, G, out), or empty, the sums over the rows of each read group (``g
-    group_rows ..``) of ``|w|``, ``w`` and ``w^2`` with ``w = (G+ - G-) / den`` at ``t0``
-    (what the ADC full-scale laws need; overwritten); at ``t`` (``log_ratio = log(t / t0)``,
-    0: no drift) ``G(t) = G(t0) exp(-nu log_ratio)``, ``w_eff`` (in, out) ``(G+ - G-) / den``
-    and ``var`` (in, out), or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``."""
+def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, stuck, nu, log_ratio, den, read_noise_sq,  # noqa: ANN001, ANN201
+                     group_rows, sums, g0, w_eff, var):
+    """A fresh instance of one differential slice, row block by row block of the cells:
+
+    - levels: ``l = rint(clamp(weight[o, i] / scale[o], -1, 1) top_level)`` (``weight`` (out,
+      in), ``scale`` from :func:`column_scales`);
+    - conductances at ``t0`` (``g0`` (2, in, out): positive cells, then negative ones): the
+      positive cell at level ``max(l, 0)``, the negative at ``max(l, 0) - l``; target ``G =
+      level step + g_min``; sigma the polynomial ``coeffs`` (``COEFFICIENTS`` of them, highest
+      power first, leading zeros as padding) in ``G / g_max``, clamped at 0; ``g0 = max(G +
+      sigma z, 0)`` with ``z`` (2, in, out) standard normals; then ``g_max`` where the int8
+      code ``stuck`` (2, in, out; or empty: none) is 1, ``g_min`` where it is -1;
+    - ``sums`` (3, G, out), or empty: per read group (rows ``g group_rows ..``) the column
+      sums of ``|w|``, ``w`` and ``w^2`` with ``w = (G+ - G-) / den`` at ``t0``
+      (overwritten);
+    - at ``t`` (``log_ratio = log(t / t0)``; 0: no drift) ``G(t) = G(t0) exp(-nu log_ratio)``
+      with the exponents ``nu`` (2, in, out), ``w_eff`` (in, out) ``(G+ - G-) / den`` and
+      ``var`` (in, out), or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``."""
     rows, m = w_eff.shape
+    top, step, g_min, g_max = _F(top_level), _F(step), _F(g_min), _F(g_max)
     den, rn2, c = _F(den), _F(read_noise_sq), _F(-log_ratio)
     drift = log_ratio > 0
-    want_sums, noisy = sums.shape[0] > 0, var.shape[0] > 0
+    has_stuck, want_sums, noisy = stuck.shape[0] > 0, sums.shape[0] > 0, var.shape[0] > 0
     if want_sums:
         sums[:] = 0
-    for i in range(rows):
-        gp, gn, np_, nn, wr = g0[0, i], g0[1, i], nu[0, i], nu[1, i], w_eff[i]
-        if want_sums:
-            g = i // group_rows
-            sa, s1, s2 = sums[0, g], sums[1, g], sums[2, g]
-            for j in range(m):
-                d = (gp[j] - gn[j]) / den
-                sa[j] += abs(d)
-                s1[j] += d
-                s2[j] += d * d
-        if drift and noisy:
-            vr = var[i]
-            for j in range(m):
-                p = gp[j] * _exp(np_[j] * c)
-                n = gn[j] * _exp(nn[j] * c)
-                wr[j] = (p - n) / den
-                pd, nd = p / den, n / den
-                vr[j] = (pd * pd + nd * nd) * rn2
-        elif drift:
-            for j in range(m):
-                wr[j] = (gp[j] * _exp(np_[j] * c) - gn[j] * _exp(nn[j] * c)) / den
-        elif noisy:
-            vr = var[i]
-            for j in range(m):
-                wr[j] = (gp[j] - gn[j]) / den
-                pd, nd = gp[j] / den, gn[j] / den
-                vr[j] = (pd * pd + nd * nd) * rn2
-        else:
-            for j in range(m):
-                wr[j] = (gp[j] - gn[j]) / den
+    block = np.empty((_ROWS, m), np.float32)
+    for i0 in range(0, rows, _ROWS):
+        lev = block[:min(_ROWS, rows - i0)]
+        _levels_block(weight, scale, top, i0, lev)
+        for r in range(lev.shape[0]):
+            i = i0 + r
+            gp, gn = g0[0, i], g0[1, i]
+            _program_row(lev[r], z[0, i], z[1, i], gp, gn, coeffs, step, g_min, g_max)
+            if has_stuck:
+                _stick(gp, stuck[0, i], g_max, g_min)
+                _stick(gn, stuck[1, i], g_max, g_min)
+            if want_sums:
+                g = i // group_rows
+                _sum_row(gp, gn, den, sums[0, g], sums[1, g], sums[2, g])
+            _age_row(gp, gn, nu[0, i], nu[1, i], c, drift, den, rn2, w_eff[i], var[i] if noisy else w_eff[i], noisy)
 
 
-__all__ = ["COEFFICIENTS", "age_cells", "column_scales", "levels", "program_cells"]
+__all__ = ["COEFFICIENTS", "column_scales", "program_instance"]
