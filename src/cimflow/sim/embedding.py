@@ -432,6 +432,11 @@ class CIMEmbeddingBag(ArrayInstance):
             w, _ = self._rows_effective(idx)
             return out.index_add_(0, bags, w[:, 0] * self.w_scale)  # the hot tier's rows are already in table units
         singles = None if self._calibrating else self._single_reads()
+        if fused_table.applies(out.device, self._calibrating, self.spec.analog_adc().bits):  # one compiled pass
+            reads = fused_table.pool(self, idx, bags, out, singles, NOISE_TAIL)
+            if self.collect_stats:
+                self.stats["reads"] += reads
+            return out
         if singles is not None:  # lookups read alone: from the outcome table (sim/pooling.py)
             gate = singles.ensure(idx, self._effective_rows)
             per_bag = self.__dict__.get("_per_bag") if idx.numel() == self.__dict__.get("_n_flat") else None
@@ -444,11 +449,6 @@ class CIMEmbeddingBag(ArrayInstance):
             if shared is None:
                 return out
             idx, bags = idx[shared], bags[shared]
-        if fused_table.applies(out.device, self._calibrating, self.spec.analog_adc().bits):  # one compiled pass
-            reads = fused_table.pool_shared(self, idx, bags, out, singles, NOISE_TAIL)
-            if self.collect_stats:
-                self.stats["reads"] += reads
-            return out
         idx_s, read_starts, read_bags = pooling.group_reads(idx, bags, self.spec.rows, self.num_embeddings // self.spec.rows + 1,
                                                             self.group_rows)
         if self.collect_stats:

@@ -72,29 +72,51 @@ def _operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tens
     return mult_x, gain_abs, weights, k, 1.0 / k
 
 
-def pool_shared(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: torch.Tensor,
-                singles: SingleReads | None, tail: float) -> int:
-    """Add to ``out`` (bags, dim, float32, CPU) the pooled codes of the lookups of rows ``idx``
-    in ``bags`` (non-decreasing) that share reads (every lookup given is read through the
-    shared path, alone or not) and return the number of reads. Rows come from the table's
-    cache, the rows a lazy table keeps (``singles``), or the hash."""
-    s_count, dim = table._significance.numel(), table.embedding_dim
-    sd = s_count * dim
+_NO_ROWS = torch.empty(0, 1)
+_NO_GATE = torch.empty(0)
+_NO_SLOTS = torch.empty(0, 0, 6)
+_NO_CELLS = torch.empty(0, 0, dtype=torch.int64)
+
+
+def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: torch.Tensor, singles: SingleReads | None,
+         tail: float) -> int:
+    """Add to ``out`` (bags, dim, float32, CPU) the pooled reads of the lookups of rows ``idx``
+    in ``bags`` (non-decreasing) and return the number of array reads: one-lookup reads from
+    the outcome table ``singles`` (None: none), the others through shared reads, their rows
+    from the table's cache, the rows a lazy table keeps, or the hash."""
+    k = _kernels()
+    idx, bags = idx.contiguous(), bags.contiguous()
+    gate = _NO_GATE
+    if singles is not None:
+        singles.ensure(idx, table._effective_rows)  # a lazy table's rows first read get their outcomes
+        gate = singles.gate
+    idx_np = idx.numpy()
+    perm, starts, read_bag, lone = k.plan(idx_np, bags.numpy(), table.spec.rows, table.num_embeddings // table.spec.rows + 1,
+                                          table.group_rows, gate.numpy())
     if table.pool_cache is not None:
         values, where = table.pool_cache, idx
-    elif singles is not None:  # lazy: rows once hashed are kept beside the outcome table
-        values, where = singles.stored_rows(idx, table._effective_rows)
+    elif singles is not None:  # lazy: the rows of shared reads, once hashed, are kept beside the outcome table
+        shared = torch.empty(idx.shape, dtype=torch.bool)
+        values, where = _NO_ROWS, idx
+        if k.shared_lookups(perm, starts, lone, shared.numpy()):
+            rows, slot = singles.stored_rows(idx[shared], table._effective_rows)
+            values, where = rows, torch.zeros_like(idx).masked_scatter_(shared, slot)
     else:
         w, var = table._effective_rows(idx)
         values, where = (w if var is None else torch.cat([w, var], dim=1)), torch.arange(idx.numel())
-    mult_x, gain_abs, weights, k, unit = _operands(table, sd)
+    mult_x, gain_abs, weights, k_steps, unit = _operands(table, table._significance.numel() * table.embedding_dim)
     draw = table._read_draw
     table._read_draw = draw + 1
     steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
-    return int(_kernels().shared_reads(
-        values.contiguous().numpy(), where.contiguous().numpy(), idx.contiguous().numpy(), bags.contiguous().numpy(),
-        table.spec.rows, table.group_rows, mult_x.numpy(), k, gain_abs.numpy(), float(steps), tail, weights.numpy(), unit,
-        fused_read._u64(table._read_key), fused_read._u64(draw), out.numpy()))
+    base, slots, cells = _NO_ROWS, _NO_SLOTS, _NO_CELLS
+    if singles is not None:
+        base = singles.base
+        slots = _NO_SLOTS if singles.slots is None else singles.slots
+        cells = _NO_CELLS if singles.cell_of is None else singles.cell_of
+    k.pool_bags(idx_np, perm, starts, read_bag, lone, where.contiguous().numpy(), values.contiguous().numpy(), base.numpy(),
+                gate.numpy(), slots.numpy(), cells.numpy(), mult_x.numpy(), k_steps, gain_abs.numpy(), float(steps), tail,
+                weights.numpy(), unit, fused_read._u64(table._read_key), fused_read._u64(draw), out.numpy())
+    return int(lone.shape[0])
 
 
-__all__ = ["applies", "pool_shared"]
+__all__ = ["applies", "pool"]

@@ -1,5 +1,5 @@
-"""Compiled CPU kernel of an embedding table's shared reads (numba): grouping, sums, read
-noise, ADC and pooling in one pass.
+"""Compiled CPU kernel of an embedding table's read (numba): grouping lookups into array reads,
+lone reads from the outcome table, shared reads' sums, read noise and ADC, pooling, in one pass.
 
 Imported only by :mod:`cimflow.sim.fused_table` when a fused table read runs (numba compiles
 it once per machine, cached on disk). :mod:`cimflow.sim.fused_table` documents the read and
@@ -12,35 +12,10 @@ from __future__ import annotations
 import numpy as np
 from numba import uint32, uint64
 
-from cimflow.sim.read_kernels import _GOLDEN, _draw_key, _inline, _kernel, _mix, quantiles
+from cimflow.sim.read_kernels import _GOLDEN, _draw_key, _fill, _inline, _kernel, _mix
 
-#: Bags with at most this many lookups are ordered by array with an insertion sort (larger
-#: ones with a merge sort).
-_INSERTION = 48
 #: Partial sums converted per pass (a pass's sums, their noise and codes stay in cache).
 _PASS_VALUES = 8192
-
-
-@_inline
-def _order_by_array(idx, i0, m, array_rows, keys, order):  # noqa: ANN001, ANN202
-    """``keys[:m]``: the arrays of lookups ``i0 .. i0 + m`` in increasing order, ``order[:m]``
-    the lookups (stable: equal arrays keep the lookups' order)."""
-    for j in range(m):
-        keys[j] = idx[i0 + j] // array_rows
-        order[j] = i0 + j
-    if m <= _INSERTION:
-        for j in range(1, m):
-            kj, oj = keys[j], order[j]
-            p = j - 1
-            while p >= 0 and keys[p] > kj:
-                keys[p + 1], order[p + 1] = keys[p], order[p]
-                p -= 1
-            keys[p + 1], order[p + 1] = kj, oj
-    else:
-        perm = np.argsort(keys[:m], kind="mergesort")
-        sorted_keys = keys[:m][perm]
-        keys[:m] = sorted_keys
-        order[:m] = perm + i0
 
 
 @_inline
@@ -51,42 +26,28 @@ def _element_bits(dk, e):  # noqa: ANN001, ANN202
 
 
 @_kernel
-def _convert(acc, filled, first_read, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes,  # noqa: ANN001, ANN202
-             xs, sigmas, near_at, bits, z):
+def _convert(acc, filled, first_read, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes, z, bits):  # noqa: ANN001, ANN202
     """ADC codes ``codes[:filled]`` of the partial sums ``acc[:filled, :sd]`` (variances in
     ``acc[:, sd:]`` when ``noisy``): ``x = sum * mult_x``, ``sigma = sqrt(var) * sigma_k *
     gain_abs``, code ``rint(clamp(x + sigma clamp(z, +-tail), +-steps))`` with z element
-    ``(first_read + r) * sd + c`` of the draw; z is drawn only where a decision boundary is
-    within ``tail`` sigma (elsewhere every z in the clamp gives ``rint(x)``: the same code).
-    ``xs``, ``sigmas`` (as ``codes``), ``near_at``, ``bits``, ``z`` (``codes.size``): scratch."""
+    ``(first_read + r) * sd + c`` of the draw keyed ``dk`` (:func:`cimflow.sim.read_kernels._fill`).
+    ``z`` (at least ``filled * sd + 1``) and ``bits`` (``4 len(z) + 8``): scratch."""
     neg = -steps
-    half = np.float32(0.5)
-    for r in range(filled):  # vectorized: sums in steps, noise-free codes, noise in steps
-        ar, cr, xr, sr = acc[r], codes[r], xs[r], sigmas[r]
-        for c in range(sd):
-            x = ar[c] * mult_x[c]
-            xr[c] = x
-            cr[c] = np.rint(min(max(x, neg), steps))
-        if noisy:
-            for c in range(sd):
-                sr[c] = np.sqrt(max(ar[sd + c], np.float32(0.0))) * sigma_k * gain_abs[c]
     if not noisy:
+        for r in range(filled):
+            for c in range(sd):
+                codes[r, c] = np.rint(min(max(acc[r, c] * mult_x[c], neg), steps))
         return
-    x_flat, s_flat, flat = xs.reshape(-1), sigmas.reshape(-1), codes.reshape(-1)
-    count = 0
-    for i in range(filled * sd):  # the sums a draw can move, compacted without a branch
-        near_at[count] = i
-        count += abs(x_flat[i] - np.rint(x_flat[i])) + s_flat[i] * tail >= half
-    if count == 0:
-        return
-    base = uint64(first_read) * uint64(sd)
-    for j in range(count):
-        bits[j] = _element_bits(dk, base + uint64(near_at[j]))
-    quantiles(bits[:count], z[:count])
-    for j in range(count):
-        i = near_at[j]
-        v = x_flat[i] + min(max(z[j], -tail), tail) * s_flat[i]
-        flat[i] = np.rint(min(max(v, neg), steps))
+    start = first_read * sd
+    off = start % 2  # draws start at even elements: the pair's first half drawn too
+    count = filled * sd + off
+    _fill(dk, start - off, z[:count], bits)
+    for r in range(filled):
+        zr = off + r * sd
+        for c in range(sd):
+            sigma = np.sqrt(max(acc[r, sd + c], np.float32(0.0))) * sigma_k * gain_abs[c]
+            v = acc[r, c] * mult_x[c] + min(max(z[zr + c], -tail), tail) * sigma
+            codes[r, c] = np.rint(min(max(v, neg), steps))
 
 
 @_inline
@@ -118,20 +79,142 @@ def _pool(codes, read_bag, filled, current, bag_codes, weights, unit, out):  # n
     return current
 
 
+@_inline
+def _uniform(dk, e):  # noqa: ANN001, ANN202
+    """A float32 uniform on the 2^-24 grid in [0, 1) (as ``torch.rand``) from element ``e``'s bits."""
+    return np.float32(_element_bits(dk, e) >> uint32(8)) * np.float32(2.0**-24)
+
+
 @_kernel
-def shared_reads(values, where, idx, bags, array_rows, group_rows, mult_x, sigma_k, gain_abs, steps, tail,  # noqa: ANN001, ANN201
-                 weights, unit, key, draw, out):
-    """Read and pool the lookups of rows ``idx`` (int64, in non-decreasing ``bags``) that
-    share array reads, accumulating into ``out`` (bags, dim) float32. A bag's lookups are
-    ordered by array (``idx // array_rows``); each run of one array is read ``group_rows``
-    lookups at a time. A read's partial sums are the sum of ``values[where[i]]`` over its
-    lookups (float32 (rows, S dim): effective weights in cell units, then, when the width is
-    2 S dim, the cells' read-noise variances). Codes by :func:`_convert` (``mult_x``,
-    ``gain_abs`` (S dim) and ``sigma_k``: the ADC's steps per cell times the compensation
-    gain; noise from draw ``draw`` of stream ``key``, read r's column c its element
-    ``r S dim + c``, reads numbered in this order), summed per bag and combined over slices
-    with ``weights`` (S, dim) times ``unit``. Returns the number of reads."""
+def _lone_steps(row, bag, u0, first, slots, cell_of, dk, draws, out):  # noqa: ANN001, ANN202
+    """Add to ``out[bag]`` the code steps of a lone read of ``row`` whose first uniform ``u0``
+    fell below its row's P(some draw moves) (:func:`cimflow.sim.pooling.pool_single`'s second
+    stage): the first moving draw J by inverting P(J <= d) with ``u0``, draw J placed in its
+    moving intervals by ``1 - (1 - u0) / K_(J-1)``, the draws before J in none, those after J
+    fresh (elements ``first + 1 + d`` of the draw keyed ``dk``). (A function of its own, called
+    for the few lookups that move: inlined, its arrays' reference counting would cost every lookup.)"""
+    n_draws = slots.shape[1]
+    u = np.float64(u0)
+    keep, before, moving = 1.0, 1.0, n_draws - 1
+    for d in range(n_draws):
+        before = keep
+        keep = keep * (1.0 - np.float64(slots[row, d, 4]))
+        if keep < 1.0 - u:
+            moving = d
+            break
+    within = 1.0 - (1.0 - u) / before
+    up = np.float64(slots[row, moving, 5])
+    at = np.float32(within if within < up else up + 1.0 - within)
+    for d in range(n_draws):
+        draws[d] = np.float32(2.0) if d < moving else (at if d == moving else _uniform(dk, first + uint64(1 + d)))
+    many = cell_of.shape[0] > 0
+    for k in range(n_draws):
+        u_k = draws[cell_of[row, k]] if many else draws[k]
+        if abs(u_k - slots[row, k, 0]) < slots[row, k, 1]:
+            out[bag, np.int64(slots[row, k, 3])] += slots[row, k, 2]
+
+
+@_kernel
+def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, ANN201
+    """The reads of a forward: ``perm`` (the lookups bag by bag, each bag's grouped by array
+    ``idx // array_rows`` < ``n_arrays``, arrays in the order the bag first reads them),
+    ``starts`` (reads + 1: read r is ``perm[starts[r]:starts[r + 1]]``, each array's lookups
+    cut every ``group_rows``), each read's bag, and whether it is lone: one lookup whose row
+    fits the outcome table (``gate[row] <= 1``; ``gate`` empty: no table, no lone read).
+    Returns ``(perm, starts, read_bag, lone)`` (the last three as long as the reads). No sort: a bag's lookups are counted
+    per array in a table of ``n_arrays`` entries (cleared again after the bag)."""
     n = idx.shape[0]
+    has_lone = gate.shape[0] > 0
+    shift = 0
+    while (1 << shift) < array_rows:
+        shift += 1
+    keys = np.empty(n, np.int64)
+    if (1 << shift) == array_rows:
+        for i in range(n):
+            keys[i] = idx[i] >> shift
+    else:
+        for i in range(n):
+            keys[i] = idx[i] // array_rows
+    count = np.zeros(n_arrays, np.int64)
+    head = np.empty(n_arrays, np.int64)
+    group_start = np.empty(64, np.int64)
+    group_size = np.empty(64, np.int64)
+    perm = np.empty(n, np.int64)
+    starts = np.empty(n + 1, np.int64)
+    read_bag = np.empty(n, np.int64)
+    reads = 0
+    i0 = 0
+    while i0 < n:
+        bag = bags[i0]
+        i1 = i0 + 1
+        while i1 < n and bags[i1] == bag:
+            i1 += 1
+        if i1 - i0 > group_start.shape[0]:
+            group_start = np.empty(2 * (i1 - i0), np.int64)
+            group_size = np.empty(2 * (i1 - i0), np.int64)
+        for i in range(i0, i1):
+            count[keys[i]] += 1
+        pos, groups = i0, 0
+        for i in range(i0, i1):  # each array's place in perm, in order of first appearance
+            k = keys[i]
+            c = count[k]
+            if c > 0:
+                head[k] = pos
+                group_start[groups] = pos
+                group_size[groups] = c
+                groups += 1
+                pos += c
+                count[k] = 0
+        for i in range(i0, i1):
+            k = keys[i]
+            perm[head[k]] = i
+            head[k] += 1
+        for g in range(groups):
+            a, end = group_start[g], group_start[g] + group_size[g]
+            while a < end:
+                starts[reads] = a
+                read_bag[reads] = bag
+                reads += 1
+                a += group_rows
+        i0 = i1
+    starts[reads] = n
+    lone = np.zeros(reads, np.bool_)
+    if has_lone:
+        for r in range(reads):  # (a loop of its own: the gate's loads overlap)
+            lone[r] = starts[r + 1] - starts[r] == 1 and gate[idx[perm[starts[r]]]] <= np.float32(1.0)
+    return perm, starts[:reads + 1], read_bag[:reads], lone
+
+
+@_kernel
+def shared_lookups(perm, starts, lone, shared):  # noqa: ANN001, ANN201
+    """Mark in ``shared`` (bool) the lookups that :func:`pool_bags` reads through shared reads
+    (the reads of :func:`plan`); returns how many."""
+    count = 0
+    for r in range(lone.shape[0]):
+        for p in range(starts[r], starts[r + 1]):
+            shared[perm[p]] = not lone[r]
+        count += 0 if lone[r] else starts[r + 1] - starts[r]
+    return count
+
+
+@_kernel
+def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slots, cell_of,  # noqa: ANN001, ANN201
+              mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
+    """Read and pool the lookups of rows ``idx`` (int64) in the reads ``perm``, ``starts``,
+    ``read_bag``, ``lone`` (:func:`plan`'s), accumulating into ``out`` (bags, dim) float32.
+
+    A lone read (one lookup whose row fits the outcome table: ``base`` (rows, dim), ``gate``
+    (rows,), ``slots`` (rows, M, 6), ``cell_of`` (rows, M) int64 or empty, as
+    :class:`cimflow.sim.pooling.SingleReads` holds them; all empty: no table) adds its row's
+    noise-free value and the code steps of :func:`_lone_steps`. Every other read is a shared
+    read: its partial sums are the sum of ``values[where[i]]`` over its lookups (float32
+    (rows, S dim): effective weights in cell units, then, when the width is 2 S dim, the
+    cells' read-noise variances), its codes :func:`_convert`'s (``mult_x``, ``gain_abs`` (S
+    dim) and ``sigma_k``: the ADC's steps per cell times the compensation gain), summed per
+    bag and combined over slices with ``weights`` (S, dim) times ``unit``. Randomness: the
+    shared reads' normals are draw ``2 draw`` of stream ``key`` (shared read r's column c its
+    element ``r S dim + c``, shared reads numbered in :func:`plan`'s order), the lone reads'
+    uniforms draw ``2 draw + 1``."""
     s_count, dim = weights.shape
     sd = s_count * dim
     width = values.shape[1]
@@ -140,65 +223,57 @@ def shared_reads(values, where, idx, bags, array_rows, group_rows, mult_x, sigma
     tail = np.float32(tail)
     sigma_k = np.float32(sigma_k)
     unit = np.float32(unit)
-    dk = _draw_key(key, draw)
+    reads = lone.shape[0]
+    # lone reads first, in a loop of their own (independent rows: their loads overlap): the
+    # noise-free value, then (draws of its own: elements ``lookup (M + 1) + 0 .. M`` of draw
+    # ``2 draw + 1``) the code steps, the first uniform against the row's P(some draw moves)
+    n_draws = slots.shape[1] if slots.shape[0] > 0 else 0
+    dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
+    draws = np.empty(max(1, n_draws), np.float32)
+    for r in range(reads if base.shape[0] > 0 else 0):
+        if lone[r]:
+            lookup = perm[starts[r]]
+            row, bag = idx[lookup], read_bag[r]
+            for d in range(dim):
+                out[bag, d] += base[row, d]
+            if n_draws > 0:
+                first = uint64(lookup) * uint64(n_draws + 1)
+                u0 = _uniform(dk_lone, first)
+                if u0 < gate[row]:
+                    _lone_steps(row, bag, u0, first, slots, cell_of, dk_lone, draws, out)
+    dk = _draw_key(key, uint64(2) * uint64(draw))
     per_pass = max(1, _PASS_VALUES // sd)
     acc = np.empty((per_pass, width), np.float32)
-    read_bag = np.empty(per_pass, np.int64)
+    pass_bag = np.empty(per_pass, np.int64)
     codes = np.empty((per_pass, sd), np.float32)
-    xs = np.empty((per_pass, sd), np.float32)
-    sigmas = np.empty((per_pass, sd), np.float32)
-    near_at = np.empty(per_pass * sd, np.int64)
-    bits = np.empty(per_pass * sd, np.uint32)
-    z = np.empty(per_pass * sd, np.float32)
+    z = np.empty(per_pass * sd + 1, np.float32)
+    bits = np.empty(4 * (per_pass * sd + 2), np.uint32)  # _fill's scratch (4 per pair is enough)
     bag_codes = np.zeros(sd, np.float32)
-    keys = np.empty(64, np.int64)
-    order = np.empty(64, np.int64)
     current = -1
-    reads = 0  # reads converted before this pass
+    converted = 0  # shared reads converted before this pass
     filled = 0
-    i0 = 0
-    while i0 < n:
-        bag = bags[i0]
-        i1 = i0 + 1
-        while i1 < n and bags[i1] == bag:
-            i1 += 1
-        m = i1 - i0
-        if m > keys.shape[0]:
-            keys = np.empty(2 * m, np.int64)
-            order = np.empty(2 * m, np.int64)
-        _order_by_array(idx, i0, m, array_rows, keys, order)
-        j = 0
-        while j < m:
-            if filled == per_pass:  # convert the pass, pool its codes
-                _convert(acc, filled, reads, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes,
-                         xs, sigmas, near_at, bits, z)
-                current = _pool(codes, read_bag, filled, current, bag_codes, weights, unit, out)
-                reads += filled
-                filled = 0
-            array = keys[j]
-            row = acc[filled]
-            src = values[where[order[j]]]
+    for r in range(reads):
+        if lone[r]:
+            continue
+        if filled == per_pass:  # convert the pass, pool its codes
+            _convert(acc, filled, converted, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes, z, bits)
+            current = _pool(codes, pass_bag, filled, current, bag_codes, weights, unit, out)
+            converted += filled
+            filled = 0
+        first = where[perm[starts[r]]]
+        for c in range(width):
+            acc[filled, c] = values[first, c]
+        for p in range(starts[r] + 1, starts[r + 1]):
+            other = where[perm[p]]
             for c in range(width):
-                row[c] = src[c]
-            j += 1
-            taken = 1
-            while j < m and keys[j] == array and taken < group_rows:
-                src = values[where[order[j]]]
-                for c in range(width):
-                    row[c] += src[c]
-                j += 1
-                taken += 1
-            read_bag[filled] = bag
-            filled += 1
-        i0 = i1
+                acc[filled, c] += values[other, c]
+        pass_bag[filled] = read_bag[r]
+        filled += 1
     if filled:
-        _convert(acc, filled, reads, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes,
-                 xs, sigmas, near_at, bits, z)
-        current = _pool(codes, read_bag, filled, current, bag_codes, weights, unit, out)
-        reads += filled
+        _convert(acc, filled, converted, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes, z, bits)
+        current = _pool(codes, pass_bag, filled, current, bag_codes, weights, unit, out)
     if current >= 0:
         _flush(bag_codes, current, weights, unit, out)
-    return reads
 
 
-__all__ = ["shared_reads"]
+__all__ = ["plan", "pool_bags", "shared_lookups"]
