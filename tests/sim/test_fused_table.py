@@ -1,0 +1,174 @@
+"""The fused CPU read of embedding tables (cimflow.sim.fused_table, sim/table_kernels.py)
+against the torch path it replaces: without read noise the same pooled values up to one code
+where float rounding meets an ADC decision boundary; with read noise the same per-output
+mean and variance within the standard errors of the sample (lone and shared reads, reads
+split at group_rows, drift compensation, cached and lazily hashed tables); the shared reads'
+noise is the counter-based stream's; reproducible per seed; the read plan groups lookups by
+bag and array as the torch path's sort does (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from cimtest import chip_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import cimflow
+import cimflow.sim.embedding as embedding
+from cimflow.sim import fused_read, pooling
+
+pytestmark = pytest.mark.skipif(not fused_read.available(), reason="numba is not importable")
+
+EMB = "rram_emb"
+
+
+def table_layer(read_noise: float, rows: int, dim: int, seed: int = 0):
+    torch.manual_seed(0)
+    chip = chip_with("hybrid-rram-sram-28nm", **{f"arrays.{EMB}.device.read_noise": read_noise})
+    return cimflow.program(cimflow.convert(nn.Sequential(nn.EmbeddingBag(rows, dim, mode="sum")), chip), seed=seed)[0]
+
+
+def lookups(rows: int, n_bags: int, pooling_factor: int, seed: int = 1, long: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags of uniform lookups, then ``long`` bags of 80 in the first array (reads split at group_rows)."""
+    g = torch.Generator().manual_seed(seed)
+    values = [torch.randint(0, rows, (n_bags * pooling_factor,), generator=g), torch.randint(0, min(rows, 1024), (long * 80,), generator=g)]
+    sizes = [pooling_factor] * n_bags + [80] * long
+    offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
+    return torch.cat(values), offsets
+
+
+def forward(layer, v, o, fused: bool, monkeypatch) -> torch.Tensor:
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1" if fused else "0")
+    with torch.no_grad():
+        return layer(v, o)
+
+
+def code_value(layer) -> torch.Tensor:
+    """The largest change one ADC code of one slice makes to a pooled output, per column."""
+    steps = (1 << (layer.spec.analog_adc().bits - 1)) - 1
+    return layer._significance.max() * layer.w_scale * layer.adc_range / steps
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_noise_free_read_equals_the_torch_path(monkeypatch, lazy):
+    """No read noise: every output equal up to float rounding, except where the rows' sum in
+    another order lands across an ADC decision boundary: there by at most one code, rarely."""
+    if lazy:
+        monkeypatch.setattr(embedding, "CACHE_CELLS", 0)
+    layer = table_layer(0.0, 3000, 16)
+    assert (layer.pool_cache is None) == lazy
+    v, o = lookups(3000, 64, 12, long=3)
+    layer.collect_stats = True
+    fused = forward(layer, v, o, True, monkeypatch)
+    reads_fused = layer.stats["reads"]
+    torch_path = forward(layer, v, o, False, monkeypatch)
+    assert layer.stats["reads"] == 2 * reads_fused  # the same reads counted
+    assert float(torch_path.abs().max()) > 0
+    diff = (fused - torch_path).abs()
+    short = diff[:64]  # bags of 12 uniform lookups: no read is split
+    assert float((short <= 1e-5 * torch_path.abs().max()).float().mean()) >= 0.99
+    assert bool((short <= 1.001 * code_value(layer) + 1e-6).all())
+    # bags of 80 lookups in one array: three reads, whose lookups the two paths may split
+    # differently; each read's codes are within half a code of its exact sum either way
+    one_code = layer._significance.sum() * layer.w_scale * layer.adc_range / ((1 << (layer.spec.analog_adc().bits - 1)) - 1)
+    assert bool((diff[64:] <= 3.001 * one_code + 1e-6).all())
+
+
+@pytest.mark.parametrize("case", ["cached", "lazy", "compensated"])
+def test_noisy_read_has_the_torch_paths_moments(monkeypatch, case):
+    """Over repeated forwards the pooled outputs' per-output mean and variance agree with the
+    torch path's within the sample's standard errors (the variance's from the fourth moment:
+    quantized outputs are far from Gaussian). (Bags whose reads split at group_rows are left
+    out: the two paths may split them differently, both valid orders of one bag's reads.)"""
+    if case == "lazy":
+        monkeypatch.setattr(embedding, "CACHE_CELLS", 0)
+    layer = table_layer(0.08, 2000, 6)
+    if case == "compensated":
+        layer.set_compensation("per_column")
+        layer.set_time(86400.0)
+        assert layer.output_gain is not None
+    v, o = lookups(2000, 24, 10)
+    n = 400
+    fused = torch.stack([forward(layer, v, o, True, monkeypatch) for _ in range(n)]).double()
+    plain = torch.stack([forward(layer, v, o, False, monkeypatch) for _ in range(n)]).double()
+    var_f, var_p = fused.var(0), plain.var(0)
+    step = float(code_value(layer).max())
+    assert float(var_p.sqrt().max()) > 0.1 * step  # the read noise is visible
+
+    def var_se2(y: torch.Tensor) -> torch.Tensor:
+        d = y - y.mean(0)
+        return ((d**4).mean(0) - d.square().mean(0) ** 2) / n
+
+    assert bool(((var_f - var_p).abs() <= 5 * (var_se2(fused) + var_se2(plain)).sqrt() + 1e-12).all())
+    se_mean = ((var_f + var_p) / n).sqrt()
+    assert bool(((fused.mean(0) - plain.mean(0)).abs() <= 5 * se_mean + 1e-6 * step).all())
+
+
+def test_shared_reads_add_the_streams_normals():
+    """Zero partial sums with unit variances read through one shared read: the codes are the
+    counter-based stream's normals (draw 2 x draw, element r S dim + c), scaled and rounded."""
+    from cimflow.sim import table_kernels
+
+    s_count, dim, rows = 2, 5, 8
+    values = np.zeros((rows, 2 * s_count * dim), np.float32)
+    values[:, s_count * dim:] = 0.5  # two lookups per read: variance 1
+    idx = np.array([0, 1, 2, 3, 4, 5], np.int64)  # three bags of two lookups, one array
+    bags = np.array([0, 0, 1, 1, 2, 2], np.int64)
+    perm, starts, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32))
+    assert lone.shape[0] == 3 and not lone.any()
+    scale = 2.0**10
+    out = np.zeros((3, dim), np.float32)
+    weights = np.zeros((s_count, dim), np.float32)
+    weights[0] = 1.0  # slice 0 only
+    table_kernels.pool_bags(idx, perm, starts, read_bag, lone, idx, values, np.empty((0, 1), np.float32), np.empty(0, np.float32),
+                            np.empty((0, 0, 6), np.float32), np.empty((0, 0), np.int64), np.full(s_count * dim, scale, np.float32),
+                            scale, np.ones(s_count * dim, np.float32), 2.0**20, 100.0, weights, 1.0 / scale, np.uint64(77), np.uint64(4),
+                            out)
+    z = fused_read.normals(77, 8, (3, s_count * dim))[:, :dim]
+    assert float((torch.from_numpy(out) - z).abs().max()) <= 0.5 / scale + 1e-6
+
+
+def test_fused_read_is_reproducible_per_seed(monkeypatch):
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    v, o = lookups(2000, 32, 10)
+    with torch.no_grad():
+        a = table_layer(0.08, 2000, 8, seed=3)
+        first, second = a(v, o), a(v, o)
+        again = table_layer(0.08, 2000, 8, seed=3)
+        other = table_layer(0.08, 2000, 8, seed=4)
+        assert torch.equal(again(v, o), first) and torch.equal(again(v, o), second)
+        assert not torch.equal(first, second)  # each forward draws afresh
+        a.program(3)  # programming again restarts the draws
+        assert torch.equal(a(v, o), first)
+        assert not torch.equal(other(v, o), first)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(0, 10_000), st.sampled_from([1, 2, 3, 8]),
+       st.sampled_from([4, 7, 16]))
+def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_rows, array_rows):
+    """Every lookup in exactly one read; a read's lookups share one bag and one array, at most
+    group_rows of them; as many reads as the torch path's sort makes; lone reads are the
+    one-lookup reads of rows whose gate is at most 1."""
+    from cimflow.sim import table_kernels
+
+    rows = 50
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, rows, (sum(bag_sizes),), generator=g)
+    bags = torch.repeat_interleave(torch.arange(len(bag_sizes)), torch.tensor(bag_sizes))
+    gate = torch.rand(rows, generator=g) * 2.2
+    n_arrays = rows // array_rows + 1
+    perm, starts, read_bag, lone = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy())
+    assert sorted(perm.tolist()) == list(range(idx.numel()))
+    assert starts[0] == 0 and starts[-1] == idx.numel() and bool((np.diff(starts) > 0).all())
+    for r in range(lone.shape[0]):
+        members = perm[starts[r]:starts[r + 1]]
+        assert len(members) <= group_rows
+        assert set(bags[members].tolist()) == {read_bag[r]}
+        assert len(set((idx[members] // array_rows).tolist())) == 1
+        assert lone[r] == (len(members) == 1 and float(gate[idx[members[0]]]) <= 1.0)
+    _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
+    assert lone.shape[0] == read_starts.numel()
