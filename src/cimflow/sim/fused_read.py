@@ -3,17 +3,20 @@
 On a CPU, eager PyTorch runs a read's elementwise steps one pass each (combine the int8
 planes' products, widen the variances, square root, draw the normals, add, scale, clamp,
 round, scale twice), and the normal draw alone costs about as much as a float32 matmul of
-the same output. :func:`int_readout` does all of it in one compiled pass per output row
-(:mod:`cimflow.sim.read_kernels`, numba), drawing the read noise from a counter-based
-stream (:func:`normals`: a 256-layer ziggurat on a SplitMix64 hash of (stream key, draw
-number, row, column); no generator state, so a row's noise does not depend on the batch it
-was read in). The stream key is the layer's (seed, name, "read") key and the draw number its
-:attr:`read_counter`, restarted by ``program``: the same seed reads the same values.
+the same output. :func:`read` does the DAC in one kernel, the products on the int8 and
+bfloat16 matrix units, and all the rest in one compiled pass per chunk of output rows
+(:mod:`cimflow.sim.read_kernels`, numba), drawing the read noise from a counter-based stream
+(:func:`normals`: Box-Muller on a SplitMix64 hash of (stream key, draw number, element); no
+generator state). The stream key is the layer's (seed, name, "read") key and the draw number
+its :attr:`read_counter`, restarted by ``program``: the same seed reads the same values; a
+compiled model's reads (:func:`cimflow.physics.hashing.counter_normal`) advance the same
+counter.
 
-The arithmetic is the unfused read's (:func:`cimflow.sim.single_read.single_read`): the
-same ADC codes up to float rounding at a code boundary; ``tests/sim/test_fused_read.py``
-pins the normals' distribution (moments, tails, Kolmogorov-Smirnov) and the fused read's
-noise moments against the float32 read.
+The arithmetic is the unfused read's (:func:`cimflow.sim.single_read.single_read`): the same
+ADC codes up to float rounding at a code boundary; ``tests/sim/test_fused_read.py`` pins the
+normals' distribution (moments, tails, Kolmogorov-Smirnov, the transform against float64)
+and the fused read against the unfused one (values without noise, gradients, the noise's
+moments).
 
 Used where the read runs on the int8 matrix units (:func:`cimflow.sim.fastmm.int8_planes`)
 with a multi-bit ADC; ``CIMFLOW_FUSED_READ=0`` turns it off (the unfused torch passes, with

@@ -5,12 +5,11 @@ import and compiles these once per machine, cached on disk). Everything here is 
 arithmetic on NumPy views of torch tensors; :mod:`cimflow.sim.fused_read` documents the
 stream and the readout and holds the torch-facing API.
 
-The normal generator is the inverse of the normal distribution function applied to 32-bit
-uniforms, vectorizable with no table and no rejection: ``Phi^-1(u)`` as ``q P(q^2)`` for
-``|q| <= 0.425`` (``q = u - 1/2``) and ``sign(q) Q(sqrt(-log min(u, 1 - u)))`` beyond (the split
-of Wichura's AS 241, Appl. Stat. 37, 1988), with polynomials fitted by
-``scripts/fit_normal_quantile.py`` (float32 error <= 6e-7 over the whole range) and the log
-from the float's exponent and an atanh series. A 32-bit uniform reaches |z| = 6.1 (torch's
+The normal generator is Box-Muller (Box and Muller, Ann. Math. Stat. 29, 1958), exact in
+law, vectorizable with no table and no rejection: the radius ``sqrt(-2 log u)`` with the log
+from the float's exponent and an atanh series, the angle's quadrant from two bits and its sine
+and cosine within the quadrant from polynomials fitted by ``scripts/fit_normal_kernels.py``
+(float32 error <= 2e-7, no range reduction). A 32-bit uniform reaches |z| = 6.8 (torch's
 float32 Box-Muller on 24-bit uniforms reaches 5.8). The random bits come from a
 counter-based hash (the SplitMix64 finalizer, Steele et al., OOPSLA 2014), not from a
 generator state: the value at (key, draw, row, column) is a function of those alone, so any
@@ -32,13 +31,7 @@ _kernel = njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"
 _inline = njit(inline="always", cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
-# scripts/fit_normal_quantile.py: P in t = 2 q^2 / 0.425^2 - 1, Q in t = 2 (s - S_LO) / (S_HI - S_LO) - 1
-_SPLIT = 0.425
-_S_LO, _S_HI = 1.6094306960679687, 4.782662120459504
 _F = np.float32
-_C_T = _F(2.0 / _SPLIT**2)
-_T_T = _F(2.0 / (_S_HI - _S_LO))
-_T_LO = _F(_S_LO)
 _TWO_M32 = _F(2.0**-32)
 _LN2 = _F(math.log(2.0))
 _SQRT2 = _F(math.sqrt(2.0))
@@ -67,63 +60,6 @@ def _log(x):  # noqa: ANN001, ANN202
     return np.float32(e * _LN2 + _F(2.0) * y * series)
 
 
-@_inline
-def _centred(k):  # noqa: ANN001, ANN202
-    """``q = u - 1/2`` of the 32-bit uniform ``u = (k + 1/2) / 2^32``, float32."""
-    return (np.float32(np.int32(np.uint32(k ^ uint32(0x80000000)))) + _F(0.5)) * _TWO_M32
-
-
-@_inline
-def _tail_s(k):  # noqa: ANN001, ANN202
-    """``s = sqrt(-log(min(u, 1 - u)))`` of the uniform of ``k``, float32."""
-    a = min(k, np.uint32(~k))  # the nearer end: min(u, 1 - u) = (a + 1/2) / 2^32
-    return np.float32(np.sqrt(-_log((np.float32(a) + _F(0.5)) * _TWO_M32)))
-
-
-@_inline
-def _quantile(q, s):  # noqa: ANN001, ANN202
-    """The standard normal quantile at ``1/2 + q`` (``s``: :func:`_tail_s` of the same uniform)."""
-    t = q * q * _C_T - _F(1.0)
-    # even and odd halves, two independent chains (scripts/fit_normal_quantile.py's _CENTRAL)
-    t2 = t * t
-    pe = _F(0.000179453939)
-    po = _F(0.000317941528)
-    pe = pe * t2 + _F(2.99491847e-05)
-    po = po * t2 + _F(0.000152409977)
-    pe = pe * t2 + _F(0.00106441534)
-    po = po * t2 + _F(0.00206221778)
-    pe = pe * t2 + _F(0.00382185336)
-    po = po * t2 + _F(0.00824940865)
-    pe = pe * t2 + _F(0.0185621513)
-    po = po * t2 + _F(0.0440801663)
-    pe = pe * t2 + _F(0.116486486)
-    po = po * t2 + _F(0.385390128)
-    pe = pe * t2 + _F(2.80673626)
-    p = pe + t * po
-    central = q * p
-    t = np.float32((s - _T_LO) * _T_T - _F(1.0))
-    # even and odd halves, two independent chains (scripts/fit_normal_quantile.py's _TAIL)
-    t2 = t * t
-    ze = _F(-6.7028533e-06)
-    zo = _F(1.37269739e-05)
-    ze = ze * t2 + _F(-4.84098881e-06)
-    zo = zo * t2 + _F(1.41846381e-05)
-    ze = ze * t2 + _F(-7.05832167e-05)
-    zo = zo * t2 + _F(0.000154915796)
-    ze = ze * t2 + _F(-0.000323807433)
-    zo = zo * t2 + _F(0.000751695463)
-    ze = ze * t2 + _F(-0.00177218181)
-    zo = zo * t2 + _F(0.00420763665)
-    ze = ze * t2 + _F(-0.0101669522)
-    zo = zo * t2 + _F(0.0251471525)
-    ze = ze * t2 + _F(-0.0643691467)
-    zo = zo * t2 + _F(2.41892383)
-    ze = ze * t2 + _F(3.96545883)
-    z = ze + t * zo
-    tail = np.copysign(z, q)
-    return central if abs(q) <= _F(_SPLIT) else tail
-
-
 _CHUNK = 4096  # normals drawn per pass: long enough to vectorize, short enough to stay in cache
 _INV_LO = np.float32(1.0 / LO_LEVELS)
 
@@ -133,34 +69,86 @@ def _draw_key(key, draw):  # noqa: ANN001, ANN202
     return _mix(uint64(key) ^ ((uint64(draw) + uint64(1)) * _GOLDEN))
 
 
+_HALF_PI_2M30 = np.float32(math.pi / 2 * 2.0**-30)
+
+
+@_inline
+def _radius(a):  # noqa: ANN001, ANN202
+    """Box-Muller's radius ``sqrt(-2 log u)`` of the uniform ``u = (a + 1/2) / 2^32``. Near
+    ``u = 1`` (``v = 1 - u < 1/16``, exact from the bits) ``-log u = -log(1 - v)`` comes from its
+    series in ``v`` to ``v^6`` (error < 3e-10): ``u`` itself has lost those digits in float32."""
+    w = -_log((np.float32(a) + _F(0.5)) * _TWO_M32)
+    v = (np.float32(np.uint32(~a)) + _F(0.5)) * _TWO_M32
+    near = v * (_F(1.0) + v * (_F(1 / 2) + v * (_F(1 / 3) + v * (_F(1 / 4) + v * (_F(1 / 5) + v * _F(1 / 6))))))
+    w = near if v < _F(1 / 16) else w
+    return np.float32(np.sqrt(_F(2.0) * w))
+
+
+@_inline
+def _rotate(b, r):  # noqa: ANN001, ANN202
+    """``(r cos t, r sin t)`` for the angle ``t = (pi/2) (k + f)`` of the 32 bits ``b``: quadrant
+    ``k`` from the top two bits, ``f`` from the other 30; sine and cosine on the quadrant by
+    polynomials in ``x^2`` (scripts/fit_normal_kernels.py ``angle``), no range reduction."""
+    x = (np.float32(b & uint32(0x3FFFFFFF)) + _F(0.5)) * _HALF_PI_2M30
+    x2 = x * x
+    sn = _F(2.60839009e-06)
+    sn = sn * x2 + _F(-0.000198107498)
+    sn = sn * x2 + _F(0.00833307983)
+    sn = sn * x2 + _F(-0.166666597)
+    sn = (sn * x2 + _F(0.999999998)) * x
+    cs = _F(-2.60770931e-07)
+    cs = cs * x2 + _F(2.47618288e-05)
+    cs = cs * x2 + _F(-0.00138884002)
+    cs = cs * x2 + _F(0.0416666401)
+    cs = cs * x2 + _F(-0.499999995)
+    cs = cs * x2 + _F(1.0)
+    k = b >> uint32(30)
+    odd = (k & uint32(1)) == uint32(1)
+    c1 = -sn if odd else cs  # quadrant k turns (cos, sin) by k right angles
+    s1 = cs if odd else sn
+    neg = k >= uint32(2)
+    return (-c1 if neg else c1) * r, (-s1 if neg else s1) * r
+
+
+@_kernel
+def box_muller(a, b, even, odd):  # noqa: ANN001, ANN201
+    """Pairs of standard normals from pairs of 32-bit uniforms: radius ``sqrt(-2 log u)`` from
+    ``a`` (``u = (a + 1/2) / 2^32``), angle from ``b`` (:func:`_rotate`): ``even = r cos t``,
+    ``odd = r sin t``."""
+    for p in range(a.shape[0]):  # two short loops vectorize where one long one does not
+        even[p] = _radius(a[p])
+    for p in range(a.shape[0]):
+        even[p], odd[p] = _rotate(b[p], even[p])
+
+
 @_kernel
 def _fill(draw_key, start, out, bits):  # noqa: ANN001, ANN202
     """Standard normals of elements ``start .. start + len(out)`` (``start`` even) of a draw:
-    element e from the hash of ``e // 2`` (high 32 bits for even e, low for odd), through
-    :func:`_quantile`; ``bits`` is scratch of at least ``len(out) + 1``."""
+    the hash of pair ``e // 2`` gives its radius (high 32 bits) and angle (low 32 bits)
+    (:func:`box_muller`); the even element of the pair is ``r cos t``, the odd ``r sin t``.
+    ``bits`` is scratch of at least ``4 ceil(len(out) / 2)``."""
     m = out.shape[0]
+    pairs = (m + 1) // 2
     base = uint64(start // 2) + uint64(1)
-    for p in range((m + 1) // 2):
+    hi, lo = bits[:pairs], bits[pairs:2 * pairs]
+    for p in range(pairs):
         h = _mix(draw_key + (base + uint64(p)) * _GOLDEN)
-        bits[2 * p] = uint32(h >> uint64(32))
-        bits[2 * p + 1] = uint32(h & uint64(0xFFFFFFFF))
-    quantiles(bits[:m], out)
-
-
-@_kernel
-def quantiles(bits, out):  # noqa: ANN001, ANN201
-    """``out[j]``: the standard normal quantile of the 32-bit uniform ``(bits[j] + 1/2) / 2^32``."""
-    for j in range(out.shape[0]):  # two short loops vectorize where one long one does not
-        out[j] = _tail_s(bits[j])
-    for j in range(out.shape[0]):
-        out[j] = _quantile(_centred(bits[j]), out[j])
+        hi[p] = uint32(h >> uint64(32))
+        lo[p] = uint32(h & uint64(0xFFFFFFFF))
+    even, odd = bits[2 * pairs:3 * pairs].view(np.float32), bits[3 * pairs:4 * pairs].view(np.float32)
+    box_muller(hi, lo, even, odd)
+    for p in range(m // 2):
+        out[2 * p] = even[p]
+        out[2 * p + 1] = odd[p]
+    if m % 2:
+        out[m - 1] = even[pairs - 1]
 
 
 @_kernel
 def normals(key, draw, out):  # noqa: ANN001, ANN201
     """Fill the flat float32 ``out`` with the normals of draw ``draw`` of stream ``key``."""
     dk = _draw_key(key, draw)
-    bits = np.empty(_CHUNK + 1, np.uint32)
+    bits = np.empty(2 * _CHUNK + 4, np.uint32)
     for start in range(0, out.shape[0], _CHUNK):
         _fill(dk, start, out[start:start + _CHUNK], bits)
 
@@ -213,8 +201,8 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
     steps = np.float32(steps)
     neg = -steps
     dk = _draw_key(key, draw)
-    bits = np.empty(_CHUNK + 2, np.uint32)
     rows_per_chunk = max(1, _CHUNK // m)
+    bits = np.empty(2 * rows_per_chunk * m + 8, np.uint32)
     clipped = 0
     for n0 in range(0, n_vec, rows_per_chunk):
         n1 = min(n_vec, n0 + rows_per_chunk)
@@ -289,4 +277,4 @@ def weight_planes(w, var, both, cell16, scale):  # noqa: ANN001, ANN201
                     cr[j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
 
 
-__all__ = ["int_readout", "normals", "quantiles", "quantize_rows", "weight_planes"]
+__all__ = ["box_muller", "int_readout", "normals", "quantize_rows", "weight_planes"]
