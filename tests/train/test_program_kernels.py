@@ -35,14 +35,17 @@ def _chip(coefficients=(0.01, 0.04, -0.02), stuck=0.0, read_noise=0.03, nu=0.05,
                                  "arrays.analog.weight_scaling": scaling})
 
 
-def _instance(chip, compiled: bool, monkeypatch, t: float, in_f: int = 300, out_f: int = 70):
+def _instance(chip, compiled: bool, monkeypatch, t: float, in_f: int = 300, out_f: int = 70, nan: bool = False):
     """Program instance 7 of a fixed Linear on ``chip`` from pools seeded 0 (the same draws
-    every call), through the compiled kernels or the torch form; the engine's outputs."""
+    every call), through the compiled kernels or the torch form; the engine's outputs.
+    ``nan``: one weight is NaN (a diverged training step)."""
     torch.manual_seed(0)
     lin = nn.Linear(in_f, out_f, bias=False)
     with torch.no_grad():
         lin.weight[3].zero_()  # an all-zero column: its scale is 1
         lin.weight[5, :10] = 1.0  # levels clamped at the top
+        if nan:
+            lin.weight[7, 20] = float("nan")
     cim = cimflow.convert(nn.Sequential(lin), chip)
     ran = []
     real = draws_module._compiled_kernels
@@ -103,6 +106,17 @@ def test_the_compiled_cells_are_the_torch_forms(case, monkeypatch):
             assert int(stuck.sum()) == 0
     rows = 300 - 2 * 128  # the last read group holds 44 of its 128 rows
     assert bool((fast["w_eff"][0, 2, rows:] == 0).all())
+
+
+def test_a_nan_weight_stays_nan_in_both_forms(monkeypatch):
+    """A diverged weight is not turned into a finite level by the compiled clamp: the same
+    cells are NaN in both forms (never a silent finite number)."""
+    chip = _chip()
+    fast = _instance(chip, True, monkeypatch, 1e5, nan=True)
+    ref = _instance(chip, False, monkeypatch, 1e5, nan=True)
+    for key in ("g_pos", "g_neg", "w_eff"):
+        assert bool(torch.isnan(ref[key]).any()), key
+        assert torch.equal(torch.isnan(fast[key]), torch.isnan(ref[key])), key
 
 
 def test_the_compiled_drift_is_the_closed_form_at_every_cell():

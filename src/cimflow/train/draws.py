@@ -359,7 +359,8 @@ class InstanceDraws:
             other = theirs[key]
             same = (value is None and other is None) or (
                 value is not None and other is not None and value.shape == other.shape
-                and bool(torch.allclose(value, other, rtol=1e-4, atol=1e-5 * float(other.abs().amax().clamp_min(1e-30)))))
+                and bool(torch.allclose(value, other, rtol=1e-4, equal_nan=True,  # NaN where a weight is NaN, in both
+                                        atol=1e-5 * float(other.abs().nan_to_num(0.0, 0.0).amax().clamp_min(1e-30)))))
             if not same:
                 self.fallbacks.add(name)
         self._checked.add(name)

@@ -105,7 +105,8 @@ def _levels_block(weight, scale, top, i0, block):  # noqa: ANN001, ANN202
     for o in range(weight.shape[0]):
         s, wr = scale[o], weight[o, i0:i0 + block.shape[0]]
         for r in range(wr.shape[0]):
-            block[r, o] = np.rint(max(-one, min(one, wr[r] / s)) * top)
+            v = wr[r] / s
+            block[r, o] = np.rint((one if v > one else (-one if v < -one else v)) * top)  # a NaN stays NaN, as torch's clamp
 
 
 @_inline
