@@ -368,7 +368,7 @@ class InstanceDraws:
     def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
         """One differential slice, in place: the same conductances, drift, effective weights,
         read-noise variances and ADC ranges as ``program`` + ``set_time``, and no fresh large
-        tensor; the per-cell arithmetic in three compiled passes where numba runs
+        tensor; the per-cell arithmetic in one compiled pass where numba runs
         (:mod:`cimflow.train.program_kernels`), else in about a third of the elementwise
         torch passes of ``program`` + ``set_time`` (:meth:`_cells_torch`)."""
         eng = layer.engine

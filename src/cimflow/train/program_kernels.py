@@ -2,21 +2,22 @@
 
 :meth:`cimflow.train.draws.InstanceDraws._program_fast` programs a fresh chip instance of one
 differential slice on every training step. Written as torch operations that is about twenty
-elementwise passes over the cells; here it is three passes over the weights and cells, row by
-row of contiguous arrays:
+elementwise passes over the cells; here it is one pass over the weights
+(:func:`column_scales`: the weight scale per column, the largest |w| of each output row of the
+weight or of the whole layer, 1 for an all-zero column) and one over the cells
+(:func:`program_instance`), block of 16 cell rows by block, each step on contiguous rows:
 
-- :func:`column_scales`: the weight scale per column (largest |w| of each output row of the
-  weight, or of the whole layer), 1 for an all-zero column;
-- :func:`levels`: the signed level ``rint(clamp(w / scale, -1, 1) (levels - 1))`` of every
-  weight, transposed to the cells' (in, out) layout in square blocks;
-- :func:`program_cells`: the conductances at ``t0`` of both cells of every pair, the target
+- the signed level ``rint(clamp(w / scale, -1, 1) (levels - 1))`` of every weight, gathered
+  from the (out, in) weight a cache line at a time into the cells' (in, out) layout;
+- the conductances at ``t0`` of both cells of every pair: the target
   ``G = g_min + level (g_max - g_min) / (levels - 1)`` plus the programming sigma (a
   polynomial in ``G / g_max``, as :func:`cimflow.physics.programming_sigma`) times the cell's
   standard normal, clamped at 0; then the stuck cells;
-- :func:`age_cells`: the per-read-group column sums of ``|w|``, ``w`` and ``w^2`` of the
-  effective weights at ``t0`` (what the ADC full scale is set from), the power-law drift
-  ``G(t) = G(t0) exp(-nu log(t / t0))``, the effective weights ``(G+ - G-) / (g_max - g_min)``
-  and the read-noise variances ``read_noise^2 ((G+ / den)^2 + (G- / den)^2)``.
+- the per-read-group column sums of ``|w|``, ``w`` and ``w^2`` of the effective weights at
+  ``t0`` (what the ADC full scale is set from);
+- the power-law drift ``G(t) = G(t0) exp(-nu log(t / t0))``, the effective weights
+  ``(G+ - G-) / (g_max - g_min)`` and the read-noise variances
+  ``read_noise^2 ((G+ / den)^2 + (G- / den)^2)``.
 
 The float32 operations are the torch form's in the same order, so the values are the same up
 to float rounding (multiply-adds may be fused; the column sums are added in another order;
