@@ -57,7 +57,17 @@ def applies(device: torch.device, calibrating: bool, adc_bits: int) -> bool:
 def _operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
     """Per (slice, column): the sum's factor to ADC steps (times the compensation gain) and the
     gain's magnitude; per slice and column the code's weight; the ADC's steps per cell and one
-    code's value in cell units."""
+    code's value in cell units. Kept on the table for the state they depend on (the same
+    gain, scale and significance tensors, unchanged since, and the same ADC range)."""
+    parts = (table.output_gain, table.w_scale, table._significance)
+    stamp = (table.adc_range, sd, *(-1 if t is None else t._version for t in parts))
+    held = table.__dict__.get("_fused_table_operands")  # (stamp, the tensors themselves: no id reused, operands)
+    if held is None or held[0] != stamp or any(a is not b for a, b in zip(held[1], parts, strict=True)):
+        held = table.__dict__["_fused_table_operands"] = (stamp, parts, _make_operands(table, sd))
+    return held[2]
+
+
+def _make_operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
     steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
     k = steps / table.adc_range
     gain = table.output_gain
