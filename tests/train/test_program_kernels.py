@@ -162,6 +162,8 @@ def test_the_torch_form_runs_when_the_kernels_are_off(monkeypatch):
     monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
     assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is not None
     assert draws_module._compiled_kernels(weight.double(), ws.g0[0], ws.g0[0], ws) is None
+    ws.sigma = [0.0] + ws.sigma * 8  # more coefficients than the kernel's Horner holds: never silently truncated
+    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is None
 
 
 @settings(max_examples=30, deadline=None)

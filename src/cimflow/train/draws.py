@@ -235,8 +235,8 @@ def _fast(layer: CIMLayer) -> bool:
 def _sigma_coefficients(dev: Device) -> list[float]:
     """The programming sigma's polynomial in ``x = G / g_max`` with ``g_max`` folded in
     (siemens), highest power first: ``sigma = sum_k b_k x^k``, evaluated by Horner's rule in
-    ``x`` as :func:`cimflow.physics.programming_sigma` does (a polynomial in the level instead
-    would lose float32 digits to cancellation at high degree)."""
+    ``x`` as :func:`cimflow.physics.programming_sigma` does (the same float32 arithmetic as
+    the engine's own programming; one coefficient per power, at most the spec's 8)."""
     return [c * dev.g_max for c in reversed(dev.programming_noise.coefficients)]
 
 
@@ -422,6 +422,8 @@ def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, w
     try:
         from cimflow.train import program_kernels
     except ImportError:  # numba not built for this Python: the torch form
+        return None
+    if len(ws.sigma) > program_kernels.COEFFICIENTS:  # more than the kernel's fixed Horner (the spec allows no more)
         return None
     return program_kernels
 
