@@ -158,7 +158,7 @@ def test_weight_planes_kernel_is_the_torch_split(shape):
     both = np.empty((shape[0], shape[1], 2, shape[2]), np.int8)
     scale = np.empty((shape[0], shape[2]), np.float32)
     cell = np.empty(shape, np.int16)
-    read_kernels.weight_planes(w.numpy(), var.numpy(), both, cell, scale)
+    read_kernels.weight_planes(w.numpy(), var.numpy(), both, cell, scale, shape[0] * shape[1])
     planes = fastmm.int8_planes(w)
     assert np.array_equal(both[:, :, 0], planes.hi.numpy()) and np.array_equal(both[:, :, 1], planes.lo.numpy())
     assert np.array_equal(scale, planes.scale.view(shape[0], shape[2]).numpy())

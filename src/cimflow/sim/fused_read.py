@@ -101,7 +101,7 @@ def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
         scale = torch.empty((g, out))
         var = None if engine.read_var is None else engine.read_var[0].contiguous()
         cell = torch.empty((g, gr, out), dtype=torch.int16) if var is not None else _EMPTY_I16
-        _kernels().weight_planes(w.numpy(), (_EMPTY_F32 if var is None else var).numpy(), both.numpy(), cell.numpy(), scale.numpy())
+        _kernels().weight_planes(w.numpy(), (_EMPTY_F32 if var is None else var).numpy(), both.numpy(), cell.numpy(), scale.numpy(), rows)
         cell_bf16 = cell.view(torch.bfloat16) if var is not None else None
         groups = []
         for k in range(g):

@@ -243,27 +243,29 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
 
 
 @_kernel
-def weight_planes(w, var, both, cell16, scale):  # noqa: ANN001, ANN201
+def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
     """:func:`cimflow.sim.fastmm.int8_planes` of the weights ``w`` (G, gr, out) in one pass
     per group, into the fused read's layout: ``both`` (G, gr, 2, out) int8 (high and low
     plane side by side), ``scale`` (G, out); with ``var`` (G, gr, out) (or empty) the cell
     variances over the scale squared as bfloat16 bits ``cell16``, rounded to nearest even.
-    The same float32 operations as the torch form, so the same values."""
-    groups, rows, out = w.shape
+    The same float32 operations as the torch form, so the same values. Only the first ``rows``
+    rows in all (the layer's inputs) are read and written: the last group's padding is left."""
+    groups, group_rows, out = w.shape
     tiny = np.float32(1.1754943508222875e-38)
     tops = np.zeros(out, np.int32)
     inv_lo = np.float32(LO_LEVELS)
     for g in range(groups):
+        real = min(group_rows, rows - g * group_rows)
         bits = w[g].view(np.int32)
         tops[:] = 0
-        for r in range(rows):
+        for r in range(real):
             br = bits[r]
             for j in range(out):
                 tops[j] = max(tops[j], br[j] & np.int32(0x7FFFFFFF))
         sr = scale[g]
         for j in range(out):
             sr[j] = max(np.float32(np.uint32(tops[j]).view(np.float32)), tiny) / np.float32(127.0)
-        for r in range(rows):
+        for r in range(real):
             wr, hr, lr = w[g, r], both[g, r, 0], both[g, r, 1]
             for j in range(out):
                 v = wr[j] / sr[j]
