@@ -224,23 +224,25 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slot
     sigma_k = np.float32(sigma_k)
     unit = np.float32(unit)
     reads = lone.shape[0]
-    # lone reads first, in a loop of their own (independent rows: their loads overlap): the
-    # noise-free value, then (draws of its own: elements ``lookup (M + 1) + 0 .. M`` of draw
+    # lone reads first, in loops of their own (independent rows: their loads overlap): the
+    # noise-free values, then (draws of their own: elements ``lookup (M + 1) + 0 .. M`` of draw
     # ``2 draw + 1``) the code steps, the first uniform against the row's P(some draw moves)
-    n_draws = slots.shape[1] if slots.shape[0] > 0 else 0
+    if base.shape[0] > 0:
+        for r in range(reads):
+            if lone[r]:
+                row, bag = idx[perm[starts[r]]], read_bag[r]
+                for d in range(dim):
+                    out[bag, d] += base[row, d]
+    n_draws = slots.shape[1] if slots.shape[0] > 0 and base.shape[0] > 0 else 0
     dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
     draws = np.empty(max(1, n_draws), np.float32)
-    for r in range(reads if base.shape[0] > 0 else 0):
+    for r in range(reads if n_draws > 0 else 0):
         if lone[r]:
             lookup = perm[starts[r]]
-            row, bag = idx[lookup], read_bag[r]
-            for d in range(dim):
-                out[bag, d] += base[row, d]
-            if n_draws > 0:
-                first = uint64(lookup) * uint64(n_draws + 1)
-                u0 = _uniform(dk_lone, first)
-                if u0 < gate[row]:
-                    _lone_steps(row, bag, u0, first, slots, cell_of, dk_lone, draws, out)
+            first = uint64(lookup) * uint64(n_draws + 1)
+            u0 = _uniform(dk_lone, first)
+            if u0 < gate[idx[lookup]]:
+                _lone_steps(idx[lookup], read_bag[r], u0, first, slots, cell_of, dk_lone, draws, out)
     dk = _draw_key(key, uint64(2) * uint64(draw))
     per_pass = max(1, _PASS_VALUES // sd)
     acc = np.empty((per_pass, width), np.float32)
