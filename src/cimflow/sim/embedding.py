@@ -19,7 +19,8 @@ noise-free pooled values, one uniform per lookup, and draws for the noise-sensit
 the few lookups whose codes move). The other lookups are grouped into reads by one sort of
 (bag, array) keys; every read's partial sums and read-noise variances come from one
 ``F.embedding_bag`` over the cached rows (an uncached table keeps the rows it hashed for
-them); reads are converted in cache-sized blocks, one clamped normal per partial sum.
+them); reads are converted in cache-sized blocks, one clamped normal per partial sum. On a
+CPU all of it is one compiled pass (:mod:`cimflow.sim.fused_table`).
 
 As for matrix layers (:mod:`cimflow.sim.engine`): program-and-verify
 (:meth:`CIMEmbeddingBag.set_program_verify`; its re-programming draws are hashed per

@@ -1,27 +1,32 @@
-"""The fused CPU read of an embedding table's shared reads: one compiled pass per forward.
+"""The fused CPU read of an embedding table: one compiled pass per forward.
 
-Lookups of one bag that fall in one array are read together (at most ``group_rows`` per
-read). In eager PyTorch such a read costs a sort of (bag, array) keys to group the lookups,
-a gather-sum of their rows, a normal per (read, slice, column), the ADC's elementwise passes,
-a scatter of the codes into their bags and the slices' combination, each a pass over memory.
-:func:`pool_shared` does all of it in one kernel (:func:`cimflow.sim.table_kernels.shared_reads`,
-numba): each bag's lookups are ordered by array in place (no global sort), each read's
-partial sums and read-noise variances are summed row by row into a small buffer that stays
-in cache, and the read noise is drawn from the counter-based stream of the fused crossbar
-read (:mod:`cimflow.sim.fused_read`): the table's (seed, name, "read", "counter") key and
-its draw counter, advanced once per forward and restarted by ``program``. Element
-``r S dim + c`` of the draw is read r's column c (reads numbered bag by bag, arrays in
-increasing order), so a normal is needed only where an ADC decision boundary lies within the
-noise's clamp (:data:`cimflow.sim.embedding.NOISE_TAIL` standard deviations): elsewhere every
-draw gives the same code, and the value drawn anywhere else does not depend on it.
+In eager PyTorch a table read costs some thirty passes over memory: a test of which lookups
+are alone in their array, the outcome table's gather and draws for those, a sort of (bag,
+array) keys to group the others into reads, a gather-sum of their rows, a normal per (read,
+slice, column), the ADC's elementwise passes, a scatter of the codes into their bags and the
+slices' combination. :func:`pool` does all of it in one kernel
+(:mod:`cimflow.sim.table_kernels`, numba): reads are planned bag by bag by counting the
+bag's lookups per array (no sort; arrays in the order the bag first reads them, each cut
+every ``group_rows`` lookups); a read of one lookup whose row fits the outcome table
+(:class:`cimflow.sim.pooling.SingleReads`) adds its noise-free value and the code steps its
+two-stage uniform draws take; every other read's partial sums and read-noise variances are
+summed row by row into a buffer that stays in cache and converted in passes of a few
+thousand sums. The randomness comes from the counter-based stream of the fused crossbar read
+(:mod:`cimflow.sim.fused_read`), keyed by the table's (seed, name, "read", "counter") with a
+draw number advanced once per forward and restarted by ``program``: draw ``2 n`` holds the
+shared reads' normals (shared read r's column c its element ``r S dim + c``), draw
+``2 n + 1`` the lone reads' uniforms (lookup i's elements ``i (M + 1) ..``).
 
-The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes`, codes summed
-per bag, slices combined once per bag): the same codes up to float rounding at a code
-boundary (the order of a read's row sum differs); ``tests/sim/test_fused_table.py`` pins
-the noise-free outputs and the noise moments against it. Used on a CPU with a multi-bit ADC
-when numba is importable and ``CIMFLOW_FUSED_READ`` is not ``0``, except while calibrating
-(which records the noisy sums); elsewhere (GPU, no numba) the torch path runs, with the
-table's torch generator: the same statistics, other values.
+The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes` with the noise
+clamped at :data:`cimflow.sim.embedding.NOISE_TAIL`, codes summed per bag, slices combined
+once per bag; :func:`cimflow.sim.pooling.pool_single`'s two stages): the same codes up to
+float rounding at a code boundary (a read's rows are summed in another order), and the same
+reads, except that a bag with more than ``group_rows`` lookups in one array may be cut into
+reads differently (both are orders a chip may read them in). ``tests/sim/test_fused_table.py``
+pins the noise-free outputs and the noise moments against the torch path. Used on a CPU with
+a multi-bit ADC when numba is importable and ``CIMFLOW_FUSED_READ`` is not ``0``, except
+while calibrating (which records the noisy sums); elsewhere (GPU, no numba) the torch path
+runs with the table's torch generator: the same statistics, other values.
 """
 
 from __future__ import annotations

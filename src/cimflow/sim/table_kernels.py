@@ -4,7 +4,8 @@ lone reads from the outcome table, shared reads' sums, read noise and ADC, pooli
 Imported only by :mod:`cimflow.sim.fused_table` when a fused table read runs (numba compiles
 it once per machine, cached on disk). :mod:`cimflow.sim.fused_table` documents the read and
 holds the torch-facing API; the normals are the counter-based stream of
-:mod:`cimflow.sim.read_kernels` (element e of a draw from the hash of ``e // 2``).
+:mod:`cimflow.sim.read_kernels` (``_fill``: element e of a draw from the hash of ``e // 2``),
+the lone reads' uniforms the same hash's halves.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ _PASS_VALUES = 8192
 
 @_inline
 def _element_bits(dk, e):  # noqa: ANN001, ANN202
-    """The 32 random bits of element ``e`` of the draw keyed ``dk`` (as ``read_kernels._fill``)."""
+    """32 random bits for element ``e`` of the draw keyed ``dk``: the high (even e) or low (odd
+    e) half of the SplitMix64 hash of pair ``e // 2``, the hash the normal stream uses."""
     h = _mix(dk + (uint64(e // 2) + uint64(1)) * _GOLDEN)
     return uint32(h >> uint64(32)) if e % 2 == 0 else uint32(h & uint64(0xFFFFFFFF))
 
