@@ -31,8 +31,9 @@ runs with the table's torch generator: the same statistics, other values.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 
 from cimflow.sim import fused_read
@@ -54,25 +55,49 @@ def _kernels() -> Any:
 
 
 def applies(device: torch.device, calibrating: bool, adc_bits: int) -> bool:
-    """Whether :func:`pool_shared` reads a table's shared reads: on a CPU, a multi-bit ADC, not
+    """Whether :func:`pool` reads a table: on a CPU, a multi-bit ADC, not
     calibrating, numba importable and the fused read not turned off."""
     return device.type == "cpu" and adc_bits > 1 and not calibrating and fused_read.available()
 
 
-def _operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
-    """Per (slice, column): the sum's factor to ADC steps (times the compensation gain) and the
-    gain's magnitude; per slice and column the code's weight; the ADC's steps per cell and one
-    code's value in cell units. Kept on the table for the state they depend on (the same
-    gain, scale and significance tensors, unchanged since, and the same ADC range)."""
-    parts = (table.output_gain, table.w_scale, table._significance)
-    stamp = (table.adc_range, sd, *(-1 if t is None else t._version for t in parts))
-    held = table.__dict__.get("_fused_table_operands")  # (stamp, the tensors themselves: no id reused, operands)
+class _Operands(NamedTuple):
+    """NumPy views of what :func:`table_kernels.pool_bags` reads besides the lookups."""
+
+    mult_x: np.ndarray  # (S dim,) the sum's factor to ADC steps (times the compensation gain)
+    gain_abs: np.ndarray  # (S dim,) the gain's magnitude
+    weights: np.ndarray  # (S, dim) a code's weight per slice and column
+    k: float  # ADC steps per cell
+    unit: float  # one code's value in cell units
+    steps: float  # the ADC's largest code
+    key: np.uint64  # the read-noise stream
+    values: np.ndarray  # a cached table's rows (effective weights, read-noise variances), or empty
+    base: np.ndarray  # the outcome table's (rows, dim) noise-free values, gate, slots, cells (or empty)
+    gate: np.ndarray
+    slots: np.ndarray
+    cells: np.ndarray
+
+
+_NO_ROWS = np.empty((0, 1), np.float32)
+_NO_GATE = np.empty(0, np.float32)
+_NO_SLOTS = np.empty((0, 0, 6), np.float32)
+_NO_CELLS = np.empty((0, 0), np.int64)
+
+
+def _operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
+    """The table's :class:`_Operands`, kept on the table for the state they depend on (the same
+    gain, scale, significance, cache and outcome-table tensors, unchanged since, the same ADC
+    range and stream key): a small table's call pays no conversions."""
+    parts = (table.output_gain, table.w_scale, table._significance, table.pool_cache, singles,
+             None if singles is None else singles.cell_of)
+    stamp = (table.adc_range, table._read_key, *(t._version if isinstance(t, torch.Tensor) else -1 for t in parts))
+    held = table.__dict__.get("_fused_table_operands")  # (stamp, the objects themselves: no id reused, operands)
     if held is None or held[0] != stamp or any(a is not b for a, b in zip(held[1], parts, strict=True)):
-        held = table.__dict__["_fused_table_operands"] = (stamp, parts, _make_operands(table, sd))
+        held = table.__dict__["_fused_table_operands"] = (stamp, parts, _make_operands(table, singles))
     return held[2]
 
 
-def _make_operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+def _make_operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
+    sd = table._significance.numel() * table.embedding_dim
     steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
     k = steps / table.adc_range
     gain = table.output_gain
@@ -84,13 +109,14 @@ def _make_operands(table: CIMEmbeddingBag, sd: int) -> tuple[torch.Tensor, torch
         gain = gain.repeat(sd // gain.numel()) if gain.numel() > 1 else gain.expand(sd)
         mult_x, gain_abs = (gain * k).contiguous(), gain.abs().contiguous()
     weights = (table._significance.to(torch.float32).view(-1, 1) * table.w_scale).contiguous()
-    return mult_x, gain_abs, weights, k, 1.0 / k
-
-
-_NO_ROWS = torch.empty(0, 1)
-_NO_GATE = torch.empty(0)
-_NO_SLOTS = torch.empty(0, 0, 6)
-_NO_CELLS = torch.empty(0, 0, dtype=torch.int64)
+    values = _NO_ROWS if table.pool_cache is None else table.pool_cache.contiguous().numpy()
+    base, gate, slots, cells = _NO_ROWS, _NO_GATE, _NO_SLOTS, _NO_CELLS
+    if singles is not None:  # (views: a lazy table's rows written later are seen)
+        base, gate = singles.base.numpy(), singles.gate.numpy()
+        slots = _NO_SLOTS if singles.slots is None else singles.slots.numpy()
+        cells = _NO_CELLS if singles.cell_of is None else singles.cell_of.numpy()
+    return _Operands(mult_x.numpy(), gain_abs.numpy(), weights.numpy(), k, 1.0 / k, float(steps), fused_read._u64(table._read_key),
+                     values, base, gate, slots, cells)
 
 
 def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: torch.Tensor, singles: SingleReads | None,
@@ -101,36 +127,25 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     from the table's cache, the rows a lazy table keeps, or the hash."""
     k = _kernels()
     idx, bags = idx.contiguous(), bags.contiguous()
-    gate = _NO_GATE
     if singles is not None:
         singles.ensure(idx, table._effective_rows)  # a lazy table's rows first read get their outcomes
-        gate = singles.gate
+    ops = _operands(table, singles)
     idx_np = idx.numpy()
     perm, starts, read_bag, lone = k.plan(idx_np, bags.numpy(), table.spec.rows, table.num_embeddings // table.spec.rows + 1,
-                                          table.group_rows, gate.numpy())
-    if table.pool_cache is not None:
-        values, where = table.pool_cache, idx
-    elif singles is not None:  # lazy: the rows of shared reads, once hashed, are kept beside the outcome table
+                                          table.group_rows, ops.gate)
+    values, where = ops.values, idx_np
+    if table.pool_cache is None and singles is not None:  # lazy: shared reads' rows, once hashed, kept beside the outcome table
         shared = torch.empty(idx.shape, dtype=torch.bool)
-        values, where = _NO_ROWS, idx
         if k.shared_lookups(perm, starts, lone, shared.numpy()):
             rows, slot = singles.stored_rows(idx[shared], table._effective_rows)
-            values, where = rows, torch.zeros_like(idx).masked_scatter_(shared, slot)
-    else:
+            values, where = rows.contiguous().numpy(), torch.zeros_like(idx).masked_scatter_(shared, slot).numpy()
+    elif table.pool_cache is None:
         w, var = table._effective_rows(idx)
-        values, where = (w if var is None else torch.cat([w, var], dim=1)), torch.arange(idx.numel())
-    mult_x, gain_abs, weights, k_steps, unit = _operands(table, table._significance.numel() * table.embedding_dim)
+        values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
     draw = table._read_draw
     table._read_draw = draw + 1
-    steps = (1 << (table.spec.analog_adc().bits - 1)) - 1
-    base, slots, cells = _NO_ROWS, _NO_SLOTS, _NO_CELLS
-    if singles is not None:
-        base = singles.base
-        slots = _NO_SLOTS if singles.slots is None else singles.slots
-        cells = _NO_CELLS if singles.cell_of is None else singles.cell_of
-    k.pool_bags(idx_np, perm, starts, read_bag, lone, where.contiguous().numpy(), values.contiguous().numpy(), base.numpy(),
-                gate.numpy(), slots.numpy(), cells.numpy(), mult_x.numpy(), k_steps, gain_abs.numpy(), float(steps), tail,
-                weights.numpy(), unit, fused_read._u64(table._read_key), fused_read._u64(draw), out.numpy())
+    k.pool_bags(idx_np, perm, starts, read_bag, lone, where, values, ops.base, ops.gate, ops.slots, ops.cells, ops.mult_x, ops.k,
+                ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
     return int(lone.shape[0])
 
 
