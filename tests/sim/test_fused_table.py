@@ -172,3 +172,39 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
         assert lone[r] == (len(members) == 1 and float(gate[idx[members[0]]]) <= 1.0)
     _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
     assert lone.shape[0] == read_starts.numel()
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.integers(-2, 6), min_size=1, max_size=12), st.booleans(), st.integers(0, 8), st.booleans(),
+       st.integers(0, 10_000), st.sampled_from([torch.int64, torch.int32]))
+def test_bag_extents_parse_as_the_torch_ops(sizes, as_sizes, extra, include_last, seed, dtype):
+    """A 1-D input cut by offsets (valid or not, indices in range or not): the compiled pass
+    gives the same lookups, bags, sizes and flags as the torch operations, or the same error."""
+    from cimflow.errors import DataError
+    from cimflow.sim import read_groups
+
+    if as_sizes:  # offsets from bag sizes (valid unless a size is negative), a few spare indices after
+        offs = torch.tensor([0] + sizes).cumsum(0)[: len(sizes) + int(include_last)]
+        n_values = max(0, int(offs[-1])) + extra
+    else:  # anything
+        offs, n_values = torch.tensor(sizes), extra * 3
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randint(0, 40, (n_values,), generator=g)
+    if n_values and seed % 3 == 0:  # an index out of range, maybe in the unused tail
+        values[seed % n_values] = 40 if seed % 2 else -1
+    values = values.to(dtype)
+    outcomes = []
+    for fused in ("1", "0"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CIMFLOW_FUSED_READ", fused)
+            outcomes.append(_parse(read_groups, values, offs, include_last, DataError))
+    assert outcomes[0] == outcomes[1]
+
+
+def _parse(read_groups, values, offs, include_last, error):
+    try:
+        flat = read_groups.flatten_bags(values, offs, True, include_last, 40, "t")
+        return flat.idx.tolist(), flat.bags.tolist(), flat.n_bags, flat.one_per_bag, flat.per_bag.tolist()
+    except error as err:
+        return str(err)
+

@@ -60,6 +60,23 @@ def applies(device: torch.device, calibrating: bool, adc_bits: int) -> bool:
     return device.type == "cpu" and adc_bits > 1 and not calibrating and fused_read.available()
 
 
+def bag_extents(input: torch.Tensor, offsets: torch.Tensor,
+                include_last_offset: bool) -> tuple[int, int, int, int, int, int, torch.Tensor, torch.Tensor | None]:
+    """A 1-D CPU embedding-bag input cut by int64 ``offsets`` in one compiled pass (what
+    :func:`cimflow.sim.read_groups.flatten_bags` checks and makes): the first and last offset,
+    the fewest and most indices per bag, the lowest and highest index used, the bags' sizes,
+    and each used index's bag (None where the offsets are not valid)."""
+    values = input.contiguous()
+    n_bags = offsets.numel() - int(include_last_offset)
+    counts = torch.empty(n_bags, dtype=torch.int64)
+    bags = torch.empty(values.numel(), dtype=torch.int64)
+    first, last, fewest, most, lowest, highest, valid = _kernels().bag_extents(
+        values.numpy(), offsets.contiguous().numpy(), include_last_offset, counts.numpy(), bags.numpy())
+    used = min(int(last) if include_last_offset else values.numel(), values.numel())
+    return (int(first), int(last), int(fewest), int(most), int(lowest), int(highest), counts,
+            bags[:used] if valid else None)
+
+
 class _Operands(NamedTuple):
     """NumPy views of what :func:`table_kernels.pool_bags` reads besides the lookups."""
 
@@ -149,4 +166,4 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     return int(lone.shape[0])
 
 
-__all__ = ["applies", "pool"]
+__all__ = ["applies", "bag_extents", "pool"]

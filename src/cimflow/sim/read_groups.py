@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cimflow.errors import DataError
+from cimflow.sim import fused_read, fused_table
 
 
 class Flat(NamedTuple):
@@ -52,13 +53,18 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     offsets = offsets.to(torch.int64)
     if offsets.numel() == 0:
         raise _bad_offsets(name, input.numel())
-    counts = offsets.diff()  # indices per bag
-    if not include_last_offset:
-        counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
-    fewest_t, most_t = torch.aminmax(counts) if counts.numel() else (offsets[0], offsets[0])
-    low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
-    first, last, fewest, most, lowest, highest = torch.stack(
-        [offsets[0], offsets[-1], fewest_t, most_t, low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
+    made: torch.Tensor | None = None
+    if input.device.type == "cpu" and input.dtype in (torch.int64, torch.int32) and fused_read.available():
+        # one compiled pass: sizes, extremes and each index's bag (the used indices' extremes)
+        first, last, fewest, most, lowest, highest, counts, made = fused_table.bag_extents(input, offsets, include_last_offset)
+    else:
+        counts = offsets.diff()  # indices per bag
+        if not include_last_offset:
+            counts = torch.cat([counts, (input.numel() - offsets[-1]).reshape(1)])
+        fewest_t, most_t = torch.aminmax(counts) if counts.numel() else (offsets[0], offsets[0])
+        low, high = torch.aminmax(input) if input.numel() else (offsets[0], offsets[0])
+        first, last, fewest, most, lowest, highest = torch.stack(
+            [offsets[0], offsets[-1], fewest_t, most_t, low.to(torch.int64), high.to(torch.int64)]).tolist()  # one host sync
     if first != 0 or fewest < 0 or last > input.numel():
         raise _bad_offsets(name, input.numel())
     used = last if include_last_offset else input.numel()
@@ -67,9 +73,12 @@ def flatten_bags(input: torch.Tensor, offsets: torch.Tensor | None, is_bag: bool
     if input.numel():
         _check_indices(lowest, highest, rows, name)
     n_bags = counts.numel()
-    bags = torch.arange(n_bags, device=input.device)
-    if not (most <= 1 and used == n_bags):  # else one index per bag: bag i holds index i
-        bags = torch.repeat_interleave(bags, counts, output_size=used)
+    if made is not None:
+        bags = made
+    else:
+        bags = torch.arange(n_bags, device=input.device)
+        if not (most <= 1 and used == n_bags):  # else one index per bag: bag i holds index i
+            bags = torch.repeat_interleave(bags, counts, output_size=used)
     return Flat(input[:used], bags, n_bags, (n_bags,), most <= 1, counts)
 
 

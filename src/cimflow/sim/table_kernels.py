@@ -280,4 +280,38 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slot
         _flush(bag_codes, current, weights, unit, out)
 
 
-__all__ = ["plan", "pool_bags", "shared_lookups"]
+
+
+@_kernel
+def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, ANN201
+    """A 1-D embedding-bag input cut by ``offsets`` (int64), in one pass: ``counts`` (the bags'
+    sizes, as many as bags) and, where the offsets are valid (first 0, never decreasing,
+    within the input), ``bags`` (each used index's bag). Returns ``(first offset, last offset,
+    fewest, most, lowest index, highest index, valid)``, the indices' extremes over the used
+    ones (0, 0 when none)."""
+    n, n_off, n_bags = values.shape[0], offsets.shape[0], counts.shape[0]
+    for b in range(n_bags):
+        counts[b] = (offsets[b + 1] if b + 1 < n_off else n) - offsets[b]
+    fewest, most = (offsets[0], offsets[0]) if n_bags == 0 else (counts[0], counts[0])
+    for b in range(n_bags):
+        fewest = min(fewest, counts[b])
+        most = max(most, counts[b])
+    first, last = offsets[0], offsets[n_off - 1]
+    valid = first == 0 and fewest >= 0 and last <= n
+    used = min(last if include_last else n, n)
+    lowest, highest = np.int64(0), np.int64(0)
+    if used > 0:
+        lowest, highest = np.int64(values[0]), np.int64(values[0])
+        for i in range(used):
+            lowest = min(lowest, np.int64(values[i]))
+            highest = max(highest, np.int64(values[i]))
+    if valid:
+        pos = 0
+        for b in range(n_bags):
+            for _ in range(counts[b]):
+                bags[pos] = b
+                pos += 1
+    return first, last, fewest, most, lowest, highest, valid
+
+
+__all__ = ["bag_extents", "plan", "pool_bags", "shared_lookups"]
