@@ -161,7 +161,7 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
         values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
     draw = table._read_draw
     table._read_draw = draw + 1
-    k.pool_bags(idx_np, perm, starts, read_bag, lone, where, values, ops.base, ops.gate, ops.slots, ops.cells, ops.mult_x, ops.k,
+    k.pool_bags(idx_np, perm, starts, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
                 ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
     return int(lone.shape[0])
 

@@ -121,9 +121,10 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
     """The reads of a forward: ``perm`` (the lookups bag by bag, each bag's grouped by array
     ``idx // array_rows`` < ``n_arrays``, arrays in the order the bag first reads them),
     ``starts`` (reads + 1: read r is ``perm[starts[r]:starts[r + 1]]``, each array's lookups
-    cut every ``group_rows``), each read's bag, and whether it is lone: one lookup whose row
-    fits the outcome table (``gate[row] <= 1``; ``gate`` empty: no table, no lone read).
-    Returns ``(perm, starts, read_bag, lone)`` (the last three as long as the reads). No sort: a bag's lookups are counted
+    cut every ``group_rows``), each read's bag, and ``lone``: for a lone read (one lookup whose
+    row fits the outcome table, ``0 <= gate[row] <= 1``; ``gate`` empty: no table, no lone
+    read) its row's gate, -1 for a shared read. Returns ``(perm, starts, read_bag, lone)`` (the
+    last three as long as the reads). No sort: a bag's lookups are counted
     per array in a table of ``n_arrays`` entries (cleared again after the bag)."""
     n = idx.shape[0]
     has_lone = gate.shape[0] > 0
@@ -180,10 +181,11 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
                 a += group_rows
         i0 = i1
     starts[reads] = n
-    lone = np.zeros(reads, np.bool_)
+    lone = np.full(reads, np.float32(-1.0), np.float32)
     if has_lone:
         for r in range(reads):  # (a loop of its own: the gate's loads overlap)
-            lone[r] = starts[r + 1] - starts[r] == 1 and gate[idx[perm[starts[r]]]] <= np.float32(1.0)
+            g = gate[idx[perm[starts[r]]]]
+            lone[r] = g if starts[r + 1] - starts[r] == 1 and g <= np.float32(1.0) else np.float32(-1.0)
     return perm, starts[:reads + 1], read_bag[:reads], lone
 
 
@@ -194,19 +196,19 @@ def shared_lookups(perm, starts, lone, shared):  # noqa: ANN001, ANN201
     count = 0
     for r in range(lone.shape[0]):
         for p in range(starts[r], starts[r + 1]):
-            shared[perm[p]] = not lone[r]
-        count += 0 if lone[r] else starts[r + 1] - starts[r]
+            shared[perm[p]] = lone[r] < 0
+        count += 0 if lone[r] >= 0 else starts[r + 1] - starts[r]
     return count
 
 
 @_kernel
-def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slots, cell_of,  # noqa: ANN001, ANN201
+def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, slots, cell_of,  # noqa: ANN001, ANN201
               mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
     """Read and pool the lookups of rows ``idx`` (int64) in the reads ``perm``, ``starts``,
     ``read_bag``, ``lone`` (:func:`plan`'s), accumulating into ``out`` (bags, dim) float32.
 
-    A lone read (one lookup whose row fits the outcome table: ``base`` (rows, dim), ``gate``
-    (rows,), ``slots`` (rows, M, 6), ``cell_of`` (rows, M) int64 or empty, as
+    A lone read (``lone[r]`` >= 0: its row's gate; the outcome table's ``base`` (rows, dim),
+    ``slots`` (rows, M, 6), ``cell_of`` (rows, M) int64 or empty, as
     :class:`cimflow.sim.pooling.SingleReads` holds them; all empty: no table) adds its row's
     noise-free value and the code steps of :func:`_lone_steps`. Every other read is a shared
     read: its partial sums are the sum of ``values[where[i]]`` over its lookups (float32
@@ -231,7 +233,7 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slot
     # ``2 draw + 1``) the code steps, the first uniform against the row's P(some draw moves)
     if base.shape[0] > 0:
         for r in range(reads):
-            if lone[r]:
+            if lone[r] >= 0:
                 row, bag = idx[perm[starts[r]]], read_bag[r]
                 for d in range(dim):
                     out[bag, d] += base[row, d]
@@ -239,11 +241,11 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slot
     dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
     draws = np.empty(max(1, n_draws), np.float32)
     for r in range(reads if n_draws > 0 else 0):
-        if lone[r]:
+        if lone[r] >= 0:
             lookup = perm[starts[r]]
             first = uint64(lookup) * uint64(n_draws + 1)
             u0 = _uniform(dk_lone, first)
-            if u0 < gate[idx[lookup]]:
+            if u0 < lone[r]:  # (the row's gate)
                 _lone_steps(idx[lookup], read_bag[r], u0, first, slots, cell_of, dk_lone, draws, out)
     dk = _draw_key(key, uint64(2) * uint64(draw))
     per_pass = max(1, _PASS_VALUES // sd)
@@ -257,7 +259,7 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, gate, slot
     converted = 0  # shared reads converted before this pass
     filled = 0
     for r in range(reads):
-        if lone[r]:
+        if lone[r] >= 0:
             continue
         if filled == per_pass:  # convert the pass, pool its codes
             _convert(acc, filled, converted, sd, noisy, mult_x, sigma_k, gain_abs, steps, tail, dk, codes, z, bits)
