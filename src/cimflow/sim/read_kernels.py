@@ -153,23 +153,28 @@ def normals(key, draw, out):  # noqa: ANN001, ANN201
         _fill(dk, start, out[start:start + _CHUNK], bits)
 
 
+@_inline
+def absmax(row):  # noqa: ANN001, ANN201
+    """The largest ``|row[j]|`` of a contiguous float32 row: an integer maximum of the floats'
+    bits with the sign cleared (the same order for finite floats; NaN has the largest bits, so
+    a NaN row gives NaN), which vectorizes where a float maximum does not."""
+    bits = row.view(np.int32)
+    top = np.int32(0)
+    for j in range(bits.shape[0]):
+        top = max(top, bits[j] & np.int32(0x7FFFFFFF))
+    return np.uint32(top).view(np.float32)
+
+
 @_kernel
 def quantize_rows(x, steps, eps, codes, scale, squares):  # noqa: ANN001, ANN201
     """The input DAC with a per-vector range: ``scale[n] = max(max_j |x[n, j]|, eps)`` and
     ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (into ``codes``' dtype: int8 for
     the integer units, float32 otherwise), float32 as the torch read computes it. ``x`` is
-    C-contiguous; the largest |x| is an integer maximum of the floats' bits with the sign
-    cleared (the same order for finite floats, and it vectorizes where a float maximum does not).
-    ``squares`` (N, in) int16, or empty: the codes' squares as bfloat16 bits, rounded to
+    C-contiguous (its largest |x| by :func:`absmax`). ``squares`` (N, in) int16, or empty: the codes' squares as bfloat16 bits, rounded to
     nearest even as ``Tensor.to(torch.bfloat16)`` rounds (the read-noise variance's input)."""
     steps = np.float32(steps)
-    bits = x.view(np.int32)
     for n in range(x.shape[0]):
-        br = bits[n]
-        top = np.int32(0)
-        for j in range(br.shape[0]):
-            top = max(top, br[j] & np.int32(0x7FFFFFFF))
-        largest = max(np.float32(np.uint32(top).view(np.float32)), np.float32(eps))
+        largest = max(absmax(x[n]), np.float32(eps))
         scale[n] = largest
         f = (np.float32(1.0) / largest) * steps
         xr, cr = x[n], codes[n]
@@ -279,4 +284,4 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
                     cr[j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
 
 
-__all__ = ["box_muller", "int_readout", "normals", "quantize_rows", "weight_planes"]
+__all__ = ["absmax", "box_muller", "int_readout", "normals", "quantize_rows", "weight_planes"]

@@ -33,10 +33,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
 
-_kernel = njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-_inline = njit(inline="always", cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+from cimflow.sim.read_kernels import _inline, _kernel, absmax
 
 _F = np.float32
 #: the programming-sigma polynomial's coefficients are padded to this many (the spec allows 8)
@@ -79,13 +77,8 @@ def column_scales(weight, per_column, scale):  # noqa: ANN001, ANN201
     (an all-zero column; NaN too, as the torch form's ``where(scale > 0, scale, 1)``). The
     largest |w| is an integer maximum of the floats' bits with the sign cleared (the same
     order for finite floats, and it vectorizes where a float maximum does not)."""
-    bits = weight.view(np.int32)
     for o in range(weight.shape[0]):
-        row = bits[o]
-        top = np.int32(0)
-        for i in range(row.shape[0]):
-            top = max(top, row[i] & np.int32(0x7FFFFFFF))
-        scale[o] = np.uint32(top).view(np.float32)
+        scale[o] = absmax(weight[o])
     if not per_column:  # the scales are >= 0 (or NaN, the largest bits): the same trick
         top = np.int32(0)
         sb = scale.view(np.int32)
