@@ -61,6 +61,8 @@ def test_noise_free_read_equals_the_torch_path(monkeypatch, lazy):
     layer = table_layer(0.0, 3000, 16)
     assert (layer.pool_cache is None) == lazy
     v, o = lookups(3000, 64, 12, long=3)
+    if lazy:
+        v = v.to(torch.int32)  # (int32 indices as nn.EmbeddingBag takes them)
     layer.collect_stats = True
     fused = forward(layer, v, o, True, monkeypatch)
     reads_fused = layer.stats["reads"]

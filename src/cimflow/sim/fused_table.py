@@ -155,7 +155,8 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
         shared = torch.empty(idx.shape, dtype=torch.bool)
         if k.shared_lookups(perm, starts, lone, shared.numpy()):
             rows, slot = singles.stored_rows(idx[shared], table._effective_rows)
-            values, where = rows.contiguous().numpy(), torch.zeros_like(idx).masked_scatter_(shared, slot).numpy()
+            values = rows.contiguous().numpy()
+            where = torch.zeros(idx.shape, dtype=torch.int64).masked_scatter_(shared, slot).numpy()
     elif table.pool_cache is None:
         w, var = table._effective_rows(idx)
         values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
