@@ -172,7 +172,7 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
         assert set(bags[members].tolist()) == {read_bag[r]}
         assert len(set((idx[members] // array_rows).tolist())) == 1
         is_lone = len(members) == 1 and float(gate[idx[members[0]]]) <= 1.0
-        assert lone[r] == (float(gate[idx[members[0]]]) if is_lone else -1.0)
+        assert lone[r] == (float(gate[idx[members[0]]]) if is_lone else -2.0)
     _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
     assert lone.shape[0] == read_starts.numel()
 

@@ -144,12 +144,16 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     from the table's cache, the rows a lazy table keeps, or the hash."""
     k = _kernels()
     idx, bags = idx.contiguous(), bags.contiguous()
-    if singles is not None:
-        singles.ensure(idx, table._effective_rows)  # a lazy table's rows first read get their outcomes
     ops = _operands(table, singles)
     idx_np = idx.numpy()
     perm, starts, read_bag, lone = k.plan(idx_np, bags.numpy(), table.spec.rows, table.num_embeddings // table.spec.rows + 1,
                                           table.group_rows, ops.gate)
+    unbuilt = np.flatnonzero(lone == -1.0)  # a lazy table's rows first read alone: their outcomes built now
+    if unbuilt.size and singles is not None:
+        rows = torch.from_numpy(idx_np[perm[starts[unbuilt]]])
+        gate = singles.ensure(rows, table._effective_rows)
+        assert gate is not None  # (a lazy table's)
+        lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
     values, where = ops.values, idx_np
     if table.pool_cache is None and singles is not None:  # lazy: shared reads' rows, once hashed, kept beside the outcome table
         shared = torch.empty(idx.shape, dtype=torch.bool)

@@ -123,8 +123,9 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
     ``starts`` (reads + 1: read r is ``perm[starts[r]:starts[r + 1]]``, each array's lookups
     cut every ``group_rows``), each read's bag, and ``lone``: for a lone read (one lookup whose
     row fits the outcome table, ``0 <= gate[row] <= 1``; ``gate`` empty: no table, no lone
-    read) its row's gate, -1 for a shared read. Returns ``(perm, starts, read_bag, lone)`` (the
-    last three as long as the reads). No sort: a bag's lookups are counted
+    read) its row's gate, -1 for a one-lookup read of a row not built yet (``gate`` -1: a lazy
+    table's), -2 for a shared read. Returns ``(perm, starts, read_bag, lone)`` (the last three
+    as long as the reads). No sort: a bag's lookups are counted
     per array in a table of ``n_arrays`` entries (cleared again after the bag)."""
     n = idx.shape[0]
     has_lone = gate.shape[0] > 0
@@ -181,18 +182,18 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
                 a += group_rows
         i0 = i1
     starts[reads] = n
-    lone = np.full(reads, np.float32(-1.0), np.float32)
+    lone = np.full(reads, np.float32(-2.0), np.float32)
     if has_lone:
         for r in range(reads):  # (a loop of its own: the gate's loads overlap)
             g = gate[idx[perm[starts[r]]]]
-            lone[r] = g if starts[r + 1] - starts[r] == 1 and g <= np.float32(1.0) else np.float32(-1.0)
+            lone[r] = g if starts[r + 1] - starts[r] == 1 and g <= np.float32(1.0) else np.float32(-2.0)
     return perm, starts[:reads + 1], read_bag[:reads], lone
 
 
 @_kernel
 def shared_lookups(perm, starts, lone, shared):  # noqa: ANN001, ANN201
     """Mark in ``shared`` (bool) the lookups that :func:`pool_bags` reads through shared reads
-    (the reads of :func:`plan`); returns how many."""
+    (the reads of :func:`plan`, every row built); returns how many."""
     count = 0
     for r in range(lone.shape[0]):
         for p in range(starts[r], starts[r + 1]):
