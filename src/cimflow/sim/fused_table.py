@@ -66,15 +66,14 @@ def bag_extents(input: torch.Tensor, offsets: torch.Tensor,
     :func:`cimflow.sim.read_groups.flatten_bags` checks and makes): the first and last offset,
     the fewest and most indices per bag, the lowest and highest index used, the bags' sizes,
     and each used index's bag (None where the offsets are not valid)."""
-    values = input.contiguous()
-    n_bags = offsets.numel() - int(include_last_offset)
-    counts = torch.empty(n_bags, dtype=torch.int64)
-    bags = torch.empty(values.numel(), dtype=torch.int64)
+    values = input.contiguous().numpy()
+    counts = np.empty(offsets.numel() - int(include_last_offset), np.int64)
+    bags = np.empty(values.shape[0], np.int64)
     first, last, fewest, most, lowest, highest, valid = _kernels().bag_extents(
-        values.numpy(), offsets.contiguous().numpy(), include_last_offset, counts.numpy(), bags.numpy())
-    used = min(int(last) if include_last_offset else values.numel(), values.numel())
-    return (int(first), int(last), int(fewest), int(most), int(lowest), int(highest), counts,
-            bags[:used] if valid else None)
+        values, offsets.contiguous().numpy(), include_last_offset, counts, bags)
+    used = min(int(last) if include_last_offset else values.shape[0], values.shape[0])
+    return (int(first), int(last), int(fewest), int(most), int(lowest), int(highest), torch.from_numpy(counts),
+            torch.from_numpy(bags[:used]) if valid else None)
 
 
 class _Operands(NamedTuple):
@@ -148,20 +147,21 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     idx_np = idx.numpy()
     perm, starts, read_bag, lone = k.plan(idx_np, bags.numpy(), table.spec.rows, table.num_embeddings // table.spec.rows + 1,
                                           table.group_rows, ops.gate)
-    unbuilt = np.flatnonzero(lone == -1.0)  # a lazy table's rows first read alone: their outcomes built now
-    if unbuilt.size and singles is not None:
-        rows = torch.from_numpy(idx_np[perm[starts[unbuilt]]])
-        gate = singles.ensure(rows, table._effective_rows)
-        assert gate is not None  # (a lazy table's)
-        lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
+    cache = table.pool_cache
+    if singles is not None and singles.known is not None:  # lazy: the rows first read alone get their outcomes now
+        unbuilt = np.flatnonzero(lone == -1.0)
+        if unbuilt.size:
+            gate = singles.ensure(torch.from_numpy(idx_np[perm[starts[unbuilt]]]), table._effective_rows)
+            assert gate is not None  # (a lazy table's)
+            lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
     values, where = ops.values, idx_np
-    if table.pool_cache is None and singles is not None:  # lazy: shared reads' rows, once hashed, kept beside the outcome table
+    if cache is None and singles is not None:  # lazy: shared reads' rows, once hashed, kept beside the outcome table
         shared = torch.empty(idx.shape, dtype=torch.bool)
         if k.shared_lookups(perm, starts, lone, shared.numpy()):
             rows, slot = singles.stored_rows(idx[shared], table._effective_rows)
             values = rows.contiguous().numpy()
             where = torch.zeros(idx.shape, dtype=torch.int64).masked_scatter_(shared, slot).numpy()
-    elif table.pool_cache is None:
+    elif cache is None:
         w, var = table._effective_rows(idx)
         values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
     draw = table._read_draw
