@@ -232,18 +232,18 @@ class JaggedFeatures:
         values: list[Tensor] = []
         batch: int | None = None
         for key, (v, o) in zip(keys, pairs, strict=True):
-            o = _as_index_tensor(f"offsets of '{key}'", o)
-            v = _as_index_tensor(f"values of '{key}'", v)
+            o = _as_index_tensor(f"offsets of {key!r}", o)
+            v = _as_index_tensor(f"values of {key!r}", v)
             if batch is None:
                 batch = o.numel() - 1
             if o.numel() - 1 != batch:
                 raise DataError(
-                    f"feature '{key}' has {o.numel() - 1} bags but the first feature has {batch}; "
+                    f"feature {key!r} has {o.numel() - 1} bags but the first feature has {batch}; "
                     "every key needs the same batch size"
                 )
             if o.numel() == 0 or int(o[0]) != 0 or int(o[-1]) != v.numel():
                 raise DataError(
-                    f"feature '{key}': offsets must start at 0 and end at len(values) = {v.numel()}"
+                    f"feature {key!r}: offsets must start at 0 and end at len(values) = {v.numel()}"
                 )
             lengths.append(o[1:] - o[:-1])
             values.append(v)

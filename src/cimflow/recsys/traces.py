@@ -114,7 +114,7 @@ class AccessTrace:
             for key, values, size in zip(keys, self.per_table(), sizes, strict=True):
                 if values.numel() and int(values.max()) >= size:
                     raise _fail(
-                        f"indices of table '{key}' must lie in [0, {size}) (table_sizes), found {int(values.max())}"
+                        f"indices of table {key!r} must lie in [0, {size}) (table_sizes), found {int(values.max())}"
                     )
 
     # ------------------------------------------------------------------ views
@@ -286,12 +286,12 @@ def _read_npz(path: Path) -> dict[str, Any]:
                 raise _fail(f"{path} holds one array, not an .npz archive of named fields")
             for name in archive.files:
                 if name not in _FIELDS:
-                    raise _fail(f"unknown field '{name}' in {path.name}; allowed: {list(_FIELDS)}")
+                    raise _fail(f"unknown field {name!r} in {path.name}; allowed: {list(_FIELDS)}")
                 try:
                     fields[name] = archive[name]
                 except Exception as error:  # noqa: BLE001 - any failure to decode a member is bad data
                     reason = _reason(error)
-                    raise _fail(f"field '{name}' is corrupt or needs unpickling ({reason})") from error
+                    raise _fail(f"field {name!r} is corrupt or needs unpickling ({reason})") from error
     except DataError:
         raise
     except Exception as error:  # noqa: BLE001 - numpy raises many types for a malformed file

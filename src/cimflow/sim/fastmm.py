@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 #: and small-matrix overheads dominate; measured on a 2-core AMX CPU).
 BF16_MIN_MACS = 1 << 23
 
+#: Smallest per-column scale of the int8 planes: its square stays a normal float32 (an all-zero
+#: or vanishing column would otherwise divide its cell variances by zero).
+MIN_SCALE = 2.0**-60
+
 #: Levels of the int8 weight planes' low part (``lo`` in [-127, 127] covers hi's rounding error of +-1/2).
 LO_LEVELS = 254.0
 
@@ -93,7 +97,7 @@ class SignalPlanes(NamedTuple):
 
 def int8_planes(w: torch.Tensor) -> SignalPlanes:
     """Split float weights (G, gr, out) into two int8 planes per column (module docstring)."""
-    scale = w.abs().amax(dim=-2, keepdim=True).clamp_min_(torch.finfo(w.dtype).tiny).div_(127.0)
+    scale = w.abs().amax(dim=-2, keepdim=True).div_(127.0).clamp_min_(MIN_SCALE)
     r = w / scale
     hi = r.round()
     lo = r.sub_(hi).mul_(LO_LEVELS).round_()
@@ -191,6 +195,6 @@ def workspace(engine: CrossbarEngine) -> Workspace:
     return space
 
 
-__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "SignalPlanes", "Workspace", "cached", "grouped_products", "int8_planes",
+__all__ = ["BF16_MIN_MACS", "LO_LEVELS", "MIN_SCALE", "SignalPlanes", "Workspace", "cached", "grouped_products", "int8_planes",
            "int_products", "int_read_applies", "int_signal_products", "matrix_units_available", "variance_products",
            "workspace"]

@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit, uint32, uint64
 
-from cimflow.sim.fastmm import LO_LEVELS
+from cimflow.sim.fastmm import LO_LEVELS, MIN_SCALE
 
 # numpy's error model: no Python division checks in the loops (they would stop vectorization);
 # contract: multiply-adds fused
@@ -256,7 +256,7 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
     The same float32 operations as the torch form, so the same values. Only the first ``rows``
     rows in all (the layer's inputs) are read and written: the last group's padding is left."""
     groups, group_rows, out = w.shape
-    tiny = np.float32(1.1754943508222875e-38)
+    smallest = np.float32(MIN_SCALE)
     tops = np.zeros(out, np.int32)
     inv_lo = np.float32(LO_LEVELS)
     for g in range(groups):
@@ -269,7 +269,7 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
                 tops[j] = max(tops[j], br[j] & np.int32(0x7FFFFFFF))
         sr = scale[g]
         for j in range(out):
-            sr[j] = max(np.float32(np.uint32(tops[j]).view(np.float32)), tiny) / np.float32(127.0)
+            sr[j] = max(np.float32(np.uint32(tops[j]).view(np.float32)) / np.float32(127.0), smallest)
         for r in range(real):
             wr, hr, lr = w[g, r], both[g, r, 0], both[g, r, 1]
             for j in range(out):
