@@ -90,7 +90,9 @@ def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A bijective avalanche mix of int32 values (the "lowbias32" finalizer)."""
     out = x.to(torch.int32, copy=True, memory_format=torch.contiguous_format)
-    if out.numel() <= BLOCK_CELLS or out.device.type != "cpu":
+    # one block on a GPU and under torch.compile (there in-place writes to slices become nested
+    # scatters the compiler inlines into one huge kernel; it fuses the whole-tensor form)
+    if out.numel() <= BLOCK_CELLS or out.device.type != "cpu" or torch.compiler.is_compiling():
         return _mix32_(out, torch.empty_like(out))
     for block, tmp in _blocks(out.view(-1)):
         _mix32_(block, tmp)
