@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from cimflow.chip import Chip, chip_from_dict, load_preset
 
 
@@ -17,3 +19,12 @@ def chip_with(base: str = "ideal", **changes: Any) -> Chip:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
     return chip_from_dict(data, origin=f"{base}+changes")
+
+
+def random_lookups(per_bag: list[int], seed: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded random lookups of ``per_bag[b]`` rows (of ``rows``) in each bag b: the per-bag
+    counts (tensor), each lookup's bag, each lookup's row."""
+    counts = torch.tensor(per_bag)
+    bags = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    idx = torch.randint(0, rows, (bags.numel(),), generator=torch.Generator().manual_seed(seed))
+    return counts, bags, idx

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from cimtest import chip_with
+from cimtest import chip_with, random_lookups
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -178,11 +178,8 @@ def test_outcome_table_follows_the_instance_state(monkeypatch):
 def test_alone_in_read_matches_counting(per_bag_list, seed, array_rows, group_rows):
     """A lookup is alone iff no other lookup of its bag falls in its array (any row count per
     array, power of two or not; one row per read makes every lookup alone)."""
-    g = torch.Generator().manual_seed(seed)
     rows = 37
-    per_bag = torch.tensor(per_bag_list)
-    bags_ = torch.repeat_interleave(torch.arange(per_bag.numel()), per_bag)
-    idx = torch.randint(0, rows, (bags_.numel(),), generator=g)
+    per_bag, bags_, idx = random_lookups(per_bag_list, seed, rows)
     n_arrays = -(-rows // array_rows)
     got = pooling.alone_in_read(idx, bags_, per_bag, array_rows, n_arrays, group_rows)
     pairs = list(zip(bags_.tolist(), (idx // array_rows).tolist(), strict=True))

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from cimtest import chip_with
+from cimtest import chip_with, random_lookups
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -167,11 +167,8 @@ def test_reads_group_lookups_by_bag_and_array(per_bag_list, seed, array_rows, gr
     (bag, array) with c lookups takes ceil(c / group_rows) reads; reads come in bag order, the
     lookups are a permutation of the input's and each read's bag is its lookups' bag."""
     assume(sum(per_bag_list) > 0)  # (an empty forward returns before grouping)
-    g = torch.Generator().manual_seed(seed)
     rows = 40
-    per_bag = torch.tensor(per_bag_list)
-    bags_ = torch.repeat_interleave(torch.arange(per_bag.numel()), per_bag)
-    idx = torch.randint(0, rows, (bags_.numel(),), generator=g)
+    per_bag, bags_, idx = random_lookups(per_bag_list, seed, rows)
     n_arrays = -(-rows // array_rows)
     idx_s, starts, read_bags = pooling.group_reads(idx, bags_, array_rows, n_arrays, group_rows)
     assert sorted(idx_s.tolist()) == sorted(idx.tolist())
