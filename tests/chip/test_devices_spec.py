@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cimtest import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,24 +153,6 @@ def test_model_fields_validate_to_their_bounds_or_refuse(name: str, field: str, 
 
 
 # -------------------------------------------------------------------------- the CLI
-def run_cli(args: list[str]) -> tuple[int, str]:
-    from typer.testing import CliRunner
-
-    from cimflow.cli import main
-
-    runner = CliRunner()
-    with runner.isolation() as streams:
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        sys.stdout.flush()
-        sys.stderr.flush()
-        output = b"".join(s.getvalue() for s in streams[:2] if s is not None).decode(errors="replace")
-    return code, output
-
-
 @pytest.mark.parametrize(("device", "says"), [
     ({**BASE_DEVICE, "temperature_k": -40.0}, "temperature_k"),
     ({**BASE_DEVICE, "endurance_cycles": 0}, "endurance_cycles"),

@@ -20,7 +20,6 @@ import functools
 import math
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ import annotated_types
 import pytest
 import torch
 import yaml
+from cimtest import run_cli
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -521,26 +521,6 @@ def cli_arguments(draw: st.DrawFn, root: Path) -> list[str]:
     if draw(RARELY):
         args.append(draw(st.sampled_from(["--bogus", "--chip", "--out", "extra-argument"])))
     return args
-
-
-def run_cli(args: list[str]) -> tuple[int, str]:
-    """``cimflow ARGS`` in-process through the real entry point (a CimflowError exits 2 there):
-    (exit status, stdout + stderr)."""
-    from typer.testing import CliRunner
-
-    from cimflow.cli import main
-
-    runner = CliRunner()
-    with runner.isolation() as streams:
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        output = b"".join(s.getvalue() for s in streams[:2] if s is not None).decode(errors="replace")
-    return code, output
 
 
 @fuzz_settings(80)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from cimtest import chip_with
+from cimtest import alternating_read, chip_with
 from torch import nn
 
 import cimflow
@@ -127,41 +127,10 @@ def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its
     cimflow.program(cim, seed=3)  # the same instance, its read-noise stream restarted
     assert torch.equal(cim(x.clone().requires_grad_(True)).detach(), expected)
     # training's pooled normals ("given") through the fused read: the noise keeps its variance
-    r = 0.05
-    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14,
-                                 "arrays.analog.input_encoding.bits": 8})
-    lin = nn.Linear(600, 50, bias=False)
-    with torch.no_grad():
-        lin.weight.fill_(0.02)
-    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
+    cim, xs, ideal, var = alternating_read(600, 0.02, 2000, **{"arrays.analog.input_encoding.bits": 8})
     eng = cim_layers(cim)[0][1].engine
     draw_pool.use_pooled_read_noise(eng, 7)
-    xs = torch.ones(2000, 600)
-    xs[:, ::2] = -1.0  # the ideal sum is 0, far inside the ADC's range; its step is far below the noise
     y = cim(xs.requires_grad_(True)).detach()
     assert "_fused_operands" in eng.__dict__
-    var = float(eng.read_var[0].sum(dim=(0, 1))[0]) * float(eng.w_scale[0]) ** 2  # every group's cells of column 0
-    assert abs(float(y.mean())) < 5 * math.sqrt(var / y.numel())
+    assert abs(float(y.mean()) - ideal) < 5 * math.sqrt(var / y.numel())
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / y.numel())
-
-
-@pytest.mark.parametrize("shape", [(1, 7, 3), (3, 64, 33)])
-def test_weight_planes_kernel_is_the_torch_split(shape):
-    """The operands' kernel gives fastmm.int8_planes' planes and scales exactly, and the cell
-    variances over the scale squared rounded to bfloat16 as torch rounds them."""
-    from cimflow.sim import read_kernels
-
-    gen = torch.Generator().manual_seed(sum(shape))
-    w = torch.randn(shape, generator=gen) * torch.exp(3 * torch.rand(shape, generator=gen))
-    w[0, :, 0] = 0.0  # an all-zero column
-    var = torch.rand(shape, generator=gen) * 1e-3
-    both = np.empty((shape[0], shape[1], 2, shape[2]), np.int8)
-    scale = np.empty((shape[0], shape[2]), np.float32)
-    cell = np.empty(shape, np.int16)
-    read_kernels.weight_planes(w.numpy(), var.numpy(), both, cell, scale, shape[0] * shape[1])
-    planes = fastmm.int8_planes(w)
-    assert np.array_equal(both[:, :, 0], planes.hi.numpy()) and np.array_equal(both[:, :, 1], planes.lo.numpy())
-    assert np.array_equal(scale, planes.scale.view(shape[0], shape[2]).numpy())
-    expect = (var / planes.scale.square()).to(torch.bfloat16)
-    assert torch.equal(torch.from_numpy(cell).view(torch.bfloat16), expect)
-    assert bool(torch.isfinite(expect.float()).all())  # the all-zero column too (its scale is bounded below)

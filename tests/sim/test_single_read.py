@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from cimtest import chip_with
+from cimtest import alternating_read, chip_with
 from torch import nn
 
 import cimflow
@@ -71,23 +71,9 @@ def test_fused_forward_is_the_inference_read_for_the_same_seed():
 
 
 def test_fused_read_noise_keeps_the_exact_moments():
-    # a layer whose weights are all equal, inputs +-1 (the ideal sum 0, far inside the ADC's
-    # range): each output's read noise is a Gaussian of known variance (the ADC's step is far
-    # below it here)
-    r = 0.05
-    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14})
-    lin = nn.Linear(100, 50, bias=False)
-    with torch.no_grad():
-        lin.weight.fill_(0.5)
-    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
-    eng = cim[0].engine
-    x = torch.ones(400, 100)
-    x[:, ::2] = -1.0
-    x.requires_grad_(True)
-    y = cim(x).detach()
-    ideal = float(x.detach()[0] @ lin.weight.detach()[0])
-    # variance of sum_i x_i W_i (1 + r z_i) with G+ = w g_span, G- = g_min: r^2 sum (G+^2 + G-^2)/d^2, in output units
-    var = float(eng.read_var[0, 0, :100, 0].sum()) * float(eng.w_scale[0]) ** 2
+    # each output's read noise is a Gaussian of known variance (cimtest.alternating_read)
+    cim, x, ideal, var = alternating_read(100, 0.5, 400)
+    y = cim(x.requires_grad_(True)).detach()
     n = y.numel()
     assert abs(float(y.mean()) - ideal) < 5 * math.sqrt(var / n)
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / n)
@@ -96,19 +82,11 @@ def test_fused_read_noise_keeps_the_exact_moments():
 def test_pooled_read_noise_keeps_the_moments_and_fresh_values_per_read():
     # the same layer as above; the training reads' noise from a pool (draw_pool): each read's
     # noise has the exact variance, and two reads' noise at one output is uncorrelated
-    r = 0.05
-    chip = chip_with("ideal", **{"arrays.analog.device.read_noise": r, "arrays.analog.adc.bits": 14})
-    lin = nn.Linear(100, 50, bias=False)
-    with torch.no_grad():
-        lin.weight.fill_(0.5)
-    cim = cimflow.program(cimflow.convert(nn.Sequential(lin), chip), seed=0)
+    cim, x, _, var = alternating_read(100, 0.5, 400)
     eng = cim[0].engine
     draw_pool.use_pooled_read_noise(eng, 7)
-    x = torch.ones(400, 100)
-    x[:, ::2] = -1.0
     x.requires_grad_(True)
     reads = [cim(x).detach() for _ in range(3)]
-    var = float(eng.read_var[0, 0, :100, 0].sum()) * float(eng.w_scale[0]) ** 2
     n = reads[0].numel()
     for y in reads:
         assert abs(float(y.mean())) < 5 * math.sqrt(var / n)
