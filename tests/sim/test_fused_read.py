@@ -134,3 +134,25 @@ def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its
     assert "_fused_operands" in eng.__dict__
     assert abs(float(y.mean()) - ideal) < 5 * math.sqrt(var / y.numel())
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / y.numel())
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 3), (3, 64, 33)])
+def test_weight_planes_kernel_is_the_torch_split(shape):
+    """The operands' kernel gives fastmm.int8_planes' planes and scales exactly, and the cell
+    variances over the scale squared rounded to bfloat16 as torch rounds them."""
+    from cimflow.sim import read_kernels
+
+    gen = torch.Generator().manual_seed(sum(shape))
+    w = torch.randn(shape, generator=gen) * torch.exp(3 * torch.rand(shape, generator=gen))
+    w[0, :, 0] = 0.0  # an all-zero column
+    var = torch.rand(shape, generator=gen) * 1e-3
+    both = np.empty((shape[0], shape[1], 2, shape[2]), np.int8)
+    scale = np.empty((shape[0], shape[2]), np.float32)
+    cell = np.empty(shape, np.int16)
+    read_kernels.weight_planes(w.numpy(), var.numpy(), both, cell, scale, shape[0] * shape[1])
+    planes = fastmm.int8_planes(w)
+    assert np.array_equal(both[:, :, 0], planes.hi.numpy()) and np.array_equal(both[:, :, 1], planes.lo.numpy())
+    assert np.array_equal(scale, planes.scale.view(shape[0], shape[2]).numpy())
+    expect = (var / planes.scale.square()).to(torch.bfloat16)
+    assert torch.equal(torch.from_numpy(cell).view(torch.bfloat16), expect)
+    assert bool(torch.isfinite(expect.float()).all())  # the all-zero column too (its scale is bounded below)
