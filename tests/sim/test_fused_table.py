@@ -150,13 +150,43 @@ def test_fused_read_is_reproducible_per_seed(monkeypatch):
         assert not torch.equal(other(v, o), first)
 
 
+
+@pytest.mark.parametrize("include_last", [False, True])
+@pytest.mark.parametrize("pooling_factor", [1, 6])
+def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooling_factor):
+    """A cached table's 1-D input in one kernel call (fused_table.pool_flat: parse, plan and
+    read) gives the bits, the draws and the statistics of parsing then pooling (the path every
+    other input takes), for one lookup per bag (DLRM's common case) and for shared reads."""
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    v, o = lookups(3000, 64, pooling_factor, long=2)
+    if include_last:
+        o = torch.cat([o, torch.tensor([v.numel()])])
+    one, two = table_layer(0.08, 3000, 8, seed=5), table_layer(0.08, 3000, 8, seed=5)
+    for layer in (one, two):
+        layer.include_last_offset = include_last
+        layer.collect_stats = True
+    with torch.no_grad():
+        for _ in range(2):  # the second forward: the next draw on both
+            fast = one(v, o)
+            idx, bags, n_bags = two._flatten(v, o)
+            slow = two._pool(idx, bags, n_bags)
+            assert torch.equal(fast, slow)
+    assert one._read_draw == two._read_draw == 2
+    assert one.stats == two.stats and one.stats["reads"] > 0
+    # not valid: no draw taken, and the general path names what is wrong
+    with pytest.raises(cimflow.errors.DataError, match="out of range"):
+        one(torch.cat([v[:-1], torch.tensor([3000])]), o)
+    assert one._read_draw == 2
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.integers(0, 10_000), st.sampled_from([1, 2, 3, 8]),
-       st.sampled_from([4, 7, 16]))
+@given(st.one_of(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.lists(st.integers(0, 1), min_size=1, max_size=30)),
+       st.integers(0, 10_000), st.sampled_from([1, 2, 3, 8]), st.sampled_from([4, 7, 16]))
 def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_rows, array_rows):
     """Every lookup in exactly one read; a read's lookups share one bag and one array, at most
     group_rows of them; as many reads as the torch path's sort makes; lone reads are the
-    one-lookup reads of rows whose gate is at most 1, with that gate."""
+    one-lookup reads of rows whose gate is at most 1, with that gate (bags of at most one
+    lookup each take a plan of their own: drawn half the time)."""
     from cimflow.sim import table_kernels
 
     rows = 50

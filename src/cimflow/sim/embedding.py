@@ -391,6 +391,10 @@ class CIMEmbeddingBag(ArrayInstance):
     def pooled(self, input: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """The simulated pooling of ``input`` (float32, no gradient), shaped as the output;
         indices and offsets checked (a DataError names what is wrong)."""
+        if offsets is not None and self.pool_cache is not None:  # a cached table's 1-D input: one kernel call
+            flat = self._pool_flat(input, offsets)
+            if flat is not None:
+                return flat
         idx, bags, n_bags = self._flatten(input, offsets)  # indices checked against the table
         if self.padding_idx is not None:
             keep = idx != self.padding_idx
@@ -399,6 +403,23 @@ class CIMEmbeddingBag(ArrayInstance):
         if self.mode == "mean":
             pooled = pooled / torch.bincount(bags, minlength=n_bags).clamp_min(1).to(pooled.dtype).unsqueeze(1)
         return pooled.reshape(*self._out_shape, self.embedding_dim)
+
+    def _pool_flat(self, input: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor | None:
+        """:meth:`pooled` of a summed bag table without padding or hot rows, read by
+        :func:`cimflow.sim.fused_table.pool_flat`; None where that does not apply."""
+        if (not self.is_bag or self.mode != "sum" or self.padding_idx is not None or self._calibrating
+                or (self.hot_rows is not None and self.hot_rows.numel() > 0) or self.spec.kind == "digital"
+                or not fused_table.applies(self.w_scale.device, False, self.spec.analog_adc().bits)):
+            return None
+        done = fused_table.pool_flat(self, input, offsets, self._single_reads(), NOISE_TAIL)
+        if done is None:
+            return None
+        out, reads = done
+        if self.collect_stats:
+            self.stats["bags"] += out.shape[0]
+            self.stats["lookups"] += int(input.numel() if not self.include_last_offset else offsets[-1])
+            self.stats["reads"] += reads
+        return out
 
     def output_shape(self, input: torch.Tensor, offsets: torch.Tensor | None) -> tuple[int, ...]:
         """The output's shape, from the input's and the offsets' shapes alone."""

@@ -171,4 +171,29 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     return int(lone.shape[0])
 
 
-__all__ = ["applies", "bag_extents", "pool"]
+
+def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, singles: SingleReads | None,
+              tail: float) -> tuple[torch.Tensor, int] | None:
+    """:func:`pool` of a cached table's 1-D int64 CPU input cut by int64 CPU ``offsets``, the
+    input checked, planned and read in one kernel call (:func:`table_kernels.read_flat`):
+    the pooled sums (bags, dim) float32 and the number of array reads. The same reads, draws
+    and values as :func:`cimflow.sim.read_groups.flatten_bags` then :func:`pool`. None (nothing
+    read, no draw taken) where the input is of another kind or not valid: the general path
+    then reads it or names what is wrong."""
+    if (input.dim() != 1 or offsets.dim() != 1 or input.dtype != torch.int64 or offsets.dtype != torch.int64
+            or input.device.type != "cpu" or offsets.device.type != "cpu" or offsets.numel() == 0):
+        return None
+    ops = _operands(table, singles)
+    out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
+    rows, array_rows, draw = table.num_embeddings, table.spec.rows, table._read_draw
+    reads = _kernels().read_flat(input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, rows,
+                                 array_rows, rows // array_rows + 1, table.group_rows, ops.gate, ops.values, ops.base, ops.slots,
+                                 ops.cells, ops.mult_x, ops.k, ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key,
+                                 fused_read._u64(draw), out.numpy())
+    if reads < 0:
+        return None
+    table._read_draw = draw + 1
+    return out, int(reads)
+
+
+__all__ = ["applies", "bag_extents", "pool", "pool_flat"]

@@ -131,6 +131,16 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
     per array in a table of ``n_arrays`` entries (cleared again after the bag)."""
     n = idx.shape[0]
     has_lone = gate.shape[0] > 0
+    one_each = True  # every bag one lookup (bags strictly increasing): one read per lookup, in order
+    for i in range(1, n):
+        one_each &= bags[i] != bags[i - 1]
+    if one_each:
+        lone = np.full(n, np.float32(-2.0), np.float32)
+        if has_lone:
+            for i in range(n):
+                g = gate[idx[i]]
+                lone[i] = g if g <= np.float32(1.0) else np.float32(-2.0)
+        return np.arange(n), np.arange(n + 1), bags.copy(), lone
     shift = 0
     while (1 << shift) < array_rows:
         shift += 1
@@ -250,8 +260,13 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, slots, cel
             u0 = _uniform(dk_lone, first)
             if u0 < lone[r]:  # (the row's gate)
                 _lone_steps(idx[lookup], read_bag[r], u0, first, slots, cell_of, dk_lone, draws, out)
+    shared = 0
+    for r in range(reads):
+        shared += lone[r] < 0
+    if shared == 0:  # (no scratch to make)
+        return
     dk = _draw_key(key, uint64(2) * uint64(draw))
-    per_pass = max(1, _PASS_VALUES // sd)
+    per_pass = max(1, min(shared, _PASS_VALUES // sd))
     acc = np.empty((per_pass, width), np.float32)
     pass_bag = np.empty(per_pass, np.int64)
     codes = np.empty((per_pass, sd), np.float32)
@@ -288,6 +303,28 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, slots, cel
 
 
 @_kernel
+def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, group_rows, gate, table_values,  # noqa: ANN001, ANN201
+              base, slots, cell_of, mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
+    """A 1-D embedding-bag input ``values`` cut by int64 ``offsets``, checked, planned and read
+    in one call: :func:`bag_extents`, then :func:`plan` and :func:`pool_bags` with the rows of
+    ``table_values`` (a cached table's, indexed by row) into ``out`` (bags, dim), as many bags
+    as offsets less ``include_last``. Returns the number of array reads, or -1 (nothing
+    written) when the offsets are not valid or an index used is outside ``[0, num_rows)``."""
+    n = values.shape[0]
+    counts = np.empty(out.shape[0], np.int64)
+    bags = np.empty(n, np.int64)
+    _, last, _, _, lowest, highest, valid = bag_extents(values, offsets, include_last, counts, bags)
+    if not valid or lowest < 0 or highest >= num_rows:
+        return -1
+    used = min(last if include_last else n, n)
+    idx = values[:used]
+    perm, starts, read_bag, lone = plan(idx, bags[:used], array_rows, n_arrays, group_rows, gate)
+    pool_bags(idx, perm, starts, read_bag, lone, idx, table_values, base, slots, cell_of, mult_x, sigma_k, gain_abs, steps,
+              tail, weights, unit, key, draw, out)
+    return lone.shape[0]
+
+
+@_kernel
 def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, ANN201
     """A 1-D embedding-bag input cut by ``offsets`` (int64), in one pass: ``counts`` (the bags'
     sizes, as many as bags) and, where the offsets are valid (first 0, never decreasing,
@@ -319,4 +356,4 @@ def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, A
     return first, last, fewest, most, lowest, highest, valid
 
 
-__all__ = ["bag_extents", "plan", "pool_bags", "shared_lookups"]
+__all__ = ["bag_extents", "plan", "pool_bags", "read_flat", "shared_lookups"]
