@@ -373,8 +373,10 @@ class CIMEmbeddingBag(ArrayInstance):
                                   "keep this table on the host")
         if torch.compiler.is_compiling():  # one opaque op in the graph (its shapes depend on the indices' values)
             pooled = _pool_op(id(self), input, offsets)
-        else:
+        elif torch.is_grad_enabled():
             pooled = self.pooled(input, offsets)
+        else:  # (no no_grad context to enter)
+            pooled = self._pooled(input, offsets)
         pooled = pooled.to(self.out_dtype)
         w = getattr(self, "weight", None)
         if isinstance(w, nn.Parameter) and w.requires_grad and torch.is_grad_enabled():
@@ -391,6 +393,10 @@ class CIMEmbeddingBag(ArrayInstance):
     def pooled(self, input: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """The simulated pooling of ``input`` (float32, no gradient), shaped as the output;
         indices and offsets checked (a DataError names what is wrong)."""
+        return self._pooled(input, offsets)
+
+    def _pooled(self, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`pooled`, run where gradients are off."""
         if offsets is not None and self.pool_cache is not None:  # a cached table's 1-D input: one kernel call
             flat = self._pool_flat(input, offsets)
             if flat is not None:

@@ -165,7 +165,7 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
         w, var = table._effective_rows(idx)
         values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
     draw = table._read_draw
-    table._read_draw = draw + 1
+    table.__dict__["_read_draw"] = draw + 1  # (a plain attribute: no Module.__setattr__)
     k.pool_bags(idx_np, perm, starts, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
                 ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
     return int(lone.shape[0])
@@ -192,7 +192,7 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
                                  fused_read._u64(draw), out.numpy())
     if reads < 0:
         return None
-    table._read_draw = draw + 1
+    table.__dict__["_read_draw"] = draw + 1
     return out, int(reads)
 
 

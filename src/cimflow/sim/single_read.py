@@ -86,9 +86,17 @@ def _int_analog_operands(engine: CrossbarEngine) -> tuple[fastmm.SignalPlanes, t
     return fastmm.cached(engine, "_int_analog", make)
 
 
-@torch.no_grad()
 def single_read(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-    """``y = x @ W`` read once (see the module docstring); ``x`` (N, in) -> (N, out).
+    """:func:`read_once` with gradients off (entered only where they are on)."""
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return read_once(engine, x, keep)
+    return read_once(engine, x, keep)
+
+
+def read_once(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+    """``y = x @ W`` read once (see the module docstring); ``x`` (N, in) -> (N, out); run
+    with gradients off (:func:`single_read`).
 
     With ``keep`` (training) also returns what the backward needs: the DAC codes ``xi``, the
     input scale, the ADC's in-range mask per (group, vector, column) (None when nothing

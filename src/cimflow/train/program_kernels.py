@@ -77,8 +77,9 @@ def column_scales(weight, per_column, scale):  # noqa: ANN001, ANN201
     (an all-zero column; NaN too, as the torch form's ``where(scale > 0, scale, 1)``). The
     largest |w| is an integer maximum of the floats' bits with the sign cleared (the same
     order for finite floats, and it vectorizes where a float maximum does not)."""
+    bits = weight.view(np.int32)
     for o in range(weight.shape[0]):
-        scale[o] = absmax(weight[o])
+        scale[o] = absmax(bits, o)
     if not per_column:  # the scales are >= 0 (or NaN, the largest bits): the same trick
         top = np.int32(0)
         sb = scale.view(np.int32)
