@@ -220,32 +220,29 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                     _fill(dk, first - 1, z[first - 1:first + count], bits)
                 else:
                     _fill(dk, first, z[first:first + count], bits)
-            for n in range(n0, n1):
-                hr, lr, yr, cr, ls = prod[g, n, 0], prod[g, n, 1], y[n], c[g], lsb[g]
+            for n in range(n0, n1):  # (indexed, not through row views: see absmax)
                 sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
-                zr = z[(g * n_vec + n) * m:(g * n_vec + n + 1) * m] if noisy else z[:0]
+                zb = (g * n_vec + n) * m
                 clip = 0
                 if noisy:
-                    vr = var16[g, n]
                     for j in range(m):
-                        var = np.uint32(np.uint32(np.uint16(vr[j])) << np.uint32(16)).view(np.float32)
-                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO + zr[j] * np.sqrt(var)) * cr[j]
+                        var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
+                        v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
                         clip += abs(v) > steps
-                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * ls[j]) * sx
+                        y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                 else:
                     for j in range(m):
-                        v = (np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO) * cr[j]
+                        v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
                         clip += abs(v) > steps
-                        yr[j] = ((yr[j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * ls[j]) * sx
+                        y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                 clipped += clip
                 if want_mask:
-                    mr = mask[g, n]
                     for j in range(m):
-                        v = np.float32(hr[j]) + np.float32(lr[j]) * _INV_LO
+                        v = np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO
                         if noisy:
                             var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
-                            v += zr[j] * np.sqrt(var)
-                        mr[j] = abs(v * cr[j]) <= steps
+                            v += z[zb + j] * np.sqrt(var)
+                        mask[g, n, j] = abs(v * c[g, j]) <= steps
     return clipped > 0
 
 
