@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import uint32, uint64
 
-from cimflow.sim.read_kernels import _GOLDEN, _draw_key, _fill, _inline, _kernel, _mix
+from cimflow.sim.read_kernels import _GOLDEN, _draw_key, _fill, _inline, _kernel, _mix, prefetch
 
+#: Reads ahead whose rows a gather asks the caches for (:func:`cimflow.sim.read_kernels.prefetch`).
+_AHEAD = 8
 #: Partial sums converted per pass (a pass's sums, their noise and codes stay in cache).
 _PASS_VALUES = 8192
 
@@ -58,12 +60,11 @@ def _convert(acc, filled, first_read, sd, noisy, mult_x, sigma_k, gain_abs, step
 def _flush(bag_codes, bag, weights, unit, out):  # noqa: ANN001, ANN202
     """``out[bag, d] += unit * sum_s bag_codes[s, d] weights[s, d]``; clears ``bag_codes``."""
     s_count, dim = weights.shape
-    orow = out[bag]
-    for d in range(dim):
+    for d in range(dim):  # (indexed, not through row views: see read_kernels.absmax)
         t = np.float32(0.0)
         for s in range(s_count):
             t += bag_codes[s * dim + d] * weights[s, d]
-        orow[d] += unit * t
+        out[bag, d] += unit * t
     bag_codes[:] = 0.0
 
 
@@ -77,9 +78,8 @@ def _pool(codes, read_bag, filled, current, bag_codes, weights, unit, out):  # n
             if current >= 0:
                 _flush(bag_codes, current, weights, unit, out)
             current = read_bag[r]
-        cr = codes[r]
-        for c in range(cr.shape[0]):
-            bag_codes[c] += cr[c]
+        for c in range(codes.shape[1]):
+            bag_codes[c] += codes[r, c]
     return current
 
 
@@ -137,7 +137,10 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
     if one_each:
         lone = np.full(n, np.float32(-2.0), np.float32)
         if has_lone:
+            gate2 = gate.reshape(gate.shape[0], 1)
             for i in range(n):
+                if i + _AHEAD < n:
+                    prefetch(gate2, idx[i + _AHEAD], 0)
                 g = gate[idx[i]]
                 lone[i] = g if g <= np.float32(1.0) else np.float32(-2.0)
         return np.arange(n), np.arange(n + 1), bags.copy(), lone
@@ -196,7 +199,10 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate):  # noqa: ANN001, AN
     starts[reads] = n
     lone = np.full(reads, np.float32(-2.0), np.float32)
     if has_lone:
+        gate2 = gate.reshape(gate.shape[0], 1)
         for r in range(reads):  # (a loop of its own: the gate's loads overlap)
+            if r + _AHEAD < reads:
+                prefetch(gate2, idx[perm[starts[r + _AHEAD]]], 0)
             g = gate[idx[perm[starts[r]]]]
             lone[r] = g if starts[r + 1] - starts[r] == 1 and g <= np.float32(1.0) else np.float32(-2.0)
     return perm, starts[:reads + 1], read_bag[:reads], lone
@@ -241,25 +247,33 @@ def pool_bags(idx, perm, starts, read_bag, lone, where, values, base, slots, cel
     sigma_k = np.float32(sigma_k)
     unit = np.float32(unit)
     reads = lone.shape[0]
-    # lone reads first, in loops of their own (independent rows: their loads overlap): the
-    # noise-free values, then (draws of their own: elements ``lookup (M + 1) + 0 .. M`` of draw
-    # ``2 draw + 1``) the code steps, the first uniform against the row's P(some draw moves)
+    # lone reads first, in loops of their own: the noise-free values (the rows of the reads
+    # _AHEAD on asked for meanwhile: random rows), then the first uniform of every read (draws
+    # of their own: elements ``lookup (M + 1) + 0 .. M`` of draw ``2 draw + 1``; a loop with no
+    # branch), then the code steps of the reads whose first uniform fell below the row's P(some
+    # draw moves)
     if base.shape[0] > 0:
         for r in range(reads):
+            if r + _AHEAD < reads:
+                ahead = idx[perm[starts[r + _AHEAD]]]
+                for d in range(0, dim, 16):
+                    prefetch(base, ahead, d)
             if lone[r] >= 0:
                 row, bag = idx[perm[starts[r]]], read_bag[r]
                 for d in range(dim):
                     out[bag, d] += base[row, d]
     n_draws = slots.shape[1] if slots.shape[0] > 0 and base.shape[0] > 0 else 0
-    dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
-    draws = np.empty(max(1, n_draws), np.float32)
-    for r in range(reads if n_draws > 0 else 0):
-        if lone[r] >= 0:
-            lookup = perm[starts[r]]
-            first = uint64(lookup) * uint64(n_draws + 1)
-            u0 = _uniform(dk_lone, first)
-            if u0 < lone[r]:  # (the row's gate)
-                _lone_steps(idx[lookup], read_bag[r], u0, first, slots, cell_of, dk_lone, draws, out)
+    if n_draws > 0:
+        dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
+        first_u = np.empty(reads, np.float32)
+        for r in range(reads):
+            first_u[r] = _uniform(dk_lone, uint64(perm[starts[r]]) * uint64(n_draws + 1))
+        draws = np.empty(n_draws, np.float32)
+        for r in range(reads):
+            if first_u[r] < lone[r]:  # (a lone read's gate; -2 for a shared read)
+                lookup = perm[starts[r]]
+                _lone_steps(idx[lookup], read_bag[r], first_u[r], uint64(lookup) * uint64(n_draws + 1), slots, cell_of, dk_lone,
+                            draws, out)
     shared = 0
     for r in range(reads):
         shared += lone[r] < 0
