@@ -521,7 +521,8 @@ class CIMEmbeddingBag(ArrayInstance):
             return None
         if self.spec.analog_adc().bits <= 1:  # a 1-bit ADC keeps the sign of the noisy sum: the exact path
             return None
-        state = (self.pool_cache, self.output_gain, self.w_scale, self.seed, self.t_seconds, self.adc_range,
+        held = self._buffers  # (the buffers themselves: no Module.__getattr__ per read)
+        state = (held["pool_cache"], held["output_gain"], held["w_scale"], self.seed, self.t_seconds, self.adc_range,
                  self._programmed_version, self.verify_iterations, self.verify_tolerance)
         table = pooling.held_table(self, state)
         if table is not None:

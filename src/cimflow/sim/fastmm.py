@@ -178,11 +178,12 @@ def cached(engine: CrossbarEngine, key: str, make: Callable[[], Any]) -> Any:
     """``make()`` cached on ``engine`` for the state a read depends on: its weights, read-noise
     variances, ADC ranges, drift compensation gains and weight scales (the same tensors, not
     written in place since: hardware-aware training re-programs in place)."""
-    parts = (engine.w_eff, engine.read_var, engine.adc_range, engine.output_gain, engine.w_scale)
+    held = engine._buffers  # (the registered buffers themselves: no Module.__getattr__ per read)
+    parts = (held["w_eff"], held["read_var"], held["adc_range"], held["output_gain"], held["w_scale"])
     stamp = tuple((id(t), -1 if t is None else t._version) for t in parts)
     got = engine.__dict__.get(key)
-    if got is None or got[0] != stamp or got[1] is not engine.w_eff:
-        got = (stamp, engine.w_eff, make())
+    if got is None or got[0] != stamp or got[1] is not parts[0]:
+        got = (stamp, parts[0], make())
         engine.__dict__[key] = got
     return got[2]
 
