@@ -204,7 +204,7 @@ class _Plan:
         self.variances = [] if squares is None else [(squares[:, a:b] if g > 1 else squares, cell, var[j])
                                                      for j, (a, b, _, cell) in enumerate(ops.groups) if cell is not None]
         self.var_np = var.view(torch.int16).view(-1, n, out).numpy()
-        self.z_np = np.empty(n * g * out if noisy else 0, np.float32)
+        self.z_np = np.empty(min(n, max(1, _kernels()._CHUNK // out)) * out + 1 if noisy else 0, np.float32)  # one chunk
         self.key = _u64(engine._read_key)
         self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
         self.coef_np, self.lsb_np = ops.coef.numpy(), ops.lsb.numpy()

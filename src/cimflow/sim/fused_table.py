@@ -103,8 +103,8 @@ def _operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
     """The table's :class:`_Operands`, kept on the table for the state they depend on (the same
     gain, scale, significance, cache and outcome-table tensors, unchanged since, the same ADC
     range and stream key): a small table's call pays no conversions."""
-    held = table._buffers  # (the buffers themselves: no Module.__getattr__ per read)
-    parts = (held["output_gain"], held["w_scale"], held["significance"], held["pool_cache"], singles,
+    buffers = table._buffers  # (the buffers themselves: no Module.__getattr__ per read)
+    parts = (buffers["output_gain"], buffers["w_scale"], buffers["significance"], buffers["pool_cache"], singles,
              None if singles is None else singles.cell_of)
     stamp = (table.adc_range, table._read_key, *(t._version if isinstance(t, torch.Tensor) else -1 for t in parts))
     held = table.__dict__.get("_fused_table_operands")  # (stamp, the objects themselves: no id reused, operands)

@@ -220,8 +220,9 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
     """The read after the int8 products, fused, in float32. ``prod`` (G, N, 2, M) int32: per
     read group the products with the weights' high and low planes. For group g, vector n,
     column j: ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat
-    element (g N + n) M + j of the draw (``z`` (G N M,) is scratch for them, or holds the
-    normals to use when ``given``; no noise when ``var16`` is empty), the ADC
+    element (g N + n) M + j of the draw (``z``: scratch for a chunk of them, at least
+    ``min(N, _CHUNK // M) M + 1`` long, or (G N M,) the normals to use when ``given``; no
+    noise when ``var16`` is empty: drawn a chunk at a time, they stay in cache), the ADC
     ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``.
     ``var16`` (G, N, M): bfloat16 variances as int16 bits. ``mask`` (G, N, M) bool, or empty:
     where |v| <= steps. Returns whether any partial sum clipped."""
@@ -238,14 +239,13 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
         n1 = min(n_vec, n0 + rows_per_chunk)
         for g in range(groups):
             first, count = (g * n_vec + n0) * m, (n1 - n0) * m
+            off = first  # where z holds element first
             if noisy and not given:
-                if first % 2:  # draws start at even elements: redraw the pair's first half
-                    _fill(dk, first - 1, z[first - 1:first + count], bits)
-                else:
-                    _fill(dk, first, z[first:first + count], bits)
+                off = first % 2  # draws start at even elements: the pair's first half drawn too
+                _fill(dk, first - off, z[:count + off], bits)
             for n in range(n0, n1):  # (indexed, not through row views: see absmax)
                 sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
-                zb = (g * n_vec + n) * m
+                zb = off + (n - n0) * m
                 clip = 0
                 if noisy:
                     for j in range(m):
