@@ -183,38 +183,54 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
 class _Plan:
     """One layer's fused read of ``n`` vectors, laid out once: the scratch tensors (DAC codes,
     their squares, products, variances, normals), the per-group matmul calls writing into
-    them, and NumPy views of what the kernels take (each view costs a call)."""
+    them, and NumPy views of what the kernels take (each view costs a call). A new instance
+    of the same layer (hardware-aware training programs one per step) keeps the scratch and
+    rebinds the calls to its operands (:meth:`bind`)."""
 
-    def __init__(self, engine: CrossbarEngine, ops: Operands, n: int, steps_in: float) -> None:
+    def __init__(self, engine: CrossbarEngine, ops: Operands, n: int) -> None:
         g, out = ops.coef.shape
         rows = engine.grid.in_features
         noisy = engine.read_var is not None
-        self.ops, self.n, self.out = ops, n, out
+        self.n, self.out = n, out
+        self.layout = (g, out, rows, noisy, [(a, b) for a, b, _, _ in ops.groups])
         self.codes = torch.empty((n, rows), dtype=torch.int8)
         self.codes_np = self.codes.numpy()
         self.scale = torch.empty(n, 1)
-        squares = torch.empty((n, rows), dtype=torch.bfloat16) if noisy else None
-        self.squares_np = _NO_SQUARES if squares is None else squares.view(torch.int16).numpy()
+        self.squares = torch.empty((n, rows), dtype=torch.bfloat16) if noisy else None
+        self.squares_np = _NO_SQUARES if self.squares is None else self.squares.view(torch.int16).numpy()
         self.prod = torch.empty((g, n, 2, out), dtype=torch.int32)
         self.prod_np = self.prod.numpy()
-        self.products = [(self.codes[:, a:b] if g > 1 else self.codes, w, self.prod[j].view(n, 2 * out))
-                         for j, (a, b, w, _) in enumerate(ops.groups)]
         self.var_shape = (g, n, out)
-        var = torch.empty(self.var_shape, dtype=torch.bfloat16) if noisy else _EMPTY_I16
-        self.variances = [] if squares is None else [(squares[:, a:b] if g > 1 else squares, cell, var[j])
-                                                     for j, (a, b, _, cell) in enumerate(ops.groups) if cell is not None]
-        self.var_np = var.view(torch.int16).view(-1, n, out).numpy()
+        self.var = torch.empty(self.var_shape, dtype=torch.bfloat16) if noisy else _EMPTY_I16
+        self.var_np = self.var.view(torch.int16).view(-1, n, out).numpy()
         self.z_np = np.empty(min(n, max(1, _kernels()._CHUNK // out)) * out + 1 if noisy else 0, np.float32)  # one chunk
-        self.key = _u64(engine._read_key)
         self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
+        self.bind(engine, ops)
+
+    def fits(self, engine: CrossbarEngine, ops: Operands, n: int) -> bool:
+        """Whether this scratch serves a read of ``n`` vectors with ``ops``."""
+        return (self.n == n and self.layout[:4] == (*ops.coef.shape, engine.grid.in_features, engine.read_var is not None)
+                and self.layout[4] == [(a, b) for a, b, _, _ in ops.groups])
+
+    def bind(self, engine: CrossbarEngine, ops: Operands) -> None:
+        """The matmul calls and views of ``ops`` (an instance's weights and scales)."""
+        g = ops.coef.shape[0]
+        self.ops = ops
+        self.products = [(self.codes[:, a:b] if g > 1 else self.codes, w, self.prod[j].view(self.n, 2 * self.out))
+                         for j, (a, b, w, _) in enumerate(ops.groups)]
+        self.variances = [] if self.squares is None else [(self.squares[:, a:b] if g > 1 else self.squares, cell, self.var[j])
+                                                          for j, (a, b, _, cell) in enumerate(ops.groups) if cell is not None]
+        self.key = _u64(engine._read_key)
         self.coef_np, self.lsb_np = ops.coef.numpy(), ops.lsb.numpy()
 
 
 def _plan(engine: CrossbarEngine, n: int, steps_in: float) -> _Plan:
     ops = _operands(engine, steps_in)
     plan = engine.__dict__.get("_fused_plan")
-    if plan is None or plan.ops is not ops or plan.n != n:
-        plan = engine.__dict__["_fused_plan"] = _Plan(engine, ops, n, steps_in)
+    if plan is None or not plan.fits(engine, ops, n):
+        plan = engine.__dict__["_fused_plan"] = _Plan(engine, ops, n)
+    elif plan.ops is not ops or plan.key != _u64(engine._read_key):
+        plan.bind(engine, ops)
     return plan
 
 
