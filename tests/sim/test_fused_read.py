@@ -101,6 +101,20 @@ def test_fused_read_equals_the_unfused_integer_read_without_noise(monkeypatch):
     assert torch.allclose(fused, unfused, rtol=1e-5, atol=1e-6 * float(unfused.abs().max()))
 
 
+def test_a_new_instance_keeps_the_read_scratch_and_reads_as_a_new_layer(monkeypatch):
+    """Programming a layer again (a new instance, as training does every step) reuses its
+    read's scratch and gives the bits a layer programmed once with that seed gives."""
+    x = torch.randn(64, 600)
+    with torch.no_grad():
+        layer = _cim("pcm-hermes-like", monkeypatch, True, seed=1)
+        layer(x)
+        scratch = {name: l.engine.__dict__["_fused_plan"].prod for name, l in cim_layers(layer)}
+        cimflow.program(layer, seed=2)
+        again = layer(x)
+        assert all(l.engine.__dict__["_fused_plan"].prod is scratch[name] for name, l in cim_layers(layer))
+        assert torch.equal(again, _cim("pcm-hermes-like", monkeypatch, True, seed=2)(x))
+
+
 @pytest.mark.parametrize("adc_scale", [1.0, 0.05], ids=["in-range", "adc-clips"])
 def test_fused_training_read_gradients_equal_the_unfused_ones(monkeypatch, adc_scale):
     """The fused read's forward and its ADC mask feed the same closed-form gradients as the
