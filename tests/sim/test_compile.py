@@ -14,7 +14,7 @@ from torch import nn
 
 import cimflow
 from cimflow.physics.hashing import counter_normal, stream_key
-from cimflow.sim import CIMConv, CIMLinear, cim_layers
+from cimflow.sim import CIMConv, CIMLinear, cim_layers, fused_read
 
 _QUIET = {"arrays.pcm.device.read_noise": 0.0}
 
@@ -63,7 +63,28 @@ def test_compiled_equals_eager_without_read_noise(build, shape):
     assert torch.allclose(comp, eager, rtol=1e-5, atol=1e-5 * float(eager.abs().max()))
 
 
-def test_compiled_read_noise_matches_eager_moments_and_is_seeded():
+@pytest.mark.skipif(not fused_read.available(), reason="numba is not importable")
+def test_compiled_cpu_read_is_the_eager_fused_read():
+    """On a CPU where the fused read runs, a compiled model reads through one opaque op per
+    layer (cimflow::crossbar_read): the eager forward's reads and draws, bit for bit, with the
+    read noise on. (A convolution's eager read quantizes its patches in place, the compiled
+    one its unfolded columns: other draws, the same statistics.)"""
+    model = cimflow.program(cimflow.convert(_mlp(300), "pcm-hermes-like"), 3)
+    x = torch.randn(16, 300)
+    eager = _outputs(model, x, 2)
+    cimflow.program(model, 3)  # the draw counters restart
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert torch.equal(_outputs(compiled, x, 2), eager)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-op", "traced"])
+def test_compiled_read_noise_matches_eager_moments_and_is_seeded(monkeypatch, fused):
+    """The compiled read's noise, whether it runs the fused read as one op or traces the read
+    (where the fused read does not run: then torch operations with the counter-based stream
+    of physics.hashing), against the eager read's moments."""
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1" if fused else "0")
+    torch._dynamo.reset()
     model = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(64, 8)), "pcm-hermes-like"), 7)
     x = torch.randn(4, 64)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)

@@ -108,10 +108,10 @@ def test_a_new_instance_keeps_the_read_scratch_and_reads_as_a_new_layer(monkeypa
     with torch.no_grad():
         layer = _cim("pcm-hermes-like", monkeypatch, True, seed=1)
         layer(x)
-        scratch = {name: l.engine.__dict__["_fused_plan"].prod for name, l in cim_layers(layer)}
+        scratch = {name: lay.engine.__dict__["_fused_plan"].prod for name, lay in cim_layers(layer)}
         cimflow.program(layer, seed=2)
         again = layer(x)
-        assert all(l.engine.__dict__["_fused_plan"].prod is scratch[name] for name, l in cim_layers(layer))
+        assert all(lay.engine.__dict__["_fused_plan"].prod is scratch[name] for name, lay in cim_layers(layer))
         assert torch.equal(again, _cim("pcm-hermes-like", monkeypatch, True, seed=2)(x))
 
 

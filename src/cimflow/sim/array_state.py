@@ -29,6 +29,7 @@ distributions.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -407,6 +408,19 @@ def percentile_values(values: torch.Tensor, percentile: float, dim: int) -> torc
 
 
 # ---------------------------------------------------------------------- the instance
+#: Every live instance by ``id``: a compiled graph names the instance its opaque read op reads
+#: by this key (an op takes tensors and numbers, not modules).
+_LIVE: weakref.WeakValueDictionary[int, ArrayInstance] = weakref.WeakValueDictionary()
+
+
+def live_instance(key: int) -> ArrayInstance:
+    """The live instance ``key`` (its ``id``) names, for a compiled graph's read op."""
+    owner = _LIVE.get(key)
+    if owner is None:
+        raise SimulationError("a compiled graph reads an array instance that no longer exists; compile the model again")
+    return owner
+
+
 class ArrayInstance(nn.Module):
     """Base class of an owner of programmed arrays: the instance's seed, time, write pulses,
     program-and-verify settings, drift compensation and ADC calibration, with its tensors as
@@ -426,8 +440,13 @@ class ArrayInstance(nn.Module):
 
     _BUFFERS = ("w_scale", "significance", "output_gain", "reference_read_t0", "adc_range_calibrated")
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _LIVE[id(self)] = self  # a copy or an unpickled instance is named by its own id
+
     def _init_instance(self, spec: ArraySpec, stream: str, what: str) -> None:
         """``stream``: the name seeding this instance's draws; ``what``: how errors name it."""
+        _LIVE[id(self)] = self
         self.spec = spec
         self._stream, self._what = stream, what
         self.seed: int | None = None

@@ -31,8 +31,6 @@ percentile ADC calibration (:func:`cimflow.calibrate`).
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +45,7 @@ from cimflow.sim.array_state import (
     ArrayInstance,
     drifted,
     effective_weights,
+    live_instance,
     moment_full_scale,
     percentile_values,
     program_hashed_cells,
@@ -123,11 +122,6 @@ class CIMEmbeddingBag(ArrayInstance):
         self.register_forward_pre_hook(refresh_before_forward)
         self.collect_stats = False
         self.stats = {"bags": 0, "lookups": 0, "reads": 0, "hot_lookups": 0}
-        _LIVE[id(self)] = self
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        _LIVE[id(self)] = self  # a copy or an unpickled table is named by its own id
 
     # ----------------------------------------------------------------- dtype
     def _apply(self, fn, recurse: bool = True):
@@ -584,15 +578,10 @@ class CIMEmbeddingBag(ArrayInstance):
 
 
 # ---------------------------------------------------------------------- under torch.compile
-#: Tables by ``id``: the compiled graph names a table by an integer (an op's arguments are
-#: tensors and numbers); registered when built, copied or unpickled, dropped with the table.
-_LIVE: weakref.WeakValueDictionary[int, CIMEmbeddingBag] = weakref.WeakValueDictionary()
-
-
-def _owner(key: int) -> CIMEmbeddingBag:
-    owner = _LIVE.get(key)
-    if owner is None:
-        raise SimulationError("a compiled graph reads an embedding table that no longer exists; compile the model again")
+def _table(key: int) -> CIMEmbeddingBag:
+    """The table a compiled graph names by its ``id`` (:func:`cimflow.sim.array_state.live_instance`)."""
+    owner = live_instance(key)
+    assert isinstance(owner, CIMEmbeddingBag)
     return owner
 
 
@@ -601,9 +590,9 @@ def _pool_op(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> tor
     """:meth:`CIMEmbeddingBag.pooled` as one op: torch.compile keeps it whole (the reads'
     grouping depends on the indices' values), so a model with tables traces without graph
     breaks; run eagerly inside the compiled graph (bad indices still raise a DataError)."""
-    return _owner(key).pooled(input, offsets)
+    return _table(key).pooled(input, offsets)
 
 
 @_pool_op.register_fake
 def _pool_op_shape(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
-    return input.new_empty(_owner(key).output_shape(input, offsets), dtype=torch.float32)
+    return input.new_empty(_table(key).output_shape(input, offsets), dtype=torch.float32)

@@ -59,7 +59,7 @@ from cimflow.sim.array_state import (
     stuck_codes,
 )
 from cimflow.sim.readout import AdcStraightThrough, ReadStats, StraightThroughWeight, input_planes
-from cimflow.sim.single_read import single_read
+from cimflow.sim.single_read import compiled_read_applies, read_op, single_read
 
 _EPS = EPS
 
@@ -389,6 +389,8 @@ class CrossbarEngine(ArrayInstance):
         """Inference fast path for one slice and one pulse (any number of contiguous read
         groups, as one batched matmul): :func:`cimflow.sim.single_read.single_read`, the same
         arithmetic as the general path, kept in integer DAC codes and fused in place."""
+        if torch.compiler.is_compiling() and compiled_read_applies(x):  # the fused read whole, as one op
+            return read_op(id(self), x)
         return single_read(self, x)[0]
 
     def _read_variance(self, xi: torch.Tensor) -> torch.Tensor:

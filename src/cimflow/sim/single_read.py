@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cimflow.sim import fastmm, fused_read
+from cimflow.sim.array_state import live_instance
 from cimflow.sim.draw_pool import training_read_normal
 
 if TYPE_CHECKING:
@@ -171,6 +172,42 @@ def read_once(engine: CrossbarEngine, x: torch.Tensor, keep: bool = False) -> tu
     return y.mul_(scale_x), kept
 
 
+def compiled_read_applies(x: torch.Tensor) -> bool:
+    """Whether a read of ``x`` traced by torch.compile runs as :func:`read_op` (the fused read
+    whole: float32 on a CPU where it runs) rather than as traced torch operations."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and fused_read.available()
+
+
+def _engine(key: int) -> CrossbarEngine:
+    from cimflow.sim.engine import CrossbarEngine
+
+    owner = live_instance(key)
+    assert isinstance(owner, CrossbarEngine)
+    return owner
+
+
+# ``cimflow::crossbar_read``: defined with torch.library's plain registration, a CPU kernel and
+# a fake one (``custom_op``'s Python autograd wrapper costs ~20 us a call; this op runs only
+# where nothing needs a gradient)
+torch.library.define("cimflow::crossbar_read", "(int key, Tensor x) -> Tensor")
+
+
+@torch.library.impl("cimflow::crossbar_read", "cpu")
+def _read_op_cpu(key: int, x: torch.Tensor) -> torch.Tensor:
+    """:func:`single_read` of the engine ``key`` names (its ``id``) as one op: torch.compile
+    keeps it whole, so a compiled model runs the fused read's kernels (which it cannot trace)
+    with the reads, draws and values of the eager forward."""
+    return single_read(_engine(key), x)[0]
+
+
+@torch.library.register_fake("cimflow::crossbar_read")
+def _read_op_shape(key: int, x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], _engine(key).grid.out_features))
+
+
+read_op = torch.ops.cimflow.crossbar_read.default
+
+
 def applies(engine: CrossbarEngine) -> bool:
     """Whether a training forward of ``engine`` can take :class:`SingleReadStraightThrough`:
     an analog array read once (one slice, one pulse, consecutive read groups, a multi-bit
@@ -229,4 +266,5 @@ class SingleReadStraightThrough(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
-__all__ = ["ENABLED", "SingleReadStraightThrough", "applies", "dac_steps", "digital_weights", "single_read"]
+__all__ = ["ENABLED", "SingleReadStraightThrough", "applies", "compiled_read_applies", "dac_steps", "digital_weights", "read_op",
+           "single_read"]
