@@ -585,14 +585,21 @@ def _table(key: int) -> CIMEmbeddingBag:
     return owner
 
 
-@torch.library.custom_op("cimflow::embedding_pool", mutates_args=())
-def _pool_op(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+# registered as cimflow::crossbar_read is (sim/single_read.py): plain torch.library kernels
+torch.library.define("cimflow::embedding_pool", "(int key, Tensor input, Tensor? offsets) -> Tensor")
+
+
+@torch.library.impl("cimflow::embedding_pool", ("cpu", "cuda"))
+def _pool_op_kernel(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """:meth:`CIMEmbeddingBag.pooled` as one op: torch.compile keeps it whole (the reads'
     grouping depends on the indices' values), so a model with tables traces without graph
     breaks; run eagerly inside the compiled graph (bad indices still raise a DataError)."""
     return _table(key).pooled(input, offsets)
 
 
-@_pool_op.register_fake
+@torch.library.register_fake("cimflow::embedding_pool")
 def _pool_op_shape(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     return input.new_empty(_table(key).output_shape(input, offsets), dtype=torch.float32)
+
+
+_pool_op = torch.ops.cimflow.embedding_pool.default
