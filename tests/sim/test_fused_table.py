@@ -119,14 +119,14 @@ def test_shared_reads_add_the_streams_normals():
     values[:, s_count * dim:] = 0.5  # two lookups per read: variance 1
     idx = np.array([0, 1, 2, 3, 4, 5], np.int64)  # three bags of two lookups, one array
     bags = np.array([0, 0, 1, 1, 2, 2], np.int64)
-    perm, starts, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32))
+    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32))
     assert lone.shape[0] == 3 and bool((lone < 0).all())
     scale = 2.0**10
     out = np.zeros((3, dim), np.float32)
     weights = np.zeros((s_count, dim), np.float32)
     weights[0] = 1.0  # slice 0 only
-    table_kernels.pool_bags(idx, perm, starts, read_bag, lone, idx, values, np.empty((0, 1), np.float32), np.empty((0, 0, 6), np.float32),
-                            np.empty((0, 0), np.int64), np.full(s_count * dim, scale, np.float32),
+    table_kernels.pool_bags(idx, perm, starts, first, read_bag, lone, idx, values, np.empty((0, 1), np.float32),
+                            np.empty((0, 0, 6), np.float32), np.empty((0, 0), np.int64), np.full(s_count * dim, scale, np.float32),
                             scale, np.ones(s_count * dim, np.float32), 2.0**20, 100.0, weights, 1.0 / scale, np.uint64(77), np.uint64(4),
                             out)
     z = fused_read.normals(77, 8, (3, s_count * dim))[:, :dim]
@@ -179,6 +179,53 @@ def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooli
     assert one._read_draw == 2
 
 
+@pytest.mark.parametrize("case", ["kept", "store_full", "hashed"])
+@pytest.mark.parametrize("pooling_factor", [1, 6])
+def test_one_call_read_of_a_lazy_table_equals_flatten_then_pool(monkeypatch, case, pooling_factor):
+    """A lazy table's 1-D input through fused_table.pool_flat gives the bits, the draws and the
+    read counts of parsing then pooling (fused_table.pool) batch after batch: rows first read
+    alone built on the way (a small first block built at once: most rows are not), shared
+    reads' rows kept once hashed, or hashed on every read (the store full; no outcome table).
+    Once every row read is built and kept, the read is one kernel call: no Python between."""
+    from cimflow.sim import fused_table
+
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    monkeypatch.setattr(embedding, "CACHE_CELLS", 0)
+    monkeypatch.setattr(pooling, "BUILD_ROWS", 256)
+    if case == "store_full":
+        monkeypatch.setattr(pooling, "STORED_VALUES", 2000)  # ~60 rows
+    if case == "hashed":
+        monkeypatch.setattr(pooling, "SINGLE_READ_ENTRIES", 0)
+    made = []
+    missing_rows = fused_table._missing_rows
+    monkeypatch.setattr(fused_table, "_missing_rows", lambda table, *a: made.append(table) or missing_rows(table, *a))
+    one, two = table_layer(0.08, 3000, 8, seed=5), table_layer(0.08, 3000, 8, seed=5)
+    assert one.pool_cache is None
+    two.collect_stats = True
+    with torch.no_grad():
+        for batch, seed in enumerate((1, 2, 1)):  # rows not seen, more, then rows seen
+            v, o = lookups(3000, 64, pooling_factor, seed=seed, long=2 if pooling_factor > 1 else 0)
+            reads = two.stats["reads"]
+            made.clear()
+            fast = fused_table.pool_flat(one, v, o, one._single_reads(), embedding.NOISE_TAIL)
+            assert fast is not None
+            idx, bags, n_bags = two._flatten(v, o)
+            slow = two._pool(idx, bags, n_bags)
+            assert torch.equal(fast[0], slow)
+            assert fast[1] == two.stats["reads"] - reads
+            if batch < 2:
+                assert one in made
+            elif case != "store_full" or pooling_factor > 1:  # (one lookup per bag: shared reads only where rows overflow)
+                assert (one in made) == (case != "kept")
+    assert one._read_draw == two._read_draw == 3
+    singles = pooling.table_of(one)
+    assert (singles is None) == (case == "hashed")
+    if singles is not None:
+        assert singles.known is not None and not bool(singles.known.all())  # (rows built as read)
+        if pooling_factor > 1:  # shared reads' rows kept, or none (the store too small for the first batch's)
+            assert (singles.kept() is not None) == (case == "kept")
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.one_of(st.lists(st.integers(0, 40), min_size=1, max_size=30), st.lists(st.integers(0, 1), min_size=1, max_size=30)),
        st.integers(0, 10_000), st.sampled_from([1, 2, 3, 8]), st.sampled_from([4, 7, 16]))
@@ -195,9 +242,11 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     bags = torch.repeat_interleave(torch.arange(len(bag_sizes)), torch.tensor(bag_sizes))
     gate = torch.rand(rows, generator=g) * 2.2
     n_arrays = rows // array_rows + 1
-    perm, starts, read_bag, lone = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy())
+    perm, starts, first, read_bag, lone = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows,
+                                                             gate.numpy())
     assert sorted(perm.tolist()) == list(range(idx.numel()))
     assert starts[0] == 0 and starts[-1] == idx.numel() and bool((np.diff(starts) > 0).all())
+    assert np.array_equal(first, perm[starts[:-1]])
     for r in range(lone.shape[0]):
         members = perm[starts[r]:starts[r + 1]]
         assert len(members) <= group_rows

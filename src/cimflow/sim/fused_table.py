@@ -15,7 +15,12 @@ thousand sums. The randomness comes from the counter-based stream of the fused c
 (:mod:`cimflow.sim.fused_read`), keyed by the table's (seed, name, "read", "counter") with a
 draw number advanced once per forward and restarted by ``program``: draw ``2 n`` holds the
 shared reads' normals (shared read r's column c its element ``r S dim + c``), draw
-``2 n + 1`` the lone reads' uniforms (lookup i's elements ``i (M + 1) ..``).
+``2 n + 1`` the lone reads' uniforms (lookup i's elements ``i (M + 1) ..``). A lazy table
+(no cache) reads the rows its shared reads kept once hashed, beside its outcome table, through
+a row-to-slot map; Python runs between the plan and the read only where the plan finds a row
+not at hand (a lone read's outcomes not built yet, a shared read's row not kept), to build,
+keep or hash it (:func:`_missing_rows`): once a batch's rows are at hand its read is kernels
+only, one call from a 1-D input (:func:`pool_flat`).
 
 The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes` with the noise
 clamped at :data:`cimflow.sim.embedding.NOISE_TAIL`, codes summed per bag, slices combined
@@ -97,6 +102,7 @@ _NO_ROWS = np.empty((0, 1), np.float32)
 _NO_GATE = np.empty(0, np.float32)
 _NO_SLOTS = np.empty((0, 0, 6), np.float32)
 _NO_CELLS = np.empty((0, 0), np.int64)
+_NO_SLOT_OF = np.empty(0, np.int64)
 
 
 def _operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
@@ -136,63 +142,94 @@ def _make_operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Oper
                      values, base, gate, slots, cells)
 
 
+def _kept(singles: SingleReads | None, ops: _Operands) -> tuple[np.ndarray, np.ndarray]:
+    """The rows that shared reads find with no call back, as :func:`table_kernels.row_slots`
+    takes them: a lazy table's kept rows (``slot_of``, its store), else a cached table's (no
+    ``slot_of``: indexed by row; none for a lazy table that keeps none yet)."""
+    kept = None if singles is None else singles.kept()
+    return (_NO_SLOT_OF, ops.values) if kept is None else (kept[0].numpy(), kept[1].numpy())
+
+
+def _missing_rows(table: CIMEmbeddingBag, singles: SingleReads | None, idx: np.ndarray, perm: np.ndarray, starts: np.ndarray,
+                  lone: np.ndarray, where: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The rows :func:`table_kernels.row_slots` found missing, made: a lazy table's rows first
+    read alone get their outcomes (``lone`` set: their gate, or -2 where their steps overflow
+    the slots: then a shared read), shared reads' rows are kept once hashed beside the outcome
+    table (or hashed on every read: no outcome table, or the store full). Returns the values
+    the shared reads read, ``where`` (per lookup) set for them."""
+    k = _kernels()
+    if singles is not None and singles.known is not None:
+        unbuilt = np.flatnonzero(lone == -1.0)
+        if unbuilt.size:
+            gate = singles.ensure(torch.from_numpy(idx[perm[starts[unbuilt]]]), table._effective_rows)
+            assert gate is not None  # (a lazy table's)
+            lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
+    shared = np.empty(idx.shape, np.bool_)
+    if not k.shared_lookups(perm, starts, lone, shared):
+        return values
+    rows_read = torch.from_numpy(idx[shared])
+    if singles is not None:
+        rows, slot = singles.stored_rows(rows_read, table._effective_rows)
+    else:
+        w, var = table._effective_rows(rows_read)
+        rows, slot = (w if var is None else torch.cat([w, var], dim=1)), torch.arange(rows_read.numel())
+    where[shared] = slot.numpy()
+    return rows.contiguous().numpy()
+
+
 def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: torch.Tensor, singles: SingleReads | None,
          tail: float) -> int:
     """Add to ``out`` (bags, dim, float32, CPU) the pooled reads of the lookups of rows ``idx``
     in ``bags`` (non-decreasing) and return the number of array reads: one-lookup reads from
     the outcome table ``singles`` (None: none), the others through shared reads, their rows
-    from the table's cache, the rows a lazy table keeps, or the hash."""
+    from the table's cache, the rows a lazy table keeps, or the hash. Python runs between the
+    kernels only where a row is missing (:func:`_missing_rows`)."""
     k = _kernels()
-    idx, bags = idx.contiguous(), bags.contiguous()
     ops = _operands(table, singles)
-    idx_np = idx.numpy()
-    perm, starts, read_bag, lone = k.plan(idx_np, bags.numpy(), table.spec.rows, table.num_embeddings // table.spec.rows + 1,
-                                          table.group_rows, ops.gate)
-    cache = table.pool_cache
-    if singles is not None and singles.known is not None:  # lazy: the rows first read alone get their outcomes now
-        unbuilt = np.flatnonzero(lone == -1.0)
-        if unbuilt.size:
-            gate = singles.ensure(torch.from_numpy(idx_np[perm[starts[unbuilt]]]), table._effective_rows)
-            assert gate is not None  # (a lazy table's)
-            lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
-    values, where = ops.values, idx_np
-    if cache is None and singles is not None:  # lazy: shared reads' rows, once hashed, kept beside the outcome table
-        shared = torch.empty(idx.shape, dtype=torch.bool)
-        if k.shared_lookups(perm, starts, lone, shared.numpy()):
-            rows, slot = singles.stored_rows(idx[shared], table._effective_rows)
-            values = rows.contiguous().numpy()
-            where = torch.zeros(idx.shape, dtype=torch.int64).masked_scatter_(shared, slot).numpy()
-    elif cache is None:
-        w, var = table._effective_rows(idx)
-        values, where = (w if var is None else torch.cat([w, var], dim=1)).contiguous().numpy(), np.arange(idx.numel())
+    idx_np = idx.contiguous().numpy()
+    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), table.spec.rows,
+                                                 table.num_embeddings // table.spec.rows + 1, table.group_rows, ops.gate)
+    slot_of, values = _kept(singles, ops)
+    where = np.empty(idx_np.shape[0], np.int64)
+    if k.row_slots(idx_np, perm, starts, lone, slot_of, values, where):
+        values = _missing_rows(table, singles, idx_np, perm, starts, lone, where, values)
     draw = table._read_draw
     table.__dict__["_read_draw"] = draw + 1  # (a plain attribute: no Module.__setattr__)
-    k.pool_bags(idx_np, perm, starts, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
+    k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
                 ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
     return int(lone.shape[0])
 
 
-
 def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, singles: SingleReads | None,
               tail: float) -> tuple[torch.Tensor, int] | None:
-    """:func:`pool` of a cached table's 1-D int64 CPU input cut by int64 CPU ``offsets``, the
-    input checked, planned and read in one kernel call (:func:`table_kernels.read_flat`):
-    the pooled sums (bags, dim) float32 and the number of array reads. The same reads, draws
-    and values as :func:`cimflow.sim.read_groups.flatten_bags` then :func:`pool`. None (nothing
-    read, no draw taken) where the input is of another kind or not valid: the general path
-    then reads it or names what is wrong."""
+    """:func:`pool` of a 1-D int64 CPU input cut by int64 CPU ``offsets``, the input checked,
+    planned and read in one kernel call (:func:`table_kernels.read_flat`) where every row it
+    reads is at hand (a cached table's; a lazy table's once its rows are built and kept),
+    else the missing rows made (:func:`_missing_rows`) and the plan read: the pooled sums
+    (bags, dim) float32 and the number of array reads. The same reads, draws and values as
+    :func:`cimflow.sim.read_groups.flatten_bags` then :func:`pool`. None (nothing read, no draw
+    taken) where the input is of another kind or not valid: the general path then reads it
+    or names what is wrong."""
     if (input.dim() != 1 or offsets.dim() != 1 or input.dtype != torch.int64 or offsets.dtype != torch.int64
             or input.device.type != "cpu" or offsets.device.type != "cpu" or offsets.numel() == 0):
         return None
+    k = _kernels()
     ops = _operands(table, singles)
+    slot_of, values = _kept(singles, ops)
     out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
     rows, array_rows, draw = table.num_embeddings, table.spec.rows, table._read_draw
-    reads = _kernels().read_flat(input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, rows,
-                                 array_rows, rows // array_rows + 1, table.group_rows, ops.gate, ops.values, ops.base, ops.slots,
-                                 ops.cells, ops.mult_x, ops.k, ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key,
-                                 fused_read._u64(draw), out.numpy())
-    if reads < 0:
+    planned = (input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, rows, array_rows,
+               rows // array_rows + 1, table.group_rows, ops.gate, slot_of, values)
+    reads = k.read_flat(*planned, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k, ops.gain_abs, ops.steps, tail, ops.weights,
+                        ops.unit, ops.key, fused_read._u64(draw), out.numpy())
+    if reads == -1:
         return None
+    if reads == -2:  # rows missing: planned again (their cost dwarfs the plan's), made, read
+        _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(*planned, out.shape[0])
+        values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
+        k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
+                    ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
+        reads = lone.shape[0]
     table.__dict__["_read_draw"] = draw + 1
     return out, int(reads)
 

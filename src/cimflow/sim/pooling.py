@@ -263,6 +263,14 @@ class SingleReads:
         self.known[rows] = True
         return self.gate.index_select(0, idx)
 
+    def kept(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The rows kept so far by :meth:`stored_rows` as ``(slot_of, store)``: row r's values
+        are ``store[slot_of[r]]`` where ``slot_of[r] >= 0`` (None: none kept yet). A compiled
+        read finds its rows there with no call back (:func:`cimflow.sim.fused_table.pool`)."""
+        if self._slot_of is None or self._store is None:
+            return None
+        return self._slot_of, self._store
+
     def stored_rows(self, idx: torch.Tensor, effective: Effective) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows' (n, S * dim [+ S * dim]) effective weights and read-noise variances side by
         side, as ``(values, where)``: row ``idx[i]`` is ``values[where[i]]``. A lazy table keeps
