@@ -391,7 +391,7 @@ class CIMEmbeddingBag(ArrayInstance):
 
     def _pooled(self, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
         """:meth:`pooled`, run where gradients are off."""
-        if offsets is not None and self.pool_cache is not None:  # a cached table's 1-D input: one kernel call
+        if offsets is not None:  # a 1-D input: one kernel call (a lazy table's once its rows are at hand)
             flat = self._pool_flat(input, offsets)
             if flat is not None:
                 return flat
