@@ -585,11 +585,11 @@ def _table(key: int) -> CIMEmbeddingBag:
     return owner
 
 
-# registered as cimflow::crossbar_read is (sim/single_read.py): plain torch.library kernels
+# registered as cimflow::crossbar_read is (sim/single_read.py): a plain torch.library kernel (every backend)
 torch.library.define("cimflow::embedding_pool", "(int key, Tensor input, Tensor? offsets) -> Tensor")
 
 
-@torch.library.impl("cimflow::embedding_pool", ("cpu", "cuda"))
+@torch.library.impl("cimflow::embedding_pool", "CompositeExplicitAutograd")
 def _pool_op_kernel(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """:meth:`CIMEmbeddingBag.pooled` as one op: torch.compile keeps it whole (the reads'
     grouping depends on the indices' values), so a model with tables traces without graph
