@@ -1,8 +1,9 @@
 """Cached per-cell draws (train/draws.py): every instance has the chip's distribution
-(programming sigma at each target, stuck rates, drift exponents), the cells of one
-instance and one cell on consecutive instances are uncorrelated, the fast path computes
-what the engine computes, and the same seeds give the same instances. Tolerances are sized
-to the number of cells."""
+(programming sigma at each target, stuck rates, drift exponents, a PCM cell's state and its
+conductance after a day), the cells of one instance and one cell on consecutive instances
+are uncorrelated, the fast path computes what the engine computes (from the same
+conductances and state, and the PCM law from the same draws), a changed law is caught, and
+the same seeds give the same instances. Tolerances are sized to the number of cells."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from torch import nn
 import cimflow
 from cimflow.errors import CimflowError
 from cimflow.mapping import encode_weights
-from cimflow.physics import programming_sigma
+from cimflow.physics import derive_seed, programming_sigma
+from cimflow.physics.devices import PCMModel
 from cimflow.train.draws import DrawPool, InstanceDraws, StuckPool, covered
 from cimflow.train.noise import sample_instance, step_seed, time_at
 
@@ -34,6 +36,24 @@ def _converted(chip, in_f=300, out_f=96):
     torch.manual_seed(0)
     lin = nn.Linear(in_f, out_f, bias=False)
     return lin, cimflow.convert(nn.Sequential(lin), chip)
+
+
+def _engines_own(eng):
+    """The engine's own effective weights, read variances (at its time) and ADC ranges (at t0)
+    recomputed with its refresh from its current conductances and per-cell state."""
+    t = eng.t_seconds
+    eng.t_seconds = eng.spec.device.drift.t0_s
+    eng._refresh(set_adc_range=True)
+    adc_t0 = eng.adc_range.clone()
+    eng.t_seconds = t
+    eng._refresh()
+    return {"w_eff": eng.w_eff, "read_var": eng.read_var, "adc_range": adc_t0}
+
+
+def _close(mine, ref, key):
+    assert mine.shape == ref.shape, key
+    top = float(ref.abs().max())
+    assert torch.allclose(mine, ref, rtol=1e-5, atol=1e-6 * top), (key, float((mine - ref).abs().max()), top)
 
 
 def _normalized_errors(lin, cim):
@@ -92,14 +112,8 @@ def test_cached_drift_exponents_time_and_the_engines_own_arithmetic():
         # the fast path's effective weights, read-noise variances and ADC ranges are the
         # engine's own, recomputed from the same conductances and exponents
         mine = {k: getattr(eng, k).clone() for k in ("w_eff", "read_var", "adc_range")}
-        t = eng.t_seconds
-        eng.t_seconds = t0
-        eng._refresh(set_adc_range=True)
-        adc_t0 = eng.adc_range.clone()
-        eng.t_seconds = t
-        eng._refresh()
-        for key, ref in (("w_eff", eng.w_eff), ("read_var", eng.read_var), ("adc_range", adc_t0)):
-            assert torch.allclose(mine[key], ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max())), key
+        for key, ref in _engines_own(eng).items():
+            _close(mine[key], ref, key)
     assert not draws.fallbacks and covered(cim[0])
     assert draws._pools["0"].work is not None  # the in-place fast path ran (3 read groups)
 
@@ -162,14 +176,16 @@ def test_hwa_with_fresh_generators_still_trains():
 
 def test_a_device_plug_in_draws_from_pools_with_the_exact_paths_moments():
     # pcm-hermes-like's PCM model (state-dependent drift exponents, accumulated 1/f noise):
-    # one instance from pooled draws and one from fresh generators, aged to the same time,
-    # have the same programming errors (at each cell's sigma) and the same drift-state moments
+    # one instance from pooled draws (the fast path) and one from fresh generators, aged to the
+    # same time, have the same programming errors (at each cell's sigma), the same drift-state
+    # moments and the same conductances a day later
     lin, cached = _converted("pcm-hermes-like", 256, 128)
     exact = cimflow.convert(nn.Sequential(lin), "pcm-hermes-like")
     draws = InstanceDraws(0)
     assert covered(cached[0]) and cached[0].engine.spec.device.model == "pcm"
     sample_instance(cached, step_seed(0, 1), 86400.0, torch.Generator().manual_seed(2), draws=draws)
     sample_instance(exact, step_seed(0, 1), 86400.0, torch.Generator().manual_seed(2))
+    assert not draws.fallbacks and draws._pools["0"].work is not None  # the fast path ran
     a, b = cached[0].engine, exact[0].engine
     assert a.t_seconds == b.t_seconds > a.spec.device.drift.t0_s
     dev = a.spec.device
@@ -191,6 +207,28 @@ def test_a_device_plug_in_draws_from_pools_with_the_exact_paths_moments():
         spread = float(y.std())
         assert abs(float(x.mean()) - float(y.mean())) < 6 * spread * math.sqrt(2 / n)
         assert abs(float(x.std()) / spread - 1) < 6 * math.sqrt(1 / n) + 0.01
+    # the conductances after a day (drift and 1/f noise since programming), band of targets by
+    # band: the same mean and spread (stuck-on cells, far off, left out; the same targets in both)
+    x = target / dev.g_max
+    g_t = [torch.cat([g.reshape(-1) for g in eng._conductances_now()]) for eng in (a, b)]
+    programmed = [torch.cat([eng.g_pos.reshape(-1), eng.g_neg.reshape(-1)]) for eng in (a, b)]
+    for lo, hi in ((0.0, 1e-3), (0.1, 0.3), (0.3, 0.6), (0.6, 1.01)):
+        band = [(x >= lo) & (x < hi) & (g < dev.g_max) for g in programmed]
+        da, db = ((gt - target)[m] / dev.g_max for gt, m in zip(g_t, band, strict=True))
+        m = min(da.numel(), db.numel())
+        assert m > 2000, (lo, m)
+        spread = float(db.std())
+        assert abs(float(da.mean()) - float(db.mean())) < 6 * spread * math.sqrt(2 / m), (lo, float(da.mean()), float(db.mean()))
+        assert abs(float(da.std()) / spread - 1) < 8 * math.sqrt(1 / m) + 0.01, (lo, float(da.std()), spread)
+    # within the cached instance, a cell's 1/f normal is a standard normal of its own: not its
+    # programming error's, nor its drift exponent's
+    healthy = (target > 0.2 * dev.g_max) & (programmed[0] > dev.g_min) & (programmed[0] < dev.g_max)
+    flicker, nu = sa[1][healthy], sa[0][healthy]
+    err = ((programmed[0] - target) / sigma)[healthy]
+    m = flicker.numel()
+    assert abs(float(flicker.mean())) < 6 / math.sqrt(m) and abs(float(flicker.std()) - 1) < 6 / math.sqrt(2 * m)
+    for other in (err, nu):
+        assert abs(float(torch.corrcoef(torch.stack([flicker, other]))[0, 1])) < 6 / math.sqrt(m)
     # the effective weights' spread around the ideal ones agrees too
     ideal = lin.weight.detach().t() / a.w_scale
     da, db = a.w_eff[0].reshape(-1, 128)[:256] - ideal, b.w_eff[0].reshape(-1, 128)[:256] - ideal
@@ -207,3 +245,81 @@ def test_a_stuck_pools_window_indices_are_the_stuck_cells_of_the_window():
         assert torch.equal(on, torch.nonzero(codes == 1).flatten()), offset
         assert torch.equal(off, torch.nonzero(codes == -1).flatten()), offset
         assert on.numel() > 0 and off.numel() > 0  # 5 % and 3 % of 1000 cells: both kinds present
+
+
+class _Replay:
+    """Instance ``seed`` of layer ``name`` as the cached draws gave it to the fast path (the
+    pools' windows at the instance's offsets, taken again before the next instance renews
+    them): a draw source (``InstanceSource``) for the engine's own programming."""
+
+    def __init__(self, draws, name, seed):
+        pools = draws._pools[name]
+        n = pools.normal.n
+
+        def window(pool, purpose):
+            return pool.window(derive_seed(seed, name, "hwa-window", purpose) % (n + 1)).view(pools.shape)
+
+        self.normals = {"program": window(pools.normal, "program"), **{p: window(pool, p) for p, pool in pools.state.items()}}
+        self.codes = window(pools.stuck.pool, "stuck")
+
+    def cells(self, shape):
+        return self
+
+    def stuck(self, shape):
+        return self.codes
+
+    def normal(self, purpose, k=0):
+        assert k == 0
+        return self.normals[purpose]
+
+    def uniform(self, purpose, k=0):
+        raise AssertionError(f"PCM draws no uniform {purpose!r}")
+
+
+def test_the_pcm_fast_path_is_the_engines_own_programming_from_the_same_draws():
+    # pcm-hermes-like (stuck cells, expected ADC range, 1/f noise, state-dependent drift), two
+    # read groups: every instance's conductances, state (nu, 1/f normal, Q_s), effective weights,
+    # read variances and ADC ranges are those the engine programs from the very same draws, and
+    # those its refresh computes from the fast path's conductances and state
+    lin, cim = _converted("pcm-hermes-like", 300, 96)
+    other = cimflow.convert(nn.Sequential(lin), "pcm-hermes-like")
+    draws = InstanceDraws(0)
+    for step, t in enumerate((86400.0, None, 2e7)):  # the first instance checked by the layer, the others not
+        seed = step_seed(0, step)
+        draws.program_layer("0", cim[0], seed, t)
+        a, b = cim[0].engine, other[0].engine
+        assert a.nu_pos.shape == (3, 1, 300, 96)
+        mine = {k: getattr(a, k).clone() for k in ("g_pos", "g_neg", "nu_pos", "nu_neg", "w_scale", "w_eff", "read_var", "adc_range")}
+        other[0].program(seed, draws=_Replay(draws, "0", seed), t_seconds=t)
+        assert a.t_seconds == b.t_seconds
+        for key, value in mine.items():
+            _close(value, getattr(b, key), key)
+        assert int((torch.cat([a.g_pos, a.g_neg]) == a.spec.device.g_max).sum()) > 0  # stuck cells in the instance
+        for key, ref in _engines_own(a).items():
+            _close(mine[key], ref, key)
+    assert not draws.fallbacks and draws._pools["0"].work is not None and draws._pools["0"].cells is None  # the fast path ran
+
+
+@pytest.mark.parametrize("law", ["conductance", "state"])
+def test_a_changed_pcm_law_is_caught_and_the_layer_programmed_the_engines_way(law, monkeypatch):
+    """The fast path's one check per layer recomputes the PCM state with the model's own
+    sample_state and the weights with the engine's refresh: a law the fast path does not
+    follow (here the 1/f noise doubled, or Q_s taken at the target rather than the programmed
+    conductance) leaves the engine's own values and the general programming from then on."""
+    if law == "conductance":
+        real = PCMModel.conductance
+        doubled = torch.tensor([1.0, 2.0, 1.0]).view(3, 1, 1, 1)  # the 1/f normals
+        monkeypatch.setattr(PCMModel, "conductance", lambda self, g, state, t: real(self, g, state * doubled, t))
+    else:
+        real = PCMModel.sample_state
+        monkeypatch.setattr(PCMModel, "sample_state", lambda self, target, g, d: real(self, target, target, d))
+    lin, cim = _converted("pcm-hermes-like", 300, 96)
+    draws = InstanceDraws(0)
+    draws.program_layer("0", cim[0], step_seed(0, 0), 86400.0)
+    assert draws.fallbacks == {"0"}
+    eng = cim[0].engine
+    kept = {k: getattr(eng, k).clone() for k in ("w_eff", "read_var", "adc_range")}
+    for key, ref in _engines_own(eng).items():
+        _close(kept[key], ref, key)
+    draws.program_layer("0", cim[0], step_seed(0, 1), 86400.0)
+    assert draws._pools["0"].cells is not None  # programmed by the layer, from the pooled draws

@@ -1,11 +1,13 @@
 """The compiled fast path of cached-draw programming (train/program_kernels.py) against its
 torch form (train/draws.py ``_cells_torch``): the same instance from the same draws, every
-output (conductances, weight scales, effective weights, read-noise variances, ADC ranges)
-equal up to float rounding, over the laws the fast path covers; and the kernels' exponential
-against numpy's."""
+output (conductances, per-cell state, weight scales, effective weights, read-noise
+variances, ADC ranges) equal up to float rounding, over the laws the fast path covers (the
+generic law and the PCM plug-in's, whose torch form is the model's own code); the kernels'
+exponential against numpy's and their state curves against ``evaluate_curve``."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,6 +19,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import cimflow
+from cimflow.chip.devices import StateCurve
+from cimflow.physics.devices import evaluate_curve
 from cimflow.sim import fused_read
 from cimflow.train import draws as draws_module
 from cimflow.train.draws import InstanceDraws
@@ -63,8 +67,8 @@ def _instance(chip, compiled: bool, monkeypatch, t: float, in_f: int = 300, out_
     work = draws._pools["0"].work
     assert work is not None and (work._scratch is None) == compiled  # the compiled form needs no scratch buffers
     eng = cim[0].engine
-    return {key: getattr(eng, key).clone() for key in ("g_pos", "g_neg", "w_scale", "w_eff", "read_var", "adc_range")
-            if getattr(eng, key) is not None}
+    keys = ("g_pos", "g_neg", "nu_pos", "nu_neg", "w_scale", "w_eff", "read_var", "adc_range")
+    return {key: getattr(eng, key).clone() for key in keys if getattr(eng, key) is not None}
 
 
 CASES = {
@@ -158,12 +162,115 @@ def test_the_torch_form_runs_when_the_kernels_are_off(monkeypatch):
     draws.program_layer("0", cim[0], 1, 1e3)
     ws = draws._pools["0"].work
     assert ws is not None and ws._scratch is not None  # the torch form's buffers were made
-    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is None
+    cells = {"drift": ws.g0[0]}
+    assert draws_module._compiled_kernels(weight, ws.g0[0], cells, ws) is None
     monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
-    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is not None
-    assert draws_module._compiled_kernels(weight.double(), ws.g0[0], ws.g0[0], ws) is None
+    assert draws_module._compiled_kernels(weight, ws.g0[0], cells, ws) is not None
+    assert draws_module._compiled_kernels(weight.double(), ws.g0[0], cells, ws) is None
+    assert draws_module._compiled_kernels(weight, ws.g0[0], {**cells, "1/f": ws.g0[0].double()}, ws) is None  # every draw checked
     ws.sigma = [0.0] + ws.sigma * 8  # more coefficients than the kernel's Horner holds: never silently truncated
-    assert draws_module._compiled_kernels(weight, ws.g0[0], ws.g0[0], ws) is None
+    assert draws_module._compiled_kernels(weight, ws.g0[0], cells, ws) is None
+
+
+PCM = "arrays.pcm.device."
+#: pcm-hermes-like's law with the other forms of the curves: Q_s a power law (PCMDevice's default),
+#: the drift-exponent moments one polynomial and a log piece without clamps
+OTHER_CURVES = {PCM + "noise_q_s": {"pieces": [{"form": "power", "coefficients": [0.0088, -0.65], "y_max": 0.2}]},
+                PCM + "drift_nu_mean": {"pieces": [{"coefficients": [0.08, -0.05, 0.01]}]},
+                PCM + "drift_nu_std": {"pieces": [{"form": "log", "coefficients": [0.005, -0.004]}]}}
+PCM_CASES = {
+    "one day (pcm-hermes-like: expected ADC range, stuck cells)": ({}, 86400.0),
+    "at t0 (1/f noise already grown, no drift)": ({}, None),
+    "before t0": ({}, 100.0),
+    "per-array ADC range, no read noise": ({"arrays.pcm.adc.range": "per_array_max", PCM + "read_noise": 0.0}, 1e6),
+    "fixed ADC range, no stuck cells": ({"arrays.pcm.adc.range": "fixed", PCM + "stuck_on_rate": 0.0, PCM + "stuck_off_rate": 0.0},
+                                        3e4),
+    "at 350 K (drift and 1/f noise at the effective time)": ({PCM + "temperature_k": 350.0}, 86400.0),
+    "power-law Q_s, polynomial and unclamped log moments": (OTHER_CURVES, 1e7),
+}
+
+
+@pytest.mark.parametrize("case", list(PCM_CASES))
+def test_the_compiled_pcm_cells_are_the_models_own(case, monkeypatch):
+    """The PCM law: the compiled state (drift exponent from the level's moments, the 1/f
+    normal, Q_s at |G| / g_max) and conductances against the torch form, which programs the
+    state and ages the cells with PCMModel's own code (sample_state, conductance)."""
+    changes, t = PCM_CASES[case]
+    chip = chip_with("pcm-hermes-like", **changes)
+    assert draws_module.pcm_physics(chip.arrays["pcm"].device)
+    fast = _instance(chip, True, monkeypatch, t)
+    ref = _instance(chip, False, monkeypatch, t)
+    assert fast.keys() == ref.keys() and fast["nu_pos"].shape == (3, 1, 300, 70)
+    for key, value in ref.items():
+        top = float(value.abs().max())
+        assert torch.allclose(fast[key], value, rtol=1e-5, atol=1e-6 * top), (key, float((fast[key] - value).abs().max()), top)
+    assert torch.equal(fast["w_scale"], ref["w_scale"])
+    assert torch.equal(fast["nu_pos"][1], ref["nu_pos"][1])  # the 1/f normals: the pool's, copied
+    spread = torch.cat([fast["nu_pos"][0], fast["nu_neg"][0]])
+    assert float(spread.std()) > 0.01 * float(spread.mean())  # drift exponents drawn, not the moments' means
+
+
+def test_a_nan_weight_stays_nan_in_both_pcm_forms(monkeypatch):
+    chip = chip_with("pcm-hermes-like")
+    fast = _instance(chip, True, monkeypatch, 86400.0, nan=True)
+    ref = _instance(chip, False, monkeypatch, 86400.0, nan=True)
+    for key in ("g_pos", "g_neg", "w_eff"):
+        assert bool(torch.isnan(ref[key]).any()), key
+        assert torch.equal(torch.isnan(fast[key]), torch.isnan(ref[key])), key
+
+
+@functools.cache
+def _curve_kernel():
+    """The kernels' curve evaluation (``_curve_row``) as a compiled function of its own, made once."""
+    from numba import njit
+
+    from cimflow.train.program_kernels import _curve_row
+
+    @njit
+    def run(rows, x, y):
+        _curve_row(rows, x, y)
+
+    return run
+
+
+_PIECE = st.one_of(
+    st.builds(lambda c, lo, hi: {"coefficients": c, "y_min": lo, "y_max": hi},
+              st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=8), st.one_of(st.none(), st.floats(-2.0, 0.0)),
+              st.one_of(st.none(), st.floats(0.0, 2.0))),
+    st.builds(lambda c0, c1: {"form": "log", "coefficients": [c0, c1]}, st.floats(-1.0, 1.0), st.floats(-1.0, 1.0)),
+    st.builds(lambda c0, c1, hi: {"form": "power", "coefficients": [c0, c1], "y_max": hi},
+              st.floats(-1.0, 1.0), st.floats(-2.0, 3.0), st.one_of(st.none(), st.floats(0.0, 50.0))),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_PIECE, min_size=1, max_size=4), st.lists(st.floats(0.01, 0.99), min_size=3, max_size=3, unique=True),
+       st.lists(st.floats(0.0, 2.0, width=32), min_size=1, max_size=40))
+def test_the_kernels_curves_are_evaluate_curves(pieces, starts, xs):
+    """Every form of piece (polynomials of up to 8 coefficients, log and power laws at their
+    floors, clamps on either side) and where pieces take over (at and around ``x_from``):
+    the compiled curve is ``evaluate_curve``'s up to float rounding."""
+    from cimflow.train import program_kernels
+
+    starts = sorted(starts)[:len(pieces) - 1]
+    curve = StateCurve(pieces=[{**p, "x_from": 0.0 if k == 0 else starts[k - 1]} for k, p in enumerate(pieces)])
+    x = np.array(xs + starts + [0.0, 1e-8, 1e-4, 1.0], np.float32)
+    y = np.empty_like(x)
+    _curve_kernel()(draws_module._curve_rows(curve, program_kernels), x, y)
+    ref = evaluate_curve(curve, torch.from_numpy(x)).numpy()
+    # float32 rounding of each piece's terms: |c_k| x^k per term; a log of up to |ln 1e-7| = 16,
+    # a power law's exponent c1 ln x
+    bound = np.zeros_like(x)
+    for piece in curve.pieces:
+        c = piece.coefficients
+        if piece.form == "polynomial":
+            size = sum(abs(ck) * np.maximum(x, 1.0) ** k for k, ck in enumerate(c))
+        elif piece.form == "log":
+            size = abs(c[0]) + abs(c[1]) * 17.0
+        else:
+            size = abs(c[0]) * np.maximum(x, 1e-3) ** c[1] * (1.0 + abs(c[1]) * 8.0)
+        bound = np.maximum(bound, size)
+    assert np.all(np.abs(y - ref) <= 1e-6 * bound + 1e-30), (curve, x, y, ref)
 
 
 @settings(max_examples=30, deadline=None)

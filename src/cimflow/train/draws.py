@@ -14,8 +14,12 @@ offset (derived from the step's instance seed), re-drawing a slice of every pool
 - each cell's draws have exactly the device model's distribution (the pool entries are
   i.i.d. draws from it: standard normals re-scaled by the cell's programming sigma at its
   target conductance, stuck codes at the chip's rates, drift exponents ``N(nu_mean,
-  nu_std)`` clipped at 0, made by :mod:`cimflow.physics` itself);
-- the cells of one instance are independent (a window holds distinct pool entries);
+  nu_std)`` clipped at 0, made by :mod:`cimflow.physics` itself; a PCM cell's two state
+  normals, its drift exponent's and its 1/f noise's, turned into its state by the model's
+  law);
+- the cells of one instance are independent (a window holds distinct pool entries), and so
+  are one cell's draws of different kinds (each kind has a pool and a window offset of its
+  own);
 - one cell's draws on two steps are independent unless the two offsets coincide
   (probability ``1 / (n + 1)`` for ``n`` cells), and the pool keeps being renewed. (Two
   instances are not independent as wholes: until renewed, an entry one step gave a cell
@@ -24,14 +28,15 @@ offset (derived from the step's instance seed), re-drawing a slice of every pool
 What differs from drawing each instance from its own generators is only which entries of
 the (renewed) pool a step's instance is made of, never the distribution of any instance:
 ``tests/train/test_draws.py`` pins the per-step moments against the exact path's. The
-instance is then aged to its time once: for one differential slice of a generic device, in
-place in buffers re-used step after step (checked once per layer against the engine's own
-refresh); any other covered layer is programmed by ``CrossbarEngine.program(seed,
+instance is then aged to its time once: for one differential slice of a generic or PCM
+device (:func:`generic_physics`, :func:`pcm_physics`), in place in buffers re-used step
+after step (checked once per layer against the engine's own refresh and, for PCM, the
+model's own state); any other covered layer is programmed by ``CrossbarEngine.program(seed,
 draws=..., t_seconds=...)`` itself, the pools its draw source (:class:`_PooledSource`).
 
-Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell), the fast
-path's buffers about 32 bytes per weight (52 in the torch form); a device plug-in adds 8 bytes per cell for every
-kind of draw it asks for.
+Memory: the pools hold two draws of each kind per cell (about 18 bytes per cell, 26 for
+PCM), the fast path's buffers about 32 bytes per weight (52 in the torch form; PCM's state
+adds 48); any other device plug-in adds 8 bytes per cell for every kind of draw it asks for.
 
 An instance made here is not re-drawn by its seed: ``CrossbarEngine.stuck_masks`` (which
 re-draws an instance's stuck cells from its seed) does not describe it; program with
@@ -52,9 +57,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cimflow.chip.devices import PCMDevice, StateCurve
 from cimflow.chip.spec import Device
 from cimflow.errors import CimflowError
+from cimflow.mapping import encode_weights
 from cimflow.physics import derive_seed, generator_for, sample_drift_exponents, sample_stuck_mask
+from cimflow.physics.devices import REGISTRY, PCMModel, effective_time
 from cimflow.physics.hashing import stream_key
 from cimflow.sim import fused_read
 from cimflow.sim.array_state import full_scale_from_sums
@@ -159,6 +167,8 @@ _StuckWindow = tuple[StuckPool, int] | None  # a stuck pool and this instance's 
 _NO_CODES = np.empty((0, 1, 1), np.int8)  # the compiled kernels' empty operands
 _NO_CELLS = np.empty((0, 1), np.float32)
 _NO_CELLS3 = np.empty((0, 1, 1), np.float32)
+_NO_STATE = np.empty((0, 1, 1, 1), np.float32)
+_NO_CURVE = np.empty((0, 1))
 
 
 @dataclass
@@ -168,7 +178,7 @@ class _LayerPools:
     device: torch.device
     spec: Device  # the layer's device
     normal: DrawPool | None = None  # the fast path: standard normals (programming noise)
-    drift: DrawPool | None = None  # the fast path: drift exponents
+    state: dict[str, DrawPool] | None = None  # the fast path: the per-cell state's draws by purpose (_STATE_DRAWS)
     work: _Workspace | None = None  # the in-place buffers of the fast path (when it applies)
     cells: PooledDraws | None = None  # any other layer: the draws its device model asks for
 
@@ -204,12 +214,47 @@ class _PooledSource:
 
 
 def generic_physics(dev: Device) -> bool:
-    """Whether ``dev`` follows the laws the cached draws implement: the generic device model
-    (polynomial programming noise, one drift-exponent distribution, power-law drift) at the
-    reference temperature (no thermal acceleration of drift). A device plug-in
-    (cimflow.physics.devices) or another temperature is programmed by the layer itself."""
+    """Whether ``dev`` follows the generic laws the fast path implements: the generic device
+    model (polynomial programming noise, one drift-exponent distribution, power-law drift) at
+    the reference temperature (no thermal acceleration of drift). Of the device plug-ins
+    (cimflow.physics.devices) the fast path implements PCM (:func:`pcm_physics`); any other,
+    or the generic model at another temperature, is programmed by the layer itself."""
     accelerated = getattr(dev, "temperature_k", 300.0) != 300.0 and getattr(dev.drift, "activation_energy_ev", 0.0) != 0.0
     return type(dev) is Device and getattr(dev, "model", "generic") == "generic" and not accelerated
+
+
+def pcm_physics(dev: Device) -> bool:
+    """Whether ``dev`` follows the laws of the PCM plug-in as the fast path implements them
+    (:class:`cimflow.physics.devices.PCMModel`: the generic programming law, a drift exponent
+    ``|N(mean, std)|`` with moments of the target level, accumulated 1/f noise of a standard
+    normal per cell scaled by a curve ``Q_s`` of ``|G| / g_max``; any temperature: the model's
+    effective time)."""
+    return type(dev) is PCMDevice and REGISTRY.get(dev.model) is PCMModel
+
+
+#: the fast path's per-cell state draws by purpose, one pool each: the generic law's drift
+#: exponents; PCM's standard normals of the drift exponent and of the 1/f noise (the purposes
+#: ``PCMModel.sample_state`` asks :class:`_StateDraws` for)
+_STATE_DRAWS = {"generic": ("drift",), "pcm": ("drift", "1/f")}
+
+
+class _StateDraws:
+    """One instance's windows of a PCM layer's state pools as the draw source its model samples
+    the state from (:class:`cimflow.physics.devices.CellDraws`: ``sample_state``): the window
+    of each purpose of ``_STATE_DRAWS``."""
+
+    def __init__(self, windows: Mapping[str, torch.Tensor]) -> None:
+        self.windows = windows
+
+    def normal(self, purpose: str, k: int = 0) -> torch.Tensor:
+        if purpose not in self.windows or k:
+            raise CimflowError(f"the cached draws hold no normal {purpose!r} #{k} of a PCM cell: the fast path's draws "
+                               f"({', '.join(self.windows)}) no longer match PCMModel.sample_state")
+        return self.windows[purpose]
+
+    def uniform(self, purpose: str, k: int = 0) -> torch.Tensor:
+        raise CimflowError(f"the cached draws hold no uniform {purpose!r} of a PCM cell: the fast path's draws no longer match "
+                           "PCMModel.sample_state")
 
 
 def covered(layer: nn.Module) -> bool:
@@ -226,10 +271,12 @@ def covered(layer: nn.Module) -> bool:
 
 def _fast(layer: CIMLayer) -> bool:
     """Whether the in-place fast path applies: one differential slice, read groups of
-    consecutive rows, no IR drop, exact read-noise variances, :func:`generic_physics`."""
+    consecutive rows, no IR drop, exact read-noise variances, :func:`generic_physics` or
+    :func:`pcm_physics`."""
     eng = layer.engine
+    dev = eng.spec.device
     return (eng.spec.weight_encoding.scheme == "differential" and eng.grid.contiguous and eng.spec.wire_resistance == 0
-            and eng.read_noise_mode != "column_mean" and generic_physics(eng.spec.device))
+            and eng.read_noise_mode != "column_mean" and (generic_physics(dev) or pcm_physics(dev)))
 
 
 def _sigma_coefficients(dev: Device) -> list[float]:
@@ -243,8 +290,9 @@ def _sigma_coefficients(dev: Device) -> list[float]:
 class _Workspace:
     """Buffers of the fast path, allocated once per layer: every step writes them in place
     (fresh large tensors cost a page fault per 4 KiB on first touch, several times the
-    arithmetic). The instance-facing tensors are double-buffered: the tensors of the
-    previous step's instance stay intact while the next one is programmed."""
+    arithmetic). The instance-facing tensors (and, compiled, a PCM layer's state) are
+    double-buffered: the tensors of the previous step's instance stay intact while the next
+    one is programmed."""
 
     def __init__(self, eng: CrossbarEngine, device: torch.device) -> None:
         rows, out = eng.grid.in_features, eng.grid.out_features
@@ -258,6 +306,8 @@ class _Workspace:
         self.padded: np.ndarray | None = None  # the compiled form's copy of sigma, padded
         self.significance = torch.ones(1, device=device)
         self.flip = 0
+        self.model = PCMModel(eng.spec.device) if pcm_physics(eng.spec.device) else None  # the PCM law (None: the generic one)
+        self.pcm: tuple[np.ndarray, np.ndarray, list[torch.Tensor]] | None = None  # the compiled form's PCM operands (_pcm_operands)
 
     def scratch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The torch form's buffers (the compiled one needs none), made once: the levels (in,
@@ -297,10 +347,12 @@ class InstanceDraws:
         pools = self._pools[name] = _LayerPools(stuck, shape, device, dev)
         return pools
 
-    def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, _StuckWindow]:
-        """Renew the pools by one slice and take this instance's windows: standard normals,
-        drift exponents (both shaped like the cells) and the stuck pool's window offset."""
-        if pools.normal is None or pools.drift is None:
+    def _windows(self, pools: _LayerPools, name: str, seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], _StuckWindow]:
+        """Renew the pools by one slice and take this instance's windows, each shaped like the
+        cells and at an offset of its own: standard normals (programming), the per-cell
+        state's draws by purpose (the generic law: ``drift`` the drift exponents; PCM: ``drift``
+        and ``1/f`` standard normals), and the stuck pool's window offset."""
+        if pools.normal is None or pools.state is None:
             dev, n, device = pools.spec, math.prod(pools.shape), pools.device
 
             def normals(count: int, g: torch.Generator) -> torch.Tensor:
@@ -309,17 +361,25 @@ class InstanceDraws:
             def exponents(count: int, g: torch.Generator) -> torch.Tensor:
                 return sample_drift_exponents((count,), dev.drift.nu_mean, dev.drift.nu_std, g, device=device)
 
-            pools.normal = DrawPool(n, normals, generator_for(self.seed, name, "hwa-pool", "program", device=device), self.refresh_steps)
-            pools.drift = DrawPool(n, exponents, generator_for(self.seed, name, "hwa-pool", "drift", device=device), self.refresh_steps)
-        for pool in (pools.normal, pools.drift):
-            pool.renew()
+            def pool(purpose: str, sample: Any) -> DrawPool:
+                return DrawPool(n, sample, generator_for(self.seed, name, "hwa-pool", purpose, device=device), self.refresh_steps)
+
+            pools.normal = pool("program", normals)
+            law = "pcm" if pcm_physics(dev) else "generic"
+            pools.state = {purpose: pool(purpose, normals if law == "pcm" else exponents) for purpose in _STATE_DRAWS[law]}
+        pools.normal.renew()
+        for state_pool in pools.state.values():
+            state_pool.renew()
         if pools.stuck is not None:
             pools.stuck.renew()
         n = pools.normal.n
-        off_z, off_nu, off_stuck = (derive_seed(seed, name, "hwa-window", purpose) % (n + 1) for purpose in ("program", "drift", "stuck"))
-        z = pools.normal.window(off_z).view(pools.shape)
-        nu = pools.drift.window(off_nu).view(pools.shape)
-        return z, nu, None if pools.stuck is None else (pools.stuck, off_stuck)
+
+        def offset(purpose: str) -> int:
+            return derive_seed(seed, name, "hwa-window", purpose) % (n + 1)
+
+        z = pools.normal.window(offset("program")).view(pools.shape)
+        state = {purpose: state_pool.window(offset(purpose)).view(pools.shape) for purpose, state_pool in pools.state.items()}
+        return z, state, None if pools.stuck is None else (pools.stuck, offset("stuck"))
 
     @torch.no_grad()
     def program_layer(self, name: str, layer: CIMLayer, seed: int, t_seconds: float | None = None) -> None:
@@ -334,19 +394,33 @@ class InstanceDraws:
         eng._start_programming(seed)  # seed, read generator, t0, reference read: a new instance
         eng._read_key = stream_key(int(seed), eng.name, "read", "counter")
         eng.read_counter.zero_()
-        self._program_fast(name, layer, seed, t)
+        draws = self._program_fast(name, layer, seed, t)
         if name not in self._checked:
-            self._check_fast(name, layer, t)
+            self._check_fast(name, layer, t, draws)
         eng.write_pulses = eng.g_pos.numel() + eng.g_neg.numel()
         eng._update_gain()
         eng._weight_version = layer.weight._version
 
-    def _check_fast(self, name: str, layer: CIMLayer, t: float) -> None:
+    def _check_fast(self, name: str, layer: CIMLayer, t: float, draws: dict[str, torch.Tensor]) -> None:
         """Once per layer: recompute the fast path's ADC ranges, effective weights and read
-        variances with the engine's own refresh from the same conductances and drift
-        exponents. Where they disagree (an engine whose laws changed) the engine's values are
-        kept and the layer is programmed the generic way from then on."""
+        variances with the engine's own refresh from the same conductances and per-cell state
+        (a PCM layer's state first recomputed by its model from the engine's targets and the
+        same draws, ``draws``, at the cells whose conductance is a number). Where they disagree
+        (an engine whose laws changed) the engine's values are kept and the layer is programmed
+        the generic way from then on."""
         eng = layer.engine
+        work = self._pools[name].work
+        model = None if work is None else work.model
+        if model is not None:
+            targets = encode_weights(layer.weight_matrix().detach() / eng.w_scale, eng.spec, eng.grid.col_tiles)
+            target = torch.stack([targets.positive[0], targets.negative[0]]).nan_to_num_(model.spec.g_min)  # see _cells_torch
+            g = torch.cat([eng.g_pos, eng.g_neg])
+            theirs_state = model.sample_state(target, g, _StateDraws(draws))
+            mine_state = torch.cat([eng.nu_pos, eng.nu_neg], dim=1)
+            kept = torch.isfinite(g)  # a NaN weight's cells: NaN conductances whatever the state
+            if not all(_agree(a[kept], b[kept]) for a, b in zip(mine_state, theirs_state, strict=True)):
+                self.fallbacks.add(name)
+                eng.nu_pos, eng.nu_neg = theirs_state.narrow(-3, 0, 1), theirs_state.narrow(-3, 1, 1)
         mine = {"w_eff": eng.w_eff.clone(), "adc_range": eng.adc_range.clone(),
                 "read_var": None if eng.read_var is None else eng.read_var.clone()}
         eng.t_seconds = eng.spec.device.drift.t0_s
@@ -357,20 +431,17 @@ class InstanceDraws:
         theirs.update(w_eff=eng.w_eff, read_var=eng.read_var)
         for key, value in mine.items():
             other = theirs[key]
-            same = (value is None and other is None) or (
-                value is not None and other is not None and value.shape == other.shape
-                and bool(torch.allclose(value, other, rtol=1e-4, equal_nan=True,  # NaN where a weight is NaN, in both
-                                        atol=1e-5 * float(other.abs().nan_to_num(0.0, 0.0).amax().clamp_min(1e-30)))))
-            if not same:
+            if not ((value is None and other is None) or (value is not None and other is not None and _agree(value, other))):
                 self.fallbacks.add(name)
         self._checked.add(name)
 
-    def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> None:
-        """One differential slice, in place: the same conductances, drift, effective weights,
-        read-noise variances and ADC ranges as ``program`` + ``set_time``, and no fresh large
-        tensor; the per-cell arithmetic in one compiled pass where numba runs
-        (:mod:`cimflow.train.program_kernels`), else in about a third of the elementwise
-        torch passes of ``program`` + ``set_time`` (:meth:`_cells_torch`)."""
+    def _program_fast(self, name: str, layer: CIMLayer, seed: int, t: float) -> dict[str, torch.Tensor]:
+        """One differential slice, in place: the same conductances, per-cell state, drift,
+        effective weights, read-noise variances and ADC ranges as ``program`` + ``set_time``,
+        and no fresh large tensor; the per-cell arithmetic in one compiled pass where numba
+        runs (:mod:`cimflow.train.program_kernels`), else in elementwise torch passes
+        (:meth:`_cells_torch`: for the generic law about a third of those of ``program`` +
+        ``set_time``, for PCM its model's own). Returns the instance's state draws by purpose."""
         eng = layer.engine
         dev = eng.spec.device
         weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, in): rows contiguous
@@ -380,23 +451,24 @@ class InstanceDraws:
             pools.work = _Workspace(eng, weight.device)
         ws = pools.work
         ws.flip ^= 1
-        z, nu, stuck = self._windows(pools, name, seed)
+        z, draws, stuck = self._windows(pools, name, seed)
         g0, w_eff = ws.g0[ws.flip], ws.w_eff[ws.flip]
         var = None if ws.read_var is None else ws.read_var[ws.flip]
         eng.w_eff = w_eff
-        kernels = _compiled_kernels(weight, z, nu, ws)
+        kernels = _compiled_kernels(weight, z, draws, ws)
         if kernels is not None:
-            _cells_compiled(kernels, eng, weight, z, nu, stuck, ws, g0, var, t)
+            state = _cells_compiled(kernels, eng, weight, z, draws, stuck, ws, g0, var, t)
         else:
-            _cells_torch(eng, weight, z, nu, stuck, ws, g0, var, t)
+            state = _cells_torch(eng, weight, z, draws, stuck, ws, g0, var, t)
         eng.read_var = var
         if hasattr(eng, "_read_var_bf16"):
             eng._read_var_bf16 = None  # the fast inference read's bfloat16 copy of read_var
         eng.g_pos, eng.g_neg = g0[0:1], g0[1:2]
-        eng.nu_pos, eng.nu_neg = nu[0:1], nu[1:2]
+        eng.nu_pos, eng.nu_neg = state.narrow(-3, 0, 1), state.narrow(-3, 1, 1)  # as the engine splits (2, ...) or (3, 2, ...)
         eng.significance = ws.significance
         eng.denominator = dev.g_max - dev.g_min
         eng.t_seconds = t
+        return draws
 
     def program(self, model: nn.Module, seed: int, times: Mapping[str, float] | None = None) -> None:
         """Program instance ``seed`` into every CIM layer of a converted ``model``: covered
@@ -411,11 +483,11 @@ class InstanceDraws:
                 program_at(layer, seed, t)
 
 
-def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, ws: _Workspace) -> Any:
+def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, draws: Mapping[str, torch.Tensor], ws: _Workspace) -> Any:
     """:mod:`cimflow.train.program_kernels` when the fast path's cells can be programmed by it
     (float32 tensors on the CPU, numba importable, ``CIMFLOW_FUSED_READ`` not 0: the switch
     of every compiled kernel, :func:`cimflow.sim.fused_read.available`), else None."""
-    if not all(v.device.type == "cpu" and v.dtype == torch.float32 for v in (weight, z, nu, ws.g0[0])):
+    if not all(v.device.type == "cpu" and v.dtype == torch.float32 for v in (weight, z, *draws.values(), ws.g0[0])):
         return None
     if not fused_read.available():
         return None
@@ -426,6 +498,47 @@ def _compiled_kernels(weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, w
     if len(ws.sigma) > program_kernels.COEFFICIENTS:  # more than the kernel's fixed Horner (the spec allows no more)
         return None
     return program_kernels
+
+
+def _agree(value: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether the fast path's ``value`` is the engine's ``other`` up to float rounding (NaN
+    where it is NaN)."""
+    if value.shape != other.shape:
+        return False
+    if other.numel() == 0:
+        return True
+    top = float(other.abs().nan_to_num(0.0, 0.0).amax().clamp_min(1e-30))
+    return bool(torch.allclose(value, other, rtol=1e-4, atol=1e-5 * top, equal_nan=True))
+
+
+def _curve_rows(curve: StateCurve, k: Any) -> np.ndarray:
+    """A state curve in the layout of the compiled kernels (``k``,
+    :func:`cimflow.train.program_kernels._curve_row`): a row per piece, its form, ``x_from``,
+    ``y_min``, ``y_max`` (infinite: none), then its coefficients (a polynomial's highest
+    power first, right-aligned)."""
+    forms = {"polynomial": k.POLYNOMIAL, "log": k.LOG, "power": k.POWER}
+    rows = np.zeros((len(curve.pieces), k.CURVE_HEAD + k.COEFFICIENTS))
+    for row, piece in zip(rows, curve.pieces, strict=True):
+        lo, hi = -math.inf if piece.y_min is None else piece.y_min, math.inf if piece.y_max is None else piece.y_max
+        row[:k.CURVE_HEAD] = forms[piece.form], piece.x_from, lo, hi
+        c = piece.coefficients
+        if piece.form == "polynomial":
+            row[len(row) - len(c):] = c[::-1]
+        else:
+            row[k.CURVE_HEAD:k.CURVE_HEAD + len(c)] = c
+    return rows
+
+
+def _pcm_operands(eng: CrossbarEngine, model: PCMModel, k: Any, like: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[torch.Tensor]]:
+    """The compiled form's operands of a PCM layer, made once: the drift exponent's mean and
+    std at every level (2, levels), evaluated by the model at the targets the engine encodes
+    each level to (the values the engine's programming takes for its cells); Q_s as curve
+    rows (:func:`_curve_rows`); the state buffers (3, 2, in, out), double-buffered as ``g0``."""
+    levels = model.spec.n_levels
+    at_levels = torch.arange(levels, dtype=torch.float32).div_(levels - 1).unsqueeze(1)  # w_norm of every level
+    targets = encode_weights(at_levels, eng.spec).positive[0].view(-1)
+    moments = torch.stack(model.drift_moments(targets)).numpy()
+    return moments, _curve_rows(model.spec.noise_q_s, k), [torch.empty((3, *like.shape), dtype=like.dtype) for _ in range(2)]
 
 
 def _adc_from_sums(eng: CrossbarEngine, col: torch.Tensor) -> None:
@@ -441,9 +554,10 @@ def _sums_set_adc(eng: CrossbarEngine) -> bool:
     return adc is not None and (adc.range == "per_array_max" or (adc.range == "percentile" and eng.adc_range_calibrated is None))
 
 
-def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, stuck: _StuckWindow,
-                    ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> None:
-    """The fast path's per-cell arithmetic in :mod:`cimflow.train.program_kernels`."""
+def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, draws: Mapping[str, torch.Tensor],
+                    stuck: _StuckWindow, ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> torch.Tensor:
+    """The fast path's per-cell arithmetic in :mod:`cimflow.train.program_kernels`. Returns
+    the per-cell state: the drift exponents (generic law) or PCM's (nu, z, Q_s) buffer."""
     spec, dev = eng.spec, eng.spec.device
     rows, out = eng.grid.in_features, eng.grid.out_features
     w = weight.contiguous().numpy()
@@ -459,10 +573,18 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
         law = "calibrated"
     sums = torch.empty(3, eng.grid.read_groups, out) if law in ("per_array_max", "percentile", "expected") else None
     t0, den = dev.drift.t0_s, dev.g_max - dev.g_min
+    model, state, t_eff = ws.model, draws["drift"], t
+    pcm: tuple[Any, ...] = (_NO_STATE, _NO_CELLS3, _NO_CELLS, _NO_CURVE, 0.0, 0.0)  # the generic law: drift exponents
+    if model is not None:  # PCM: its state written into this instance's buffer; drift and 1/f noise at the effective time
+        if ws.pcm is None:
+            ws.pcm = _pcm_operands(eng, model, k, g0)
+        moments, curve, states = ws.pcm
+        state, t_eff = states[ws.flip], effective_time(t, t0, model.acceleration)
+        pcm = (state.numpy(), draws["1/f"].numpy(), moments, curve, model.noise_growth(t0), model.noise_growth(t_eff))
     k.program_instance(w, scale.numpy(), float(dev.n_levels - 1), z.numpy(), ws.padded, den / (dev.n_levels - 1), dev.g_min,
-                       dev.g_max, codes, nu.numpy(), math.log(t / t0) if t > t0 else 0.0, den, dev.read_noise**2,
-                       eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
-                       eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy())
+                       dev.g_max, codes, draws["drift"].numpy(), math.log(t_eff / t0) if t_eff > t0 else 0.0, den,
+                       dev.read_noise**2, eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
+                       eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy(), *pcm)
     if sums is None:  # fixed, calibrated (or no ADC): the engine's own law, which reads no weights
         eng.adc_range = eng._initial_adc_range()
     elif law == "expected":
@@ -470,11 +592,14 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
         _adc_from_sums(eng, full_scale_from_sums(sums[1], sums[2], sums[0], adc.sigmas, spec.input_encoding))
     else:  # per array, the largest column sum of |w_eff|
         _adc_from_sums(eng, sums[0])
+    return state
 
 
-def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu: torch.Tensor, stuck: _StuckWindow,
-                 ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> None:
-    """The fast path's per-cell arithmetic as in-place torch passes (any device and dtype)."""
+def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, draws: Mapping[str, torch.Tensor], stuck: _StuckWindow,
+                 ws: _Workspace, g0: torch.Tensor, var: torch.Tensor | None, t: float) -> torch.Tensor:
+    """The fast path's per-cell arithmetic as in-place torch passes (any device and dtype); a
+    PCM layer's state and conductances by its model's own code (fresh tensors). Returns the
+    per-cell state: the drift exponents (generic law) or PCM's (nu, z, Q_s)."""
     spec, dev = eng.spec, eng.spec.device
     rows, out = eng.grid.in_features, eng.grid.out_features
     # weight scale (mapping.weight_scales: max |w| per column or per layer, 1 for all-zero)
@@ -506,26 +631,34 @@ def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, nu:
     if stuck is not None:
         on, off = stuck[0].window(stuck[1])
         g0.view(-1).index_fill_(0, on, dev.g_max).index_fill_(0, off, dev.g_min)
-    den = dev.g_max - dev.g_min
+    den, t0, model = dev.g_max - dev.g_min, dev.drift.t0_s, ws.model
+    state, g_start = draws["drift"], g0  # the generic law's state; the conductances at t0
+    if model is not None:  # PCM: its state (from the targets, still in a) and its conductances at t0 (1/f noise)
+        # a NaN weight's targets (NaN) taken at g_min, as the compiled form does: the model's
+        # curves_at_targets indexes its level table by them; the cells' conductances are NaN anyway
+        state = model.sample_state(a.nan_to_num(dev.g_min), g0, _StateDraws(draws))
+        g_start = model.conductance(g0, state, t0)
     # ADC full scale, set at programming time (t0): per read group and array, the largest
     # column sum of |w_eff| (the engine's _initial_adc_range)
     flat = eng.w_eff.view(-1, out)[:rows]
     if _sums_set_adc(eng):
-        diff = torch.sub(g0[0], g0[1], out=a[0]).abs_()
+        diff = torch.sub(g_start[0], g_start[1], out=a[0]).abs_()
         _adc_from_sums(eng, torch.stack([diff[i:j].sum(dim=0) for i, j in ws.bounds]).div_(den))  # (G, out)
     else:  # any other law: the engine's own, on the effective weights at t0
-        torch.sub(g0[0], g0[1], out=flat).div_(den)
+        torch.sub(g_start[0], g_start[1], out=flat).div_(den)
         eng.adc_range = eng._initial_adc_range()
-    # conductances at t (the drift law G(t0) (t / t0) ** -nu), effective weights, read noise
-    t0 = dev.drift.t0_s
+    # conductances at t (the drift law G(t0) (t / t0) ** -nu, or PCM's), effective weights, read noise
     g_t = g0
-    if t > t0:
-        g_t = torch.mul(nu, -math.log(t / t0), out=b).exp_().mul_(g0)
+    if model is not None:
+        g_t = model.conductance(g0, state, t)
+    elif t > t0:
+        g_t = torch.mul(state, -math.log(t / t0), out=b).exp_().mul_(g0)
     torch.sub(g_t[0], g_t[1], out=flat).div_(den)
     if var is not None:
         v = var.view(-1, out)[:rows]
         sq = torch.div(g_t, den, out=a).square_()
         torch.add(sq[0], sq[1], out=v).mul_(dev.read_noise**2)
+    return state
 
 
 def program_at(layer: nn.Module, seed: int, t_seconds: float | None) -> None:
@@ -541,4 +674,5 @@ def program_at(layer: nn.Module, seed: int, t_seconds: float | None) -> None:
             layer.set_time(t_seconds)  # type: ignore[operator]
 
 
-__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "PooledDraws", "StuckPool", "covered", "generic_physics", "program_at"]
+__all__ = ["REFRESH_STEPS", "DrawPool", "InstanceDraws", "PooledDraws", "StuckPool", "covered", "generic_physics", "pcm_physics",
+           "program_at"]

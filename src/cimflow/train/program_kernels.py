@@ -2,9 +2,9 @@
 
 :meth:`cimflow.train.draws.InstanceDraws._program_fast` programs a fresh chip instance of one
 differential slice on every training step. Written as torch operations that is about twenty
-elementwise passes over the cells; here it is one pass over the weights
-(:func:`column_scales`: the weight scale per column, the largest |w| of each output row of the
-weight or of the whole layer, 1 for an all-zero column) and one over the cells
+elementwise passes over the cells (the PCM law, many more); here it is one pass over the
+weights (:func:`column_scales`: the weight scale per column, the largest |w| of each output
+row of the weight or of the whole layer, 1 for an all-zero column) and one over the cells
 (:func:`program_instance`), block of 16 cell rows by block, each step on contiguous rows:
 
 - the signed level ``rint(clamp(w / scale, -1, 1) (levels - 1))`` of every weight, gathered
@@ -13,19 +13,27 @@ weight or of the whole layer, 1 for an all-zero column) and one over the cells
   ``G = g_min + level (g_max - g_min) / (levels - 1)`` plus the programming sigma (a
   polynomial in ``G / g_max``, as :func:`cimflow.physics.programming_sigma`) times the cell's
   standard normal, clamped at 0; then the stuck cells;
+- the PCM law only (:mod:`cimflow.physics.devices.pcm`): each cell's state, the drift
+  exponent ``|mean + std z|`` (the level's moments), the 1/f noise's standard normal and
+  ``Q_s`` (a piecewise curve of ``|G| / g_max``, :func:`_curve_row`);
 - the per-read-group column sums of ``|w|``, ``w`` and ``w^2`` of the effective weights at
   ``t0`` (what the ADC full scale is set from);
-- the power-law drift ``G(t) = G(t0) exp(-nu log(t / t0))``, the effective weights
+- the conductances at ``t``: the power-law drift ``G(t) = G(t0) exp(-nu log(t / t0))``, or
+  PCM's ``max((G + |G| Q_s growth z) exp(-nu log(t / t0)), 0)``; the effective weights
   ``(G+ - G-) / (g_max - g_min)`` and the read-noise variances
   ``read_noise^2 ((G+ / den)^2 + (G- / den)^2)``.
 
 The float32 operations are the torch form's in the same order, so the values are the same up
 to float rounding (multiply-adds may be fused; the column sums are added in another order;
-the exponential is :func:`_exp` below, within 2 ulp of the correctly rounded one).
-``tests/train/test_program_kernels.py`` compares every output with the torch form.
+the exponential is :func:`_exp` below, within 2 ulp of the correctly rounded one, the log
+:func:`cimflow.sim.read_kernels._log`). ``tests/train/test_program_kernels.py`` compares
+every output with the torch form (which, for PCM, is the device model's own code), the
+curves with :func:`cimflow.physics.devices.evaluate_curve`.
 
-Imported lazily by :mod:`cimflow.train.draws` (numba costs ~0.2 s to import); compiled once
-per machine and cached on disk. The decorators are those of :mod:`cimflow.sim.read_kernels`.
+Arrays are indexed as ``a[s, i, j]``, never through row views ``a[i]`` (a view costs its
+reference counting, ~20 ns, more than a short row's arithmetic). Imported lazily by
+:mod:`cimflow.train.draws` (numba costs ~0.2 s to import); compiled once per machine and
+cached on disk. The decorators are those of :mod:`cimflow.sim.read_kernels`.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import math
 
 import numpy as np
 
-from cimflow.sim.read_kernels import _inline, _kernel, absmax
+from cimflow.sim.read_kernels import _inline, _kernel, _log, absmax
 
 _F = np.float32
 #: the programming-sigma polynomial's coefficients are padded to this many (the spec allows 8)
@@ -46,6 +54,12 @@ _LN2_HI = _F(0.693359375)
 _LN2_LO = _F(math.log(2.0) - 0.693359375)
 _EXP_LO = _F(-87.0)  # below: the exponential is under float32's smallest normal; taken as 0
 _EXP_HI = _F(88.0)
+#: the columns of a curve row before its coefficients (:func:`_curve_row`)
+CURVE_HEAD = 4
+#: a curve piece's form, column 0 of its row (the order of ``CurvePiece.form``'s values)
+POLYNOMIAL, LOG, POWER = 0, 1, 2
+_LOG_FLOOR = _F(1e-7)  # x floored here in a log piece, there in a power piece (evaluate_curve's)
+_POWER_FLOOR = _F(1e-3)
 
 
 @_inline
@@ -92,80 +106,144 @@ def column_scales(weight, per_column, scale):  # noqa: ANN001, ANN201
 
 
 @_inline
-def _levels_block(weight, scale, top, i0, block):  # noqa: ANN001, ANN202
+def _levels_block(weight, scale, top, i0, rows, block):  # noqa: ANN001, ANN202
     """``block[r, o] = rint(clamp(weight[o, i0 + r] / scale[o], -1, 1) * top)`` for the rows
-    ``r < len(block)`` (``weight`` (out, in)): a block of the signed levels, transposed to the
+    ``r < rows`` (``weight`` (out, in)): a block of the signed levels, transposed to the
     cells' (in, out) layout (each weight row's slice is one cache line)."""
     one = _F(1.0)
     for o in range(weight.shape[0]):
-        s, wr = scale[o], weight[o, i0:i0 + block.shape[0]]
-        for r in range(wr.shape[0]):
-            v = wr[r] / s
+        s = scale[o]
+        for r in range(rows):
+            v = weight[o, i0 + r] / s
             block[r, o] = np.rint((one if v > one else (-one if v < -one else v)) * top)  # a NaN stays NaN, as torch's clamp
 
 
 @_inline
-def _program_row(lr, zp, zn, gp, gn, coeffs, step, g_min, top):  # noqa: ANN001, ANN202
-    """One row of both cells' conductances at t0 from the signed levels ``lr`` (see
+def _program_row(lev, r, z, i, g0, coeffs, step, g_min, top):  # noqa: ANN001, ANN202
+    """Row ``i`` of both cells' conductances at t0 from the signed levels ``lev[r]`` (see
     :func:`program_instance`)."""
     zero = _F(0.0)
     c0, c1, c2, c3 = _F(coeffs[0]), _F(coeffs[1]), _F(coeffs[2]), _F(coeffs[3])
     c4, c5, c6, c7 = _F(coeffs[4]), _F(coeffs[5]), _F(coeffs[6]), _F(coeffs[7])
-    for j in range(lr.shape[0]):
-        p = max(lr[j], zero)
-        tp, tn = p * step + g_min, (p - lr[j]) * step + g_min
+    for j in range(g0.shape[2]):
+        p = max(lev[r, j], zero)
+        tp, tn = p * step + g_min, (p - lev[r, j]) * step + g_min
         xp, xn = tp / top, tn / top
         sp = ((((((c0 * xp + c1) * xp + c2) * xp + c3) * xp + c4) * xp + c5) * xp + c6) * xp + c7
         sn = ((((((c0 * xn + c1) * xn + c2) * xn + c3) * xn + c4) * xn + c5) * xn + c6) * xn + c7
-        gp[j] = max(tp + max(sp, zero) * zp[j], zero)
-        gn[j] = max(tn + max(sn, zero) * zn[j], zero)
+        g0[0, i, j] = max(tp + max(sp, zero) * z[0, i, j], zero)
+        g0[1, i, j] = max(tn + max(sn, zero) * z[1, i, j], zero)
 
 
 @_inline
-def _stick(gr, codes, g_max, g_min):  # noqa: ANN001, ANN202
-    """``g_max`` where the code is 1 (stuck on), ``g_min`` where it is -1 (stuck off)."""
-    for j in range(gr.shape[0]):
-        code = codes[j]
-        gr[j] = g_max if code == 1 else (g_min if code == -1 else gr[j])
+def _stick(g0, codes, i, g_max, g_min):  # noqa: ANN001, ANN202
+    """Row ``i`` of both cells: ``g_max`` where the code is 1 (stuck on), ``g_min`` where it is -1
+    (stuck off)."""
+    for s in range(2):
+        for j in range(g0.shape[2]):
+            code = codes[s, i, j]
+            g0[s, i, j] = g_max if code == 1 else (g_min if code == -1 else g0[s, i, j])
 
 
 @_inline
-def _sum_row(gp, gn, den, sa, s1, s2):  # noqa: ANN001, ANN202
-    """Add one row's ``|w|``, ``w``, ``w^2`` (``w = (G+ - G-) / den``) to the column sums."""
-    for j in range(gp.shape[0]):
-        d = (gp[j] - gn[j]) / den
-        sa[j] += abs(d)
-        s1[j] += d
-        s2[j] += d * d
+def _curve_row(curve, x, y):  # noqa: ANN001, ANN202
+    """``y[j]``: the piecewise curve at ``x[j]``, as
+    :func:`cimflow.physics.devices.evaluate_curve` (piece ``k`` holds from ``curve[k, 1]`` on,
+    the first everywhere below the second). Row ``k`` of ``curve`` is a piece: its form
+    (``POLYNOMIAL``, ``LOG``, ``POWER``), ``x_from``, ``y_min`` and ``y_max`` (-inf / inf:
+    none), then ``COEFFICIENTS`` coefficients: a polynomial's highest power first (leading
+    zeros as padding: the same Horner values), a log piece's ``c0 + c1 ln(max(x, 1e-7))`` and
+    a power piece's ``c0 max(x, 1e-3)^c1`` (``exp(c1 ln x)``, for values below float32's
+    largest) in the first two."""
+    for k in range(curve.shape[0]):
+        form, x_from, lo, hi = curve[k, 0], _F(curve[k, 1]), _F(curve[k, 2]), _F(curve[k, 3])
+        h = CURVE_HEAD
+        c0, c1, c2, c3 = _F(curve[k, h]), _F(curve[k, h + 1]), _F(curve[k, h + 2]), _F(curve[k, h + 3])
+        c4, c5, c6, c7 = _F(curve[k, h + 4]), _F(curve[k, h + 5]), _F(curve[k, h + 6]), _F(curve[k, h + 7])
+        first = k == 0
+        if form == POLYNOMIAL:
+            for j in range(x.shape[0]):
+                v = x[j]
+                u = min(max(((((((c0 * v + c1) * v + c2) * v + c3) * v + c4) * v + c5) * v + c6) * v + c7, lo), hi)
+                y[j] = u if first or v >= x_from else y[j]
+        elif form == LOG:
+            for j in range(x.shape[0]):
+                v = x[j]
+                u = min(max(_log(max(v, _LOG_FLOOR)) * c1 + c0, lo), hi)
+                y[j] = u if first or v >= x_from else y[j]
+        else:
+            for j in range(x.shape[0]):
+                v = x[j]
+                u = min(max(_exp(c1 * _log(max(v, _POWER_FLOOR))) * c0, lo), hi)
+                y[j] = u if first or v >= x_from else y[j]
 
 
 @_inline
-def _age_row(gp, gn, np_, nn, c, drift, den, rn2, wr, vr, noisy):  # noqa: ANN001, ANN202
-    """One row of effective weights (and read variances when ``noisy``) at ``t``: ``G(t) =
-    G(t0) exp(nu c)`` when ``drift`` (``c = -log(t / t0)``)."""
+def _pcm_row(lev, r, g0, zd, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now):  # noqa: ANN001, ANN202
+    """Row ``i`` of both cells' PCM state (:meth:`cimflow.physics.devices.PCMModel.sample_state`)
+    and conductances (:meth:`~cimflow.physics.devices.PCMModel.conductance`). The state:
+    ``state[0]`` the drift exponent ``nu = |mean + std zd|`` with the moments of the cell's
+    level (``moments`` (2, levels): mean, std), ``state[1]`` the 1/f noise's standard normal
+    ``z = flicker``, ``state[2]`` ``Q_s``, ``curve`` at ``|G| / g_max`` (``x``, ``q``: scratch
+    rows). The conductances ``max((G + |G| Q_s growth z) exp(nu c), 0)``: at t0 into ``now[s,
+    0]`` (the 1/f noise's ``growth0``, no drift), at t into ``now[s, 1]`` (``c = -log(t /
+    t0)``; 0 before t0: the factor is then 1 exactly)."""
+    zero = _F(0.0)
+    for s in range(2):
+        for j in range(g0.shape[2]):
+            x[j] = abs(g0[s, i, j] / g_max)
+        _curve_row(curve, x, q)
+        for j in range(g0.shape[2]):
+            p = max(lev[r, j], zero)
+            level = p - lev[r, j] if s else p
+            k = np.int64(level) if level >= zero else 0  # a NaN level (a NaN weight: G is NaN): level 0, as the torch form
+            state[0, s, i, j] = abs(moments[0, k] + moments[1, k] * zd[s, i, j])
+            state[1, s, i, j] = flicker[s, i, j]
+            state[2, s, i, j] = q[j]
+        for j in range(g0.shape[2]):
+            g, noise = g0[s, i, j], q[j] * state[1, s, i, j]
+            now[s, 0, j] = max(noise * growth0 * abs(g) + g, zero)
+            now[s, 1, j] = max((noise * growth * abs(g) + g) * _exp(state[0, s, i, j] * c), zero)
+
+
+@_inline
+def _sum_row(g, n, den, sums, group):  # noqa: ANN001, ANN202
+    """Add ``|w|``, ``w``, ``w^2`` (``w = (g[0, n] - g[1, n]) / den``) to read group ``group``'s
+    column sums."""
+    for j in range(g.shape[2]):
+        d = (g[0, n, j] - g[1, n, j]) / den
+        sums[0, group, j] += abs(d)
+        sums[1, group, j] += d
+        sums[2, group, j] += d * d
+
+
+@_inline
+def _age_row(g, n, nu, c, drift, den, rn2, w_eff, var, i, noisy):  # noqa: ANN001, ANN202
+    """Row ``i`` of effective weights (and read variances when ``noisy``) from the conductances
+    ``g[:, n]``: at ``t``, ``G exp(nu c)`` when ``drift`` (``c = -log(t / t0)``, ``nu[:, n]``)."""
     if drift and noisy:
-        for j in range(gp.shape[0]):
-            p = gp[j] * _exp(np_[j] * c)
-            n = gn[j] * _exp(nn[j] * c)
-            wr[j] = (p - n) / den
-            pd, nd = p / den, n / den
-            vr[j] = (pd * pd + nd * nd) * rn2
+        for j in range(g.shape[2]):
+            p = g[0, n, j] * _exp(nu[0, n, j] * c)
+            m = g[1, n, j] * _exp(nu[1, n, j] * c)
+            w_eff[i, j] = (p - m) / den
+            pd, nd = p / den, m / den
+            var[i, j] = (pd * pd + nd * nd) * rn2
     elif drift:
-        for j in range(gp.shape[0]):
-            wr[j] = (gp[j] * _exp(np_[j] * c) - gn[j] * _exp(nn[j] * c)) / den
+        for j in range(g.shape[2]):
+            w_eff[i, j] = (g[0, n, j] * _exp(nu[0, n, j] * c) - g[1, n, j] * _exp(nu[1, n, j] * c)) / den
     elif noisy:
-        for j in range(gp.shape[0]):
-            wr[j] = (gp[j] - gn[j]) / den
-            pd, nd = gp[j] / den, gn[j] / den
-            vr[j] = (pd * pd + nd * nd) * rn2
+        for j in range(g.shape[2]):
+            w_eff[i, j] = (g[0, n, j] - g[1, n, j]) / den
+            pd, nd = g[0, n, j] / den, g[1, n, j] / den
+            var[i, j] = (pd * pd + nd * nd) * rn2
     else:
-        for j in range(gp.shape[0]):
-            wr[j] = (gp[j] - gn[j]) / den
+        for j in range(g.shape[2]):
+            w_eff[i, j] = (g[0, n, j] - g[1, n, j]) / den
 
 
 @_kernel
 def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, stuck, nu, log_ratio, den, read_noise_sq,  # noqa: ANN001, ANN201
-                     group_rows, sums, g0, w_eff, var):
+                     group_rows, sums, g0, w_eff, var, state, flicker, moments, curve, growth0, growth):
     """A fresh instance of one differential slice, row block by row block of the cells:
 
     - levels: ``l = rint(clamp(weight[o, i] / scale[o], -1, 1) top_level)`` (``weight`` (out,
@@ -176,34 +254,45 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
       power first, leading zeros as padding) in ``G / g_max``, clamped at 0; ``g0 = max(G +
       sigma z, 0)`` with ``z`` (2, in, out) standard normals; then ``g_max`` where the int8
       code ``stuck`` (2, in, out; or empty: none) is 1, ``g_min`` where it is -1;
+    - the generic law (``state`` empty): ``nu`` (2, in, out) the drift exponents; the PCM law
+      (``state`` (3, 2, in, out), written): ``nu`` the drift exponents' standard normals,
+      ``flicker`` (2, in, out) the 1/f noise's, ``moments`` (2, levels) the drift exponent's
+      mean and std at each level, ``curve`` Q_s (:func:`_curve_row`), ``growth0`` and
+      ``growth`` the 1/f noise's growth at t0 and t (:func:`_pcm_row`);
     - ``sums`` (3, G, out), or empty: per read group (rows ``g group_rows ..``) the column
       sums of ``|w|``, ``w`` and ``w^2`` with ``w = (G+ - G-) / den`` at ``t0``
       (overwritten);
-    - at ``t`` (``log_ratio = log(t / t0)``; 0: no drift) ``G(t) = G(t0) exp(-nu log_ratio)``
-      with the exponents ``nu`` (2, in, out), ``w_eff`` (in, out) ``(G+ - G-) / den`` and
-      ``var`` (in, out), or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``."""
+    - at ``t`` (``log_ratio = log(t / t0)``; 0: no drift) the conductances (``G(t0) exp(-nu
+      log_ratio)``, or PCM's), ``w_eff`` (in, out) ``(G+ - G-) / den`` and ``var`` (in, out),
+      or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``."""
     rows, m = w_eff.shape
     top, step, g_min, g_max = _F(top_level), _F(step), _F(g_min), _F(g_max)
     den, rn2, c = _F(den), _F(read_noise_sq), _F(-log_ratio)
+    growth0, growth = _F(growth0), _F(growth)
     drift = log_ratio > 0
-    has_stuck, want_sums, noisy = stuck.shape[0] > 0, sums.shape[0] > 0, var.shape[0] > 0
+    has_stuck, want_sums, noisy, pcm = stuck.shape[0] > 0, sums.shape[0] > 0, var.shape[0] > 0, state.shape[0] > 0
     if want_sums:
         sums[:] = 0
     block = np.empty((_ROWS, m), np.float32)
+    x, q = np.empty(m, np.float32), np.empty(m, np.float32)
+    now = np.empty((2, 2, m), np.float32)  # PCM: a row's conductances at t0 (n = 0) and at t (n = 1)
     for i0 in range(0, rows, _ROWS):
-        lev = block[:min(_ROWS, rows - i0)]
-        _levels_block(weight, scale, top, i0, lev)
-        for r in range(lev.shape[0]):
+        n = min(_ROWS, rows - i0)
+        _levels_block(weight, scale, top, i0, n, block)
+        for r in range(n):
             i = i0 + r
-            gp, gn = g0[0, i], g0[1, i]
-            _program_row(lev[r], z[0, i], z[1, i], gp, gn, coeffs, step, g_min, g_max)
+            _program_row(block, r, z, i, g0, coeffs, step, g_min, g_max)
             if has_stuck:
-                _stick(gp, stuck[0, i], g_max, g_min)
-                _stick(gn, stuck[1, i], g_max, g_min)
-            if want_sums:
-                g = i // group_rows
-                _sum_row(gp, gn, den, sums[0, g], sums[1, g], sums[2, g])
-            _age_row(gp, gn, nu[0, i], nu[1, i], c, drift, den, rn2, w_eff[i], var[i] if noisy else w_eff[i], noisy)
+                _stick(g0, stuck, i, g_max, g_min)
+            if pcm:
+                _pcm_row(block, r, g0, nu, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now)
+                if want_sums:
+                    _sum_row(now, 0, den, sums, i // group_rows)
+                _age_row(now, 1, now, c, False, den, rn2, w_eff, var, i, noisy)
+            else:
+                if want_sums:
+                    _sum_row(g0, i, den, sums, i // group_rows)
+                _age_row(g0, i, nu, c, drift, den, rn2, w_eff, var, i, noisy)
 
 
-__all__ = ["COEFFICIENTS", "column_scales", "program_instance"]
+__all__ = ["COEFFICIENTS", "CURVE_HEAD", "LOG", "POLYNOMIAL", "POWER", "column_scales", "program_instance"]
