@@ -83,13 +83,15 @@ def test_curves_at_targets_gather_on_the_level_grid_equal_the_direct_evaluation(
     on_grid = dev.g_min + span * torch.randint(0, 64, (40, 50), generator=gen).float() / 63  # as encode_weights programs
     off_grid = on_grid.clone()
     off_grid[3, 7] += 0.3 * span / 63  # one target between levels: evaluated directly
+    with_nan = on_grid.clone()
+    with_nan[5, 5] = float("nan")  # a NaN weight's target: NaN there, no error (evaluated directly)
     curves = (dev.drift_nu_mean, dev.drift_nu_std, dev.noise_q_s)
-    for target in (on_grid, off_grid, on_grid.double()):
+    for target in (on_grid, off_grid, on_grid.double(), with_nan):
         got = curves_at_targets(dev, target, *curves)
         for curve, values in zip(curves, got, strict=True):
             want = evaluate_curve(curve, (target / dev.g_max).abs())
             assert values.shape == target.shape and values.dtype == target.dtype
-            assert torch.allclose(values, want, rtol=1e-6, atol=0), curve
+            assert torch.allclose(values, want, rtol=1e-6, atol=0, equal_nan=True), curve
 
 
 def test_curves_at_targets_evaluate_once_per_level(monkeypatch) -> None:

@@ -136,7 +136,9 @@ def curves_at_targets(spec: Device, target: torch.Tensor, *curves: StateCurve) -
     levels, span = spec.n_levels, spec.g_max - spec.g_min
     if target.is_floating_point() and target.numel() > 4 * levels:
         grid = spec.g_min + span * torch.arange(levels, dtype=target.dtype, device=target.device) / (levels - 1)
-        index = (target - spec.g_min).mul_((levels - 1) / span).round_().clamp_(0, levels - 1).to(torch.int32).view(-1)
+        # (a NaN target, from a NaN weight, takes index 0 here: the check below then fails and
+        # every target is evaluated directly, NaN giving NaN)
+        index = (target - spec.g_min).mul_((levels - 1) / span).round_().nan_to_num_(0.0).clamp_(0, levels - 1).to(torch.int32).view(-1)
         if bool(grid.index_select(0, index).view_as(target).eq(target).all()):  # on the levels: the same x, the same values
             x = grid.div(spec.g_max).abs_()
             return [evaluate_curve(curve, x).index_select(0, index).view_as(target) for curve in curves]
