@@ -634,8 +634,8 @@ def _cells_torch(eng: CrossbarEngine, weight: torch.Tensor, z: torch.Tensor, dra
     den, t0, model = dev.g_max - dev.g_min, dev.drift.t0_s, ws.model
     state, g_start = draws["drift"], g0  # the generic law's state; the conductances at t0
     if model is not None:  # PCM: its state (from the targets, still in a) and its conductances at t0 (1/f noise)
-        # a NaN weight's targets (NaN) taken at g_min, as the compiled form does: the model's
-        # curves_at_targets indexes its level table by them; the cells' conductances are NaN anyway
+        # a NaN weight's targets (NaN) taken at g_min, as the compiled form takes them (its level
+        # table is indexed by them): the same state; the cells' conductances are NaN anyway
         state = model.sample_state(a.nan_to_num(dev.g_min), g0, _StateDraws(draws))
         g_start = model.conductance(g0, state, t0)
     # ADC full scale, set at programming time (t0): per read group and array, the largest
