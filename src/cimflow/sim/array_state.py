@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -413,12 +413,30 @@ def percentile_values(values: torch.Tensor, percentile: float, dim: int) -> torc
 _LIVE: weakref.WeakValueDictionary[int, ArrayInstance] = weakref.WeakValueDictionary()
 
 
-def live_instance(key: int) -> ArrayInstance:
-    """The live instance ``key`` (its ``id``) names, for a compiled graph's read op."""
+_Instance = TypeVar("_Instance", bound="ArrayInstance")
+
+
+def live_instance(key: int, kind: type[_Instance]) -> _Instance:
+    """The live instance of class ``kind`` that ``key`` (its ``id``) names, for a compiled
+    graph's read op."""
     owner = _LIVE.get(key)
-    if owner is None:
+    if not isinstance(owner, kind):
         raise SimulationError("a compiled graph reads an array instance that no longer exists; compile the model again")
     return owner
+
+
+def instance_op(name: str, schema: str, dispatch: str, kernel: Callable[..., torch.Tensor],
+                fake: Callable[..., torch.Tensor]) -> Any:
+    """Register ``cimflow::name``, an op that reads the live instance its first argument names
+    (:func:`live_instance`), so torch.compile keeps the read whole: ``kernel`` for the dispatch
+    key ``dispatch`` and ``fake`` for tracing (the output's shape). torch.library's plain
+    registration: ``custom_op``'s Python autograd wrapper costs ~20 us a call, and these ops
+    run only where nothing needs their gradient. Returns the op."""
+    qualname = f"cimflow::{name}"
+    torch.library.define(qualname, schema)
+    torch.library.impl(qualname, dispatch)(kernel)
+    torch.library.register_fake(qualname)(fake)
+    return getattr(torch.ops.cimflow, name).default
 
 
 class ArrayInstance(nn.Module):

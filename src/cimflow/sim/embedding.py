@@ -45,6 +45,7 @@ from cimflow.sim.array_state import (
     ArrayInstance,
     drifted,
     effective_weights,
+    instance_op,
     live_instance,
     moment_full_scale,
     percentile_values,
@@ -578,28 +579,16 @@ class CIMEmbeddingBag(ArrayInstance):
 
 
 # ---------------------------------------------------------------------- under torch.compile
-def _table(key: int) -> CIMEmbeddingBag:
-    """The table a compiled graph names by its ``id`` (:func:`cimflow.sim.array_state.live_instance`)."""
-    owner = live_instance(key)
-    assert isinstance(owner, CIMEmbeddingBag)
-    return owner
-
-
-# registered as cimflow::crossbar_read is (sim/single_read.py): a plain torch.library kernel (every backend)
-torch.library.define("cimflow::embedding_pool", "(int key, Tensor input, Tensor? offsets) -> Tensor")
-
-
-@torch.library.impl("cimflow::embedding_pool", "CompositeExplicitAutograd")
-def _pool_op_kernel(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+def _pool_kernel(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """:meth:`CIMEmbeddingBag.pooled` as one op: torch.compile keeps it whole (the reads'
     grouping depends on the indices' values), so a model with tables traces without graph
     breaks; run eagerly inside the compiled graph (bad indices still raise a DataError)."""
-    return _table(key).pooled(input, offsets)
+    return live_instance(key, CIMEmbeddingBag).pooled(input, offsets)
 
 
-@torch.library.register_fake("cimflow::embedding_pool")
-def _pool_op_shape(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
-    return input.new_empty(_table(key).output_shape(input, offsets), dtype=torch.float32)
+def _pool_shape(key: int, input: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    return input.new_empty(live_instance(key, CIMEmbeddingBag).output_shape(input, offsets), dtype=torch.float32)
 
 
-_pool_op = torch.ops.cimflow.embedding_pool.default
+_pool_op = instance_op("embedding_pool", "(int key, Tensor input, Tensor? offsets) -> Tensor", "CompositeExplicitAutograd",
+                       _pool_kernel, _pool_shape)

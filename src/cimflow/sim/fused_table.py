@@ -97,6 +97,12 @@ class _Operands(NamedTuple):
     slots: np.ndarray
     cells: np.ndarray
 
+    def readout(self, tail: float) -> tuple[Any, ...]:
+        """What :func:`table_kernels.pool_bags` takes after the reads and their rows, up to the
+        draw: the outcome table, the ADC and the noise's clamp, the slices' weights, the stream."""
+        return (self.base, self.slots, self.cells, self.mult_x, self.k, self.gain_abs, self.steps, tail, self.weights, self.unit,
+                self.key)
+
 
 _NO_ROWS = np.empty((0, 1), np.float32)
 _NO_GATE = np.empty(0, np.float32)
@@ -140,6 +146,12 @@ def _make_operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Oper
         cells = _NO_CELLS if singles.cell_of is None else singles.cell_of.numpy()
     return _Operands(mult_x.numpy(), gain_abs.numpy(), weights.numpy(), k, 1.0 / k, float(steps), fused_read._u64(table._read_key),
                      values, base, gate, slots, cells)
+
+
+def _arrays(table: CIMEmbeddingBag) -> tuple[int, int, int]:
+    """How :func:`table_kernels.plan` cuts the table's rows into reads: rows per array, arrays
+    (the last partly filled or empty), lookups per read at most."""
+    return table.spec.rows, table.num_embeddings // table.spec.rows + 1, table.group_rows
 
 
 def _kept(singles: SingleReads | None, ops: _Operands) -> tuple[np.ndarray, np.ndarray]:
@@ -187,16 +199,14 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     k = _kernels()
     ops = _operands(table, singles)
     idx_np = idx.contiguous().numpy()
-    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), table.spec.rows,
-                                                 table.num_embeddings // table.spec.rows + 1, table.group_rows, ops.gate)
+    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate)
     slot_of, values = _kept(singles, ops)
     where = np.empty(idx_np.shape[0], np.int64)
     if k.row_slots(idx_np, perm, starts, lone, slot_of, values, where):
         values = _missing_rows(table, singles, idx_np, perm, starts, lone, where, values)
     draw = table._read_draw
     table.__dict__["_read_draw"] = draw + 1  # (a plain attribute: no Module.__setattr__)
-    k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
-                ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
+    k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
     return int(lone.shape[0])
 
 
@@ -217,18 +227,16 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     ops = _operands(table, singles)
     slot_of, values = _kept(singles, ops)
     out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
-    rows, array_rows, draw = table.num_embeddings, table.spec.rows, table._read_draw
-    planned = (input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, rows, array_rows,
-               rows // array_rows + 1, table.group_rows, ops.gate, slot_of, values)
-    reads = k.read_flat(*planned, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k, ops.gain_abs, ops.steps, tail, ops.weights,
-                        ops.unit, ops.key, fused_read._u64(draw), out.numpy())
+    draw = table._read_draw
+    planned = (input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, table.num_embeddings,
+               *_arrays(table), ops.gate, slot_of, values)
+    reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy())
     if reads == -1:
         return None
     if reads == -2:  # rows missing: planned again (their cost dwarfs the plan's), made, read
         _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(*planned, out.shape[0])
         values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
-        k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, ops.base, ops.slots, ops.cells, ops.mult_x, ops.k,
-                    ops.gain_abs, ops.steps, tail, ops.weights, ops.unit, ops.key, fused_read._u64(draw), out.numpy())
+        k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
         reads = lone.shape[0]
     table.__dict__["_read_draw"] = draw + 1
     return out, int(reads)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from cimflow.sim import fastmm, fused_read
-from cimflow.sim.array_state import live_instance
+from cimflow.sim.array_state import instance_op, live_instance
 from cimflow.sim.draw_pool import training_read_normal
 
 if TYPE_CHECKING:
@@ -178,34 +178,22 @@ def compiled_read_applies(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and fused_read.available()
 
 
-def _engine(key: int) -> CrossbarEngine:
-    from cimflow.sim.engine import CrossbarEngine
-
-    owner = live_instance(key)
-    assert isinstance(owner, CrossbarEngine)
-    return owner
-
-
-# ``cimflow::crossbar_read``: defined with torch.library's plain registration, a CPU kernel and
-# a fake one (``custom_op``'s Python autograd wrapper costs ~20 us a call; this op runs only
-# where nothing needs a gradient)
-torch.library.define("cimflow::crossbar_read", "(int key, Tensor x) -> Tensor")
-
-
-@torch.library.impl("cimflow::crossbar_read", "cpu")
-def _read_op_cpu(key: int, x: torch.Tensor) -> torch.Tensor:
+def _read_kernel(key: int, x: torch.Tensor) -> torch.Tensor:
     """:func:`single_read` of the engine ``key`` names (its ``id``) as one op: torch.compile
     keeps it whole, so a compiled model runs the fused read's kernels (which it cannot trace)
     with the reads, draws and values of the eager forward."""
-    return single_read(_engine(key), x)[0]
+    from cimflow.sim.engine import CrossbarEngine  # (the engine module imports this one)
+
+    return single_read(live_instance(key, CrossbarEngine), x)[0]
 
 
-@torch.library.register_fake("cimflow::crossbar_read")
-def _read_op_shape(key: int, x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], _engine(key).grid.out_features))
+def _read_shape(key: int, x: torch.Tensor) -> torch.Tensor:
+    from cimflow.sim.engine import CrossbarEngine
+
+    return x.new_empty((x.shape[0], live_instance(key, CrossbarEngine).grid.out_features))
 
 
-read_op = torch.ops.cimflow.crossbar_read.default
+read_op = instance_op("crossbar_read", "(int key, Tensor x) -> Tensor", "cpu", _read_kernel, _read_shape)
 
 
 def applies(engine: CrossbarEngine) -> bool:
