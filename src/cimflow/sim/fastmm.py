@@ -8,12 +8,13 @@ two matmuls - the full groups as one batched matmul, the last group on its true 
 a layer of 784 inputs on 512-row groups multiplies 784 rows, not 1,024.
 
 The variance only scales the noise through its square root, so where the CPU has
-bfloat16 matrix units (Intel AMX: ``matrix_units_available``) it runs in bfloat16: the
-DAC codes (|code| <= 127 for inputs of up to 8 bits) are exact there, their squares and the
-cell variances keep 8 significant bits, products accumulate in float32 and the result is
-rounded to bfloat16 - each variance within ~0.4 % (a sample needs ~10^6 reads per column to
-see it), at a fraction of a float32 matmul. ``tests/sim/test_fast_read.py`` pins the
-output noise's mean and variance per column against the float32 (``exact``) read.
+bfloat16 matrix units (Intel AMX, or AVX-512 BF16 as on AMD Zen 4:
+:func:`matrix_units_available`) it runs in bfloat16: the DAC codes (|code| <= 127 for inputs
+of up to 8 bits) are exact there, their squares and the cell variances keep 8 significant
+bits, products accumulate in float32 and the result is rounded to bfloat16 - each variance
+within ~0.4 % (a sample needs ~10^6 reads per column to see it), at a fraction of a float32
+matmul. ``tests/sim/test_fast_read.py`` pins the output noise's mean and variance per
+column against the float32 (``exact``) read.
 
 On such a CPU the partial sums themselves run on the integer matrix units
 (:func:`int8_planes`, :func:`int_signal_products`): DAC codes of up to 8 bits are exact int8
@@ -52,17 +53,39 @@ _AVAILABLE: bool | None = None
 
 
 def matrix_units_available() -> bool:
-    """Whether this CPU has the bfloat16 matrix units torch uses (AMX). Set
-    ``CIMFLOW_MATRIX_UNITS=0`` to force float32 (benchmarks compare both)."""
+    """Whether this CPU multiplies int8 and bfloat16 matrices in hardware where torch's CPU
+    matmuls use it: Intel AMX (``amx_int8`` and ``amx_bf16``, enabled for the process by
+    torch), or the AVX-512 dot-product instructions for both (``avx512_vnni`` and
+    ``avx512_bf16``: AMD Zen 4 and later, Intel Cooper Lake). Either runs an int8 matmul
+    several times faster than a float32 one (measured: 5-10x on a 2-core AMX CPU and on a
+    2-core Zen 4 CPU, ``benchmarks/sim_overhead.py``). Set ``CIMFLOW_MATRIX_UNITS=0`` to
+    force float32 (benchmarks compare both)."""
     global _AVAILABLE
     if os.environ.get("CIMFLOW_MATRIX_UNITS", "1") == "0":
         return False
     if _AVAILABLE is None:
-        try:
-            _AVAILABLE = bool(torch._C._cpu._init_amx())
-        except (AttributeError, RuntimeError):
-            _AVAILABLE = False
+        _AVAILABLE = _has_matrix_units(_cpu_capability())
     return _AVAILABLE
+
+
+def _cpu_capability() -> dict[str, Any]:
+    """The CPU's feature flags as torch reads them (empty where this torch cannot tell)."""
+    try:
+        return dict(torch._C._cpu._get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return {}
+
+
+def _has_matrix_units(flags: dict[str, Any]) -> bool:
+    """:func:`matrix_units_available` for the feature ``flags``: AMX (which the process must
+    also be granted: torch's ``_init_amx``) or AVX-512 VNNI with AVX-512 BF16."""
+    if flags.get("amx_int8") and flags.get("amx_bf16"):
+        try:
+            if torch._C._cpu._init_amx():
+                return True
+        except (AttributeError, RuntimeError):
+            pass
+    return bool(flags.get("avx512_vnni") and flags.get("avx512_bf16"))
 
 
 def grouped_products(x: torch.Tensor, w: torch.Tensor, rows: int, res: torch.Tensor | None = None) -> torch.Tensor:
