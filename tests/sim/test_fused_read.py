@@ -76,8 +76,30 @@ def test_the_readout_adds_the_streams_normals():
     clipped = read_kernels.int_readout(prod, var16, np.empty(n * g * m, np.float32), np.uint64(11), np.uint64(5), False, coef,
                                        2.0**30, lsb, np.ones(n, np.float32), y, mask)
     z = fused_read.normals(11, 5, (g, n, m))
-    assert not clipped and bool(mask.all())
+    assert not clipped  # (the mask is then not written: the caller reads it only when a partial sum clipped)
     assert float((torch.from_numpy(y) - z.sum(0)).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["stream", "given"])
+def test_the_readouts_mask_marks_the_partial_sums_inside_the_adc_range(given):
+    """Where a partial sum clips, the readout's ADC mask is ``|v| <= steps`` at every (group,
+    vector, column), with the normals it added (the stream's drawn again, or those given)."""
+    from cimflow.sim import read_kernels
+
+    n, g, m = 70, 3, 90  # more than one chunk of rows (read_kernels._CHUNK // m = 45)
+    prod = np.zeros((g, n, 2, m), np.int32)
+    var16 = torch.ones(g, n, m).to(torch.bfloat16).view(torch.int16).numpy()
+    coef = np.full((g, m), 2.0**20, np.float32)
+    lsb = np.full((g, m), 2.0**-20, np.float32)
+    z = fused_read.normals(11, 5, (g, n, m))
+    y, mask = np.empty((n, m), np.float32), np.zeros((g, n, m), np.bool_)
+    scratch = z.view(-1).numpy().copy() if given else np.empty(n * g * m, np.float32)
+    clipped = read_kernels.int_readout(prod, var16, scratch, np.uint64(11), np.uint64(5), given, coef, 2.0**20, lsb,
+                                       np.ones(n, np.float32), y, mask)
+    expected = (z * 2.0**20).abs() <= 2.0**20  # |z| <= 1: about 68 % inside
+    assert clipped
+    assert torch.equal(torch.from_numpy(mask), expected)
+    assert 0.6 < float(expected.float().mean()) < 0.76
 
 
 def _cim(chip, monkeypatch, fused: bool, seed: int = 0):

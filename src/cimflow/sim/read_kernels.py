@@ -225,7 +225,8 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
     noise when ``var16`` is empty: drawn a chunk at a time, they stay in cache), the ADC
     ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``.
     ``var16`` (G, N, M): bfloat16 variances as int16 bits. ``mask`` (G, N, M) bool, or empty:
-    where |v| <= steps. Returns whether any partial sum clipped."""
+    where |v| <= steps, written only when a partial sum clipped (a second sweep, drawing the
+    same normals again; the caller reads it only then). Returns whether any partial sum clipped."""
     groups, n_vec, _, m = prod.shape
     noisy = var16.shape[0] > 0
     want_mask = mask.shape[0] > 0
@@ -235,37 +236,41 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
     rows_per_chunk = max(1, _CHUNK // m)
     bits = np.empty(2 * rows_per_chunk * m + 8, np.uint32)
     clipped = 0
-    for n0 in range(0, n_vec, rows_per_chunk):
-        n1 = min(n_vec, n0 + rows_per_chunk)
-        for g in range(groups):
-            first, count = (g * n_vec + n0) * m, (n1 - n0) * m
-            off = first  # where z holds element first
-            if noisy and not given:
-                off = first % 2  # draws start at even elements: the pair's first half drawn too
-                _fill(dk, first - off, z[:count + off], bits)
-            for n in range(n0, n1):  # (indexed, not through row views: see absmax)
-                sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
-                zb = off + (n - n0) * m
-                clip = 0
-                if noisy:
-                    for j in range(m):
-                        var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
-                        v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
-                        clip += abs(v) > steps
-                        y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
-                else:
-                    for j in range(m):
-                        v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
-                        clip += abs(v) > steps
-                        y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
-                clipped += clip
-                if want_mask:
-                    for j in range(m):
-                        v = np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO
-                        if noisy:
+    for sweep in range(2):  # the outputs; then, only where a partial sum clipped (rare), the mask
+        if sweep == 1 and not (want_mask and clipped > 0):
+            break
+        for n0 in range(0, n_vec, rows_per_chunk):
+            n1 = min(n_vec, n0 + rows_per_chunk)
+            for g in range(groups):
+                first, count = (g * n_vec + n0) * m, (n1 - n0) * m
+                off = first  # where z holds element first
+                if noisy and not given:
+                    off = first % 2  # draws start at even elements: the pair's first half drawn too
+                    _fill(dk, first - off, z[:count + off], bits)
+                for n in range(n0, n1):  # (indexed, not through row views: see absmax)
+                    zb = off + (n - n0) * m
+                    if sweep == 1:
+                        for j in range(m):
+                            v = np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO
+                            if noisy:
+                                var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
+                                v += z[zb + j] * np.sqrt(var)
+                            mask[g, n, j] = abs(v * c[g, j]) <= steps
+                        continue
+                    sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
+                    clip = 0
+                    if noisy:
+                        for j in range(m):
                             var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
-                            v += z[zb + j] * np.sqrt(var)
-                        mask[g, n, j] = abs(v * c[g, j]) <= steps
+                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
+                            clip += abs(v) > steps
+                            y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                    else:
+                        for j in range(m):
+                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
+                            clip += abs(v) > steps
+                            y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                    clipped += clip
     return clipped > 0
 
 
