@@ -76,3 +76,18 @@ def test_percentile_values_nearest_rank():
     assert float(percentile_values(v, 99.0, dim=1)) == 99.0
     assert float(percentile_values(v, 100.0, dim=1)) == 100.0
     assert float(percentile_values(v, 0.5, dim=1)) == 1.0
+
+
+def test_set_buffers_sets_registered_buffers_only():
+    """``set_buffers`` writes what ``inst.name = tensor`` writes (a buffer ``.to`` and
+    ``state_dict`` see), and refuses a name that is not a buffer or a value that is not a tensor."""
+    _, inst = _instance("linear")
+    w = torch.full((2, 3), 0.5, dtype=torch.float64)
+    inst.set_buffers(w_scale=w, output_gain=None)
+    assert inst.w_scale is w and inst.output_gain is None
+    assert dict(inst.named_buffers())["w_scale"] is w
+    assert inst.to(torch.float32).w_scale.dtype == torch.float32  # moved like any buffer
+    with pytest.raises(TypeError, match="not a buffer"):
+        inst.set_buffers(not_a_buffer=w)
+    with pytest.raises(TypeError, match="not a tensor"):
+        inst.set_buffers(w_scale=[1.0])

@@ -493,6 +493,17 @@ class ArrayInstance(nn.Module):
         """The device this instance was moved to (``.to(device)``), where it programs."""
         return self._anchor.device
 
+    def set_buffers(self, **tensors: torch.Tensor | None) -> None:
+        """Set registered buffers by name, as ``self.name = tensor`` does, without
+        ``Module.__setattr__``'s re-registration (~5 us a buffer: hardware-aware training
+        sets a dozen per layer on every step). A name that is not a registered buffer is an
+        error."""
+        held = self._buffers
+        for name, value in tensors.items():
+            if name not in held or not (value is None or isinstance(value, torch.Tensor)):
+                raise TypeError(f"{name!r} is not a buffer of {type(self).__name__}, or {type(value).__name__} is not a tensor")
+            held[name] = value
+
     def refresh(self) -> bool:
         """Program again if the weights changed since programming (an optimizer step), with the
         same instance seed and time after programming; returns whether it did. Owners with

@@ -286,29 +286,26 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
     smallest = np.float32(MIN_SCALE)
     tops = np.zeros(out, np.int32)
     inv_lo = np.float32(LO_LEVELS)
-    for g in range(groups):
+    noisy = var.shape[0] > 0
+    for g in range(groups):  # (indexed, not through row views: see absmax)
         real = min(group_rows, rows - g * group_rows)
         bits = w[g].view(np.int32)
         tops[:] = 0
         for r in range(real):
-            br = bits[r]
             for j in range(out):
-                tops[j] = max(tops[j], br[j] & np.int32(0x7FFFFFFF))
-        sr = scale[g]
+                tops[j] = max(tops[j], bits[r, j] & np.int32(0x7FFFFFFF))
         for j in range(out):
-            sr[j] = max(np.float32(np.uint32(tops[j]).view(np.float32)) / np.float32(127.0), smallest)
+            scale[g, j] = max(np.float32(np.uint32(tops[j]).view(np.float32)) / np.float32(127.0), smallest)
         for r in range(real):
-            wr, hr, lr = w[g, r], both[g, r, 0], both[g, r, 1]
             for j in range(out):
-                v = wr[j] / sr[j]
+                v = w[g, r, j] / scale[g, j]
                 hi = np.rint(v)
-                hr[j] = hi
-                lr[j] = np.rint((v - hi) * inv_lo)
-            if var.shape[0] > 0:
-                vr, cr = var[g, r], cell16[g, r]
+                both[g, r, 0, j] = hi
+                both[g, r, 1, j] = np.rint((v - hi) * inv_lo)
+            if noisy:
                 for j in range(out):
-                    b = np.uint32(np.float32(vr[j] / (sr[j] * sr[j])).view(np.uint32))
-                    cr[j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
-
+                    sj = scale[g, j]
+                    b = np.uint32(np.float32(var[g, r, j] / (sj * sj)).view(np.uint32))
+                    cell16[g, r, j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
 
 __all__ = ["absmax", "box_muller", "int_readout", "normals", "quantize_rows", "weight_planes"]

@@ -454,18 +454,15 @@ class InstanceDraws:
         z, draws, stuck = self._windows(pools, name, seed)
         g0, w_eff = ws.g0[ws.flip], ws.w_eff[ws.flip]
         var = None if ws.read_var is None else ws.read_var[ws.flip]
-        eng.w_eff = w_eff
+        eng.set_buffers(w_eff=w_eff)
         kernels = _compiled_kernels(weight, z, draws, ws)
         if kernels is not None:
             state = _cells_compiled(kernels, eng, weight, z, draws, stuck, ws, g0, var, t)
         else:
             state = _cells_torch(eng, weight, z, draws, stuck, ws, g0, var, t)
-        eng.read_var = var
-        if hasattr(eng, "_read_var_bf16"):
-            eng._read_var_bf16 = None  # the fast inference read's bfloat16 copy of read_var
-        eng.g_pos, eng.g_neg = g0[0:1], g0[1:2]
-        eng.nu_pos, eng.nu_neg = state.narrow(-3, 0, 1), state.narrow(-3, 1, 1)  # as the engine splits (2, ...) or (3, 2, ...)
-        eng.significance = ws.significance
+        # (_read_var_bf16: the fast inference read's bfloat16 copy of read_var; nu: as the engine splits (2, ...) or (3, 2, ...))
+        eng.set_buffers(read_var=var, _read_var_bf16=None, g_pos=g0[0:1], g_neg=g0[1:2], nu_pos=state.narrow(-3, 0, 1),
+                        nu_neg=state.narrow(-3, 1, 1), significance=ws.significance)
         eng.denominator = dev.g_max - dev.g_min
         eng.t_seconds = t
         return draws
@@ -544,7 +541,7 @@ def _pcm_operands(eng: CrossbarEngine, model: PCMModel, k: Any, like: torch.Tens
 def _adc_from_sums(eng: CrossbarEngine, col: torch.Tensor) -> None:
     """The engine's ADC full scale from the per-read-group column sums of |w_eff| at t0 ``col``
     (G, out), normalized: the largest of each array (``CrossbarEngine._initial_adc_range``)."""
-    eng.adc_range = eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12)
+    eng.set_buffers(adc_range=eng._col_tile_max(col.unsqueeze(0)).unsqueeze(2).clamp_min(1e-12))
 
 
 def _sums_set_adc(eng: CrossbarEngine) -> bool:
@@ -563,7 +560,7 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
     w = weight.contiguous().numpy()
     scale = torch.empty(out)
     k.column_scales(w, spec.weight_scaling == "per_column", scale.numpy())
-    eng.w_scale = scale
+    eng.set_buffers(w_scale=scale)
     codes = _NO_CODES if stuck is None else stuck[0].pool.window(stuck[1]).view(g0.shape).numpy()
     if ws.padded is None:
         ws.padded = np.array([0.0] * (k.COEFFICIENTS - len(ws.sigma)) + ws.sigma)  # leading zeros: the same Horner values
