@@ -192,3 +192,23 @@ def test_weight_planes_kernel_is_the_torch_split(shape):
     expect = (var / planes.scale.square()).to(torch.bfloat16)
     assert torch.equal(torch.from_numpy(cell).view(torch.bfloat16), expect)
     assert bool(torch.isfinite(expect.float()).all())  # the all-zero column too (its scale is bounded below)
+
+
+def test_eager_unfused_reads_draw_the_layers_counter_stream(monkeypatch):
+    """An eager read off the fused path (a convolution's columns, the general path) draws its
+    noise from the layer's counter stream at its draw counter, as the fused read does, and
+    advances the counter; reprogramming the same seed restarts it. With the compiled kernels
+    off it draws from the instance's generator and leaves the counter alone."""
+    torch.manual_seed(0)
+    cim = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(20, 8)), "pcm-hermes-like"), 5)
+    engine = cim_layers(cim)[0][1].engine
+    like = torch.empty(30, 8)
+    first = engine._read_normal(like)
+    assert torch.equal(first, fused_read.normals(engine._read_key, 0, (30, 8)))
+    assert torch.equal(engine._read_normal(like), fused_read.normals(engine._read_key, 1, (30, 8)))
+    assert int(engine.read_counter) == 2
+    cimflow.program(cim, 5)
+    assert torch.equal(engine._read_normal(like), first)
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "0")
+    other = engine._read_normal(like)
+    assert int(engine.read_counter) == 1 and not torch.equal(other, fused_read.normals(engine._read_key, 1, (30, 8)))
