@@ -64,13 +64,13 @@ def test_compiled_equals_eager_without_read_noise(build, shape):
 
 
 @pytest.mark.skipif(not fused_read.available(), reason="numba is not importable")
-def test_compiled_cpu_read_is_the_eager_fused_read():
+@pytest.mark.parametrize(("build", "shape"), [(lambda: _mlp(300), (16, 300)), (_lenet, (4, 1, 14, 14))], ids=["mlp", "lenet"])
+def test_compiled_cpu_read_is_the_eager_read(build, shape):
     """On a CPU where the fused read runs, a compiled model reads through one opaque op per
-    layer (cimflow::crossbar_read): the eager forward's reads and draws, bit for bit, with the
-    read noise on. (A convolution's eager read quantizes its patches in place, the compiled
-    one its unfolded columns: other draws, the same statistics.)"""
-    model = cimflow.program(cimflow.convert(_mlp(300), "pcm-hermes-like"), 3)
-    x = torch.randn(16, 300)
+    layer (cimflow::crossbar_read, a convolution's cimflow::conv_read): the eager forward's
+    reads and draws, bit for bit, with the read noise on."""
+    model = cimflow.program(cimflow.convert(build(), "pcm-hermes-like"), 3)
+    x = torch.randn(shape)
     eager = _outputs(model, x, 2)
     cimflow.program(model, 3)  # the draw counters restart
     torch._dynamo.reset()

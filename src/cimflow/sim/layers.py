@@ -14,7 +14,7 @@ from torch import nn
 
 from cimflow.chip.spec import ArraySpec
 from cimflow.sim import single_read
-from cimflow.sim.array_state import InstanceSource, refresh_before_forward
+from cimflow.sim.array_state import InstanceSource, instance_op, live_instance, refresh_before_forward
 from cimflow.sim.engine import CrossbarEngine
 
 #: Bytes of im2col columns an inference convolution reads at a time on a CPU: the batch is
@@ -40,6 +40,53 @@ def patch_view(x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]
     for dim, k, s, d in ((2, kernel[0], stride[0], dilation[0]), (3, kernel[1], stride[1], dilation[1])):
         x = x.unfold(dim, d * (k - 1) + 1, s)[..., ::d]
     return x.permute(0, 1, 4, 5, 2, 3)
+
+
+def out_size(h: int, w: int, kernel: tuple[int, ...] | list[int], stride: tuple[int, ...] | list[int],
+             dilation: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """A convolution's output height and width from its padded input's."""
+    return (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1, (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+
+
+def read_patches(engine: CrossbarEngine, x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...],
+                 dilation: tuple[int, ...]) -> torch.Tensor:
+    """A convolution's inference read of the padded input ``x`` (N, C, H, W) on ``engine``
+    (:meth:`CrossbarEngine.read_columns`, which must apply): the patches as a view, quantized
+    straight into channel-first columns, each patch's range from a separable max (none for a
+    fixed range); on a CPU in batch chunks whose columns stay in the caches. Returns (N, out,
+    Ho Wo), bias not added."""
+    n, _, h, w = x.shape
+    ho, wo = out_size(h, w, kernel, stride, dilation)
+    scale = None
+    if not engine.has_fixed_input_range():
+        scale = patch_max(x.detach().abs().amax(dim=1, keepdim=True), kernel, stride, dilation)
+        scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
+    patches = patch_view(x, kernel, stride, dilation)
+    step = n
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a batch chunk's columns stay in the caches
+        step = max(1, COLUMN_CHUNK_BYTES // (engine.grid.in_features * ho * wo * x.element_size()))
+    if step >= n:
+        return engine.read_columns(patches, scale)
+    y = x.new_empty((n, engine.grid.out_features, ho * wo))
+    for i in range(0, n, step):  # each chunk written straight into its rows of the output
+        engine.read_columns(patches[i : i + step], None if scale is None else scale[i : i + step], out=y[i : i + step])
+    return y
+
+
+def _conv_read_kernel(key: int, x: torch.Tensor, kernel: list[int], stride: list[int], dilation: list[int]) -> torch.Tensor:
+    """:func:`read_patches` of the engine ``key`` names, as one op: a compiled model runs the
+    eager read (its kernels, reads and draws) instead of tracing it."""
+    return read_patches(live_instance(key, CrossbarEngine), x, tuple(kernel), tuple(stride), tuple(dilation))
+
+
+def _conv_read_shape(key: int, x: torch.Tensor, kernel: list[int], stride: list[int], dilation: list[int]) -> torch.Tensor:
+    n, _, h, w = x.shape
+    ho, wo = out_size(h, w, kernel, stride, dilation)
+    return x.new_empty((n, live_instance(key, CrossbarEngine).grid.out_features, ho * wo))
+
+
+conv_read_op = instance_op("conv_read", "(int key, Tensor x, int[] kernel, int[] stride, int[] dilation) -> Tensor", "cpu",
+                           _conv_read_kernel, _conv_read_shape)
 
 
 class CIMLayer(nn.Module):
@@ -148,26 +195,13 @@ class CIMConv(CIMLayer):
         if any(self._pad):
             x = F.pad(x, self._pad, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
         n, _, h, w = x.shape
-        ho = (h - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
-        wo = (w - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+        ho, wo = out_size(h, w, k, stride, dilation)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if not needs_grad and self.engine.can_read_columns():
-            # inference: the patches as a view (quantized straight into channel-first columns);
-            # each patch's range from a separable max
-            scale = None
-            if not self.engine.has_fixed_input_range():
-                scale = patch_max(x.detach().abs().amax(dim=1, keepdim=True), k, stride, dilation)
-                scale = scale.flatten(2).clamp_min(1e-12)  # (N, 1, L)
-            patches = patch_view(x, k, stride, dilation)
-            step = n
-            if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a batch chunk's columns stay in the caches
-                step = max(1, COLUMN_CHUNK_BYTES // (self.weight[0].numel() * ho * wo * x.element_size()))
-            if step >= n:
-                y = self.engine.read_columns(patches, scale)
-            else:  # each chunk written straight into its rows of the output
-                y = x.new_empty((n, self.out_channels, ho * wo))
-                for i in range(0, n, step):
-                    self.engine.read_columns(patches[i : i + step], None if scale is None else scale[i : i + step], out=y[i : i + step])
+        if not needs_grad and self.engine.can_read_columns():  # inference, the columns channel-first
+            if torch.compiler.is_compiling() and single_read.compiled_read_applies(x):  # the eager read whole, as one op
+                y = conv_read_op(id(self.engine), x, list(k), list(stride), list(dilation))
+            else:
+                y = read_patches(self.engine, x, k, stride, dilation)
             if self.bias is not None:
                 y.add_(self.bias.view(1, -1, 1))  # no-grad read: a fresh tensor
             y = y.reshape(n, self.out_channels, ho, wo)
