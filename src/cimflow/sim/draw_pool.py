@@ -89,14 +89,14 @@ class _ReadNoisePool:
 def use_pooled_read_noise(engine: CrossbarEngine, seed: int | None) -> None:
     """Draw the read noise of ``engine``'s training forwards (reads whose gradient autograd
     needs, :class:`cimflow.sim.single_read.SingleReadStraightThrough`) from a pool seeded by
-    ``seed`` (see the module docstring); None: from the instance's read generator again.
-    Inference reads always use the read generator."""
+    ``seed`` (see the module docstring); None: from the layer's own read noise again
+    (``CrossbarEngine._read_normal``). Inference reads always draw the layer's own."""
     engine._read_noise_pool = None if seed is None else _ReadNoisePool(engine, int(seed))  # type: ignore[assignment]
 
 
 def training_read_normal(engine: CrossbarEngine, like: torch.Tensor) -> torch.Tensor:
     """Standard normals shaped like ``like`` for a training read: from the engine's pool when
-    :func:`use_pooled_read_noise` turned it on, else from its read generator."""
+    :func:`use_pooled_read_noise` turned it on, else its own read noise (``CrossbarEngine._read_normal``)."""
     pool = getattr(engine, "_read_noise_pool", None)
     if pool is None or torch.compiler.is_compiling():
         return engine._read_normal(like)
