@@ -26,7 +26,10 @@ from numba import njit, types, uint32, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from cimflow.sim import kernel_cache
 from cimflow.sim.fastmm import LO_LEVELS, MIN_SCALE
+
+kernel_cache.install()  # before any kernel is decorated: each one's disk cache keyed by every kernel file
 
 # numpy's error model: no Python division checks in the loops (they would stop vectorization);
 # contract: multiply-adds fused

@@ -5,9 +5,9 @@ Imported only by :mod:`cimflow.sim.fused_table` when a fused table read runs (nu
 it once per machine, cached on disk). :mod:`cimflow.sim.fused_table` documents the read and
 holds the torch-facing API; the normals are the counter-based stream of
 :mod:`cimflow.sim.read_kernels` (``_fill``: element e of a draw from the hash of ``e // 2``),
-the lone reads' uniforms the same hash's halves. (numba's disk cache is keyed by this file
-only: a change of the stream in sim/read_kernels.py needs this file touched, or its cache
-cleared; tests/sim/test_fused_table.py checks the two agree.)
+the lone reads' uniforms the same hash's halves (numba's disk cache of every kernel is keyed
+by all the kernel files, :mod:`cimflow.sim.kernel_cache`; tests/sim/test_fused_table.py checks
+the two agree).
 """
 
 from __future__ import annotations
