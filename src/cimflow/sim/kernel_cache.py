@@ -8,7 +8,7 @@ switched, a file edited - the other files' cached kernels are stale: they keep t
 stream (other values), or numba fails to load them ("descr is NULL").
 
 :func:`install` puts cache locators ahead of numba's own for the files in
-:data:`KERNEL_FILES` only: the folders numba would use (``NUMBA_CACHE_DIR``, the package's
+:func:`kernel_files` only: the folders numba would use (``NUMBA_CACHE_DIR``, the package's
 ``__pycache__``, the user-wide cache), with a stamp that hashes every kernel file's content
 together, so a change to any of them recompiles all (once, ~20 s). numba's locator classes
 are internal: where they are not as expected, nothing is installed and numba keys by each
@@ -21,11 +21,13 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-#: The files defining compiled kernels, relative to the ``cimflow`` package; any change to one
-#: invalidates the cache of all.
-KERNEL_FILES = ("sim/read_kernels.py", "sim/table_kernels.py", "train/program_kernels.py")
-
 _PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def kernel_files() -> list[Path]:
+    """The files defining compiled kernels: every ``*_kernels.py`` of a ``cimflow``
+    subpackage, in name order; a change to any one invalidates the cache of all."""
+    return sorted(_PACKAGE.glob("*/*_kernels.py"))
 
 
 def sources_stamp(paths: list[Path]) -> str:
@@ -57,7 +59,7 @@ def _keyed(base: Any, files: frozenset[Path], stamp: tuple[str, str]) -> Any:
 
 
 def install() -> bool:
-    """Key the disk cache of the kernels in :data:`KERNEL_FILES` by all their sources (see the
+    """Key the disk cache of the kernels in :func:`kernel_files` by all their sources (see the
     module docstring); call before they are decorated. Returns whether the locators are in
     place (numba's internals as expected); idempotent."""
     try:
@@ -70,7 +72,7 @@ def install() -> bool:
         return False
     if any(getattr(c, "cimflow_kernels", False) for c in classes):
         return True
-    paths = [_PACKAGE / name for name in KERNEL_FILES]
+    paths = kernel_files()
     try:
         stamp = ("cimflow-kernels", sources_stamp(paths))
     except OSError:  # a kernel file not on disk (a zipped install): numba's own keying
@@ -80,4 +82,4 @@ def install() -> bool:
     return True
 
 
-__all__ = ["KERNEL_FILES", "install", "sources_stamp"]
+__all__ = ["install", "kernel_files", "sources_stamp"]
