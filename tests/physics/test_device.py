@@ -16,6 +16,7 @@ import torch
 from cimflow.physics import (
     apply_drift,
     apply_stuck_at,
+    drift_exponents_,
     generator_for,
     ir_drop_attenuate,
     ir_drop_path_cells,
@@ -25,6 +26,7 @@ from cimflow.physics import (
     read_noise,
     sample_drift_exponents,
     sample_stuck_mask,
+    stuck_codes,
 )
 
 Z = 6.0  # sigmas of tolerance for every statistical check
@@ -299,6 +301,19 @@ def test_sample_stuck_mask_only_off() -> None:
     mask = sample_stuck_mask((n,), 0.0, 0.05, generator_for(0, "stuck-off"))
     assert not bool((mask == 1).any())
     assert abs(float((mask == -1).double().mean()) - 0.05) <= _rate_tol(0.05, n)
+
+
+def test_stuck_codes_are_the_law_on_given_uniforms() -> None:
+    u = torch.tensor([0.0, 0.0099, 0.01, 0.0399, 0.04, 0.5, 0.99999994])
+    assert stuck_codes(u, 0.01, 0.03).tolist() == [1, 1, -1, -1, 0, 0, 0]
+    assert stuck_codes(u, 0.0, 0.0).tolist() == [0] * 7
+    assert stuck_codes(u, 0.0, 0.04).tolist() == [-1, -1, -1, -1, 0, 0, 0]
+
+
+def test_drift_exponents_are_the_law_on_given_normals() -> None:
+    z = torch.tensor([-3.0, -0.5, 0.0, 1.0])
+    assert torch.allclose(drift_exponents_(z.clone(), 0.05, 0.02), torch.tensor([0.0, 0.04, 0.05, 0.07]))
+    assert torch.equal(drift_exponents_(z.clone(), -0.1, 0.0), torch.zeros(4))  # zero spread, negative mean: clipped
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -62,6 +62,52 @@ def test_normals_are_reproducible_and_independent_across_draws_and_keys():
     assert abs(lag) < 5 / math.sqrt(n)
 
 
+def test_uniforms_are_the_streams_bits_and_uniform_on_the_24_bit_grid():
+    from numba import njit
+
+    from cimflow.sim import read_kernels
+
+    n = 1_000_001  # odd: the last element's lone half of a pair
+    u = fused_read.uniforms(11, 2, (n,)).double()
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    assert torch.equal(u * 2**24, (u * 2**24).round())  # torch.rand's grid
+    assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(float(u.var()) - 1 / 12) < 5 * math.sqrt(1 / 180 / n)
+    ks = float((u.sort().values - torch.arange(1, n + 1, dtype=torch.float64) / n).abs().max())
+    assert ks < 1.95 / math.sqrt(n)
+    # element e is the table kernel's _uniform of element e (the bits the lone reads draw)
+    one = njit(lambda dk, e: read_kernels._uniform(dk, e))
+    dk = np.uint64(read_kernels._draw_key(np.uint64(11), np.uint64(2)))
+    for e in (0, 1, 2, 77, 500_000, n - 1):
+        assert float(u[e]) == float(one(dk, np.uint64(e))), e
+    assert torch.equal(fused_read.uniforms(11, 2, (n,)).double(), u)
+    other = fused_read.uniforms(11, 3, (n,)).double()
+    assert abs(float(torch.corrcoef(torch.stack([u, other]))[0, 1])) < 5 / math.sqrt(n)
+
+
+def test_pool_draws_are_the_generators_counter_stream_and_keep_their_law(monkeypatch):
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    z = draw_pool.pool_normals(400_000, gen, torch.device("cpu"))
+    u = draw_pool.pool_uniforms(400_000, gen, torch.device("cpu"))
+    gen.set_state(state)
+    assert torch.equal(draw_pool.pool_normals(400_000, gen, torch.device("cpu")), z)  # reproducible from the generator
+    assert torch.equal(draw_pool.pool_uniforms(400_000, gen, torch.device("cpu")), u)
+    n = z.numel()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n) and abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    again = draw_pool.pool_normals(400_000, gen, torch.device("cpu"))  # the next draw: a new key
+    assert abs(float(torch.corrcoef(torch.stack([z, again]))[0, 1])) < 5 / math.sqrt(n)
+    # float64, or the compiled kernels turned off: torch's own generator
+    gen.set_state(state)
+    want = torch.randn(1000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert torch.equal(draw_pool.pool_normals(1000, gen, torch.device("cpu"), torch.float64), want)
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "0")
+    gen.set_state(state)
+    want = torch.rand(1000, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(draw_pool.pool_uniforms(1000, gen, torch.device("cpu")), want)
+
+
 def test_the_readout_adds_the_streams_normals():
     """With zero partial sums and unit variances, a read's output before the ADC's rounding is
     the stream's normals: the readout draws what :func:`fused_read.normals` gives."""

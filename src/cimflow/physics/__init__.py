@@ -9,6 +9,7 @@ from cimflow.physics.converters import adc_quantize, dac_quantize, quantize_symm
 from cimflow.physics.device import (
     apply_drift,
     apply_stuck_at,
+    drift_exponents_,
     ir_drop_attenuate,
     ir_drop_path_cells,
     program_conductances,
@@ -17,11 +18,13 @@ from cimflow.physics.device import (
     read_noise,
     sample_drift_exponents,
     sample_stuck_mask,
+    stuck_codes,
 )
 from cimflow.physics.rng import derive_seed, generator_for
 
 __all__ = [
-    "adc_quantize", "apply_drift", "apply_stuck_at", "dac_quantize", "derive_seed", "generator_for",
+    "adc_quantize", "apply_drift", "apply_stuck_at", "dac_quantize", "drift_exponents_", "derive_seed", "generator_for",
     "ir_drop_attenuate", "ir_drop_path_cells", "program_conductances", "programming_sigma", "quantize_symmetric",
     "quantize_to_levels", "read_noise", "sample_drift_exponents", "sample_stuck_mask",
+    "stuck_codes",
 ]

@@ -48,8 +48,13 @@ def sample_drift_exponents(
     """Per-cell drift exponents nu ~ N(nu_mean, nu_std), clipped at 0 (sampled once per programming)."""
     if nu_std == 0:
         return torch.full(tuple(shape), max(float(nu_mean), 0.0), device=device, dtype=dtype)
-    nu = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype) * nu_std + nu_mean
-    return nu.clamp_min(0.0)
+    return drift_exponents_(torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype), nu_mean, nu_std)
+
+
+def drift_exponents_(z: torch.Tensor, nu_mean: float, nu_std: float) -> torch.Tensor:
+    """:func:`sample_drift_exponents`' law applied in place to standard normals ``z``:
+    ``max(nu_mean + nu_std z, 0)``."""
+    return z.mul_(nu_std).add_(nu_mean).clamp_min_(0.0)
 
 
 def apply_drift(g: torch.Tensor, nu: torch.Tensor | float, t: float, t0: float) -> torch.Tensor:
@@ -75,13 +80,16 @@ def sample_stuck_mask(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Per-cell fault codes (int8): 0 healthy, 1 stuck at g_max (on), -1 stuck at g_min (off)."""
-    mask = torch.zeros(tuple(shape), dtype=torch.int8, device=device)
     if stuck_on_rate == 0 and stuck_off_rate == 0:
-        return mask
-    u = torch.rand(tuple(shape), generator=generator, device=device)
-    mask[u < stuck_on_rate] = 1
-    mask[(u >= stuck_on_rate) & (u < stuck_on_rate + stuck_off_rate)] = -1
-    return mask
+        return torch.zeros(tuple(shape), dtype=torch.int8, device=device)
+    return stuck_codes(torch.rand(tuple(shape), generator=generator, device=device), stuck_on_rate, stuck_off_rate)
+
+
+def stuck_codes(u: torch.Tensor, stuck_on_rate: float, stuck_off_rate: float) -> torch.Tensor:
+    """:func:`sample_stuck_mask`'s codes from uniforms ``u`` on [0, 1): 1 (stuck on) below
+    ``stuck_on_rate``, -1 (stuck off) in the next ``stuck_off_rate``, else 0."""
+    on = torch.lt(u, stuck_on_rate).to(torch.int8)
+    return on.sub_(torch.lt(u, stuck_on_rate + stuck_off_rate).to(torch.int8).sub_(on))
 
 
 def apply_stuck_at(g: torch.Tensor, mask: torch.Tensor, g_min: float, g_max: float) -> torch.Tensor:

@@ -79,6 +79,14 @@ def normals(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
     return out
 
 
+def uniforms(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Uniforms on [0, 1) (float32, CPU, on the 2^-24 grid as ``torch.rand``) of draw ``draw``
+    of stream ``key``: element e from the 32 bits the stream gives element e."""
+    out = torch.empty(shape, dtype=torch.float32)
+    _kernels().uniforms(_u64(key), _u64(draw), out.view(-1).numpy())
+    return out
+
+
 @dataclass
 class Operands:
     """What a fused read of one programmed instance needs, made once per instance state: per
@@ -236,4 +244,4 @@ def _plan(engine: CrossbarEngine, n: int, steps_in: float) -> _Plan:
     return plan
 
 
-__all__ = ["Operands", "applies", "available", "dac", "dac_applies", "normals", "read"]
+__all__ = ["Operands", "applies", "available", "dac", "dac_applies", "normals", "read", "uniforms"]

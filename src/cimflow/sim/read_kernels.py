@@ -180,6 +180,35 @@ def normals(key, draw, out):  # noqa: ANN001, ANN201
 
 
 @_inline
+def _element_bits(dk, e):  # noqa: ANN001, ANN202
+    """32 random bits for element ``e`` of the draw keyed ``dk``: the high (even e) or low (odd
+    e) half of the SplitMix64 hash of pair ``e // 2``, the hash the normal stream uses."""
+    h = _mix(dk + (uint64(e // 2) + uint64(1)) * _GOLDEN)
+    return uint32(h >> uint64(32)) if e % 2 == 0 else uint32(h & uint64(0xFFFFFFFF))
+
+
+@_inline
+def _uniform(dk, e):  # noqa: ANN001, ANN202
+    """A float32 uniform on the 2^-24 grid in [0, 1) (as ``torch.rand``) from element ``e``'s bits."""
+    return np.float32(_element_bits(dk, e) >> uint32(8)) * np.float32(2.0**-24)
+
+
+@_kernel
+def uniforms(key, draw, out):  # noqa: ANN001, ANN201
+    """Fill the flat float32 ``out`` with the uniforms of draw ``draw`` of stream ``key``:
+    element ``e`` is :func:`_uniform` of it (the 32 bits of :func:`_element_bits`, a pair's
+    hash per two elements)."""
+    dk = _draw_key(key, draw)
+    m = out.shape[0]
+    for p in range(m // 2):
+        h = _mix(dk + (uint64(p) + uint64(1)) * _GOLDEN)
+        out[2 * p] = _F(uint32(h >> uint64(32)) >> uint32(8)) * _F(2.0**-24)
+        out[2 * p + 1] = _F(uint32(h & uint64(0xFFFFFFFF)) >> uint32(8)) * _F(2.0**-24)
+    if m % 2:
+        out[m - 1] = _uniform(dk, m - 1)
+
+
+@_inline
 def absmax(bits, n):  # noqa: ANN001, ANN201
     """The largest ``|x[n, j]|`` of row ``n`` of a C-contiguous float32 matrix given as its
     int32 view ``bits``: an integer maximum of the floats' bits with the sign cleared (the same

@@ -13,22 +13,14 @@ the two agree).
 from __future__ import annotations
 
 import numpy as np
-from numba import uint32, uint64
+from numba import uint64
 
-from cimflow.sim.read_kernels import _GOLDEN, _draw_key, _fill, _inline, _kernel, _mix, prefetch
+from cimflow.sim.read_kernels import _draw_key, _fill, _inline, _kernel, _uniform, prefetch
 
 #: Reads ahead whose rows a gather asks the caches for (:func:`cimflow.sim.read_kernels.prefetch`).
 _AHEAD = 8
 #: Partial sums converted per pass (a pass's sums, their noise and codes stay in cache).
 _PASS_VALUES = 8192
-
-
-@_inline
-def _element_bits(dk, e):  # noqa: ANN001, ANN202
-    """32 random bits for element ``e`` of the draw keyed ``dk``: the high (even e) or low (odd
-    e) half of the SplitMix64 hash of pair ``e // 2``, the hash the normal stream uses."""
-    h = _mix(dk + (uint64(e // 2) + uint64(1)) * _GOLDEN)
-    return uint32(h >> uint64(32)) if e % 2 == 0 else uint32(h & uint64(0xFFFFFFFF))
 
 
 @_kernel
@@ -81,12 +73,6 @@ def _pool(codes, read_bag, filled, current, bag_codes, weights, unit, out):  # n
         for c in range(codes.shape[1]):
             bag_codes[c] += codes[r, c]
     return current
-
-
-@_inline
-def _uniform(dk, e):  # noqa: ANN001, ANN202
-    """A float32 uniform on the 2^-24 grid in [0, 1) (as ``torch.rand``) from element ``e``'s bits."""
-    return np.float32(_element_bits(dk, e) >> uint32(8)) * np.float32(2.0**-24)
 
 
 @_kernel

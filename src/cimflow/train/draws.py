@@ -61,13 +61,13 @@ from cimflow.chip.devices import PCMDevice, StateCurve
 from cimflow.chip.spec import Device
 from cimflow.errors import CimflowError
 from cimflow.mapping import encode_weights
-from cimflow.physics import derive_seed, generator_for, sample_drift_exponents, sample_stuck_mask
+from cimflow.physics import derive_seed, drift_exponents_, generator_for, stuck_codes
 from cimflow.physics.devices import REGISTRY, PCMModel, effective_time
 from cimflow.physics.hashing import stream_key
 from cimflow.sim import fused_read
 from cimflow.sim.array_state import full_scale_from_sums
 from cimflow.sim.convert import cim_layers
-from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool
+from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool, pool_normals, pool_uniforms
 from cimflow.sim.engine import CrossbarEngine
 from cimflow.sim.layers import CIMLayer
 
@@ -80,7 +80,7 @@ class StuckPool:
     def __init__(self, n: int, on_rate: float, off_rate: float, generator: torch.Generator, device: torch.device,
                  refresh_steps: int = REFRESH_STEPS) -> None:
         def sample(count: int, gen: torch.Generator) -> torch.Tensor:
-            return sample_stuck_mask((count,), on_rate, off_rate, gen, device=device)
+            return stuck_codes(pool_uniforms(count, gen, device), on_rate, off_rate)
 
         self.pool = DrawPool(n, sample, generator, refresh_steps)
         chunk, size = self.pool.chunk, 2 * n
@@ -146,8 +146,7 @@ class PooledDraws:
             device = self.device
 
             def sample(count: int, gen: torch.Generator) -> torch.Tensor:
-                draw = torch.randn if kind == "normal" else torch.rand
-                return draw(count, generator=gen, device=device)
+                return pool_normals(count, gen, device) if kind == "normal" else pool_uniforms(count, gen, device)
 
             pool = self._pools[key] = DrawPool(self.n, sample, generator_for(self.seed, self.name, "hwa-pool", *key, device=device),
                                                self.refresh_steps)
@@ -356,10 +355,10 @@ class InstanceDraws:
             dev, n, device = pools.spec, math.prod(pools.shape), pools.device
 
             def normals(count: int, g: torch.Generator) -> torch.Tensor:
-                return torch.randn(count, generator=g, device=device)
+                return pool_normals(count, g, device)
 
             def exponents(count: int, g: torch.Generator) -> torch.Tensor:
-                return sample_drift_exponents((count,), dev.drift.nu_mean, dev.drift.nu_std, g, device=device)
+                return drift_exponents_(pool_normals(count, g, device), dev.drift.nu_mean, dev.drift.nu_std)
 
             def pool(purpose: str, sample: Any) -> DrawPool:
                 return DrawPool(n, sample, generator_for(self.seed, name, "hwa-pool", purpose, device=device), self.refresh_steps)
