@@ -235,7 +235,10 @@ class SingleReadStraightThrough(torch.autograd.Function):
             if want_x:
                 grad_x = (gy * w_scale) @ flat.t()
             if want_w:  # the per-vector input scale on the (N, out) side: fewer elements than (N, in)
-                grad_w = xi.t() @ (gy * (scale_x / dac_steps(engine)))
+                # made (out, in), the live weight's own layout, and handed back transposed: autograd's
+                # transpose back to the weight is then contiguous (no strided copy into .grad; the
+                # matmul's operands as in the float layer's backward)
+                grad_w = ((gy * (scale_x / dac_steps(engine))).t() @ xi).t()
         else:
             gyg = gy * adc_inside  # (G, N, out)
             n = gy.shape[0]
