@@ -15,11 +15,14 @@ are scaled.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from cimflow.errors import CimflowError
+from cimflow.sim import fused_read
 from cimflow.sim.convert import cim_layers
 from cimflow.sim.embedding import CIMEmbeddingBag
 from cimflow.sim.layers import CIMLayer
@@ -61,6 +64,13 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
             matrix, dim = weight, 0  # (rows, dim): embedding columns are the array's columns
         else:
             matrix, dim = weight.reshape(weight.shape[0], -1), 1  # (out, in): a crossbar column per row
+            kernel = _compiled(matrix, weight)
+            if kernel is not None:  # two passes, in place
+                n = int(kernel.clip_rows(matrix.detach().numpy(), float(clip_sigma), per_column, torch.empty(matrix.shape[0]).numpy()))
+                if n:  # written through NumPy: the version counter told, as clamp_ would (a layer re-programs on it)
+                    increment_version(weight)
+                clipped += n if count else 1
+                continue
         bound = clip_bounds(matrix, clip_sigma, per_column, dim).clamp_min(1e-12)
         if per_column:
             bound = bound.unsqueeze(dim)
@@ -74,6 +84,20 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
             if matrix.data_ptr() != weight.data_ptr():  # reshape copied a non-contiguous weight
                 weight.copy_(matrix.view_as(weight))
     return clipped
+
+
+def _compiled(matrix: torch.Tensor, weight: torch.Tensor) -> Any:
+    """:mod:`cimflow.train.clip_kernels` where it clips ``matrix`` in place (a C-contiguous
+    float32 view of ``weight`` on the CPU, numba importable and the compiled kernels on:
+    :func:`cimflow.sim.fused_read.available`), else None (the torch form)."""
+    if not (matrix.device.type == "cpu" and matrix.dtype == torch.float32 and matrix.is_contiguous()
+            and matrix.data_ptr() == weight.data_ptr() and fused_read.available()):
+        return None
+    try:
+        from cimflow.train import clip_kernels
+    except ImportError:  # numba not built for this Python
+        return None
+    return clip_kernels
 
 
 __all__ = ["clip_bounds", "clip_weights"]
