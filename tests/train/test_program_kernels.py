@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(not fused_read.available(), reason="numba not im
 DEV = "arrays.analog.device."
 
 
-def _chip(coefficients=(0.01, 0.04, -0.02), stuck=0.0, read_noise=0.03, nu=0.05, adc="per_array_max", scaling="per_column"):
-    return chip_with("ideal", **{DEV + "g_min": 10e-6, DEV + "levels": 33, DEV + "read_noise": read_noise,
+def _chip(coefficients=(0.01, 0.04, -0.02), stuck=0.0, read_noise=0.03, nu=0.05, adc="per_array_max", scaling="per_column",
+          cols=128):
+    return chip_with("ideal", **{DEV + "g_min": 10e-6, DEV + "levels": 33, DEV + "read_noise": read_noise, "arrays.analog.cols": cols,
                                  DEV + "programming_noise": {"coefficients": list(coefficients)},
                                  DEV + "stuck_on_rate": stuck, DEV + "stuck_off_rate": stuck / 2,
                                  DEV + "drift": {"nu_mean": nu, "nu_std": nu / 4, "t0_s": 10.0},
@@ -80,6 +81,8 @@ CASES = {
     "constant sigma, per-layer scale": ({"coefficients": (0.02,), "scaling": "per_layer"}, 1e3),
     "degree-7 sigma": ({"coefficients": (0.01, 0.02, -0.01, 0.005, 0.0, 0.001, -0.002, 0.003)}, 1e5),
     "expected ADC range (the engine's law at t0)": ({"adc": "expected"}, 1e5),
+    "expected ADC range, three arrays across the outputs": ({"adc": "expected", "cols": 32}, 1e5),
+    "per-array ADC range, three arrays across the outputs": ({"cols": 32}, 1e5),
     "fixed ADC range": ({"adc": "fixed"}, 1e5),
     "percentile ADC range, not calibrated": ({"adc": "percentile"}, 1e5),
     "strong drift": ({"nu": 1.0}, 1e12),

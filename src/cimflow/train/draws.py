@@ -65,7 +65,7 @@ from cimflow.physics import derive_seed, drift_exponents_, generator_for, stuck_
 from cimflow.physics.devices import REGISTRY, PCMModel, effective_time
 from cimflow.physics.hashing import stream_key
 from cimflow.sim import fused_read
-from cimflow.sim.array_state import full_scale_from_sums
+from cimflow.sim.array_state import input_moments
 from cimflow.sim.convert import cim_layers
 from cimflow.sim.draw_pool import REFRESH_STEPS, DrawPool, pool_normals, pool_uniforms
 from cimflow.sim.engine import CrossbarEngine
@@ -583,11 +583,12 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
                        eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy(), *pcm)
     if sums is None:  # fixed, calibrated (or no ADC): the engine's own law, which reads no weights
         eng.adc_range = eng._initial_adc_range()
-    elif law == "expected":
+    else:  # per array, the largest column sum of |w_eff| (expected: within its moments' bound)
         assert adc is not None
-        _adc_from_sums(eng, full_scale_from_sums(sums[1], sums[2], sums[0], adc.sigmas, spec.input_encoding))
-    else:  # per array, the largest column sum of |w_eff|
-        _adc_from_sums(eng, sums[0])
+        full = torch.empty(sums.shape[1:])
+        m1, m2 = input_moments(spec.input_encoding)
+        k.adc_full_scale(sums.numpy(), law == "expected", m1, m2, adc.sigmas, eng.grid.weight_columns, full.numpy())
+        eng.set_buffers(adc_range=full.view(1, full.shape[0], 1, full.shape[1]))
     return state
 
 

@@ -17,7 +17,8 @@ row of the weight or of the whole layer, 1 for an all-zero column) and one over 
   exponent ``|mean + std z|`` (the level's moments), the 1/f noise's standard normal and
   ``Q_s`` (a piecewise curve of ``|G| / g_max``, :func:`_curve_row`);
 - the per-read-group column sums of ``|w|``, ``w`` and ``w^2`` of the effective weights at
-  ``t0`` (what the ADC full scale is set from);
+  ``t0``, from which :func:`adc_full_scale` sets the ADC full scale (in one call: in torch
+  it is a dozen small operations, ~60 us a layer);
 - the conductances at ``t``: the power-law drift ``G(t) = G(t0) exp(-nu log(t / t0))``, or
   PCM's ``max((G + |G| Q_s growth z) exp(-nu log(t / t0)), 0)``; the effective weights
   ``(G+ - G-) / (g_max - g_min)`` and the read-noise variances
@@ -295,4 +296,29 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
                 _age_row(g0, i, nu, c, drift, den, rn2, w_eff, var, i, noisy)
 
 
-__all__ = ["COEFFICIENTS", "CURVE_HEAD", "LOG", "POLYNOMIAL", "POWER", "column_scales", "program_instance"]
+@_kernel
+def adc_full_scale(sums, expected, m1, m2, sigmas, width, full):  # noqa: ANN001, ANN201
+    """``full`` (G, out): the ADC full scale of every read group and column from
+    :func:`program_instance`'s column sums at t0 (``sums`` (3, G, out): ``|w|``, ``w``,
+    ``w^2``). Per column ``sum |w|`` (``per_array_max``), or when ``expected`` the smaller of
+    that and ``|sum w| m1 + sigmas sqrt(sum w^2 m2)`` (``full_scale_from_sums``); then the
+    largest of each array's ``width`` columns for all of them (``_col_tile_max``), at least
+    1e-12. A NaN column sum makes its array's scale NaN, as torch's maximum does."""
+    groups, out = full.shape
+    for g in range(groups):
+        for j in range(out):
+            v = sums[0, g, j]
+            if expected:
+                v = min(abs(sums[1, g, j]) * _F(m1) + _F(sigmas) * np.sqrt(sums[2, g, j] * _F(m2)), v)
+            full[g, j] = v
+        for a in range(0, out, width):
+            top = full[g, a]
+            for j in range(a + 1, min(a + width, out)):
+                v = full[g, j]
+                top = v if v > top or v != v else top
+            top = top if top != top or top > _F(1e-12) else _F(1e-12)
+            for j in range(a, min(a + width, out)):
+                full[g, j] = top
+
+
+__all__ = ["COEFFICIENTS", "CURVE_HEAD", "LOG", "POLYNOMIAL", "POWER", "adc_full_scale", "column_scales", "program_instance"]
