@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch._dynamo
+from machine import machine_line
 from torch import nn
 
 import cimflow
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--models", default="mlp,lenet", help=f"comma-separated, of {', '.join(MODELS)}")
     args = ap.parse_args()
+    print(machine_line())
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:

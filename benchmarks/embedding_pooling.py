@@ -22,6 +22,7 @@ import statistics
 import time
 
 import torch
+from machine import machine_line
 from torch import nn
 
 import cimflow
@@ -120,6 +121,7 @@ def main() -> None:
                         help=f"programme and cache tables of up to this many cells (default {embedding.CACHE_CELLS:,}; "
                              "larger tables are read lazily through the hash)")
     args = parser.parse_args()
+    print(machine_line())
     if args.cache_cells is not None:
         embedding.CACHE_CELLS = args.cache_cells
     if args.repeats < 5:

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import machine_line
 from torch import nn
 
 import cimflow
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per variant")
     parser.add_argument("--rows", type=int, default=15, help="operators per profile table")
     args = parser.parse_args()
+    print(machine_line())
     t_max_s = parse_duration(args.t_max)
     preset = load_preset(args.chip)
     plugin = any(getattr(a.device, "model", "generic") != "generic" for a in preset.arrays.values())

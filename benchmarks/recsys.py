@@ -24,6 +24,7 @@ import time
 
 import torch
 from embedding_pooling import interleaved_ratios, line  # same directory: benchmarks/ is sys.path[0]
+from machine import machine_line
 
 import cimflow
 from cimflow.recsys.models import DLRM, DLRMConfig
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
+    print(machine_line())
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (the spread needs them)")
     movielens = DLRMConfig(dense_features=4, table_sizes=(943, 1682, 19, 21, 7, 2, 11), embedding_dim=16,

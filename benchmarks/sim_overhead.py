@@ -28,6 +28,7 @@ import time
 from contextlib import contextmanager
 
 import torch
+from machine import machine_line
 from torch import nn
 
 import cimflow
@@ -136,6 +137,7 @@ def main() -> None:
                         help="wall: elapsed time; cpu: this thread's CPU time (1 thread only: robust to a loaded machine)")
     parser.add_argument("--variants", default="fast,unfused,fast-f32,exact", help=f"comma-separated, of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    print(machine_line())
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or args.repeats < 5:

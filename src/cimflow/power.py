@@ -1,9 +1,12 @@
-"""Measured power: Linux RAPL package energy counters, shared by every baseline that times
-code on this machine (the RecSys CPU baseline, the cost model's measured host mode)."""
+"""The machine a measurement ran on: Linux RAPL package energy counters and the CPU's name,
+shared by every baseline that times code on this machine (the RecSys CPU baseline, the cost
+model's measured host mode, the benchmarks)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,3 +54,13 @@ class RaplMeter:
                 delta += wrap if wrap else 2**32
             total_uj += delta
         return total_uj * 1e-6
+
+
+def cpu_name(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``model name`` in ``cpuinfo``; elsewhere what :mod:`platform` says)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+

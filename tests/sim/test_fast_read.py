@@ -220,19 +220,23 @@ def test_int8_read_matches_the_float_read_without_noise(matrix_units, monkeypatc
 
 
 @pytest.mark.parametrize(("flags", "amx_granted", "expected"), [
-    ({"avx512_vnni": True, "avx512_bf16": True}, False, True),  # AMD Zen 4: no AMX, the AVX-512 dot products
-    ({"avx512_vnni": True, "avx512_bf16": False}, False, False),  # Ice Lake: int8 only, bfloat16 emulated
-    ({"avx2": True, "avx_vnni": True}, False, False),  # no bfloat16 dot product
-    ({"amx_int8": True, "amx_bf16": True}, True, True),  # AMX, granted to the process
-    ({"amx_int8": True, "amx_bf16": True}, False, False),  # AMX the kernel refused, nothing else
-    ({"amx_int8": True, "amx_bf16": True, "avx512_vnni": True, "avx512_bf16": True}, False, True),
-    ({}, False, False),  # a torch that cannot tell
+    ({"avx512_vnni": True, "avx512_bf16": True}, False, "AVX-512 VNNI + BF16"),  # AMD Zen 4: no AMX, the AVX-512 dot products
+    ({"avx512_vnni": True, "avx512_bf16": False}, False, None),  # Ice Lake: int8 only, bfloat16 emulated
+    ({"avx2": True, "avx_vnni": True}, False, None),  # no bfloat16 dot product
+    ({"amx_int8": True, "amx_bf16": True}, True, "AMX"),  # AMX, granted to the process
+    ({"amx_int8": True, "amx_bf16": True}, False, None),  # AMX the kernel refused, nothing else
+    ({"amx_int8": True, "amx_bf16": True, "avx512_vnni": True, "avx512_bf16": True}, False, "AVX-512 VNNI + BF16"),
+    ({}, False, None),  # a torch that cannot tell
 ])
 def test_matrix_units_are_amx_or_avx512_vnni_with_bf16(monkeypatch, flags, amx_granted, expected):
     monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda: amx_granted)
-    assert fastmm._has_matrix_units(flags) is expected
+    assert fastmm._has_matrix_units(flags) is (expected is not None)
+    assert fastmm._matrix_unit_kind(flags) == expected
+    monkeypatch.setattr(fastmm, "_cpu_capability", lambda: flags)
+    assert fastmm.matrix_units_name() == (expected or "none: float32 reads")
 
 
 def test_matrix_units_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("CIMFLOW_MATRIX_UNITS", "0")
     assert fastmm.matrix_units_available() is False
+    assert fastmm.matrix_units_name().startswith("off")

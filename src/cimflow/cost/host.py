@@ -24,21 +24,19 @@ was used. Energies in joules, times in seconds, bandwidths in bytes per second.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from cimflow.chip.spec import Chip, Host
 from cimflow.compile.graph import Graph, Op, OpKind
 from cimflow.errors import CimflowError
 from cimflow.fileio import json_safe
-from cimflow.power import RaplMeter
+from cimflow.power import RaplMeter, cpu_name
 
 PowerSource = Literal["user", "rapl", "preset"]
 
@@ -414,13 +412,7 @@ def _processor_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def _to_device(obj: Any, device: Any) -> Any:

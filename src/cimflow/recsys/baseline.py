@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.benchmark import Timer
 
 from cimflow.errors import CimflowError
-from cimflow.power import RaplMeter
+from cimflow.power import RaplMeter, cpu_name
 from cimflow.recsys.jagged import JaggedFeatures
 from cimflow.recsys.models import DLRMConfig
 from cimflow.recsys.scaled_model import (
@@ -117,14 +116,6 @@ class CpuBaseline:
     def batch_sizes(self) -> list[int]:
         """Measured batch sizes, ascending."""
         return sorted(self.per_batch)
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 @contextlib.contextmanager
@@ -293,7 +284,7 @@ def measure_cpu_baseline(
         per_batch=results,
         threads=threads,
         power_source=power_source,
-        cpu=_cpu_name(),
+        cpu=cpu_name(),
         torch_version=torch.__version__,
     )
 
@@ -545,7 +536,7 @@ def measure_dlrm_cpu(
         per_batch=results,
         threads=threads,
         rounds=rounds,
-        cpu=_cpu_name(),
+        cpu=cpu_name(),
         torch_version=torch.__version__,
         num_tables=config.num_tables,
         table_scale=factor,

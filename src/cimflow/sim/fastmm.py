@@ -77,15 +77,28 @@ def _cpu_capability() -> dict[str, Any]:
 
 
 def _has_matrix_units(flags: dict[str, Any]) -> bool:
-    """:func:`matrix_units_available` for the feature ``flags``: AMX (which the process must
-    also be granted: torch's ``_init_amx``) or AVX-512 VNNI with AVX-512 BF16."""
+    """:func:`matrix_units_available` for the feature ``flags``."""
+    return _matrix_unit_kind(flags) is not None
+
+
+def _matrix_unit_kind(flags: dict[str, Any]) -> str | None:
+    """The matrix units the feature ``flags`` offer: ``"AMX"`` (which the process must also be
+    granted: torch's ``_init_amx``), else ``"AVX-512 VNNI + BF16"``, else None."""
     if flags.get("amx_int8") and flags.get("amx_bf16"):
         try:
             if torch._C._cpu._init_amx():
-                return True
+                return "AMX"
         except (AttributeError, RuntimeError):
             pass
-    return bool(flags.get("avx512_vnni") and flags.get("avx512_bf16"))
+    return "AVX-512 VNNI + BF16" if flags.get("avx512_vnni") and flags.get("avx512_bf16") else None
+
+
+def matrix_units_name() -> str:
+    """What the reads run on here, for a benchmark's header: the matrix units
+    (:func:`matrix_units_available`), or why the reads are float32."""
+    if os.environ.get("CIMFLOW_MATRIX_UNITS", "1") == "0":
+        return "off (CIMFLOW_MATRIX_UNITS=0): float32 reads"
+    return _matrix_unit_kind(_cpu_capability()) or "none: float32 reads"
 
 
 def grouped_products(x: torch.Tensor, w: torch.Tensor, rows: int, res: torch.Tensor | None = None) -> torch.Tensor:
@@ -220,5 +233,5 @@ def workspace(engine: CrossbarEngine) -> Workspace:
 
 
 __all__ = ["BF16_MIN_MACS", "LO_LEVELS", "MIN_SCALE", "SignalPlanes", "Workspace", "cached", "grouped_products", "int8_planes",
-           "int_products", "int_read_applies", "int_signal_products", "matrix_units_available", "variance_products",
+           "int_products", "int_read_applies", "int_signal_products", "matrix_units_available", "matrix_units_name", "variance_products",
            "workspace"]
