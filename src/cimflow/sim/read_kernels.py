@@ -319,6 +319,7 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
     groups, group_rows, out = w.shape
     smallest = np.float32(MIN_SCALE)
     tops = np.zeros(out, np.int32)
+    ratio = np.empty(out, np.float32)  # a row of w / scale
     inv_lo = np.float32(LO_LEVELS)
     noisy = var.shape[0] > 0
     for g in range(groups):  # (indexed, not through row views: see absmax)
@@ -330,12 +331,13 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
                 tops[j] = max(tops[j], bits[r, j] & np.int32(0x7FFFFFFF))
         for j in range(out):
             scale[g, j] = max(np.float32(np.uint32(tops[j]).view(np.float32)) / np.float32(127.0), smallest)
-        for r in range(real):
+        for r in range(real):  # a loop per plane: the two stores into ``both`` in one loop keep it from vectorizing (~7x)
             for j in range(out):
-                v = w[g, r, j] / scale[g, j]
-                hi = np.rint(v)
-                both[g, r, 0, j] = hi
-                both[g, r, 1, j] = np.rint((v - hi) * inv_lo)
+                ratio[j] = w[g, r, j] / scale[g, j]
+            for j in range(out):
+                both[g, r, 0, j] = np.rint(ratio[j])
+            for j in range(out):
+                both[g, r, 1, j] = np.rint((ratio[j] - np.rint(ratio[j])) * inv_lo)
             if noisy:
                 for j in range(out):
                     sj = scale[g, j]
