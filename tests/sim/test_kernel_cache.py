@@ -31,13 +31,14 @@ def test_the_stamp_follows_every_files_content(tmp_path):
 
 def test_every_kernel_is_cached_under_the_stamp_of_all_kernel_files():
     from cimflow.sim import read_kernels, table_kernels
-    from cimflow.train import program_kernels
+    from cimflow.train import clip_kernels, program_kernels
 
     paths = kernel_cache.kernel_files()
     assert {(p.parent.name, p.name) for p in paths} >= {("sim", "read_kernels.py"), ("sim", "table_kernels.py"),
-                                                       ("train", "program_kernels.py")}
+                                                       ("train", "program_kernels.py"), ("train", "clip_kernels.py")}
     expected = ("cimflow-kernels", kernel_cache.sources_stamp(paths))
-    for kernel in (read_kernels.quantize_rows, read_kernels.int_readout, table_kernels.pool_bags, program_kernels.program_instance):
+    for kernel in (read_kernels.quantize_rows, read_kernels.int_readout, table_kernels.pool_bags, program_kernels.program_instance,
+                   clip_kernels.clip_rows):
         locator = kernel._cache._impl._locator
         assert getattr(type(locator), "cimflow_kernels", False), type(locator)
         assert locator.get_source_stamp() == expected

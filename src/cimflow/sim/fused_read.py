@@ -68,6 +68,7 @@ def _u64(value: int) -> np.uint64:
 _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
+_NO_FLOATS = np.empty((0, 1), np.float32)
 _EMPTY_F32 = torch.empty(0, 1, 1)
 
 
@@ -141,7 +142,7 @@ def dac(x: torch.Tensor, steps_in: float, space: fastmm.Workspace | None) -> tup
     x = x.contiguous()
     codes = torch.empty(x.shape) if space is None else space.get("xi", x.shape, torch.float32)
     scale = torch.empty(x.shape[0], 1)
-    _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(), _NO_SQUARES)
+    _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(), _NO_SQUARES, _NO_FLOATS)
     return codes, scale
 
 
@@ -167,7 +168,9 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     n = x.shape[0]
     plan = _plan(engine, n, steps_in)
     scale = torch.empty(n, 1) if keep else plan.scale
-    k.quantize_rows(x.numpy(), steps_in, EPS, plan.codes_np, scale.view(-1).numpy(), plan.squares_np)
+    xi = torch.empty(x.shape) if keep else None  # the codes as float32, for the backward
+    k.quantize_rows(x.numpy(), steps_in, EPS, plan.codes_np, scale.view(-1).numpy(), plan.squares_np,
+                    _NO_FLOATS if xi is None else xi.numpy())
     for codes, w, dest in plan.products:  # one int8 matmul per read group, both planes
         torch._int_mm(codes, w, out=dest)
     for squares, cell, dest in plan.variances:
@@ -183,7 +186,7 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     mask = torch.empty(plan.var_shape, dtype=torch.bool) if keep else _EMPTY_BOOL
     clipped = k.int_readout(plan.prod_np, plan.var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc,
                             plan.lsb_np, scale.view(-1).numpy(), y.numpy(), mask.view(-1, n, plan.out).numpy())
-    kept: dict[str, torch.Tensor | None] = {"xi": plan.codes.to(torch.float32) if keep else None, "scale_x": scale,
+    kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale,
                                             "adc_inside": mask if keep and clipped else None, "dac_inside": None}
     return y, kept
 

@@ -223,12 +223,14 @@ def absmax(bits, n):  # noqa: ANN001, ANN201
 
 
 @_kernel
-def quantize_rows(x, steps, eps, codes, scale, squares):  # noqa: ANN001, ANN201
+def quantize_rows(x, steps, eps, codes, scale, squares, floats):  # noqa: ANN001, ANN201
     """The input DAC with a per-vector range: ``scale[n] = max(max_j |x[n, j]|, eps)`` and
     ``codes[n, j] = rint(x[n, j] * (1 / scale[n] * steps))`` (into ``codes``' dtype: int8 for
     the integer units, float32 otherwise), float32 as the torch read computes it. ``x`` is
     C-contiguous (its largest |x| by :func:`absmax`). ``squares`` (N, in) int16, or empty: the codes' squares as bfloat16 bits, rounded to
-    nearest even as ``Tensor.to(torch.bfloat16)`` rounds (the read-noise variance's input)."""
+    nearest even as ``Tensor.to(torch.bfloat16)`` rounds (the read-noise variance's input).
+    ``floats`` (N, in) float32, or empty: the codes again as float32 (what a training
+    backward keeps), written from the row just converted."""
     steps = np.float32(steps)
     bits = x.view(np.int32)
     m = x.shape[1]
@@ -245,6 +247,9 @@ def quantize_rows(x, steps, eps, codes, scale, squares):  # noqa: ANN001, ANN201
         else:
             for j in range(m):
                 codes[n, j] = np.rint(x[n, j] * f)
+        if floats.shape[0] > 0:  # (a loop of its own: stores into three arrays in one loop vectorize worse)
+            for j in range(m):
+                floats[n, j] = np.float32(codes[n, j])
 
 
 @_kernel
