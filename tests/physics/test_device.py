@@ -26,7 +26,7 @@ from cimflow.physics import (
     read_noise,
     sample_drift_exponents,
     sample_stuck_mask,
-    stuck_codes,
+    stuck_codes_from,
 )
 
 Z = 6.0  # sigmas of tolerance for every statistical check
@@ -305,9 +305,9 @@ def test_sample_stuck_mask_only_off() -> None:
 
 def test_stuck_codes_are_the_law_on_given_uniforms() -> None:
     u = torch.tensor([0.0, 0.0099, 0.01, 0.0399, 0.04, 0.5, 0.99999994])
-    assert stuck_codes(u, 0.01, 0.03).tolist() == [1, 1, -1, -1, 0, 0, 0]
-    assert stuck_codes(u, 0.0, 0.0).tolist() == [0] * 7
-    assert stuck_codes(u, 0.0, 0.04).tolist() == [-1, -1, -1, -1, 0, 0, 0]
+    assert stuck_codes_from(u, 0.01, 0.03).tolist() == [1, 1, -1, -1, 0, 0, 0]
+    assert stuck_codes_from(u, 0.0, 0.0).tolist() == [0] * 7
+    assert stuck_codes_from(u, 0.0, 0.04).tolist() == [-1, -1, -1, -1, 0, 0, 0]
 
 
 def test_drift_exponents_are_the_law_on_given_normals() -> None:

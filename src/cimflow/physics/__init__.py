@@ -18,7 +18,7 @@ from cimflow.physics.device import (
     read_noise,
     sample_drift_exponents,
     sample_stuck_mask,
-    stuck_codes,
+    stuck_codes_from,
 )
 from cimflow.physics.rng import derive_seed, generator_for
 
@@ -26,5 +26,5 @@ __all__ = [
     "adc_quantize", "apply_drift", "apply_stuck_at", "dac_quantize", "drift_exponents_", "derive_seed", "generator_for",
     "ir_drop_attenuate", "ir_drop_path_cells", "program_conductances", "programming_sigma", "quantize_symmetric",
     "quantize_to_levels", "read_noise", "sample_drift_exponents", "sample_stuck_mask",
-    "stuck_codes",
+    "stuck_codes_from",
 ]

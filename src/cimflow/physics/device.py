@@ -82,10 +82,10 @@ def sample_stuck_mask(
     """Per-cell fault codes (int8): 0 healthy, 1 stuck at g_max (on), -1 stuck at g_min (off)."""
     if stuck_on_rate == 0 and stuck_off_rate == 0:
         return torch.zeros(tuple(shape), dtype=torch.int8, device=device)
-    return stuck_codes(torch.rand(tuple(shape), generator=generator, device=device), stuck_on_rate, stuck_off_rate)
+    return stuck_codes_from(torch.rand(tuple(shape), generator=generator, device=device), stuck_on_rate, stuck_off_rate)
 
 
-def stuck_codes(u: torch.Tensor, stuck_on_rate: float, stuck_off_rate: float) -> torch.Tensor:
+def stuck_codes_from(u: torch.Tensor, stuck_on_rate: float, stuck_off_rate: float) -> torch.Tensor:
     """:func:`sample_stuck_mask`'s codes from uniforms ``u`` on [0, 1): 1 (stuck on) below
     ``stuck_on_rate``, -1 (stuck off) in the next ``stuck_off_rate``, else 0."""
     on = torch.lt(u, stuck_on_rate).to(torch.int8)

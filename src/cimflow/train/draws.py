@@ -61,7 +61,7 @@ from cimflow.chip.devices import PCMDevice, StateCurve
 from cimflow.chip.spec import Device
 from cimflow.errors import CimflowError
 from cimflow.mapping import encode_weights
-from cimflow.physics import derive_seed, drift_exponents_, generator_for, stuck_codes
+from cimflow.physics import derive_seed, drift_exponents_, generator_for, stuck_codes_from
 from cimflow.physics.devices import REGISTRY, PCMModel, effective_time
 from cimflow.physics.hashing import stream_key
 from cimflow.sim import fused_read
@@ -80,7 +80,7 @@ class StuckPool:
     def __init__(self, n: int, on_rate: float, off_rate: float, generator: torch.Generator, device: torch.device,
                  refresh_steps: int = REFRESH_STEPS) -> None:
         def sample(count: int, gen: torch.Generator) -> torch.Tensor:
-            return stuck_codes(pool_uniforms(count, gen, device), on_rate, off_rate)
+            return stuck_codes_from(pool_uniforms(count, gen, device), on_rate, off_rate)
 
         self.pool = DrawPool(n, sample, generator, refresh_steps)
         chunk, size = self.pool.chunk, 2 * n
