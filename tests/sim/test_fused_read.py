@@ -183,6 +183,24 @@ def test_a_new_instance_keeps_the_read_scratch_and_reads_as_a_new_layer(monkeypa
         assert torch.equal(again, _cim("pcm-hermes-like", monkeypatch, True, seed=2)(x))
 
 
+@pytest.mark.parametrize("n", [1, fused_read.SMALL_BATCH, fused_read.SMALL_BATCH + 1, 64])
+def test_a_few_vectors_take_the_same_variances_in_float32(monkeypatch, n):
+    """A read of at most SMALL_BATCH vectors computes the read-noise variances in float32 from
+    the same bfloat16 squares and cell variances: the bfloat16 matmul's values up to the order
+    of its sums (one bfloat16 rounding step), and the same law."""
+    x = torch.randn(n, 600, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cim = _cim("pcm-hermes-like", monkeypatch, True)
+        cim(x)
+    plan = cim[0].engine.__dict__["_fused_plan"]
+    assert (plan.squares32 is not None) == (n <= fused_read.SMALL_BATCH)
+    for j, (a, b, _, cell) in enumerate(plan.ops.groups):
+        want = torch.mm(plan.squares[:, a:b] if len(plan.ops.groups) > 1 else plan.squares, cell).float()
+        got = plan.var[j].float()
+        assert got.shape == want.shape and bool((want > 0).all())
+        assert torch.allclose(got, want, rtol=2**-7, atol=0), (j, float(((got - want) / want).abs().max()))
+
+
 @pytest.mark.parametrize("adc_scale", [1.0, 0.05], ids=["in-range", "adc-clips"])
 def test_fused_training_read_gradients_equal_the_unfused_ones(monkeypatch, adc_scale):
     """The fused read's forward and its ADC mask feed the same closed-form gradients as the
