@@ -180,12 +180,12 @@ def _curve_row(curve, x, y):  # noqa: ANN001, ANN202
 
 
 @_inline
-def _pcm_row(lev, r, g0, zd, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now):  # noqa: ANN001, ANN202
+def _pcm_row(lev, r, g0, zd, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now, at):  # noqa: ANN001, ANN202
     """Row ``i`` of both cells' PCM state (:meth:`cimflow.physics.devices.PCMModel.sample_state`)
     and conductances (:meth:`~cimflow.physics.devices.PCMModel.conductance`). The state:
     ``state[0]`` the drift exponent ``nu = |mean + std zd|`` with the moments of the cell's
     level (``moments`` (2, levels): mean, std), ``state[1]`` the 1/f noise's standard normal
-    ``z = flicker``, ``state[2]`` ``Q_s``, ``curve`` at ``|G| / g_max`` (``x``, ``q``: scratch
+    ``z = flicker``, ``state[2]`` ``Q_s``, ``curve`` at ``|G| / g_max`` (``x``, ``q``, ``at``: scratch
     rows). The conductances ``max((G + |G| Q_s growth z) exp(nu c), 0)``: at t0 into ``now[s,
     0]`` (the 1/f noise's ``growth0``, no drift), at t into ``now[s, 1]`` (``c = -log(t /
     t0)``; 0 before t0: the factor is then 1 exactly)."""
@@ -194,10 +194,12 @@ def _pcm_row(lev, r, g0, zd, flicker, i, moments, curve, g_max, growth0, growth,
         for j in range(g0.shape[2]):
             x[j] = abs(g0[s, i, j] / g_max)
         _curve_row(curve, x, q)
-        for j in range(g0.shape[2]):
+        for j in range(g0.shape[2]):  # the levels as unsigned table indices first: the gather below then vectorizes better
             p = max(lev[r, j], zero)
             level = p - lev[r, j] if s else p
-            k = np.int64(level) if level >= zero else 0  # a NaN level (a NaN weight: G is NaN): level 0, as the torch form
+            at[j] = np.uint32(level if level >= zero else zero)  # a NaN level (a NaN weight: G is NaN): level 0, as the torch form
+        for j in range(g0.shape[2]):
+            k = at[j]
             state[0, s, i, j] = abs(moments[0, k] + moments[1, k] * zd[s, i, j])
             state[1, s, i, j] = flicker[s, i, j]
             state[2, s, i, j] = q[j]
@@ -276,6 +278,7 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
         sums[:] = 0
     block = np.empty((_ROWS, m), np.float32)
     x, q = np.empty(m, np.float32), np.empty(m, np.float32)
+    at = np.empty(m, np.uint32)  # PCM: a row's cell levels as table indices
     now = np.empty((2, 2, m), np.float32)  # PCM: a row's conductances at t0 (n = 0) and at t (n = 1)
     for i0 in range(0, rows, _ROWS):
         n = min(_ROWS, rows - i0)
@@ -286,7 +289,7 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
             if has_stuck:
                 _stick(g0, stuck, i, g_max, g_min)
             if pcm:
-                _pcm_row(block, r, g0, nu, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now)
+                _pcm_row(block, r, g0, nu, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now, at)
                 if want_sums:
                     _sum_row(now, 0, den, sums, i // group_rows)
                 _age_row(now, 1, now, c, False, den, rn2, w_eff, var, i, noisy)
