@@ -232,6 +232,13 @@ class _Plan:
         self.var_np = self.var.view(torch.int16).view(-1, n, out).numpy()
         self.z_np = np.empty(min(n, max(1, _kernels()._CHUNK // out)) * out + 1 if noisy else 0, np.float32)  # one chunk
         self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
+        # the per-group views of the scratch, made once (a view costs microseconds; bind pairs them with an instance's)
+        # a few vectors (at most SMALL_BATCH): the variances in float32 (a bfloat16 matmul costs ~20 us whatever its size,
+        # a float32 one of a vector ~5 us), from float32 copies of the squares and of each group's cell variances
+        squares = self.squares if self.squares32 is None else self.squares32
+        self._group_views = [(self.codes[:, a:b] if g > 1 else self.codes, self.prod[j].view(n, 2 * out),
+                              None if squares is None else (squares[:, a:b] if g > 1 else squares), self.var[j] if noisy else None)
+                             for j, (a, b) in enumerate(self.layout[4])]
         self.bind(engine, ops)
 
     def fits(self, engine: CrossbarEngine, ops: Operands, n: int) -> bool:
@@ -241,16 +248,12 @@ class _Plan:
 
     def bind(self, engine: CrossbarEngine, ops: Operands) -> None:
         """The matmul calls and views of ``ops`` (an instance's weights and scales)."""
-        g = ops.coef.shape[0]
         self.ops = ops
-        self.products = [(self.codes[:, a:b] if g > 1 else self.codes, w, self.prod[j].view(self.n, 2 * self.out))
-                         for j, (a, b, w, _) in enumerate(ops.groups)]
-        # a few vectors (at most SMALL_BATCH): the variances in float32 (a bfloat16 matmul costs ~20 us whatever its size,
-        # a float32 one of a vector ~5 us), from float32 copies of the squares and of each group's cell variances
-        squares = self.squares if self.squares32 is None else self.squares32
-        self.variances = [] if squares is None else [
-            (squares[:, a:b] if g > 1 else squares, cell if self.squares32 is None else ops.cells32()[j], self.var[j])
-            for j, (a, b, _, cell) in enumerate(ops.groups) if cell is not None]
+        views = self._group_views
+        self.products = [(codes, w, dest) for (codes, dest, _, _), (_, _, w, _) in zip(views, ops.groups, strict=True)]
+        cells = [cell for _, _, _, cell in ops.groups] if self.squares32 is None else ops.cells32()
+        self.variances = [(squares, cell, dest) for (_, _, squares, dest), cell in zip(views, cells, strict=False)
+                          if squares is not None and dest is not None and cell is not None]
         self.key = _u64(engine._read_key)
         self.coef_np, self.lsb_np = ops.coef.numpy(), ops.lsb.numpy()
 
