@@ -55,6 +55,7 @@ def test_nothing_beyond_leaves_the_weight_and_its_version(monkeypatch):
     cim = _layer(weights, "per_column")
     version = cim[0].weight._version
     assert clip_weights(cim, 2.0) == 0
+    assert clip_weights(cim, 2.0, count=False) == 0  # no layer had weights beyond its bounds
     assert torch.equal(cim[0].weight.detach(), weights) and cim[0].weight._version == version
 
 

@@ -69,7 +69,7 @@ def clip_weights(model: nn.Module, clip_sigma: float = 3.0, analog_only: bool = 
                 n = int(kernel.clip_rows(matrix.detach().numpy(), float(clip_sigma), per_column, torch.empty(matrix.shape[0]).numpy()))
                 if n:  # written through NumPy: the version counter told, as clamp_ would (a layer re-programs on it)
                     increment_version(weight)
-                clipped += n if count else 1
+                clipped += n if count else int(n > 0)
                 continue
         bound = clip_bounds(matrix, clip_sigma, per_column, dim).clamp_min(1e-12)
         if per_column:
