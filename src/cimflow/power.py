@@ -63,4 +63,3 @@ def cpu_name(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
