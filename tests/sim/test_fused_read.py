@@ -184,20 +184,29 @@ def test_a_new_instance_keeps_the_read_scratch_and_reads_as_a_new_layer(monkeypa
 
 
 @pytest.mark.parametrize("n", [1, fused_read.SMALL_BATCH, fused_read.SMALL_BATCH + 1, 64])
-def test_a_few_vectors_take_the_same_variances_in_float32(monkeypatch, n):
-    """A read of at most SMALL_BATCH vectors computes the read-noise variances in float32 from
-    the same bfloat16 squares and cell variances: the bfloat16 matmul's values up to the order
-    of its sums (one bfloat16 rounding step), and the same law."""
+def test_a_few_vectors_take_the_matmuls_products_and_variances(monkeypatch, n):
+    """A read of at most SMALL_BATCH vectors takes its products and read-noise variances from
+    one kernel (read_kernels.few_products): the int8 matmuls' exact products, and the
+    bfloat16 matmuls' variances up to the order of their sums (one bfloat16 rounding step).
+    Larger reads take the matmuls themselves."""
     x = torch.randn(n, 600, generator=torch.Generator().manual_seed(3))
+    x[0, :40] = 0.0  # zero codes (skipped by the kernel)
+    calls = []
+    real_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda *a, **k: calls.append(1) or real_mm(*a, **k))
     with torch.no_grad():
         cim = _cim("pcm-hermes-like", monkeypatch, True)
         cim(x)
     plan = cim[0].engine.__dict__["_fused_plan"]
-    assert (plan.squares32 is not None) == (n <= fused_read.SMALL_BATCH)
-    for j, (a, b, _, cell) in enumerate(plan.ops.groups):
-        want = torch.mm(plan.squares[:, a:b] if len(plan.ops.groups) > 1 else plan.squares, cell).float()
+    assert plan.few == (n <= fused_read.SMALL_BATCH) and bool(calls) == (n > fused_read.SMALL_BATCH)
+    groups = plan.ops.groups
+    assert len(groups) > 1  # 600 inputs: several read groups, the last one short
+    for j, (a, b, w, cell) in enumerate(groups):
+        codes = plan.codes[:, a:b].contiguous()
+        assert torch.equal(plan.prod[j].view(n, -1), real_mm(codes, w))
+        want = torch.mm(plan.squares[:, a:b], cell).float()
         got = plan.var[j].float()
-        assert got.shape == want.shape and bool((want > 0).all())
+        assert bool((want > 0).all())
         assert torch.allclose(got, want, rtol=2**-7, atol=0), (j, float(((got - want) / want).abs().max()))
 
 

@@ -69,8 +69,9 @@ _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
 _NO_FLOATS = np.empty((0, 1), np.float32)
-#: Reads of at most this many vectors take the read-noise variances in float32 (measured on a
-#: Zen 4 core: a bfloat16 matmul costs ~21 us for 1 to 16 vectors, a float32 one 8 us for 1, 16 us for 4)
+#: Reads of at most this many vectors take their products and variances from one compiled kernel
+#: (:func:`cimflow.sim.read_kernels.few_products`) instead of two matmuls per read group (measured on a
+#: Zen 4 core: an int8 matmul costs ~8 us and a bfloat16 one ~21 us whatever their size up to 16 vectors)
 SMALL_BATCH = 4
 _EMPTY_F32 = torch.empty(0, 1, 1)
 
@@ -102,13 +103,8 @@ class Operands:
     groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]
     coef: torch.Tensor
     lsb: torch.Tensor
-    _cells32: list[torch.Tensor] | None = None
-
-    def cells32(self) -> list[torch.Tensor]:
-        """Each group's cell variances as float32 (made on first use: reads of a few vectors)."""
-        if self._cells32 is None:
-            self._cells32 = [cell.to(torch.float32) for _, _, _, cell in self.groups if cell is not None]
-        return self._cells32
+    planes: np.ndarray  # all groups' planes (G, gr, 2, out) int8 and cell variances (G, gr, out) as bfloat16 bits (or
+    cells: np.ndarray  # empty): what :func:`read_kernels.few_products` reads for a few vectors
 
 
 def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
@@ -134,7 +130,7 @@ def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
             coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
         lsb = rng * (engine.w_scale / (steps_adc * steps_in))
         return Operands(groups, coef.reshape(g, out).to(torch.float32).contiguous(),
-                        lsb.reshape(g, out).to(torch.float32).contiguous())
+                        lsb.reshape(g, out).to(torch.float32).contiguous(), both.numpy(), cell.numpy())
 
     return fastmm.cached(engine, "_fused_operands", make)
 
@@ -181,15 +177,13 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     xi = torch.empty(x.shape) if keep else None  # the codes as float32, for the backward
     k.quantize_rows(x.numpy(), steps_in, EPS, plan.codes_np, scale.view(-1).numpy(), plan.squares_np,
                     _NO_FLOATS if xi is None else xi.numpy())
-    for codes, w, dest in plan.products:  # one int8 matmul per read group, both planes
-        torch._int_mm(codes, w, out=dest)
-    if plan.squares32 is None or plan.squares is None:
-        for squares, cell, dest in plan.variances:
+    if plan.few:  # a few vectors: every group's products and variances in one kernel call
+        k.few_products(plan.codes_np, plan.squares_np, plan.ops.planes, plan.ops.cells, plan.rows, plan.prod_np, plan.var_np)
+    else:
+        for codes, w, dest in plan.products:  # one int8 matmul per read group, both planes
+            torch._int_mm(codes, w, out=dest)
+        for squares, cell, dest in plan.variances:  # one bfloat16 matmul per read group
             torch.mm(squares, cell, out=dest)
-    else:  # a few vectors: float32 products of the same bfloat16 values, rounded to bfloat16 as the bfloat16 matmul rounds
-        plan.squares32.copy_(plan.squares)
-        for squares, cell, dest in plan.variances:
-            dest.copy_(torch.mm(squares, cell))
     noisy = engine.read_var is not None
     given = noisy and keep and getattr(engine, "_read_noise_pool", None) is not None
     z_np = (training_read_normal(engine, torch.empty(plan.prod.shape[:2] + plan.prod.shape[3:])).reshape(-1).numpy() if given
@@ -224,7 +218,7 @@ class _Plan:
         self.scale = torch.empty(n, 1)
         self.squares = torch.empty((n, rows), dtype=torch.bfloat16) if noisy else None
         self.squares_np = _NO_SQUARES if self.squares is None else self.squares.view(torch.int16).numpy()
-        self.squares32 = torch.empty((n, rows)) if noisy and n <= SMALL_BATCH else None
+        self.few, self.rows = n <= SMALL_BATCH, rows
         self.prod = torch.empty((g, n, 2, out), dtype=torch.int32)
         self.prod_np = self.prod.numpy()
         self.var_shape = (g, n, out)
@@ -233,9 +227,7 @@ class _Plan:
         self.z_np = np.empty(min(n, max(1, _kernels()._CHUNK // out)) * out + 1 if noisy else 0, np.float32)  # one chunk
         self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
         # the per-group views of the scratch, made once (a view costs microseconds; bind pairs them with an instance's)
-        # a few vectors (at most SMALL_BATCH): the variances in float32 (a bfloat16 matmul costs ~20 us whatever its size,
-        # a float32 one of a vector ~5 us), from float32 copies of the squares and of each group's cell variances
-        squares = self.squares if self.squares32 is None else self.squares32
+        squares = self.squares
         self._group_views = [(self.codes[:, a:b] if g > 1 else self.codes, self.prod[j].view(n, 2 * out),
                               None if squares is None else (squares[:, a:b] if g > 1 else squares), self.var[j] if noisy else None)
                              for j, (a, b) in enumerate(self.layout[4])]
@@ -251,8 +243,7 @@ class _Plan:
         self.ops = ops
         views = self._group_views
         self.products = [(codes, w, dest) for (codes, dest, _, _), (_, _, w, _) in zip(views, ops.groups, strict=True)]
-        cells = [cell for _, _, _, cell in ops.groups] if self.squares32 is None else ops.cells32()
-        self.variances = [(squares, cell, dest) for (_, _, squares, dest), cell in zip(views, cells, strict=False)
+        self.variances = [(squares, cell, dest) for (_, _, squares, dest), (_, _, _, cell) in zip(views, ops.groups, strict=True)
                           if squares is not None and dest is not None and cell is not None]
         self.key = _u64(engine._read_key)
         self.coef_np, self.lsb_np = ops.coef.numpy(), ops.lsb.numpy()

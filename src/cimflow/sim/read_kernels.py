@@ -209,6 +209,20 @@ def uniforms(key, draw, out):  # noqa: ANN001, ANN201
 
 
 @_inline
+def _bf16_bits(v):  # noqa: ANN001, ANN202
+    """The bfloat16 bits (int16) of the float32 ``v``, rounded to nearest even as
+    ``Tensor.to(torch.bfloat16)`` rounds."""
+    b = np.uint32(np.float32(v).view(np.uint32))
+    return np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+
+
+@_inline
+def _bf16_value(bits):  # noqa: ANN001, ANN202
+    """The float32 value of bfloat16 bits given as int16."""
+    return np.uint32(np.uint32(np.uint16(bits)) << np.uint32(16)).view(np.float32)
+
+
+@_inline
 def absmax(bits, n):  # noqa: ANN001, ANN201
     """The largest ``|x[n, j]|`` of row ``n`` of a C-contiguous float32 matrix given as its
     int32 view ``bits``: an integer maximum of the floats' bits with the sign cleared (the same
@@ -242,8 +256,7 @@ def quantize_rows(x, steps, eps, codes, scale, squares, floats):  # noqa: ANN001
             for j in range(m):
                 c = np.rint(x[n, j] * f)
                 codes[n, j] = c
-                b = np.uint32(np.float32(c * c).view(np.uint32))
-                squares[n, j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+                squares[n, j] = _bf16_bits(c * c)
         else:
             for j in range(m):
                 codes[n, j] = np.rint(x[n, j] * f)
@@ -314,6 +327,45 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
 
 
 @_kernel
+def few_products(codes, squares, both, cell16, rows, prod, var16):  # noqa: ANN001, ANN201
+    """The fused read's products for a few vectors, in place of one int8 and one bfloat16
+    matmul per read group (each costs ~10-20 us whatever its size): ``prod`` (G, N, 2, out)
+    int32 the exact products of the DAC codes ``codes`` (N, rows) int8 with the weight planes
+    ``both`` (G, gr, 2, out) int8; with ``cell16`` (G, gr, out) (or empty) ``var16`` (G, N,
+    out) the read-noise variances, the sums of the squares (``squares`` (N, rows), bfloat16
+    bits) times the cell variances (bfloat16 bits), added in float32 row by row and rounded
+    to bfloat16 (the bfloat16 matmul's values up to the order of its sums). Zero codes add
+    nothing and are skipped."""
+    groups, group_rows, _, out = both.shape
+    noisy = cell16.shape[0] > 0
+    acc = np.empty((2, out), np.int32)
+    acc_var = np.empty(out, np.float32)
+    for g in range(groups):
+        start = g * group_rows
+        real = min(group_rows, rows - start)
+        for n in range(codes.shape[0]):
+            acc[:] = 0
+            acc_var[:] = 0
+            for r in range(real):
+                c = np.int32(codes[n, start + r])
+                if c == 0:
+                    continue
+                for s in range(2):
+                    for j in range(out):
+                        acc[s, j] += c * np.int32(both[g, r, s, j])
+                if noisy:
+                    q = _bf16_value(squares[n, start + r])
+                    for j in range(out):
+                        acc_var[j] += q * _bf16_value(cell16[g, r, j])
+            for s in range(2):
+                for j in range(out):
+                    prod[g, n, s, j] = acc[s, j]
+            if noisy:
+                for j in range(out):
+                    var16[g, n, j] = _bf16_bits(acc_var[j])
+
+
+@_kernel
 def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
     """:func:`cimflow.sim.fastmm.int8_planes` of the weights ``w`` (G, gr, out) in one pass
     per group, into the fused read's layout: ``both`` (G, gr, 2, out) int8 (high and low
@@ -346,8 +398,7 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
             if noisy:
                 for j in range(out):
                     sj = scale[g, j]
-                    b = np.uint32(np.float32(var[g, r, j] / (sj * sj)).view(np.uint32))
-                    cell16[g, r, j] = np.int16(np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)))
+                    cell16[g, r, j] = _bf16_bits(var[g, r, j] / (sj * sj))
 
 
-__all__ = ["absmax", "box_muller", "int_readout", "normals", "quantize_rows", "weight_planes"]
+__all__ = ["absmax", "box_muller", "few_products", "int_readout", "normals", "quantize_rows", "uniforms", "weight_planes"]
