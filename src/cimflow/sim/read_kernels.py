@@ -305,7 +305,7 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                         for j in range(m):
                             v = np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO
                             if noisy:
-                                var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
+                                var = _bf16_value(var16[g, n, j])
                                 v += z[zb + j] * np.sqrt(var)
                             mask[g, n, j] = abs(v * c[g, j]) <= steps
                         continue
@@ -313,7 +313,7 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                     clip = 0
                     if noisy:
                         for j in range(m):
-                            var = np.uint32(np.uint32(np.uint16(var16[g, n, j])) << np.uint32(16)).view(np.float32)
+                            var = _bf16_value(var16[g, n, j])
                             v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
                             clip += abs(v) > steps
                             y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
