@@ -198,7 +198,7 @@ def test_a_few_vectors_take_the_matmuls_products_and_variances(monkeypatch, n):
         cim = _cim("pcm-hermes-like", monkeypatch, True)
         cim(x)
     plan = cim[0].engine.__dict__["_fused_plan"]
-    assert plan.few == (n <= fused_read.SMALL_BATCH) and bool(calls) == (n > fused_read.SMALL_BATCH)
+    assert plan.few == (n <= fused_read.SMALL_BATCH) and bool(calls) == (n > fused_read.SMALL_BATCH)  # 64 columns: narrow
     groups = plan.ops.groups
     assert len(groups) > 1  # 600 inputs: several read groups, the last one short
     for j, (a, b, w, cell) in enumerate(groups):
@@ -208,6 +208,13 @@ def test_a_few_vectors_take_the_matmuls_products_and_variances(monkeypatch, n):
         got = plan.var[j].float()
         assert bool((want > 0).all())
         assert torch.allclose(got, want, rtol=2**-7, atol=0), (j, float(((got - want) / want).abs().max()))
+
+
+def test_few_vectors_take_the_kernel_where_it_is_the_cheaper():
+    assert fused_read.few_vectors(1, 8192) and fused_read.few_vectors(2, 4096)  # one or two vectors: always
+    assert fused_read.few_vectors(4, 256) and fused_read.few_vectors(3, 300)
+    assert not fused_read.few_vectors(4, 257) and not fused_read.few_vectors(3, 400)  # the matmuls, for wider layers
+    assert not fused_read.few_vectors(fused_read.SMALL_BATCH + 1, 8)
 
 
 @pytest.mark.parametrize("adc_scale", [1.0, 0.05], ids=["in-range", "adc-clips"])

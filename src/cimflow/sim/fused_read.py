@@ -69,11 +69,19 @@ _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
 _NO_FLOATS = np.empty((0, 1), np.float32)
-#: Reads of at most this many vectors take their products and variances from one compiled kernel
-#: (:func:`cimflow.sim.read_kernels.few_products`) instead of two matmuls per read group (measured on a
-#: Zen 4 core: an int8 matmul costs ~8 us and a bfloat16 one ~21 us whatever their size up to 16 vectors)
-SMALL_BATCH = 4
 _EMPTY_F32 = torch.empty(0, 1, 1)
+#: Reads of at most this many vectors may take their products and variances from one compiled kernel
+#: (:func:`cimflow.sim.read_kernels.few_products`) instead of two matmuls per read group: see :func:`few_vectors`
+SMALL_BATCH = 4
+
+
+def few_vectors(n: int, out: int) -> bool:
+    """Whether a read of ``n`` vectors into ``out`` columns takes :func:`read_kernels.few_products`.
+    Measured on a Zen 4 core for a 256-row group: the matmuls cost ~20 us plus ~0.065 us per column
+    (an int8 and a bfloat16 one, nearly whatever ``n`` up to 16), the kernel ~0.03 us per column and
+    vector (1 vector: 11 against 23 us at 256 columns, 129 against 288 at 4,096); so 1 or 2 vectors
+    always, 3 or 4 for narrow layers (``n out <= 1024``)."""
+    return n <= 2 or (n <= SMALL_BATCH and n * out <= 1024)
 
 
 def normals(key: int, draw: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -218,7 +226,7 @@ class _Plan:
         self.scale = torch.empty(n, 1)
         self.squares = torch.empty((n, rows), dtype=torch.bfloat16) if noisy else None
         self.squares_np = _NO_SQUARES if self.squares is None else self.squares.view(torch.int16).numpy()
-        self.few, self.rows = n <= SMALL_BATCH, rows
+        self.few, self.rows = few_vectors(n, out), rows
         self.prod = torch.empty((g, n, 2, out), dtype=torch.int32)
         self.prod_np = self.prod.numpy()
         self.var_shape = (g, n, out)
@@ -261,4 +269,4 @@ def _plan(engine: CrossbarEngine, n: int, steps_in: float) -> _Plan:
     return plan
 
 
-__all__ = ["SMALL_BATCH", "Operands", "applies", "available", "dac", "dac_applies", "normals", "read", "uniforms"]
+__all__ = ["SMALL_BATCH", "Operands", "applies", "available", "dac", "dac_applies", "few_vectors", "normals", "read", "uniforms"]
