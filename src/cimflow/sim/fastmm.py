@@ -61,11 +61,16 @@ def matrix_units_available() -> bool:
     2-core Zen 4 CPU, ``benchmarks/sim_overhead.py``). Set ``CIMFLOW_MATRIX_UNITS=0`` to
     force float32 (benchmarks compare both)."""
     global _AVAILABLE
-    if os.environ.get("CIMFLOW_MATRIX_UNITS", "1") == "0":
+    if _turned_off():
         return False
     if _AVAILABLE is None:
         _AVAILABLE = _has_matrix_units(_cpu_capability())
     return _AVAILABLE
+
+
+def _turned_off() -> bool:
+    """Whether ``CIMFLOW_MATRIX_UNITS=0`` turns the matrix units off."""
+    return os.environ.get("CIMFLOW_MATRIX_UNITS", "1") == "0"
 
 
 def _cpu_capability() -> dict[str, Any]:
@@ -96,7 +101,7 @@ def _matrix_unit_kind(flags: dict[str, Any]) -> str | None:
 def matrix_units_name() -> str:
     """What the reads run on here, for a benchmark's header: the matrix units
     (:func:`matrix_units_available`), or why the reads are float32."""
-    if os.environ.get("CIMFLOW_MATRIX_UNITS", "1") == "0":
+    if _turned_off():
         return "off (CIMFLOW_MATRIX_UNITS=0): float32 reads"
     return _matrix_unit_kind(_cpu_capability()) or "none: float32 reads"
 

@@ -190,7 +190,13 @@ def _element_bits(dk, e):  # noqa: ANN001, ANN202
 @_inline
 def _uniform(dk, e):  # noqa: ANN001, ANN202
     """A float32 uniform on the 2^-24 grid in [0, 1) (as ``torch.rand``) from element ``e``'s bits."""
-    return np.float32(_element_bits(dk, e) >> uint32(8)) * np.float32(2.0**-24)
+    return _unit(_element_bits(dk, e))
+
+
+@_inline
+def _unit(bits):  # noqa: ANN001, ANN202
+    """The uniform of 32 random bits: their top 24 on the 2^-24 grid in [0, 1)."""
+    return _F(bits >> uint32(8)) * _F(2.0**-24)
 
 
 @_kernel
@@ -202,8 +208,8 @@ def uniforms(key, draw, out):  # noqa: ANN001, ANN201
     m = out.shape[0]
     for p in range(m // 2):
         h = _mix(dk + (uint64(p) + uint64(1)) * _GOLDEN)
-        out[2 * p] = _F(uint32(h >> uint64(32)) >> uint32(8)) * _F(2.0**-24)
-        out[2 * p + 1] = _F(uint32(h & uint64(0xFFFFFFFF)) >> uint32(8)) * _F(2.0**-24)
+        out[2 * p] = _unit(uint32(h >> uint64(32)))  # (the pair's halves, as _element_bits splits them)
+        out[2 * p + 1] = _unit(uint32(h & uint64(0xFFFFFFFF)))
     if m % 2:
         out[m - 1] = _uniform(dk, m - 1)
 
