@@ -119,7 +119,7 @@ def test_shared_reads_add_the_streams_normals():
     values[:, s_count * dim:] = 0.5  # two lookups per read: variance 1
     idx = np.array([0, 1, 2, 3, 4, 5], np.int64)  # three bags of two lookups, one array
     bags = np.array([0, 0, 1, 1, 2, 2], np.int64)
-    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32))
+    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32), np.empty(0, np.bool_))
     assert lone.shape[0] == 3 and bool((lone < 0).all())
     scale = 2.0**10
     out = np.zeros((3, dim), np.float32)
@@ -152,7 +152,7 @@ def test_fused_read_is_reproducible_per_seed(monkeypatch):
 
 
 @pytest.mark.parametrize("include_last", [False, True])
-@pytest.mark.parametrize("pooling_factor", [1, 6])
+@pytest.mark.parametrize("pooling_factor", [1, 2, 6])
 def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooling_factor):
     """A cached table's 1-D input in one kernel call (fused_table.pool_flat: parse, plan and
     read) gives the bits, the draws and the statistics of parsing then pooling (the path every
@@ -180,7 +180,7 @@ def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooli
 
 
 @pytest.mark.parametrize("case", ["kept", "store_full", "hashed"])
-@pytest.mark.parametrize("pooling_factor", [1, 6])
+@pytest.mark.parametrize("pooling_factor", [1, 2, 6])
 def test_one_call_read_of_a_lazy_table_equals_flatten_then_pool(monkeypatch, case, pooling_factor):
     """A lazy table's 1-D input through fused_table.pool_flat gives the bits, the draws and the
     read counts of parsing then pooling (fused_table.pool) batch after batch: rows first read
@@ -233,7 +233,8 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     """Every lookup in exactly one read; a read's lookups share one bag and one array, at most
     group_rows of them; as many reads as the torch path's sort makes; lone reads are the
     one-lookup reads of rows whose gate is at most 1, with that gate (bags of at most one
-    lookup each take a plan of their own: drawn half the time)."""
+    lookup each take a plan of their own: drawn half the time); bags marked done are skipped,
+    the others' reads unchanged."""
     from cimflow.sim import table_kernels
 
     rows = 50
@@ -243,7 +244,7 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     gate = torch.rand(rows, generator=g) * 2.2
     n_arrays = rows // array_rows + 1
     perm, starts, first, read_bag, lone = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows,
-                                                             gate.numpy())
+                                                             gate.numpy(), np.empty(0, np.bool_))
     assert sorted(perm.tolist()) == list(range(idx.numel()))
     assert starts[0] == 0 and starts[-1] == idx.numel() and bool((np.diff(starts) > 0).all())
     assert np.array_equal(first, perm[starts[:-1]])
@@ -256,6 +257,12 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
         assert lone[r] == (float(gate[idx[members[0]]]) if is_lone else -2.0)
     _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
     assert lone.shape[0] == read_starts.numel()
+    # bags marked done (read by lone_bags) have no reads; the others the same reads, in order
+    done = (torch.rand(len(bag_sizes), generator=g) < 0.5).numpy()
+    kept = [r for r in range(lone.shape[0]) if not done[read_bag[r]]]
+    p2, s2, f2, b2, l2 = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy(), done)
+    assert [perm[starts[r]:starts[r + 1]].tolist() for r in kept] == [p2[s2[r]:s2[r + 1]].tolist() for r in range(l2.shape[0])]
+    assert np.array_equal(f2, first[kept]) and np.array_equal(b2, read_bag[kept]) and np.array_equal(l2, lone[kept])
 
 
 @settings(max_examples=120, deadline=None)

@@ -20,7 +20,10 @@ shared reads' normals (shared read r's column c its element ``r S dim + c``), dr
 a row-to-slot map; Python runs between the plan and the read only where the plan finds a row
 not at hand (a lone read's outcomes not built yet, a shared read's row not kept), to build,
 keep or hash it (:func:`_missing_rows`): once a batch's rows are at hand its read is kernels
-only, one call from a 1-D input (:func:`pool_flat`).
+only, one call from a 1-D input (:func:`pool_flat`). That call first reads the bags whose
+every lookup is a lone read with no plan (``table_kernels.lone_bags``: a gather of their
+outcome-table rows, most bags of a large table), then plans and reads the others: the same
+reads, draws and sums as :func:`pool`'s plan of them all.
 
 The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes` with the noise
 clamped at :data:`cimflow.sim.embedding.NOISE_TAIL`, codes summed per bag, slices combined
@@ -109,6 +112,7 @@ _NO_GATE = np.empty(0, np.float32)
 _NO_SLOTS = np.empty((0, 0, 6), np.float32)
 _NO_CELLS = np.empty((0, 0), np.int64)
 _NO_SLOT_OF = np.empty(0, np.int64)
+_NO_DONE = np.empty(0, np.bool_)
 
 
 def _operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
@@ -199,7 +203,7 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     k = _kernels()
     ops = _operands(table, singles)
     idx_np = idx.contiguous().numpy()
-    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate)
+    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate, _NO_DONE)
     slot_of, values = _kept(singles, ops)
     where = np.empty(idx_np.shape[0], np.int64)
     if k.row_slots(idx_np, perm, starts, lone, slot_of, values, where):
