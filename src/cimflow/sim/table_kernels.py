@@ -210,7 +210,24 @@ def lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_o
     gates = np.full(n, np.float32(-1.0))  # per lookup of a bag read here: its row's gate
     acc = np.zeros(dim, np.float32)
     read, i0 = 0, 0
+    one_each = True  # every bag one lookup (bag b is lookup b): no marking, no per-bag sums
     for b in range(n_bags):
+        one_each &= counts[b] == 1
+    for i in range(n if one_each else 0):
+        if i + _AHEAD < n:
+            ahead = idx[i + _AHEAD]
+            prefetch(gate2, ahead, 0)
+            for d in range(0, dim, 16):
+                prefetch(base, ahead, d)
+        row = idx[i]
+        g = gate[row]
+        if g >= np.float32(0.0) and g <= np.float32(1.0):
+            gates[i] = g
+            for d in range(dim):
+                out[i, d] += base[row, d]
+            read += 1
+            done[i] = True
+    for b in range(0 if one_each else n_bags):
         i1 = i0 + counts[b]
         lone = True
         for i in range(i0, i1):
@@ -540,6 +557,8 @@ def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, gro
     if not valid:
         return -1
     done, lone_reads = lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
+    if lone_reads == idx.shape[0]:  # every bag read
+        return lone_reads
     perm, starts, first, read_bag, lone = plan(idx, bags, array_rows, n_arrays, group_rows, gate, done)
     where = np.empty(idx.shape[0], np.int64)
     if row_slots(idx, perm, starts, lone, slot_of, table_values, where) != 0:
