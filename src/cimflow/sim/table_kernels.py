@@ -185,17 +185,17 @@ def _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk, out):  # noq
 
 @_kernel
 def lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out):  # noqa: ANN001, ANN201
-    """Read the bags (lookups ``idx`` in ``bags``, ``counts`` each, in order) whose every lookup is a lone read (in
-    an array no other lookup of the bag reads, its row's gate in [0, 1]) straight from the
-    outcome table, into ``out``: the rows' noise-free values summed per bag, then the code
-    steps of the lookups whose first uniform moved (:func:`_moved_steps`). The same reads,
-    draws and sums, per bag in the same order, as :func:`plan` then :func:`pool_bags`, with
-    no plan: in DLRM's common case (arrays far outnumber a bag's lookups) most bags, their
-    read a gather of their rows, the outcome table's gate and one uniform per lookup (a 10^6-row
-    table, 1,024 bags of 20 lookups, 83 % of the bags read here: :func:`read_flat` 0.64 -> 0.46
-    ms, median of 15 interleaved repeats; plain ``embedding_bag`` 0.19 in the same run). Returns
-    which bags were read (bool per bag: :func:`plan` skips them) and their lookups; none
-    without an outcome table."""
+    """Read the bags (lookups ``idx`` in ``bags``, ``counts`` each, in order) whose every
+    lookup is a lone read (in an array no other lookup of the bag reads, its row's gate in
+    [0, 1]) straight from the outcome table, into ``out``: the rows' noise-free values summed
+    per bag, then the code steps of the lookups whose first uniform moved
+    (:func:`_moved_steps`). The same reads, draws and sums, per bag in the same order, as
+    :func:`plan` then :func:`pool_bags`, with no plan: in DLRM's common case (arrays far
+    outnumber a bag's lookups) most bags, their read a gather of their rows, the outcome
+    table's gate and one uniform per lookup (a 10^6-row table, 1,024 bags of 20 lookups, 83 %
+    of the bags read here: :func:`read_flat` 0.64 -> 0.46 ms, median of 15 interleaved
+    repeats; plain ``embedding_bag`` 0.19 in the same run). Returns which bags were read (bool
+    per bag: :func:`plan` skips them) and their lookups; none without an outcome table."""
     n = idx.shape[0]
     n_bags = counts.shape[0]
     done = np.zeros(n_bags, np.bool_)
