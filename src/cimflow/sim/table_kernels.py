@@ -230,28 +230,31 @@ def lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_o
     for b in range(0 if one_each else n_bags):
         i1 = i0 + counts[b]
         lone = True
+        # the bag's rows summed while finding out whether they are all lone reads (a second pass
+        # over the bag's lookups cost more than the sums of bags that turn out not to be: 26
+        # Criteo-like tables (pooling 4, 85 % of bags lone) 4.2 -> 3.7 ms, 10^6 rows 0.56 -> 0.51 ms;
+        # 10^4 and 10^5 rows at pooling 20 (~90 % of bags not) 3-5 % slower)
         for i in range(i0, i1):
             if i + _AHEAD < n:
-                prefetch(gate2, idx[i + _AHEAD], 0)
+                ahead = idx[i + _AHEAD]
+                prefetch(gate2, ahead, 0)
+                for d in range(0, dim, 16):
+                    prefetch(base, ahead, d)
             row = idx[i]
             a = _array_of(row, shift, array_rows)
             g = gate[row]
             gates[i] = g
             lone &= (marked[a] != i0) & (g >= np.float32(0.0)) & (g <= np.float32(1.0))
             marked[a] = i0
-        if lone:
-            for i in range(i0, i1):
-                if i + _AHEAD < n:
-                    ahead = idx[i + _AHEAD]
-                    for d in range(0, dim, 16):
-                        prefetch(base, ahead, d)
-                row = idx[i]
+            if lone:  # (not past the bag's first lookup that is not a lone read)
                 for d in range(dim):
                     acc[d] += base[row, d]
+        if lone:
             _add_into(acc, b, out)
             read += i1 - i0
             done[b] = True
         else:
+            acc[:] = 0.0
             for i in range(i0, i1):
                 gates[i] = np.float32(-1.0)
         i0 = i1
