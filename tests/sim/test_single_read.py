@@ -159,17 +159,27 @@ def test_digital_read_is_the_bit_serial_bit_sliced_integer_sum(weight_bits, inpu
 @pytest.mark.parametrize("weight_bits", [4, 8])
 def test_digital_read_on_the_int8_units_is_the_same_integer_product(weight_bits, monkeypatch):
     """Forced onto the int8 matrix units, a digital array's read is the same exact integer
-    product: equal to the float32 read (whose sums are exact below 2^24)."""
-    from cimflow.sim import fastmm
+    product: equal to the float32 read (whose sums are exact below 2^24), and the fused
+    inference read (the DAC writing int8 codes, one kernel for the scales) gives the unfused
+    one's values bit for bit."""
+    from cimflow.sim import fastmm, fused_read, single_read
 
     torch.manual_seed(weight_bits)
     chip = chip_with("ideal", **{"arrays.digital.weight_bits": weight_bits, "arrays.digital.input_encoding.bits": 8})
     cim = cimflow.program(cimflow.convert(nn.Sequential(nn.Linear(300, 24)), chip, overrides={nn.Linear: "digital"}), 0)
     x = torch.randn(40, 300)
     with torch.no_grad():
-        plain = cim(x)
+        plain = cim(x)  # 288,000 multiply-adds: the float32 read
         monkeypatch.setattr(fastmm, "matrix_units_available", lambda: True)
         monkeypatch.setattr(fastmm, "BF16_MIN_MACS", 0)
-        on_ints = cim(x)
-    assert "_int_digital" in cim[0].engine.__dict__
+        monkeypatch.setattr(single_read, "DIGITAL_INT_MIN_MACS", 1 << 62)
+        on_ints = cim(x)  # the DAC's float32 codes copied to int8, then the torch passes
+        assert "_int_digital" in cim[0].engine.__dict__
+        monkeypatch.setattr(single_read, "DIGITAL_INT_MIN_MACS", 0)
+        calls = []
+        fused_read_of = single_read._fused_int_digital
+        monkeypatch.setattr(single_read, "_fused_int_digital", lambda *a: calls.append(a) or fused_read_of(*a))
+        fused = cim(x)
     assert torch.allclose(on_ints, plain, rtol=1e-6, atol=1e-6 * float(plain.abs().max()))
+    assert len(calls) == int(fused_read.available())  # (the fused read needs numba)
+    assert torch.equal(fused, on_ints)

@@ -150,14 +150,24 @@ def dac_applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:
             and not engine.has_fixed_input_range() and not torch.compiler.is_compiling() and available())
 
 
-def dac(x: torch.Tensor, steps_in: float, space: fastmm.Workspace | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The input DAC with a per-vector range in one kernel: the DAC codes (N, in) float32 (in
-    ``space`` when given: scratch that does not outlive the read) and each vector's range (N, 1)."""
+def dac(x: torch.Tensor, steps_in: float, space: fastmm.Workspace | None,
+        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input DAC with a per-vector range in one kernel: the DAC codes (N, in) in ``dtype``
+    (float32, or int8 for the integer units; in ``space`` when given: scratch that does not
+    outlive the read) and each vector's range (N, 1)."""
     x = x.contiguous()
-    codes = torch.empty(x.shape) if space is None else space.get("xi", x.shape, torch.float32)
+    codes = torch.empty(x.shape, dtype=dtype) if space is None else space.get("xi" if dtype == torch.float32 else "codes", x.shape, dtype)
     scale = torch.empty(x.shape[0], 1)
     _kernels().quantize_rows(x.numpy(), steps_in, EPS, codes.numpy(), scale.view(-1).numpy(), _NO_SQUARES, _NO_FLOATS)
     return codes, scale
+
+
+def scale_products(acc: torch.Tensor, per_out: torch.Tensor, scale_x: torch.Tensor) -> torch.Tensor:
+    """``float32(acc[n, j]) * per_out[j] * scale_x[n]`` (N, M) of the int32 products ``acc``
+    (N, M) in one kernel, as ``acc.to(float32).mul_(per_out).mul_(scale_x)`` computes it."""
+    y = torch.empty(acc.shape)
+    _kernels().scale_products(acc.numpy(), per_out.reshape(-1).numpy(), scale_x.reshape(-1).numpy(), y.numpy())
+    return y
 
 
 def applies(engine: CrossbarEngine, x: torch.Tensor) -> bool:

@@ -272,6 +272,16 @@ def quantize_rows(x, steps, eps, codes, scale, squares, floats):  # noqa: ANN001
 
 
 @_kernel
+def scale_products(acc, per_out, scale_x, y):  # noqa: ANN001, ANN201
+    """``y[n, j] = float32(acc[n, j]) * per_out[j] * scale_x[n]``: int32 products (N, M) to
+    float32, scaled per column then per vector (the order of the torch form's two passes)."""
+    for n in range(acc.shape[0]):
+        s = scale_x[n]
+        for j in range(acc.shape[1]):
+            y[n, j] = np.float32(acc[n, j]) * per_out[j] * s
+
+
+@_kernel
 def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask):  # noqa: ANN001, ANN201
     """The read after the int8 products, fused, in float32. ``prod`` (G, N, 2, M) int32: per
     read group the products with the weights' high and low planes. For group g, vector n,
