@@ -31,11 +31,18 @@ def table_layer(read_noise: float, rows: int, dim: int, seed: int = 0):
     return cimflow.program(cimflow.convert(nn.Sequential(nn.EmbeddingBag(rows, dim, mode="sum")), chip), seed=seed)[0]
 
 
-def lookups(rows: int, n_bags: int, pooling_factor: int, seed: int = 1, long: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bags of uniform lookups, then ``long`` bags of 80 in the first array (reads split at group_rows)."""
+def lookups(rows: int, n_bags: int, pooling_factor: int, seed: int = 1, long: int = 0, long_rows: torch.Tensor | None = None,
+            beside: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bags of uniform lookups, then ``long`` bags of 80 lookups in the first array (reads
+    split at group_rows), drawn from ``long_rows`` when given (each bag then 65 = 2 x 32 + 1
+    of them: a one-lookup read at the end of the array's) and followed by the rows ``beside``."""
     g = torch.Generator().manual_seed(seed)
-    values = [torch.randint(0, rows, (n_bags * pooling_factor,), generator=g), torch.randint(0, min(rows, 1024), (long * 80,), generator=g)]
-    sizes = [pooling_factor] * n_bags + [80] * long
+    size = 80 if long_rows is None else 65
+    pick = torch.randint(0, min(rows, 1024), (long, size), generator=g) if long_rows is None else \
+        long_rows[torch.randint(0, long_rows.numel(), (long, size), generator=g)]
+    tail = torch.tensor(beside, dtype=torch.int64).expand(long, len(beside))
+    values = [torch.randint(0, rows, (n_bags * pooling_factor,), generator=g), torch.cat([pick, tail], dim=1).reshape(-1)]
+    sizes = [pooling_factor] * n_bags + [size + len(beside)] * long
     offsets = torch.tensor([0] + sizes[:-1]).cumsum(0)
     return torch.cat(values), offsets
 
@@ -158,10 +165,16 @@ def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooli
     read) gives the bits, the draws and the statistics of parsing then pooling (the path every
     other input takes), for one lookup per bag (DLRM's common case) and for shared reads."""
     monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
-    v, o = lookups(3000, 64, pooling_factor, long=2)
+    one, two = table_layer(0.08, 3000, 8, seed=5), table_layer(0.08, 3000, 8, seed=5)
+    # long bags of rows read alone from the outcome table (gate <= 1): one array's 65 of them
+    # (its last a one-lookup read of the plan's) and one in each other array (lone reads
+    # before any plan): three sums of one bag whose order every read must agree on
+    gate = one._single_reads().gate
+    alone = torch.nonzero(gate <= 1.0).squeeze(1)
+    v, o = lookups(3000, 64, pooling_factor, long=2, long_rows=alone[alone < 1024],
+                   beside=(int(alone[(alone >= 1024) & (alone < 2048)][0]), int(alone[alone >= 2048][0])))
     if include_last:
         o = torch.cat([o, torch.tensor([v.numel()])])
-    one, two = table_layer(0.08, 3000, 8, seed=5), table_layer(0.08, 3000, 8, seed=5)
     for layer in (one, two):
         layer.include_last_offset = include_last
         layer.collect_stats = True
@@ -233,8 +246,8 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     """Every lookup in exactly one read; a read's lookups share one bag and one array, at most
     group_rows of them; as many reads as the torch path's sort makes; lone reads are the
     one-lookup reads of rows whose gate is at most 1, with that gate (bags of at most one
-    lookup each take a plan of their own: drawn half the time); bags marked done are skipped,
-    the others' reads unchanged."""
+    lookup each take a plan of their own: drawn half the time); lookups marked taken are left
+    out: the others' reads are those of a plan of them alone."""
     from cimflow.sim import table_kernels
 
     rows = 50
@@ -257,12 +270,14 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
         assert lone[r] == (float(gate[idx[members[0]]]) if is_lone else -2.0)
     _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
     assert lone.shape[0] == read_starts.numel()
-    # bags marked done (read by lone_bags) have no reads; the others the same reads, in order
-    done = (torch.rand(len(bag_sizes), generator=g) < 0.5).numpy()
-    kept = [r for r in range(lone.shape[0]) if not done[read_bag[r]]]
-    p2, s2, f2, b2, l2 = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy(), done)
-    assert [perm[starts[r]:starts[r + 1]].tolist() for r in kept] == [p2[s2[r]:s2[r + 1]].tolist() for r in range(l2.shape[0])]
-    assert np.array_equal(f2, first[kept]) and np.array_equal(b2, read_bag[kept]) and np.array_equal(l2, lone[kept])
+    # lookups marked taken (read by lone_bags) are left out: the reads of the others alone, in order
+    taken = (torch.rand(idx.numel(), generator=g) < 0.5).numpy()
+    rest = np.flatnonzero(~taken)
+    p1, s1, f1, b1, l1 = table_kernels.plan(idx.numpy()[rest], bags.numpy()[rest], array_rows, n_arrays, group_rows, gate.numpy(),
+                                            np.empty(0, np.bool_))
+    p2, s2, f2, b2, l2 = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy(), taken)
+    assert [rest[p1[s1[r]:s1[r + 1]]].tolist() for r in range(l1.shape[0])] == [p2[s2[r]:s2[r + 1]].tolist() for r in range(l2.shape[0])]
+    assert np.array_equal(f2, rest[f1]) and np.array_equal(b2, b1) and np.array_equal(l2, l1)
 
 
 @settings(max_examples=120, deadline=None)

@@ -20,10 +20,10 @@ shared reads' normals (shared read r's column c its element ``r S dim + c``), dr
 a row-to-slot map; Python runs between the plan and the read only where the plan finds a row
 not at hand (a lone read's outcomes not built yet, a shared read's row not kept), to build,
 keep or hash it (:func:`_missing_rows`): once a batch's rows are at hand its read is kernels
-only, one call from a 1-D input (:func:`pool_flat`). That call first reads the bags whose
-every lookup is a lone read with no plan (``table_kernels.lone_bags``: a gather of their
-outcome-table rows, most bags of a large table), then plans and reads the others: the same
-reads, draws and sums as :func:`pool`'s plan of them all.
+only, one call from a 1-D input (:func:`pool_flat`). Every read first reads the lone reads
+with no plan (``table_kernels.lone_bags``: the lookups alone in their array within their
+bag, whose rows fit the outcome table: a gather of their outcome-table rows, most lookups of
+a large table), then plans and reads the other lookups.
 
 The arithmetic is the torch path's (:func:`cimflow.sim.read_groups.adc_codes` with the noise
 clamped at :data:`cimflow.sim.embedding.NOISE_TAIL`, codes summed per bag, slices combined
@@ -112,7 +112,6 @@ _NO_GATE = np.empty(0, np.float32)
 _NO_SLOTS = np.empty((0, 0, 6), np.float32)
 _NO_CELLS = np.empty((0, 0), np.int64)
 _NO_SLOT_OF = np.empty(0, np.int64)
-_NO_DONE = np.empty(0, np.bool_)
 
 
 def _operands(table: CIMEmbeddingBag, singles: SingleReads | None) -> _Operands:
@@ -180,7 +179,7 @@ def _missing_rows(table: CIMEmbeddingBag, singles: SingleReads | None, idx: np.n
             gate = singles.ensure(torch.from_numpy(idx[perm[starts[unbuilt]]]), table._effective_rows)
             assert gate is not None  # (a lazy table's)
             lone[unbuilt] = np.where(gate.numpy() <= 1.0, gate.numpy(), np.float32(-2.0))
-    shared = np.empty(idx.shape, np.bool_)
+    shared = np.zeros(idx.shape, np.bool_)  # (lookups of no read: lone reads, read before the plan)
     if not k.shared_lookups(perm, starts, lone, shared):
         return values
     rows_read = torch.from_numpy(idx[shared])
@@ -203,15 +202,17 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     k = _kernels()
     ops = _operands(table, singles)
     idx_np = idx.contiguous().numpy()
-    perm, starts, first, read_bag, lone = k.plan(idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate, _NO_DONE)
     slot_of, values = _kept(singles, ops)
-    where = np.empty(idx_np.shape[0], np.int64)
-    if k.row_slots(idx_np, perm, starts, lone, slot_of, values, where):
-        values = _missing_rows(table, singles, idx_np, perm, starts, lone, where, values)
     draw = table._read_draw
+    lone_reads, missing, perm, starts, first, read_bag, lone, where = k.lone_then_plan(
+        idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate, slot_of, values, ops.base, ops.slots, ops.cells, ops.key,
+        fused_read._u64(draw), out.numpy())
+    if missing:
+        values = _missing_rows(table, singles, idx_np, perm, starts, lone, where, values)
     table.__dict__["_read_draw"] = draw + 1  # (a plain attribute: no Module.__setattr__)
-    k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
-    return int(lone.shape[0])
+    if lone.shape[0]:
+        k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
+    return int(lone_reads + lone.shape[0])
 
 
 def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, singles: SingleReads | None,
@@ -237,11 +238,14 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy())
     if reads == -1:
         return None
-    if reads == -2:  # rows missing: planned again (their cost dwarfs the plan's), made, read
-        _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(*planned, out.shape[0])
+    if reads == -2:  # rows missing: read and planned again (their cost dwarfs the plan's), made, read
+        lone_reads, _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(
+            *planned, ops.base, ops.slots, ops.cells, ops.key, fused_read._u64(draw), out.numpy())
         values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
-        k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
-        reads = lone.shape[0]
+        if lone.shape[0]:
+            k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw),
+                        out.numpy())
+        reads = lone_reads + lone.shape[0]
     table.__dict__["_read_draw"] = draw + 1
     return out, int(reads)
 

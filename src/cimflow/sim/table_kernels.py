@@ -184,80 +184,83 @@ def _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk, out):  # noq
 
 
 @_kernel
-def lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out):  # noqa: ANN001, ANN201
-    """Read the bags (lookups ``idx`` in ``bags``, ``counts`` each, in order) whose every
-    lookup is a lone read (in an array no other lookup of the bag reads, its row's gate in
-    [0, 1]) straight from the outcome table, into ``out``: the rows' noise-free values summed
-    per bag, then the code steps of the lookups whose first uniform moved
-    (:func:`_moved_steps`). The same reads, draws and sums, per bag in the same order, as
-    :func:`plan` then :func:`pool_bags`, with no plan: in DLRM's common case (arrays far
-    outnumber a bag's lookups) most bags, their read a gather of their rows, the outcome
-    table's gate and one uniform per lookup (a 10^6-row table, 1,024 bags of 20 lookups, 83 %
-    of the bags read here: :func:`read_flat` 0.64 -> 0.46 ms, median of 15 interleaved
-    repeats; plain ``embedding_bag`` 0.19 in the same run). Returns which bags were read (bool
-    per bag: :func:`plan` skips them) and their lookups; none without an outcome table."""
+def lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out):  # noqa: ANN001, ANN201
+    """Read every lone read straight from the outcome table, with no plan: the lookups of
+    ``idx`` in ``bags`` (non-decreasing) alone in their array within their bag whose row's
+    gate is in [0, 1]. Into ``out``: their rows' noise-free values summed per bag, then the
+    code steps of those whose first uniform moved (:func:`_moved_steps`). Returns which
+    lookups were read (bool per lookup: :func:`plan` plans the others) and how many (none
+    without an outcome table). Every read of a table (:func:`read_flat`, :func:`plan_flat`,
+    ``fused_table.pool``) starts here, so each gives the same sums in the same order. Most
+    of a large table's lookups are lone reads (arrays far outnumber a bag's lookups), many in
+    bags that also have shared reads: against reading here only the bags with no other read
+    (one process, 15 interleaved rounds, 1 thread), 20,480 lookups at pooling 20 of a 10^6-row
+    table 0.81 -> 0.62 ms, of a 10^5-row table 1.82 -> 1.52 ms; 10^4 rows, the 26 Criteo-like
+    tables and one-hot tables unchanged."""
     n = idx.shape[0]
-    n_bags = counts.shape[0]
-    done = np.zeros(n_bags, np.bool_)
+    taken = np.zeros(n, np.bool_)
     if gate.shape[0] == 0 or base.shape[0] == 0:
-        return done, 0
+        return taken, 0
     dim = base.shape[1]
     n_draws = slots.shape[1] if slots.shape[0] > 0 else 0
     dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
-    shift = _shift_of(array_rows)
     gate2 = gate.reshape(gate.shape[0], 1)  # (for prefetch)
-    marked = np.full(n_arrays, -1, np.int64)  # per array: the first lookup of the last bag that read it
-    gates = np.full(n, np.float32(-1.0))  # per lookup of a bag read here: its row's gate
-    acc = np.zeros(dim, np.float32)
-    read, i0 = 0, 0
-    one_each = True  # every bag one lookup (bag b is lookup b): no marking, no per-bag sums
-    for b in range(n_bags):
-        one_each &= counts[b] == 1
-    for i in range(n if one_each else 0):
-        if i + _AHEAD < n:
-            ahead = idx[i + _AHEAD]
-            prefetch(gate2, ahead, 0)
-            for d in range(0, dim, 16):
-                prefetch(base, ahead, d)
-        row = idx[i]
-        g = gate[row]
-        if g >= np.float32(0.0) and g <= np.float32(1.0):
-            gates[i] = g
-            for d in range(dim):
-                out[i, d] += base[row, d]
-            read += 1
-            done[i] = True
-    for b in range(0 if one_each else n_bags):
-        i1 = i0 + counts[b]
-        lone = True
-        # the bag's rows summed while finding out whether they are all lone reads (a second pass
-        # over the bag's lookups cost more than the sums of bags that turn out not to be: 26
-        # Criteo-like tables (pooling 4, 85 % of bags lone) 4.2 -> 3.7 ms, 10^6 rows 0.56 -> 0.51 ms;
-        # 10^4 and 10^5 rows at pooling 20 (~90 % of bags not) 3-5 % slower)
-        for i in range(i0, i1):
+    gates = np.full(n, np.float32(-1.0))  # per lookup read here: its row's gate
+    read = 0
+    one_each = True  # every bag one lookup (bags strictly increasing): every lookup alone
+    for i in range(1, n):
+        one_each &= bags[i] != bags[i - 1]
+    if one_each:
+        for i in range(n):
             if i + _AHEAD < n:
                 ahead = idx[i + _AHEAD]
                 prefetch(gate2, ahead, 0)
                 for d in range(0, dim, 16):
                     prefetch(base, ahead, d)
             row = idx[i]
-            a = _array_of(row, shift, array_rows)
             g = gate[row]
-            gates[i] = g
-            lone &= (marked[a] != i0) & (g >= np.float32(0.0)) & (g <= np.float32(1.0))
-            marked[a] = i0
-            if lone:  # (not past the bag's first lookup that is not a lone read)
+            if g >= np.float32(0.0) and g <= np.float32(1.0):
+                bag = bags[i]
                 for d in range(dim):
-                    acc[d] += base[row, d]
-        if lone:
-            _add_into(acc, b, out)
-            read += i1 - i0
-            done[b] = True
-        else:
-            acc[:] = 0.0
+                    out[bag, d] += base[row, d]
+                gates[i] = g
+                taken[i] = True
+                read += 1
+    else:
+        shift = _shift_of(array_rows)
+        marked = np.full(n_arrays, -1, np.int64)  # per array: the first lookup of the last bag that read it
+        count = np.empty(n_arrays, np.int64)  # per array: the bag's lookups in it (valid where marked by the bag)
+        keys = np.empty(n, np.int64)
+        acc = np.zeros(dim, np.float32)  # the bag's sum: added to ``out`` once per bag
+        i0 = 0
+        while i0 < n:
+            bag = bags[i0]
+            i1 = i0
+            while i1 < n and bags[i1] == bag:  # the bag's lookups per array; their rows asked for
+                if i1 + _AHEAD < n:
+                    ahead = idx[i1 + _AHEAD]
+                    prefetch(gate2, ahead, 0)
+                    for d in range(0, dim, 16):
+                        prefetch(base, ahead, d)
+                a = _array_of(idx[i1], shift, array_rows)
+                keys[i1] = a
+                count[a] = 1 if marked[a] != i0 else count[a] + 1
+                marked[a] = i0
+                i1 += 1
+            lone = 0
             for i in range(i0, i1):
-                gates[i] = np.float32(-1.0)
-        i0 = i1
+                row = idx[i]
+                g = gate[row]
+                if count[keys[i]] == 1 and g >= np.float32(0.0) and g <= np.float32(1.0):
+                    for d in range(dim):
+                        acc[d] += base[row, d]
+                    gates[i] = g
+                    taken[i] = True
+                    lone += 1
+            if lone:
+                _add_into(acc, bag, out)
+                read += lone
+            i0 = i1
     if n_draws > 0:  # the first uniforms in a loop with no branch, then the lookups that moved
         first_u = np.empty(n, np.float32)
         for i in range(n):
@@ -272,11 +275,11 @@ def lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_o
             for j in range(n_moved):
                 bag_of[j], u0[j] = bags[lookup[j]], first_u[lookup[j]]
             _moved_steps(idx, lookup, bag_of, u0, n_moved, slots, cell_of, dk_lone, out)
-    return done, read
+    return taken, read
 
 
 @_kernel
-def plan(idx, bags, array_rows, n_arrays, group_rows, gate, done):  # noqa: ANN001, ANN201
+def plan(idx, bags, array_rows, n_arrays, group_rows, gate, taken):  # noqa: ANN001, ANN201
     """The reads of a forward: ``perm`` (the lookups bag by bag, each bag's grouped by array
     ``idx // array_rows`` < ``n_arrays``, arrays in the order the bag first reads them),
     ``starts`` (reads + 1: read r is ``perm[starts[r]:starts[r + 1]]``, each array's lookups
@@ -290,12 +293,13 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate, done):  # noqa: ANN0
     and read lookup by lookup; the others' lookups are grouped by the counts per array taken
     meanwhile (a table of ``n_arrays`` entries, an entry restarted where the bag first reads
     its array: no clearing). The gate's rows are asked for ``_AHEAD`` lookups ahead (random
-    rows of a large table). The bags ``done`` marks (bool per bag; empty: none) have no reads
-    and no place in ``perm`` (:func:`lone_bags` read them)."""
+    rows of a large table). The lookups ``taken`` marks (bool per lookup; empty: none) are
+    left out, as if absent (:func:`lone_bags` read them): they have no read and no place in
+    ``perm``."""
     n = idx.shape[0]
     gate2 = gate.reshape(gate.shape[0], 1)  # (for prefetch)
     has_gate = gate.shape[0] > 0
-    skip = done.shape[0] > 0
+    skip = taken.shape[0] > 0
     one_each = not skip  # every bag one lookup (bags strictly increasing): one read per lookup, in order
     for i in range(1, n if one_each else 0):
         one_each &= bags[i] != bags[i - 1]
@@ -323,62 +327,69 @@ def plan(idx, bags, array_rows, n_arrays, group_rows, gate, done):  # noqa: ANN0
     lone = np.empty(n, np.float32)
     reads = 0
     i0 = 0
-    gap = 0  # the lookups of bags skipped so far (perm holds the others only)
+    gap = 0  # the lookups left out so far (perm holds the others only)
     while i0 < n:
         bag = bags[i0]
-        if skip and done[bag]:
-            while i0 < n and bags[i0] == bag:
-                i0 += 1
-                gap += 1
-            continue
         own = True  # every lookup of the bag in an array of its own
-        i1 = i0
+        i1, kept = i0, 0
         while i1 < n and bags[i1] == bag:
-            if has_gate and i1 + _AHEAD < n:
-                prefetch(gate2, idx[i1 + _AHEAD], 0)
-            k = keys[i1]
-            fresh = marked[k] != i0
-            count[k] = 1 if fresh else count[k] + 1
-            marked[k] = i0
-            own &= fresh
+            if not (skip and taken[i1]):
+                if has_gate and i1 + _AHEAD < n:
+                    prefetch(gate2, idx[i1 + _AHEAD], 0)
+                k = keys[i1]
+                fresh = marked[k] != i0
+                count[k] = 1 if fresh else count[k] + 1
+                marked[k] = i0
+                own &= fresh
+                kept += 1
             i1 += 1
-        if own:  # one read per lookup, in order
+        pos = i0 - gap
+        if kept == 0:
+            pass
+        elif own:  # one read per lookup, in order
             for i in range(i0, i1):
-                perm[i - gap] = i
-                starts[reads] = i - gap
+                if skip and taken[i]:
+                    continue
+                perm[pos] = i
+                starts[reads] = pos
                 first[reads] = i
                 read_bag[reads] = bag
                 lone[reads] = _gate_of(gate, idx[i])
                 reads += 1
-            i0 = i1
-            continue
-        if i1 - i0 > group_start.shape[0]:
-            group_start = np.empty(2 * (i1 - i0), np.int64)
-            group_size = np.empty(2 * (i1 - i0), np.int64)
-        pos, groups = i0 - gap, 0
-        for i in range(i0, i1):  # each array's place in perm, in order of first appearance
-            k = keys[i]
-            c = count[k]
-            if c > 0:
-                head[k] = pos
-                group_start[groups] = pos
-                group_size[groups] = c
-                groups += 1
-                pos += c
-                count[k] = 0  # (placed)
-        for i in range(i0, i1):
-            k = keys[i]
-            perm[head[k]] = i
-            head[k] += 1
-        for g in range(groups):
-            a, end = group_start[g], group_start[g] + group_size[g]
-            while a < end:
-                starts[reads] = a
-                first[reads] = perm[a]
-                read_bag[reads] = bag
-                lone[reads] = _gate_of(gate, idx[perm[a]]) if min(end - a, group_rows) == 1 else np.float32(-2.0)
-                reads += 1
-                a += group_rows
+                pos += 1
+        else:
+            if kept > group_start.shape[0]:
+                group_start = np.empty(2 * kept, np.int64)
+                group_size = np.empty(2 * kept, np.int64)
+            groups = 0
+            for i in range(i0, i1):  # each array's place in perm, in order of first appearance
+                if skip and taken[i]:
+                    continue
+                k = keys[i]
+                c = count[k]
+                if c > 0:
+                    head[k] = pos
+                    group_start[groups] = pos
+                    group_size[groups] = c
+                    groups += 1
+                    pos += c
+                    count[k] = 0  # (placed)
+            for i in range(i0, i1):
+                if skip and taken[i]:
+                    continue
+                k = keys[i]
+                perm[head[k]] = i
+                head[k] += 1
+            for g in range(groups):
+                a, end = group_start[g], group_start[g] + group_size[g]
+                while a < end:
+                    starts[reads] = a
+                    first[reads] = perm[a]
+                    read_bag[reads] = bag
+                    lone[reads] = _gate_of(gate, idx[perm[a]]) if min(end - a, group_rows) == 1 else np.float32(-2.0)
+                    reads += 1
+                    a += group_rows
+        gap += (i1 - i0) - kept
         i0 = i1
     starts[reads] = n - gap
     return perm[:n - gap], starts[:reads + 1], first[:reads], read_bag[:reads], lone[:reads]
@@ -517,58 +528,75 @@ def row_slots(idx, perm, starts, lone, slot_of, values, where):  # noqa: ANN001,
 @_kernel
 def _checked(values, offsets, include_last, num_rows, n_bags):  # noqa: ANN001, ANN202
     """A 1-D embedding-bag input ``values`` (int64) cut by int64 ``offsets`` into ``n_bags``
-    bags, checked (:func:`bag_extents`): ``(valid, indices used, their bags, the bags' sizes)``,
-    not valid where the offsets are not or an index used is outside ``[0, num_rows)``."""
+    bags, checked (:func:`bag_extents`): ``(valid, indices used, their bags)``, not valid
+    where the offsets are not or an index used is outside ``[0, num_rows)``."""
     n = values.shape[0]
     counts = np.empty(n_bags, np.int64)
     bags = np.empty(n, np.int64)
     _, last, _, _, lowest, highest, valid = bag_extents(values, offsets, include_last, counts, bags)
     used = min(last if include_last else n, n)
-    return valid and lowest >= 0 and highest < num_rows, values[:used], bags[:used], counts
+    return valid and lowest >= 0 and highest < num_rows, values[:used], bags[:used]
+
+
+@_kernel
+def lone_then_plan(idx, bags, array_rows, n_arrays, group_rows, gate, slot_of, table_values, base, slots, cell_of, key, draw,  # noqa: ANN001, ANN201
+                   out):
+    """The start of every read of a table: :func:`lone_bags` (the lone reads, into ``out``),
+    then :func:`plan` of the other lookups and :func:`row_slots` (the shared reads' rows in
+    ``table_values`` through ``slot_of``). Returns ``(lone reads, missing, perm, starts,
+    first, read_bag, lone, where)``: ``missing`` the lookups with no values to read yet."""
+    taken, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
+    if lone_reads == idx.shape[0]:  # every lookup read: no reads left
+        none = np.empty(0, np.int64)
+        return lone_reads, np.int64(0), none, none, none, none, np.empty(0, np.float32), none
+    perm, starts, first, read_bag, lone = plan(idx, bags, array_rows, n_arrays, group_rows, gate, taken)
+    where = np.empty(idx.shape[0], np.int64)
+    missing = row_slots(idx, perm, starts, lone, slot_of, table_values, where)
+    return lone_reads, missing, perm, starts, first, read_bag, lone, where
 
 
 @_kernel
 def plan_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, group_rows, gate, slot_of, table_values,  # noqa: ANN001, ANN201
-              n_bags):
-    """A 1-D embedding-bag input ``values`` (int64) cut by int64 ``offsets`` into ``n_bags``
-    bags, checked and planned: :func:`_checked`, :func:`plan`, then :func:`row_slots` (the
-    shared reads' rows in ``table_values`` through ``slot_of``). Returns ``(missing, idx, perm,
-    starts, first, read_bag, lone, where)``: the number of lookups with no values to read (-1,
-    empty arrays, where the offsets are not valid or an index used is outside ``[0,
-    num_rows)``), the indices used, the plan and ``where``."""
-    valid, idx, bags, _ = _checked(values, offsets, include_last, num_rows, n_bags)
+              base, slots, cell_of, key, draw, out):
+    """A 1-D embedding-bag input ``values`` (int64) cut by int64 ``offsets`` into the bags of
+    ``out``, checked (:func:`_checked`), its lone reads read into ``out`` and the others
+    planned (:func:`lone_then_plan`). Returns ``(lone reads, missing, idx, perm, starts,
+    first, read_bag, lone, where)``: ``missing`` -1 (nothing read, empty arrays) where the
+    offsets are not valid or an index used is outside ``[0, num_rows)``, else the number of
+    lookups with no values to read; the indices used, the plan and ``where``."""
+    valid, idx, bags = _checked(values, offsets, include_last, num_rows, out.shape[0])
     if not valid:
         none = np.empty(0, np.int64)
-        return -1, values[:0], none, none, none, none, np.empty(0, np.float32), none
-    perm, starts, first, read_bag, lone = plan(idx, bags, array_rows, n_arrays, group_rows, gate, np.empty(0, np.bool_))
-    where = np.empty(idx.shape[0], np.int64)
-    missing = row_slots(idx, perm, starts, lone, slot_of, table_values, where)
-    return missing, idx, perm, starts, first, read_bag, lone, where
+        return 0, -1, values[:0], none, none, none, none, np.empty(0, np.float32), none
+    lone_reads, missing, perm, starts, first, read_bag, lone, where = lone_then_plan(
+        idx, bags, array_rows, n_arrays, group_rows, gate, slot_of, table_values, base, slots, cell_of, key, draw, out)
+    return lone_reads, missing, idx, perm, starts, first, read_bag, lone, where
 
 
 @_kernel
 def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, group_rows, gate, slot_of, table_values,  # noqa: ANN001, ANN201
               base, slots, cell_of, mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
-    """:func:`_checked`, then :func:`lone_bags`, :func:`plan` of the other bags and
-    :func:`pool_bags` into ``out`` (bags, dim; as many bags as offsets less ``include_last``),
-    in one call: what :func:`plan_flat` then :func:`pool_bags` give. Returns the number of
-    array reads, -1 (nothing written) where the input is not valid, -2 (``out`` zero, nothing
-    drawn) where some lookup has no values to read: the caller then plans again
-    (:func:`plan_flat`), makes the rows missing and reads (:func:`pool_bags`). (The plan is
-    returned only then: six arrays handed to Python cost ~2 us, a small table's whole read ~30 us.)"""
-    valid, idx, bags, counts = _checked(values, offsets, include_last, num_rows, out.shape[0])
+    """:func:`plan_flat` then :func:`pool_bags` into ``out`` (bags, dim; as many bags as
+    offsets less ``include_last``) in one call. Returns the number of array reads, -1
+    (nothing written) where the input is not valid, -2 (``out`` zero, nothing drawn) where
+    some lookup has no values to read: the caller then plans again (:func:`plan_flat`), makes
+    the rows missing and reads (:func:`pool_bags`). (The plan is returned only then: six
+    arrays handed to Python cost ~2 us, a small table's whole read ~30 us.)"""
+    valid, idx, bags = _checked(values, offsets, include_last, num_rows, out.shape[0])
     if not valid:
         return -1
-    done, lone_reads = lone_bags(idx, bags, counts, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
-    if lone_reads == idx.shape[0]:  # every bag read
+    # (lone_then_plan's steps written out: returning its eight arrays cost a one-hot table's
+    # read of 1,024 lookups ~1 us of its ~11, measured)
+    taken, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
+    if lone_reads == idx.shape[0]:
         return lone_reads
-    perm, starts, first, read_bag, lone = plan(idx, bags, array_rows, n_arrays, group_rows, gate, done)
+    perm, starts, first, read_bag, lone = plan(idx, bags, array_rows, n_arrays, group_rows, gate, taken)
     where = np.empty(idx.shape[0], np.int64)
     if row_slots(idx, perm, starts, lone, slot_of, table_values, where) != 0:
         out[:] = 0.0
         return -2
-    pool_bags(idx, perm, starts, first, read_bag, lone, where, table_values, base, slots, cell_of, mult_x, sigma_k, gain_abs,
-              steps, tail, weights, unit, key, draw, out)
+    pool_bags(idx, perm, starts, first, read_bag, lone, where, table_values, base, slots, cell_of, mult_x, sigma_k, gain_abs, steps,
+              tail, weights, unit, key, draw, out)
     return lone_reads + lone.shape[0]
 
 
@@ -604,4 +632,4 @@ def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, A
     return first, last, fewest, most, lowest, highest, valid
 
 
-__all__ = ["bag_extents", "lone_bags", "plan", "plan_flat", "pool_bags", "read_flat", "row_slots", "shared_lookups"]
+__all__ = ["bag_extents", "lone_bags", "lone_then_plan", "plan", "plan_flat", "pool_bags", "read_flat", "row_slots", "shared_lookups"]
