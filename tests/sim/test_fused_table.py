@@ -192,6 +192,48 @@ def test_one_call_read_equals_flatten_then_pool(monkeypatch, include_last, pooli
     assert one._read_draw == 2
 
 
+def test_prepared_read_is_the_general_reads_while_the_state_holds(monkeypatch):
+    """After one read, a cached table's later reads (no gradient) take fused_table.read_prepared
+    (pool_flat's last arguments, kept with the table's state): the same values and draws as
+    flattening then pooling. Any change of that state makes the next read the general one
+    again: another time, another programming, a state tensor written in place, statistics on,
+    the fused read turned off."""
+    from cimflow.sim import fused_table
+
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    one, two = table_layer(0.08, 3000, 8, seed=5), table_layer(0.08, 3000, 8, seed=5)
+    v, o = lookups(3000, 64, 2)
+    taken: list[bool] = []
+    real = fused_table.read_prepared
+    monkeypatch.setattr(fused_table, "read_prepared", lambda *a: (lambda r: taken.append(r is not None) or r)(real(*a)))
+
+    def read_both() -> None:
+        with torch.no_grad():
+            fast = one(v, o)
+            idx, bags, n_bags = two._flatten(v, o)
+            assert torch.equal(fast, two._pool(idx, bags, n_bags))
+
+    read_both()
+    read_both()
+    assert taken == [False, True]
+    for change in (lambda t: t.set_time(86400.0), lambda t: t.program(7), lambda t: t.w_scale.mul_(1.0)):
+        change(one)
+        change(two)
+        read_both()
+        read_both()
+        assert taken[-2:] == [False, True]
+    assert one._read_draw == two._read_draw == 4  # (programming restarted the draws: 2 reads then, 2 since)
+    one.collect_stats = True
+    with torch.no_grad():
+        one(v, o)
+    assert taken[-1] is False and one.stats["lookups"] == v.numel()
+    one.collect_stats = False
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "0")
+    with torch.no_grad():
+        one(v, o)
+    assert taken[-1] is False
+
+
 @pytest.mark.parametrize("case", ["kept", "store_full", "hashed"])
 @pytest.mark.parametrize("pooling_factor", [1, 2, 6])
 def test_one_call_read_of_a_lazy_table_equals_flatten_then_pool(monkeypatch, case, pooling_factor):

@@ -366,6 +366,10 @@ class CIMEmbeddingBag(ArrayInstance):
         if per_sample_weights is not None:
             raise SimulationError(f"embedding bag {self.layer_name!r}: per_sample_weights are not pooled in arrays yet; "
                                   "keep this table on the host")
+        if offsets is not None and not torch.is_grad_enabled():  # a cached table's read, its state unchanged since the last
+            fast = fused_table.read_prepared(self, input, offsets, NOISE_TAIL)
+            if fast is not None:
+                return fast
         if torch.compiler.is_compiling():  # one opaque op in the graph (its shapes depend on the indices' values)
             pooled = _pool_op(id(self), input, offsets)
         elif torch.is_grad_enabled():

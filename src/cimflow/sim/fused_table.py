@@ -238,6 +238,9 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy())
     if reads == -1:
         return None
+    if reads >= 0 and table.pool_cache is not None and not table.collect_stats and out.dtype == table.out_dtype:  # read_prepared
+        state, held = _read_state(table)
+        table.__dict__["_prepared_read"] = (state, held, tail, planned[2:], ops.readout(tail))
     if reads == -2:  # rows missing: read and planned again (their cost dwarfs the plan's), made, read
         lone_reads, _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(
             *planned, ops.base, ops.slots, ops.cells, ops.key, fused_read._u64(draw), out.numpy())
@@ -250,4 +253,54 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     return out, int(reads)
 
 
-__all__ = ["applies", "bag_extents", "pool", "pool_flat"]
+def _read_state(table: CIMEmbeddingBag) -> tuple[tuple[Any, ...], tuple[torch.Tensor | None, ...]]:
+    """Everything a cached table's read depends on besides its input, taken cheaply: each state
+    tensor's identity and version (the tensors returned beside, to be held while the state is
+    kept: no identity reused), the instance's attributes (seed, time, programming, verify
+    settings, calibration, statistics, expected ADC range, stream key, the bags' form, spec) and
+    the outcome table's size limits. The state of :meth:`CIMEmbeddingBag._single_reads` and of
+    :func:`_operands` is part of it, and what decides whether :func:`pool_flat` reads the table."""
+    b, d = table._buffers, table.__dict__
+    w = table._parameters.get("weight")
+    held = (b["pool_cache"], b["output_gain"], b["w_scale"], b["significance"], b["hot_rows"], b["adc_range_calibrated"], w)
+    versions = tuple(-1 if t is None else t._version for t in held)
+    state = (tuple(map(id, held)), versions, None if w is None else w.dtype, d["seed"], d["t_seconds"], d.get("_programmed_version"),
+             d["verify_iterations"], d["verify_tolerance"], d["_calibrating"], d["collect_stats"], d["_adc_range_expected"],
+             d["_read_key"], d["include_last_offset"], d["padding_idx"], d["mode"], d["is_bag"], d["compensation"], id(d["spec"]),
+             _pooling().SINGLE_READ_ENTRIES, _pooling().SINGLE_READ_ROWS)
+    return state, held
+
+
+def _pooling() -> Any:
+    from cimflow.sim import pooling
+
+    return pooling
+
+
+def read_prepared(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, tail: float) -> torch.Tensor | None:
+    """A cached table's read of a 1-D int64 CPU input by :func:`pool_flat`'s last call's
+    arguments, kept with the table's state (:func:`_read_state`) while it is unchanged: the
+    pooled sums (bags, dim), or None (nothing read, no draw taken) where that state changed,
+    the input is of another kind, not valid or reads rows not at hand, or inside
+    torch.compile: the general path then reads it. The same reads, draws and values as
+    :func:`pool_flat`, with none of its checks' Python: a MovieLens-shaped table's call (1,024
+    one-hot bags) 29 -> 19 us, median of 21 rounds (plain ``nn.EmbeddingBag`` 10 us)."""
+    held = table.__dict__.get("_prepared_read")
+    if held is None or torch.compiler.is_compiling() or not fused_read.available():
+        return None
+    state, _, tail_then, layout, readout = held
+    if tail != tail_then or _read_state(table)[0] != state:
+        return None
+    if (input.dim() != 1 or offsets.dim() != 1 or input.dtype != torch.int64 or offsets.dtype != torch.int64 or not input.is_cpu
+            or not offsets.is_cpu or offsets.numel() == 0):
+        return None
+    out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
+    draw = table._read_draw
+    if _kernels().read_flat(input.contiguous().numpy(), offsets.contiguous().numpy(), *layout, *readout, fused_read._u64(draw),
+                            out.numpy()) < 0:
+        return None
+    table.__dict__["_read_draw"] = draw + 1
+    return out
+
+
+__all__ = ["applies", "bag_extents", "pool", "pool_flat", "read_prepared"]
