@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from cimflow.sim import fused_read
+from cimflow.sim import fused_read, pooling
 
 if TYPE_CHECKING:
     from cimflow.sim.embedding import CIMEmbeddingBag
@@ -267,14 +267,8 @@ def _read_state(table: CIMEmbeddingBag) -> tuple[tuple[Any, ...], tuple[torch.Te
     state = (tuple(map(id, held)), versions, None if w is None else w.dtype, d["seed"], d["t_seconds"], d.get("_programmed_version"),
              d["verify_iterations"], d["verify_tolerance"], d["_calibrating"], d["collect_stats"], d["_adc_range_expected"],
              d["_read_key"], d["include_last_offset"], d["padding_idx"], d["mode"], d["is_bag"], d["compensation"], id(d["spec"]),
-             _pooling().SINGLE_READ_ENTRIES, _pooling().SINGLE_READ_ROWS)
+             pooling.SINGLE_READ_ENTRIES, pooling.SINGLE_READ_ROWS)
     return state, held
-
-
-def _pooling() -> Any:
-    from cimflow.sim import pooling
-
-    return pooling
 
 
 def read_prepared(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, tail: float) -> torch.Tensor | None:
