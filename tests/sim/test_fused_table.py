@@ -126,7 +126,7 @@ def test_shared_reads_add_the_streams_normals():
     values[:, s_count * dim:] = 0.5  # two lookups per read: variance 1
     idx = np.array([0, 1, 2, 3, 4, 5], np.int64)  # three bags of two lookups, one array
     bags = np.array([0, 0, 1, 1, 2, 2], np.int64)
-    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32), np.empty(0, np.bool_))
+    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, 1024, 1, 32, np.empty(0, np.float32))
     assert lone.shape[0] == 3 and bool((lone < 0).all())
     scale = 2.0**10
     out = np.zeros((3, dim), np.float32)
@@ -288,8 +288,9 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     """Every lookup in exactly one read; a read's lookups share one bag and one array, at most
     group_rows of them; as many reads as the torch path's sort makes; lone reads are the
     one-lookup reads of rows whose gate is at most 1, with that gate (bags of at most one
-    lookup each take a plan of their own: drawn half the time); lookups marked taken are left
-    out: the others' reads are those of a plan of them alone."""
+    lookup each take a plan of their own: drawn half the time); lone_bags then the plan of the
+    lookups it leaves make the same reads, lone_bags's the lone reads of lookups alone in
+    their array within their bag (their rows' values summed into their bags)."""
     from cimflow.sim import table_kernels
 
     rows = 50
@@ -299,7 +300,7 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
     gate = torch.rand(rows, generator=g) * 2.2
     n_arrays = rows // array_rows + 1
     perm, starts, first, read_bag, lone = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows,
-                                                             gate.numpy(), np.empty(0, np.bool_))
+                                                             gate.numpy())
     assert sorted(perm.tolist()) == list(range(idx.numel()))
     assert starts[0] == 0 and starts[-1] == idx.numel() and bool((np.diff(starts) > 0).all())
     assert np.array_equal(first, perm[starts[:-1]])
@@ -312,14 +313,20 @@ def test_plan_groups_lookups_into_the_torch_paths_reads(bag_sizes, seed, group_r
         assert lone[r] == (float(gate[idx[members[0]]]) if is_lone else -2.0)
     _, read_starts, _ = pooling.group_reads(idx, bags, array_rows, n_arrays, group_rows)
     assert lone.shape[0] == read_starts.numel()
-    # lookups marked taken (read by lone_bags) are left out: the reads of the others alone, in order
-    taken = (torch.rand(idx.numel(), generator=g) < 0.5).numpy()
-    rest = np.flatnonzero(~taken)
-    p1, s1, f1, b1, l1 = table_kernels.plan(idx.numpy()[rest], bags.numpy()[rest], array_rows, n_arrays, group_rows, gate.numpy(),
-                                            np.empty(0, np.bool_))
-    p2, s2, f2, b2, l2 = table_kernels.plan(idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy(), taken)
-    assert [rest[p1[s1[r]:s1[r + 1]]].tolist() for r in range(l1.shape[0])] == [p2[s2[r]:s2[r + 1]].tolist() for r in range(l2.shape[0])]
-    assert np.array_equal(f2, rest[f1]) and np.array_equal(b2, b1) and np.array_equal(l2, l1)
+    # lone_bags then the plan of the lookups it leaves: the same reads, each lone read of a
+    # lookup alone in its array within its bag taken before the plan
+    out = np.zeros((len(bag_sizes), 2), np.float32)
+    base = np.ones((rows, 2), np.float32)
+    no_slots, no_cells = np.empty((0, 0, 6), np.float32), np.empty((0, 0), np.int64)
+    lone_reads, missing, p2, s2, f2, b2, l2, _ = table_kernels.lone_then_plan(
+        idx.numpy(), bags.numpy(), array_rows, n_arrays, group_rows, gate.numpy(), np.empty(0, np.int64), np.empty((0, 1), np.float32),
+        base, no_slots, no_cells, np.uint64(1), np.uint64(0), out)
+    reads = sorted((int(read_bag[r]), sorted(perm[starts[r]:starts[r + 1]].tolist()), float(lone[r])) for r in range(lone.shape[0]))
+    left = [(int(b2[r]), sorted(p2[s2[r]:s2[r + 1]].tolist()), float(l2[r])) for r in range(l2.shape[0])]
+    read_first = [read for read in reads if read not in left]
+    assert len(read_first) == lone_reads and sorted(left + read_first) == reads
+    assert all(len(m) == 1 and 0.0 <= g <= 1.0 for _, m, g in read_first)
+    assert np.array_equal(out.sum(1), 2.0 * np.bincount([b for b, _, _ in read_first], minlength=len(bag_sizes)))
 
 
 @settings(max_examples=120, deadline=None)
