@@ -204,15 +204,30 @@ def pool(table: CIMEmbeddingBag, idx: torch.Tensor, bags: torch.Tensor, out: tor
     idx_np = idx.contiguous().numpy()
     slot_of, values = _kept(singles, ops)
     draw = table._read_draw
-    lone_reads, missing, perm, starts, first, read_bag, lone, where = k.lone_then_plan(
+    lone_reads, missing, *plan = k.lone_then_plan(
         idx_np, bags.contiguous().numpy(), *_arrays(table), ops.gate, slot_of, values, ops.base, ops.slots, ops.cells, ops.key,
         fused_read._u64(draw), out.numpy())
-    if missing:
-        values = _missing_rows(table, singles, idx_np, perm, starts, lone, where, values)
     table.__dict__["_read_draw"] = draw + 1  # (a plain attribute: no Module.__setattr__)
+    return lone_reads + _read_planned(table, singles, ops, idx_np, plan, missing > 0, values, tail, draw, out)
+
+
+def _read_planned(table: CIMEmbeddingBag, singles: SingleReads | None, ops: _Operands, idx: np.ndarray, plan: list[np.ndarray],
+                  missing: bool, values: np.ndarray, tail: float, draw: int, out: torch.Tensor) -> int:
+    """After the lone reads: the rows ``plan`` (``perm, starts, first, read_bag, lone, where``)
+    finds missing made (:func:`_missing_rows`), then its reads into ``out``; returns their number."""
+    perm, starts, first, read_bag, lone, where = plan
+    if missing:
+        values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
     if lone.shape[0]:
-        k.pool_bags(idx_np, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy())
-    return int(lone_reads + lone.shape[0])
+        _kernels().pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw),
+                             out.numpy())
+    return int(lone.shape[0])
+
+
+def _flat_input(input: torch.Tensor, offsets: torch.Tensor) -> bool:
+    """Whether a read takes ``input`` and ``offsets`` as they are: 1-D int64 CPU tensors, some offsets."""
+    return (input.dim() == 1 and offsets.dim() == 1 and input.dtype == torch.int64 and offsets.dtype == torch.int64
+            and input.is_cpu and offsets.is_cpu and offsets.numel() > 0)
 
 
 def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor, singles: SingleReads | None,
@@ -225,8 +240,7 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     :func:`cimflow.sim.read_groups.flatten_bags` then :func:`pool`. None (nothing read, no draw
     taken) where the input is of another kind or not valid: the general path then reads it
     or names what is wrong."""
-    if (input.dim() != 1 or offsets.dim() != 1 or input.dtype != torch.int64 or offsets.dtype != torch.int64
-            or input.device.type != "cpu" or offsets.device.type != "cpu" or offsets.numel() == 0):
+    if not _flat_input(input, offsets):
         return None
     k = _kernels()
     ops = _operands(table, singles)
@@ -238,17 +252,12 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy())
     if reads == -1:
         return None
-    if reads >= 0 and table.pool_cache is not None and not table.collect_stats and out.dtype == table.out_dtype:  # read_prepared
-        state, held = _read_state(table)
+    if reads >= 0 and table.pool_cache is not None and not table.collect_stats and table.out_dtype == torch.float32:
+        state, held = _read_state(table)  # the next reads: read_prepared
         table.__dict__["_prepared_read"] = (state, held, tail, planned[2:], ops.readout(tail))
     if reads == -2:  # rows missing: read and planned again (their cost dwarfs the plan's), made, read
-        lone_reads, _, idx, perm, starts, first, read_bag, lone, where = k.plan_flat(
-            *planned, ops.base, ops.slots, ops.cells, ops.key, fused_read._u64(draw), out.numpy())
-        values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
-        if lone.shape[0]:
-            k.pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw),
-                        out.numpy())
-        reads = lone_reads + lone.shape[0]
+        lone_reads, _, idx, *plan = k.plan_flat(*planned, ops.base, ops.slots, ops.cells, ops.key, fused_read._u64(draw), out.numpy())
+        reads = lone_reads + _read_planned(table, singles, ops, idx, plan, True, values, tail, draw, out)
     table.__dict__["_read_draw"] = draw + 1
     return out, int(reads)
 
@@ -285,8 +294,7 @@ def read_prepared(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Te
     state, _, tail_then, layout, readout = held
     if tail != tail_then or _read_state(table)[0] != state:
         return None
-    if (input.dim() != 1 or offsets.dim() != 1 or input.dtype != torch.int64 or offsets.dtype != torch.int64 or not input.is_cpu
-            or not offsets.is_cpu or offsets.numel() == 0):
+    if not _flat_input(input, offsets):
         return None
     out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
     draw = table._read_draw
