@@ -9,7 +9,8 @@ a new instance on every step, and on a CPU those draws cost as much as the step'
 :class:`InstanceDraws` draws them once per layer into *pools* of twice the layer's cell
 count and gives each step a window of consecutive pool entries at a uniformly random
 offset (derived from the step's instance seed), re-drawing a slice of every pool per step
-(the whole pool every ``refresh_steps`` steps, 64 by default). So, on every step:
+(the whole pool every ``refresh_steps`` steps, 64 by default; a small pool's slices a batch
+at a time, :data:`cimflow.sim.draw_pool.MIN_SLICE`). So, on every step:
 
 - each cell's draws have exactly the device model's distribution (the pool entries are
   i.i.d. draws from it: standard normals re-scaled by the cell's programming sigma at its
@@ -95,8 +96,9 @@ class StuckPool:
     def renew(self) -> None:
         """Re-draw the pool's next slice (its positions are taken again when :meth:`window`
         next needs them; a caller reading the codes themselves never pays for them)."""
-        start, _ = self.pool.renew()
-        self._stale.add(start // self.pool.chunk)
+        start, end = self.pool.renew()
+        chunk = self.pool.chunk
+        self._stale.update(range(start // chunk, -(-end // chunk)))
 
     def window(self, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat indices (within the window) of the stuck-on and stuck-off cells at ``offset``:
