@@ -274,6 +274,54 @@ def test_weight_planes_kernel_is_the_torch_split(shape):
     assert bool(torch.isfinite(expect.float()).all())  # the all-zero column too (its scale is bounded below)
 
 
+@pytest.mark.parametrize("gained", [False, True])
+def test_read_scales_kernel_is_the_torch_arithmetic(gained):
+    """coef and lsb from read_kernels.read_scales are the torch form's float32 operations, bit for bit."""
+    from cimflow.sim import read_kernels
+
+    gen = torch.Generator().manual_seed(3)
+    g, out, steps_in, steps_adc = 4, 33, 127.0, 127.0
+    adc = torch.rand(g, out, generator=gen) * 50 + 1e-3
+    planes_scale = torch.rand(g, out, generator=gen) * 0.01
+    gain = torch.rand(out, generator=gen) + 0.5
+    w_scale = torch.rand(out, generator=gen) * 2
+    coef, lsb = np.empty((g, out), np.float32), np.empty((g, out), np.float32)
+    read_kernels.read_scales(adc.numpy(), planes_scale.numpy(), gain.numpy() if gained else np.empty(0, np.float32), w_scale.numpy(),
+                             steps_in, steps_adc, coef, lsb)
+    rng = adc * steps_in
+    want = rng.reciprocal().mul_(steps_adc).mul_(planes_scale)
+    if gained:
+        want = want * gain
+    assert torch.equal(torch.from_numpy(coef), want)
+    assert torch.equal(torch.from_numpy(lsb), rng * (w_scale / (steps_adc * steps_in)))
+
+
+def test_new_instances_rewrite_two_operand_buffers_in_turn(monkeypatch):
+    """Each instance's operands are written into one of the engine's two buffers in turn: the
+    last instance's stay intact while the next is made, and each equals operands made afresh."""
+    with torch.no_grad():
+        layer = _cim("pcm-hermes-like", monkeypatch, True, seed=1)
+        eng = next(lay.engine for _, lay in cim_layers(layer))
+        made = []
+        for seed in (1, 2, 3):
+            cimflow.program(layer, seed=seed)
+            ops = fused_read._operands(eng, 127.0)
+            rows = eng.grid.in_features
+            views = [(w.clone(), None if c is None else c.clone()) for _, _, w, c in ops.groups]
+            made.append((ops, views, ops.coef.clone(), ops.lsb.clone()))
+            if seed == 2:  # the first instance's operands were not overwritten by the second's
+                first, groups, coef, lsb = made[0]
+                assert all(torch.equal(w, a) for (_, _, w, _), (a, _) in zip(first.groups, groups, strict=True))
+                assert torch.equal(first.coef, coef) and not torch.equal(ops.coef, coef)
+            fresh_state = eng.__dict__.pop("_plane_buffers"), eng.__dict__.pop("_fused_operands")
+            fresh = fused_read._operands(eng, 127.0)
+            for a, b in zip(ops.groups, fresh.groups, strict=True):
+                assert torch.equal(a[2], b[2]) and (a[3] is None or torch.equal(a[3], b[3]))
+            assert torch.equal(fresh.coef, ops.coef) and torch.equal(fresh.lsb, ops.lsb) and rows == ops.groups[-1][1]
+            eng.__dict__["_plane_buffers"], eng.__dict__["_fused_operands"] = fresh_state
+        assert made[2][0].coef.data_ptr() == made[0][0].coef.data_ptr()  # the third instance re-uses the first's buffer
+
+
 def test_eager_unfused_reads_draw_the_layers_counter_stream(monkeypatch):
     """An eager read off the fused path (a convolution's columns, the general path) draws its
     noise from the layer's counter stream at its draw counter, as the fused read does, and

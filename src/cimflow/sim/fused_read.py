@@ -70,6 +70,7 @@ _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
 _NO_FLOATS = np.empty((0, 1), np.float32)
 _EMPTY_F32 = torch.empty(0, 1, 1)
+_NO_GAIN = np.empty(0, np.float32)
 #: Reads of at most this many vectors may take their products and variances from one compiled kernel
 #: (:func:`cimflow.sim.read_kernels.few_products`) instead of two matmuls per read group: see :func:`few_vectors`
 SMALL_BATCH = 4
@@ -115,30 +116,58 @@ class Operands:
     cells: np.ndarray  # empty): what :func:`read_kernels.few_products` reads for a few vectors
 
 
-def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
-    def make() -> Operands:
-        w = engine.w_eff[0].contiguous()  # (G, gr, out)
-        g, gr, out = w.shape
-        rows = engine.grid.in_features
-        both = torch.empty((g, gr, 2, out), dtype=torch.int8)
-        scale = torch.empty((g, out))
-        var = None if engine.read_var is None else engine.read_var[0].contiguous()
-        cell = torch.empty((g, gr, out), dtype=torch.int16) if var is not None else _EMPTY_I16
-        _kernels().weight_planes(w.numpy(), (_EMPTY_F32 if var is None else var).numpy(), both.numpy(), cell.numpy(), scale.numpy(), rows)
-        cell_bf16 = cell.view(torch.bfloat16) if var is not None else None
-        groups = []
+class _PlaneBuffers:
+    """One engine's operand buffers, made once per layout and then rewritten in place: the
+    planes (G, gr, 2, out) int8, the cell variances as bfloat16 bits (G, gr, out) (or empty),
+    the planes' scale, ``coef`` and ``lsb`` (G, out), and each read group's views of them.
+    Hardware-aware training makes an instance's operands on every step: fresh tensors and
+    views cost tens of microseconds a layer there, more than the kernels filling them."""
+
+    def __init__(self, g: int, gr: int, out: int, rows: int, noisy: bool) -> None:
+        self.layout = (g, gr, out, rows, noisy)
+        self.both = torch.empty((g, gr, 2, out), dtype=torch.int8)
+        self.cell = torch.empty((g, gr, out), dtype=torch.int16) if noisy else _EMPTY_I16
+        self.scale, self.coef, self.lsb = torch.empty((g, out)), torch.empty((g, out)), torch.empty((g, out))
+        cell_bf16 = self.cell.view(torch.bfloat16) if noisy else None
+        self.groups: list[tuple[int, int, torch.Tensor, torch.Tensor | None]] = []
         for k in range(g):
             a, b = k * gr, min((k + 1) * gr, rows)
-            groups.append((a, b, both[k, :b - a].view(b - a, 2 * out), None if cell_bf16 is None else cell_bf16[k, :b - a]))
-        planes_scale = scale.view(g, 1, out)
-        steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
-        rng = engine.adc_range[0] * steps_in  # (G, 1, out): full scale in DAC-code units
-        coef = rng.reciprocal().mul_(steps_adc).mul_(planes_scale)
-        if engine.output_gain is not None:
-            coef = coef * engine.output_gain  # drift compensation, ahead of the ADC
-        lsb = rng * (engine.w_scale / (steps_adc * steps_in))
-        return Operands(groups, coef.reshape(g, out).to(torch.float32).contiguous(),
-                        lsb.reshape(g, out).to(torch.float32).contiguous(), both.numpy(), cell.numpy())
+            self.groups.append((a, b, self.both[k, :b - a].view(b - a, 2 * out), None if cell_bf16 is None else cell_bf16[k, :b - a]))
+        self.arrays = (self.both.numpy(), self.cell.numpy(), self.scale.numpy(), self.coef.numpy(), self.lsb.numpy())
+
+
+def _plane_buffers(engine: CrossbarEngine, layout: tuple[int, int, int, int, bool]) -> _PlaneBuffers:
+    """The next of ``engine``'s two :class:`_PlaneBuffers` of ``layout`` (the other keeps the
+    operands made last; the second is made on the second use)."""
+    pair = engine.__dict__.get("_plane_buffers")
+    if pair is None or pair[0].layout != layout:
+        pair = engine.__dict__["_plane_buffers"] = [_PlaneBuffers(*layout), None, 0]
+        return pair[0]
+    pair[2] ^= 1
+    if pair[pair[2]] is None:
+        pair[pair[2]] = _PlaneBuffers(*layout)
+    return pair[pair[2]]
+
+
+def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
+    def make() -> Operands:
+        w = engine.w_eff[0]  # (G, gr, out)
+        if not w.is_contiguous():
+            w = w.contiguous()
+        g, gr, out = w.shape
+        rows = engine.grid.in_features
+        var = engine.read_var
+        if var is not None:
+            var = var[0] if var[0].is_contiguous() else var[0].contiguous()
+        buf = _plane_buffers(engine, (g, gr, out, rows, var is not None))
+        both, cell, scale, coef, lsb = buf.arrays
+        k = _kernels()
+        k.weight_planes(w.numpy(), (_EMPTY_F32 if var is None else var).numpy(), both, cell, scale, rows)
+        adc = engine.adc_range[0, :, 0].expand(g, out)  # (1, G, 1, out or 1): one full scale per group and column
+        gain = engine.output_gain
+        k.read_scales(adc.numpy(), scale, _NO_GAIN if gain is None else gain.expand(out).numpy(), engine.w_scale.expand(out).numpy(),
+                      steps_in, float((1 << (engine.spec.analog_adc().bits - 1)) - 1), coef, lsb)
+        return Operands(buf.groups, buf.coef, buf.lsb, both, cell)
 
     return fastmm.cached(engine, "_fused_operands", make)
 

@@ -417,4 +417,25 @@ def weight_planes(w, var, both, cell16, scale, rows):  # noqa: ANN001, ANN201
                     cell16[g, r, j] = _bf16_bits(var[g, r, j] / (sj * sj))
 
 
-__all__ = ["absmax", "box_muller", "few_products", "int_readout", "normals", "quantize_rows", "uniforms", "weight_planes"]
+@_kernel
+def read_scales(adc, planes_scale, gain, w_scale, steps_in, steps_adc, coef, lsb):  # noqa: ANN001, ANN201
+    """The fused read's per (group, column) scales (:class:`cimflow.sim.fused_read.Operands`)
+    from the ADC full scale ``adc`` (G, out), the planes' scale (G, out), the drift
+    compensation ``gain`` (out,) (or empty) and the weight scale ``w_scale`` (out,), with the
+    torch form's float32 operations in its order: ``r = adc steps_in``, ``coef = (1 / r)
+    steps_adc planes_scale gain`` (planes' units to ADC steps) and ``lsb = r (w_scale /
+    (steps_adc steps_in))`` (an ADC step in output units over the input scale)."""
+    groups, out = coef.shape
+    s_in, s_adc = np.float32(steps_in), np.float32(steps_adc)
+    per_lsb = np.float32(steps_adc * steps_in)
+    gained = gain.shape[0] > 0
+    for g in range(groups):
+        for j in range(out):
+            r = adc[g, j] * s_in
+            c = np.float32(1.0) / r * s_adc * planes_scale[g, j]
+            coef[g, j] = c * gain[j] if gained else c
+            lsb[g, j] = r * (w_scale[j] / per_lsb)
+
+
+__all__ = ["absmax", "box_muller", "few_products", "int_readout", "normals", "quantize_rows", "read_scales", "uniforms",
+           "weight_planes"]
