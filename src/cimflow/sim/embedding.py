@@ -40,7 +40,7 @@ from cimflow.errors import SimulationError
 from cimflow.mapping import encode_weights
 from cimflow.physics import adc_quantize, quantize_symmetric
 from cimflow.physics.hashing import stream_key
-from cimflow.sim import fused_table, pooling
+from cimflow.sim import fused_table, hugepages, pooling
 from cimflow.sim.array_state import (
     ArrayInstance,
     drifted,
@@ -335,7 +335,8 @@ class CIMEmbeddingBag(ArrayInstance):
         w, var = self._effective(*programmed)
         parts = [w.permute(1, 0, 2).reshape(idx.numel(), -1)] + ([] if var is None else [var.permute(1, 0, 2).reshape(idx.numel(), -1)])
         self._cache_width = parts[0].shape[1]
-        self.pool_cache = torch.cat(parts, dim=1).contiguous()  # (rows, S*dim [+ S*dim])
+        cache = hugepages.empty(idx.numel(), sum(p.shape[1] for p in parts), dtype=parts[0].dtype, device=parts[0].device)
+        self.pool_cache = torch.cat(parts, dim=1, out=cache)  # (rows, S*dim [+ S*dim]); read at random rows: 2 MiB pages
         self._reference_hint = programmed  # every row: the reference rows
         try:
             self._update_gain()

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cimflow.physics import adc_quantize
+from cimflow.sim import hugepages
 from cimflow.sim.read_groups import Flat as Flat
 from cimflow.sim.read_groups import adc_codes as adc_codes
 from cimflow.sim.read_groups import alone_in_read as alone_in_read
@@ -159,7 +160,10 @@ class SingleReads:
         self._args = (significance, col_scale, gain, bits, full, tail)  # (no reference to the owner is kept)
         sample = torch.arange(min(rows, BUILD_ROWS), device=device)
         base, steps = self._outcomes(sample, effective)
-        self.base = (torch.empty if lazy else torch.zeros)(rows, col_scale.numel(), device=device)
+        # the per-row state every lookup reads at random: on 2 MiB pages where large (hugepages)
+        self.base = hugepages.empty(rows, col_scale.numel(), device=device)
+        if not lazy:
+            self.base.zero_()
         self.slots: torch.Tensor | None = None
         self.cell_of: torch.Tensor | None = None
         # per row and draw: P(the draw moves its cell's code), P(it moves it up); per row:
@@ -173,7 +177,7 @@ class SingleReads:
             per_row = torch.bincount(steps[:, 0].long(), minlength=sample.numel())
             width = int(torch.sort(per_row).values[min(sample.numel() - 1, int(SLOT_QUANTILE * sample.numel()))])
             self.draws = max(1, min(width, MAX_SLOTS))
-            self.slots = torch.zeros(rows, self.draws, 6, device=device)
+            self.slots = hugepages.empty(rows, self.draws, 6, device=device).zero_()
             self.fits = torch.ones(rows, dtype=torch.bool, device=device)
             self.moves, self.moves_up = self.slots[..., 4], self.slots[..., 5]  # views
             self.any_move = torch.zeros(rows, device=device)
@@ -181,7 +185,7 @@ class SingleReads:
         # per row, read by every forward (one gather): P(some draw moves a code) where the row
         # is built and its steps fit its slots, 2 where they do not (the exact path), -1 where
         # the row is not built yet (lazy)
-        self.gate = torch.full((rows,), -1.0 if lazy else 0.0, device=device)
+        self.gate = hugepages.empty(rows, device=device).fill_(-1.0 if lazy else 0.0)
         # rows of shared reads of a lazy table, once hashed (see stored_rows)
         self._slot_of: torch.Tensor | None = None
         self._store: torch.Tensor | None = None
@@ -278,7 +282,7 @@ class SingleReads:
         that, rows not stored yet are hashed on every read); values are the hash's own."""
         slot_of = self._slot_of
         if slot_of is None:
-            slot_of = self._slot_of = torch.full(self.base.shape[:1], -1, dtype=torch.int64, device=idx.device)
+            slot_of = self._slot_of = hugepages.empty(self.base.shape[0], dtype=torch.int64, device=idx.device).fill_(-1)
         where = slot_of.index_select(0, idx)
         missing = where < 0
         if bool(missing.any()):  # one host sync
