@@ -61,19 +61,10 @@ def test_small_tensors_and_the_switch_get_no_advice(monkeypatch):
     assert not hugepages.advise(hugepages.empty(3 << 20)) and len(calls) == 1
 
 
-class _OneTable(nn.Module):
-    def __init__(self, rows: int, dim: int) -> None:
-        super().__init__()
-        self.table = nn.EmbeddingBag(rows, dim, mode="sum")
-
-    def forward(self, values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.table(values, offsets)
-
-
 def test_a_converted_tables_random_read_state_is_advised():
     rows, dim = 40_000, 64  # the cached rows and the outcome table's values: over hugepages.MIN_BYTES
-    cim = cimflow.program(cimflow.convert(_OneTable(rows, dim), "hybrid-rram-sram-28nm"), seed=0)
-    table = cim.table
+    cim = cimflow.program(cimflow.convert(nn.EmbeddingBag(rows, dim, mode="sum"), "hybrid-rram-sram-28nm"), seed=0)
+    table = cim.embeddingbag
     with torch.no_grad():
         cim(torch.randint(0, rows, (64,)), torch.arange(0, 64, 4))
     assert table.pool_cache is not None and _advised(table.pool_cache)

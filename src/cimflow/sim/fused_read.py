@@ -151,14 +151,10 @@ def _plane_buffers(engine: CrossbarEngine, layout: tuple[int, int, int, int, boo
 
 def _operands(engine: CrossbarEngine, steps_in: float) -> Operands:
     def make() -> Operands:
-        w = engine.w_eff[0]  # (G, gr, out)
-        if not w.is_contiguous():
-            w = w.contiguous()
+        w = engine.w_eff[0].contiguous()  # (G, gr, out)
         g, gr, out = w.shape
         rows = engine.grid.in_features
-        var = engine.read_var
-        if var is not None:
-            var = var[0] if var[0].is_contiguous() else var[0].contiguous()
+        var = None if engine.read_var is None else engine.read_var[0].contiguous()
         buf = _plane_buffers(engine, (g, gr, out, rows, var is not None))
         both, cell, scale, coef, lsb = buf.arrays
         k = _kernels()
