@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from cimtest import alternating_read, chip_with
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import cimflow
@@ -120,7 +122,7 @@ def test_the_readout_adds_the_streams_normals():
     lsb = np.full((g, m), 2.0**-20, np.float32)
     y, mask = np.empty((n, m), np.float32), np.empty((g, n, m), np.bool_)
     clipped = read_kernels.int_readout(prod, var16, np.empty(n * g * m, np.float32), np.uint64(11), np.uint64(5), False, coef,
-                                       2.0**30, lsb, np.ones(n, np.float32), y, mask)
+                                       2.0**30, lsb, np.ones(n, np.float32), y, mask, 0, n)
     z = fused_read.normals(11, 5, (g, n, m))
     assert not clipped  # (the mask is then not written: the caller reads it only when a partial sum clipped)
     assert float((torch.from_numpy(y) - z.sum(0)).abs().max()) < 1e-5
@@ -141,11 +143,87 @@ def test_the_readouts_mask_marks_the_partial_sums_inside_the_adc_range(given):
     y, mask = np.empty((n, m), np.float32), np.zeros((g, n, m), np.bool_)
     scratch = z.view(-1).numpy().copy() if given else np.empty(n * g * m, np.float32)
     clipped = read_kernels.int_readout(prod, var16, scratch, np.uint64(11), np.uint64(5), given, coef, 2.0**20, lsb,
-                                       np.ones(n, np.float32), y, mask)
+                                       np.ones(n, np.float32), y, mask, 0, n)
     expected = (z * 2.0**20).abs() <= 2.0**20  # |z| <= 1: about 68 % inside
     assert clipped
     assert torch.equal(torch.from_numpy(mask), expected)
     assert 0.6 < float(expected.float().mean()) < 0.76
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["stream", "given"])
+def test_the_readout_of_a_block_of_vectors_is_that_part_of_the_whole_readout(given):
+    """int_readout of vectors n_base .. n_base + B of a read of N (a block's products and
+    variances) writes those vectors' outputs and ADC mask with the draws of the read in one
+    block: element (g N + n) M + j, whatever the blocks."""
+    from cimflow.sim import read_kernels
+
+    n, g, m = 70, 3, 40
+    gen = np.random.default_rng(4)
+    prod = gen.integers(-2000, 2000, (g, n, 2, m)).astype(np.int32)
+    var16 = torch.from_numpy(gen.uniform(0.5, 4.0, (g, n, m)).astype(np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+    coef = gen.uniform(0.01, 0.05, (g, m)).astype(np.float32)  # some partial sums clip at 15 steps
+    lsb = gen.uniform(0.5, 1.5, (g, m)).astype(np.float32)
+    scale = gen.uniform(0.5, 2.0, n).astype(np.float32)
+    given_z = fused_read.normals(3, 9, (g, n, m)).view(-1).numpy().copy()
+
+    def readout(blocks):
+        y, mask = np.full((n, m), np.nan, np.float32), np.zeros((g, n, m), np.bool_)
+        clipped = False
+        for n0, n1 in blocks:
+            scratch = given_z if given else np.empty((n1 - n0) * m + 1, np.float32)
+            clipped |= read_kernels.int_readout(np.ascontiguousarray(prod[:, n0:n1]), np.ascontiguousarray(var16[:, n0:n1]),
+                                                scratch, np.uint64(3), np.uint64(9), given, coef, 15.0, lsb, scale, y, mask, n0, n)
+        return y, mask, clipped
+
+    y, mask, clipped = readout([(0, n)])
+    assert clipped and 0.05 < float(mask.mean()) < 0.95
+    for blocks in ([(0, 16), (16, 32), (32, 70)], [(0, 1), (1, 69), (69, 70)]):
+        y_b, mask_b, clipped_b = readout(blocks)
+        assert np.array_equal(y_b, y) and np.array_equal(mask_b, mask) and clipped_b == clipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 100_000), groups=st.integers(1, 64), out=st.integers(1, 8192))
+def test_blocks_of_vectors_cover_the_read_within_the_block_bytes(n, groups, out):
+    size = fused_read.block_vectors(n, groups, out)
+    per_vector = groups * out * 10
+    assert 1 <= size <= n
+    if n * per_vector <= fused_read.BLOCK_BYTES:
+        assert size == n  # one block
+    else:
+        assert size % 16 == 0 or size == n
+        assert size * per_vector <= fused_read.BLOCK_BYTES + 16 * per_vector  # within a row tile of the budget
+        blocks = -(-n // size)
+        assert (blocks - 1) * size < n  # no empty block
+
+
+def test_a_read_in_blocks_of_vectors_is_the_read_in_one_block(monkeypatch):
+    """A large read runs block by block (fused_read.block_vectors): outputs, ADC masks and
+    gradients are the bits of the read in one block, for inference, for training (the
+    stream's and training's pooled normals) and where partial sums clip."""
+
+    def run(block_bytes, pooled, seed=5):
+        monkeypatch.setattr(fused_read, "BLOCK_BYTES", block_bytes)
+        cim = _cim("pcm-hermes-like", monkeypatch, True, seed=seed)
+        cim[0].engine.adc_range = cim[0].engine.adc_range * 0.2  # some partial sums clip
+        if pooled:
+            for k, (_, layer) in enumerate(cim_layers(cim)):
+                draw_pool.use_pooled_read_noise(layer.engine, k)
+        x = torch.randn(200, 600, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            inference = cim(x)
+        xg = x.clone().requires_grad_(True)
+        y = cim(xg)
+        y.pow(2).sum().backward()
+        plan = cim[0].engine.__dict__["_fused_plan"]
+        return [inference, y.detach(), xg.grad, cim[0].weight.grad, cim[2].weight.grad], len(plan.blocks)
+
+    for pooled in (False, True):
+        whole, one = run(1 << 60, pooled)
+        blocked, several = run(64 * 1024, pooled)  # 600 inputs on 256-row arrays, 64 columns: 48-vector blocks
+        assert one == 1 and several == 5
+        for a, b in zip(whole, blocked, strict=True):
+            assert torch.equal(a, b)
 
 
 def _cim(chip, monkeypatch, fused: bool, seed: int = 0):

@@ -282,17 +282,20 @@ def scale_products(acc, per_out, scale_x, y):  # noqa: ANN001, ANN201
 
 
 @_kernel
-def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask):  # noqa: ANN001, ANN201
-    """The read after the int8 products, fused, in float32. ``prod`` (G, N, 2, M) int32: per
-    read group the products with the weights' high and low planes. For group g, vector n,
+def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask, n_base, n_total):  # noqa: ANN001, ANN201
+    """The read after the int8 products, fused, in float32, of the vectors ``n_base ..
+    n_base + B`` of a read of ``n_total``. ``prod`` (G, B, 2, M) int32: per read group the
+    products with the weights' high and low planes. For group g, vector n (of the read),
     column j: ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat
-    element (g N + n) M + j of the draw (``z``: scratch for a chunk of them, at least
-    ``min(N, _CHUNK // M) M + 1`` long, or (G N M,) the normals to use when ``given``; no
-    noise when ``var16`` is empty: drawn a chunk at a time, they stay in cache), the ADC
-    ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g, j]``.
-    ``var16`` (G, N, M): bfloat16 variances as int16 bits. ``mask`` (G, N, M) bool, or empty:
-    where |v| <= steps, written only when a partial sum clipped (a second sweep, drawing the
-    same normals again; the caller reads it only then). Returns whether any partial sum clipped."""
+    element (g N + n) M + j of the draw (``N = n_total``; ``z``: scratch for a chunk of them,
+    at least ``min(B, _CHUNK // M) M + 1`` long, or (G N M,) the normals to use when
+    ``given``; no noise when ``var16`` is empty: drawn a chunk at a time, they stay in cache),
+    the ADC ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g,
+    j]`` (``y`` (N, M), ``scale_x`` (N,)). ``var16`` (G, B, M): bfloat16 variances as int16
+    bits. ``mask`` (G, N, M) bool, or empty: where |v| <= steps, written only when a partial
+    sum clipped (a second sweep, drawing the same normals again; the caller reads it only
+    then). Returns whether any partial sum clipped. (A read in blocks of vectors gives each
+    element the draws and values of the read in one block.)"""
     groups, n_vec, _, m = prod.shape
     noisy = var16.shape[0] > 0
     want_mask = mask.shape[0] > 0
@@ -310,7 +313,7 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
         for n0 in range(0, n_vec, rows_per_chunk):
             n1 = min(n_vec, n0 + rows_per_chunk)
             for g in range(groups):
-                first, count = (g * n_vec + n0) * m, (n1 - n0) * m
+                first, count = (g * n_total + n_base + n0) * m, (n1 - n0) * m
                 off = first  # where z holds element first
                 if noisy and not given:
                     off = first % 2  # draws start at even elements: the pair's first half drawn too
@@ -323,21 +326,22 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                             if noisy:
                                 var = _bf16_value(var16[g, n, j])
                                 v += z[zb + j] * np.sqrt(var)
-                            mask[g, n, j] = abs(v * c[g, j]) <= steps
+                            mask[g, n_base + n, j] = abs(v * c[g, j]) <= steps
                         continue
-                    sx = np.float32(scale_x[n]) if g == groups - 1 else np.float32(1.0)
+                    sx = np.float32(scale_x[n_base + n]) if g == groups - 1 else np.float32(1.0)
+                    ny = n_base + n
                     clip = 0
                     if noisy:
                         for j in range(m):
                             var = _bf16_value(var16[g, n, j])
                             v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
                             clip += abs(v) > steps
-                            y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                            y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                     else:
                         for j in range(m):
                             v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
                             clip += abs(v) > steps
-                            y[n, j] = ((y[n, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                            y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                     clipped += clip
     return clipped > 0
 
