@@ -182,6 +182,63 @@ def test_the_readout_of_a_block_of_vectors_is_that_part_of_the_whole_readout(giv
         assert np.array_equal(y_b, y) and np.array_equal(mask_b, mask) and clipped_b == clipped
 
 
+def test_the_threaded_readout_is_the_serial_one(monkeypatch):
+    """int_readout_threads (chunks of vectors among numba's threads) writes the serial
+    kernel's bits, drawn or given normals, mask included; readout_kernel takes it only at
+    several torch threads and only on a threading layer that takes concurrent launches."""
+    import numba
+
+    from cimflow.sim import read_kernels
+
+    n, g, m = 300, 2, 40  # 3 vectors a chunk: 100 chunks
+    gen = np.random.default_rng(6)
+    prod = gen.integers(-2000, 2000, (g, n, 2, m)).astype(np.int32)
+    var16 = torch.from_numpy(gen.uniform(0.5, 4.0, (g, n, m)).astype(np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+    coef = gen.uniform(0.01, 0.05, (g, m)).astype(np.float32)
+    lsb = gen.uniform(0.5, 1.5, (g, m)).astype(np.float32)
+    scale = gen.uniform(0.5, 2.0, n).astype(np.float32)
+    given_z = fused_read.normals(3, 9, (g, n, m)).view(-1).numpy().copy()
+    for given_normals in (False, True):
+        outs = []
+        for kernel in (read_kernels.int_readout, read_kernels.readout_kernel(2)):
+            y, mask = np.full((n, m), np.nan, np.float32), np.zeros((g, n, m), np.bool_)
+            z = given_z if given_normals else np.empty(n * m + 1, np.float32)
+            clipped = kernel(prod, var16, z, np.uint64(3), np.uint64(9), given_normals, coef, 15.0, lsb, scale, y, mask, 0, n)
+            outs.append((y, mask, clipped))
+        (y1, mask1, clipped1), (y2, mask2, clipped2) = outs
+        assert clipped1 and clipped2 and np.array_equal(y1, y2) and np.array_equal(mask1, mask2)
+    assert read_kernels.readout_kernel(1) is read_kernels.int_readout
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        assert read_kernels.readout_kernel(2) is read_kernels.int_readout_threads and numba.get_num_threads() == 2
+    monkeypatch.setattr(read_kernels, "_THREADS_SAFE", None)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    assert read_kernels.readout_kernel(2) is read_kernels.int_readout
+
+
+def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch):
+    """The same bits whatever torch's thread count (the readout's chunks shared among numba's
+    threads at two), for inference and for a training read's outputs and gradients."""
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            cim = _cim("pcm-hermes-like", monkeypatch, True, seed=4)
+            x = torch.randn(300, 600, generator=torch.Generator().manual_seed(8))
+            with torch.no_grad():
+                inference = cim(x)
+            xg = x.clone().requires_grad_(True)
+            y = cim(xg)
+            y.pow(2).sum().backward()
+            outs.append([inference, y.detach(), xg.grad, cim[0].weight.grad])
+    finally:
+        torch.set_num_threads(threads)
+    (inference1, y1, *grads1), (inference2, y2, *grads2) = outs
+    assert torch.equal(inference1, inference2) and torch.equal(y1, y2)
+    for a, b in zip(grads1, grads2, strict=True):  # (torch's own float matmuls behind them: their rounding may follow the threads)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
+
+
 @settings(max_examples=300, deadline=None)
 @given(n=st.integers(1, 100_000), groups=st.integers(1, 64), out=st.integers(1, 8192))
 def test_blocks_of_vectors_cover_the_read_within_the_block_bytes(n, groups, out):

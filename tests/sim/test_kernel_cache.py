@@ -37,11 +37,15 @@ def test_every_kernel_is_cached_under_the_stamp_of_all_kernel_files():
     assert {(p.parent.name, p.name) for p in paths} >= {("sim", "read_kernels.py"), ("sim", "table_kernels.py"),
                                                        ("train", "program_kernels.py"), ("train", "clip_kernels.py")}
     expected = ("cimflow-kernels", kernel_cache.sources_stamp(paths))
-    for kernel in (read_kernels.quantize_rows, read_kernels.int_readout, table_kernels.pool_bags, program_kernels.program_instance,
-                   clip_kernels.clip_rows):
+    for kernel in (read_kernels.quantize_rows, read_kernels.int_readout, read_kernels.int_readout_threads, table_kernels.pool_bags,
+                   program_kernels.program_instance, clip_kernels.clip_rows):
         locator = kernel._cache._impl._locator
         assert getattr(type(locator), "cimflow_kernels", False), type(locator)
         assert locator.get_source_stamp() == expected
+    # one source compiled serial and threaded: two cache files (numba names them by the function)
+    serial, threaded = read_kernels.int_readout, read_kernels.int_readout_threads
+    assert serial.py_func.__code__ is threaded.py_func.__code__ and threaded.targetoptions.get("parallel")
+    assert serial._cache._cache_file._index_name != threaded._cache._cache_file._index_name
     assert kernel_cache.install()  # idempotent: the locators are in place once
     from numba.core import caching
     assert sum(getattr(c, "cimflow_kernels", False) for c in caching.CacheImpl._locator_classes) == 3

@@ -234,6 +234,7 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
     y = torch.empty((n, plan.out), dtype=torch.float32)
     mask = torch.empty(plan.var_shape, dtype=torch.bool) if keep else _EMPTY_BOOL
     y_np, scale_np, mask_np = y.numpy(), scale.view(-1).numpy(), mask.view(-1, n, plan.out).numpy()
+    readout = k.readout_kernel(torch.get_num_threads())
     clipped = False
     for n0, products, variances, prod_np, var_np in plan.blocks:
         if plan.few:  # a few vectors: every group's products and variances in one kernel call
@@ -243,7 +244,7 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
                 torch._int_mm(codes, w, out=dest)
             for squares, cell, dest in variances:  # one bfloat16 matmul per read group
                 torch.mm(squares, cell, out=dest)
-        clipped |= k.int_readout(prod_np, var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc, plan.lsb_np,
+        clipped |= readout(prod_np, var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc, plan.lsb_np,
                                  scale_np, y_np, mask_np, n0, n)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale,
                                             "adc_inside": mask if keep and clipped else None, "dac_inside": None}

@@ -19,10 +19,13 @@ read can be re-drawn and rows do not depend on how they are batched.
 from __future__ import annotations
 
 import math
+from types import FunctionType
+from typing import Any
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types, uint32, uint64
+from numba import njit, prange, types, uint32, uint64
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -35,6 +38,18 @@ kernel_cache.install()  # before any kernel is decorated: each one's disk cache 
 # contract: multiply-adds fused
 _kernel = njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _inline = njit(inline="always", cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+# the same, its prange loops shared among numba's threads
+_threads = njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath={"contract"})
+
+
+def _threaded(fn: Any) -> Any:
+    """``fn`` compiled with :data:`_threads`, as a function object of its own (numba's disk
+    cache names a kernel by its qualified name, not by how it was compiled): the serial
+    kernel and this one from one source."""
+    twin = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_threads", fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_threads"
+    twin.__doc__ = fn.__doc__
+    return _threads(twin)
 
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
 _F = np.float32
@@ -281,8 +296,7 @@ def scale_products(acc, per_out, scale_x, y):  # noqa: ANN001, ANN201
             y[n, j] = np.float32(acc[n, j]) * per_out[j] * s
 
 
-@_kernel
-def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask, n_base, n_total):  # noqa: ANN001, ANN201
+def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mask, n_base, n_total):  # noqa: ANN001, ANN202
     """The read after the int8 products, fused, in float32, of the vectors ``n_base ..
     n_base + B`` of a read of ``n_total``. ``prod`` (G, B, 2, M) int32: per read group the
     products with the weights' high and low planes. For group g, vector n (of the read),
@@ -303,21 +317,25 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
     neg = -steps
     dk = _draw_key(key, draw)
     rows_per_chunk = max(1, _CHUNK // m)
-    bits = np.empty(2 * rows_per_chunk * m + 8, np.uint32)
+    chunks = (n_vec + rows_per_chunk - 1) // rows_per_chunk
+    drawn = noisy and not given
     clipped = 0
     # (the partial sum and its noise are written out in each loop: taken from @_inline helpers
     # the loops stop vectorizing, the readout ~2x slower, measured)
     for sweep in range(2):  # the outputs; then, only where a partial sum clipped (rare), the mask
         if sweep == 1 and not (want_mask and clipped > 0):
             break
-        for n0 in range(0, n_vec, rows_per_chunk):
+        for chunk in prange(chunks):  # (int_readout_threads: among numba's threads; each chunk its own scratch)
+            n0 = chunk * rows_per_chunk
             n1 = min(n_vec, n0 + rows_per_chunk)
+            zc = np.empty(rows_per_chunk * m + 2, np.float32) if drawn else z  # (scratch of the chunk's own)
+            bits = np.empty(2 * rows_per_chunk * m + 8 if drawn else 0, np.uint32)
             for g in range(groups):
                 first, count = (g * n_total + n_base + n0) * m, (n1 - n0) * m
-                off = first  # where z holds element first
-                if noisy and not given:
+                off = first  # where zc holds element first
+                if drawn:
                     off = first % 2  # draws start at even elements: the pair's first half drawn too
-                    _fill(dk, first - off, z[:count + off], bits)
+                    _fill(dk, first - off, zc[:count + off], bits)
                 for n in range(n0, n1):  # (indexed, not through row views: see absmax)
                     zb = off + (n - n0) * m
                     if sweep == 1:
@@ -325,7 +343,7 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                             v = np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO
                             if noisy:
                                 var = _bf16_value(var16[g, n, j])
-                                v += z[zb + j] * np.sqrt(var)
+                                v += zc[zb + j] * np.sqrt(var)
                             mask[g, n_base + n, j] = abs(v * c[g, j]) <= steps
                         continue
                     sx = np.float32(scale_x[n_base + n]) if g == groups - 1 else np.float32(1.0)
@@ -333,8 +351,8 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                     clip = 0
                     if noisy:
                         for j in range(m):
-                            var = _bf16_value(var16[g, n, j])
-                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + z[zb + j] * np.sqrt(var)) * c[g, j]
+                            noise = zc[zb + j] * np.sqrt(_bf16_value(var16[g, n, j]))
+                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + noise) * c[g, j]
                             clip += abs(v) > steps
                             y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                     else:
@@ -344,6 +362,37 @@ def int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, mas
                             y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
                     clipped += clip
     return clipped > 0
+
+
+int_readout = _kernel(_int_readout)
+#: :func:`int_readout` with its chunks of vectors shared among numba's threads (:func:`readout_kernel`)
+int_readout_threads = _threaded(_int_readout)
+
+
+@_threads
+def _probe(x):  # noqa: ANN001, ANN202
+    for i in prange(x.shape[0]):
+        x[i] = i
+
+
+_THREADS_SAFE: bool | None = None
+
+
+def readout_kernel(threads: int) -> Any:
+    """:func:`int_readout` for a read at ``threads`` torch threads: on one, the serial kernel;
+    on more, :data:`int_readout_threads` with as many of numba's threads, where numba's
+    threading layer is OpenMP or TBB (they take launches from several Python threads at
+    once; numba's fallback "workqueue" aborts the process then, so it is never used)."""
+    global _THREADS_SAFE
+    if threads <= 1:
+        return int_readout
+    if _THREADS_SAFE is None:
+        _probe(np.zeros(2))  # (starts numba's threading layer)
+        _THREADS_SAFE = numba.threading_layer() in ("omp", "tbb")
+    if not _THREADS_SAFE:
+        return int_readout
+    numba.set_num_threads(min(threads, getattr(numba.config, "NUMBA_NUM_THREADS", 1)))  # (at most numba's pool)
+    return int_readout_threads
 
 
 @_kernel
