@@ -7,6 +7,7 @@ seed, and its gradients equal the general path's, clipping included."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -184,7 +185,7 @@ def test_the_readout_of_a_block_of_vectors_is_that_part_of_the_whole_readout(giv
 
 def test_the_threaded_readout_is_the_serial_one(monkeypatch):
     """int_readout_threads (chunks of vectors among numba's threads) writes the serial
-    kernel's bits, drawn or given normals, mask included; readout_kernel takes it only at
+    kernel's bits, drawn or given normals, mask included; for_threads takes it only at
     several torch threads and only on a threading layer that takes concurrent launches."""
     import numba
 
@@ -198,21 +199,77 @@ def test_the_threaded_readout_is_the_serial_one(monkeypatch):
     lsb = gen.uniform(0.5, 1.5, (g, m)).astype(np.float32)
     scale = gen.uniform(0.5, 2.0, n).astype(np.float32)
     given_z = fused_read.normals(3, 9, (g, n, m)).view(-1).numpy().copy()
+    serial, threaded = read_kernels.int_readout, read_kernels.int_readout_threads
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     for given_normals in (False, True):
         outs = []
-        for kernel in (read_kernels.int_readout, read_kernels.readout_kernel(2)):
+        for kernel in (serial, threaded):
             y, mask = np.full((n, m), np.nan, np.float32), np.zeros((g, n, m), np.bool_)
             z = given_z if given_normals else np.empty(n * m + 1, np.float32)
             clipped = kernel(prod, var16, z, np.uint64(3), np.uint64(9), given_normals, coef, 15.0, lsb, scale, y, mask, 0, n)
             outs.append((y, mask, clipped))
         (y1, mask1, clipped1), (y2, mask2, clipped2) = outs
         assert clipped1 and clipped2 and np.array_equal(y1, y2) and np.array_equal(mask1, mask2)
-    assert read_kernels.readout_kernel(1) is read_kernels.int_readout
-    if numba.config.NUMBA_NUM_THREADS > 1:
-        assert read_kernels.readout_kernel(2) is read_kernels.int_readout_threads and numba.get_num_threads() == 2
+    assert read_kernels.for_threads(serial, threaded, 1) is serial
+    safe = read_kernels.for_threads(serial, threaded, 2) is threaded  # (OpenMP or TBB here)
+    assert safe == (numba.threading_layer() in ("omp", "tbb"))
+    if safe and numba.config.NUMBA_NUM_THREADS > 1:
+        assert numba.get_num_threads() == 2
     monkeypatch.setattr(read_kernels, "_THREADS_SAFE", None)
     monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
-    assert read_kernels.readout_kernel(2) is read_kernels.int_readout
+    assert read_kernels.for_threads(serial, threaded, 2) is serial
+
+
+def _readout_args(n=40, g=2, m=30):
+    gen = np.random.default_rng(7)
+    prod = gen.integers(-2000, 2000, (g, n, 2, m)).astype(np.int32)
+    var16 = torch.from_numpy(gen.uniform(0.5, 4.0, (g, n, m)).astype(np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+    coef, lsb = np.full((g, m), 0.02, np.float32), np.ones((g, m), np.float32)
+    y, mask = np.zeros((n, m), np.float32), np.zeros((0, 1, 1), np.bool_)
+    return (prod, var16, np.empty(0, np.float32), np.uint64(3), np.uint64(9), False, coef, 15.0, lsb, np.ones(n, np.float32), y,
+            mask, 0, n)
+
+
+def _readout_in_child(conn, args):  # (what the forked child runs: no torch operation, whose own threads hang there)
+    from cimflow.sim import read_kernels
+
+    kernel = read_kernels.for_threads(read_kernels.int_readout, read_kernels.int_readout_threads, 2)
+    kernel(*args)
+    conn.send((kernel is read_kernels.int_readout, args[10]))
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_after_threaded_reads_reads_on_one_thread(monkeypatch):
+    """A process forked after numba's threading layer started (a multiprocessing pool on
+    Linux) takes the serial kernel: numba ends a child that uses GNU OpenMP's threads after
+    a fork ("Terminating: fork() called from a process already using GNU OpenMP"). The
+    child's readout is the parent's threaded one, bit for bit."""
+    import multiprocessing
+
+    import numba
+
+    from cimflow.sim import read_kernels
+
+    threaded = read_kernels.for_threads(read_kernels.int_readout, read_kernels.int_readout_threads, 2)  # (starts the layer)
+    args = _readout_args()
+    child_args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
+    threaded(*args)
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_readout_in_child, args=(child, child_args))
+    proc.start()
+    answered = parent.poll(60)
+    proc.join(10)
+    if proc.exitcode is None:
+        proc.kill()
+    assert answered and proc.exitcode == 0
+    serial, y = parent.recv()
+    assert serial and np.array_equal(y, args[10])
+    if numba.threading_layer() in ("omp", "tbb"):
+        assert threaded is read_kernels.int_readout_threads
+    monkeypatch.setattr(read_kernels, "_THREADS_PID", os.getpid() + 1)  # (as a forked child sees it)
+    assert read_kernels.for_threads(read_kernels.int_readout, read_kernels.int_readout_threads, 2) is read_kernels.int_readout
 
 
 def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch):

@@ -115,6 +115,31 @@ def test_the_compiled_cells_are_the_torch_forms(case, monkeypatch):
     assert bool((fast["w_eff"][0, 2, rows:] == 0).all())
 
 
+@pytest.mark.parametrize("law", ["generic", "pcm"])
+def test_an_instance_programmed_at_two_threads_is_the_one_at_one(law, monkeypatch):
+    """At several torch threads the kernel's read groups run on numba's threads
+    (program_instance_threads): every output the bits of one thread's."""
+    from cimflow.train import program_kernels
+
+    chip, t = (_chip(), 1e5) if law == "generic" else (chip_with("pcm-hermes-like"), 86400.0)
+    calls = []
+    threaded = program_kernels.program_instance_threads
+    monkeypatch.setattr(program_kernels, "program_instance_threads", lambda *a: calls.append(1) or threaded(*a))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _instance(chip, True, monkeypatch, t)
+        assert not calls
+        torch.set_num_threads(2)
+        two = _instance(chip, True, monkeypatch, t)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls  # (several read groups: 300 inputs on 128- or 256-row arrays)
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        assert torch.equal(two[key], value), key
+
+
 def test_a_nan_weight_stays_nan_in_both_forms(monkeypatch):
     """A diverged weight is not turned into a finite level by the compiled clamp: the same
     cells are NaN in both forms (never a silent finite number)."""

@@ -69,6 +69,7 @@ _EMPTY_I16 = torch.empty(0, 1, 1, dtype=torch.int16)
 _EMPTY_BOOL = torch.empty(0, 1, 1, dtype=torch.bool)
 _NO_SQUARES = np.empty((0, 1), np.int16)
 _NO_FLOATS = np.empty((0, 1), np.float32)
+_NO_Z = np.empty(0, np.float32)
 _EMPTY_F32 = torch.empty(0, 1, 1)
 _NO_GAIN = np.empty(0, np.float32)
 #: Reads of at most this many vectors may take their products and variances from one compiled kernel
@@ -226,15 +227,15 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
                     _NO_FLOATS if xi is None else xi.numpy())
     noisy = engine.read_var is not None
     given = noisy and keep and getattr(engine, "_read_noise_pool", None) is not None
-    z_np = (training_read_normal(engine, torch.empty(plan.var_shape)).reshape(-1).numpy() if given
-            else plan.z_np)  # training's pooled normals, or scratch for the layer's stream
+    # training's pooled normals (else the readout draws the layer's stream itself)
+    z_np = training_read_normal(engine, torch.empty(plan.var_shape)).reshape(-1).numpy() if given else _NO_Z
     draw = int(engine.read_counter)
     if noisy and not given:
         engine.read_counter.add_(1)
     y = torch.empty((n, plan.out), dtype=torch.float32)
     mask = torch.empty(plan.var_shape, dtype=torch.bool) if keep else _EMPTY_BOOL
     y_np, scale_np, mask_np = y.numpy(), scale.view(-1).numpy(), mask.view(-1, n, plan.out).numpy()
-    readout = k.readout_kernel(torch.get_num_threads())
+    readout = k.for_threads(k.int_readout, k.int_readout_threads, torch.get_num_threads())
     clipped = False
     for n0, products, variances, prod_np, var_np in plan.blocks:
         if plan.few:  # a few vectors: every group's products and variances in one kernel call
@@ -244,8 +245,8 @@ def read(engine: CrossbarEngine, x: torch.Tensor, steps_in: float,
                 torch._int_mm(codes, w, out=dest)
             for squares, cell, dest in variances:  # one bfloat16 matmul per read group
                 torch.mm(squares, cell, out=dest)
-        clipped |= readout(prod_np, var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc, plan.lsb_np,
-                                 scale_np, y_np, mask_np, n0, n)
+        clipped |= readout(prod_np, var_np, z_np, plan.key, _u64(draw), given, plan.coef_np, plan.steps_adc, plan.lsb_np, scale_np,
+                           y_np, mask_np, n0, n)
     kept: dict[str, torch.Tensor | None] = {"xi": xi, "scale_x": scale,
                                             "adc_inside": mask if keep and clipped else None, "dac_inside": None}
     return y, kept
@@ -271,7 +272,7 @@ def block_vectors(n: int, groups: int, out: int) -> int:
 
 class _Plan:
     """One layer's fused read of ``n`` vectors, laid out once: the scratch tensors (DAC codes,
-    their squares, a block's products and variances, normals), per block of vectors
+    their squares, a block's products and variances), per block of vectors
     (:func:`block_vectors`) the matmul calls writing into them, and NumPy views of what the
     kernels take (each view costs a call). A new instance of the same layer (hardware-aware
     training programs one per step) keeps the scratch and rebinds the calls to its operands
@@ -293,7 +294,6 @@ class _Plan:
         self.prod = torch.empty((g, size, 2, out), dtype=torch.int32)
         self.var_shape = (g, n, out)
         self.var = torch.empty((g, size, out), dtype=torch.bfloat16) if noisy else _EMPTY_I16
-        self.z_np = np.empty(min(size, max(1, _kernels()._CHUNK // out)) * out + 1 if noisy else 0, np.float32)  # one chunk
         self.steps_adc = float((1 << (engine.spec.analog_adc().bits - 1)) - 1)
         # per block, the views of the scratch, made once (a view costs microseconds; bind pairs them with an instance's):
         # (first vector, per group (codes, products, squares, variances), the products and variances as NumPy)

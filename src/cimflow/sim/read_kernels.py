@@ -19,6 +19,7 @@ read can be re-drawn and rows do not depend on how they are batched.
 from __future__ import annotations
 
 import math
+import os
 from types import FunctionType
 from typing import Any
 
@@ -301,9 +302,9 @@ def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, ma
     n_base + B`` of a read of ``n_total``. ``prod`` (G, B, 2, M) int32: per read group the
     products with the weights' high and low planes. For group g, vector n (of the read),
     column j: ``v = c[g, j] (hi + lo / LO_LEVELS + z sqrt(var))`` with z the normal of flat
-    element (g N + n) M + j of the draw (``N = n_total``; ``z``: scratch for a chunk of them,
-    at least ``min(B, _CHUNK // M) M + 1`` long, or (G N M,) the normals to use when
-    ``given``; no noise when ``var16`` is empty: drawn a chunk at a time, they stay in cache),
+    element (g N + n) M + j of the draw (``N = n_total``; drawn a chunk of vectors at a time
+    into scratch of the chunk's own, so they stay in cache; ``z`` (G N M,): the normals to
+    use instead when ``given``, else unread; no noise when ``var16`` is empty),
     the ADC ``round(clamp(v, +-steps))``, and ``y[n, j] = scale_x[n] * sum_g code * lsb[g,
     j]`` (``y`` (N, M), ``scale_x`` (N,)). ``var16`` (G, B, M): bfloat16 variances as int16
     bits. ``mask`` (G, N, M) bool, or empty: where |v| <= steps, written only when a partial
@@ -365,7 +366,7 @@ def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, ma
 
 
 int_readout = _kernel(_int_readout)
-#: :func:`int_readout` with its chunks of vectors shared among numba's threads (:func:`readout_kernel`)
+#: :func:`int_readout` with its chunks of vectors shared among numba's threads (:func:`for_threads`)
 int_readout_threads = _threaded(_int_readout)
 
 
@@ -376,23 +377,27 @@ def _probe(x):  # noqa: ANN001, ANN202
 
 
 _THREADS_SAFE: bool | None = None
+_THREADS_PID = 0  # the process that started numba's threading layer
 
 
-def readout_kernel(threads: int) -> Any:
-    """:func:`int_readout` for a read at ``threads`` torch threads: on one, the serial kernel;
-    on more, :data:`int_readout_threads` with as many of numba's threads, where numba's
+def for_threads(serial: Any, threaded: Any, threads: int) -> Any:
+    """The kernel for work at ``threads`` torch threads: ``serial`` at one; at more,
+    ``threaded`` (its :func:`_threaded` twin) with as many of numba's threads, where numba's
     threading layer is OpenMP or TBB (they take launches from several Python threads at
-    once; numba's fallback "workqueue" aborts the process then, so it is never used)."""
-    global _THREADS_SAFE
+    once; numba's fallback "workqueue" aborts the process then, so it is never used), and
+    not in a child forked after the layer started (GNU OpenMP's threads do not survive a
+    fork: numba ends such a child). At one thread the twin would cost more than the serial
+    kernel: an MLP forward ~8 %, numba's OpenMP workers spinning beside it."""
+    global _THREADS_SAFE, _THREADS_PID
     if threads <= 1:
-        return int_readout
+        return serial
     if _THREADS_SAFE is None:
         _probe(np.zeros(2))  # (starts numba's threading layer)
-        _THREADS_SAFE = numba.threading_layer() in ("omp", "tbb")
-    if not _THREADS_SAFE:
-        return int_readout
+        _THREADS_SAFE, _THREADS_PID = numba.threading_layer() in ("omp", "tbb"), os.getpid()
+    if not _THREADS_SAFE or os.getpid() != _THREADS_PID:
+        return serial
     numba.set_num_threads(min(threads, getattr(numba.config, "NUMBA_NUM_THREADS", 1)))  # (at most numba's pool)
-    return int_readout_threads
+    return threaded
 
 
 @_kernel

@@ -579,7 +579,8 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
         moments, curve, states = ws.pcm
         state, t_eff = states[ws.flip], effective_time(t, t0, model.acceleration)
         pcm = (state.numpy(), draws["1/f"].numpy(), moments, curve, model.noise_growth(t0), model.noise_growth(t_eff))
-    k.program_instance(w, scale.numpy(), float(dev.n_levels - 1), z.numpy(), ws.padded, den / (dev.n_levels - 1), dev.g_min,
+    program = k.for_threads(k.program_instance, k.program_instance_threads, torch.get_num_threads())
+    program(w, scale.numpy(), float(dev.n_levels - 1), z.numpy(), ws.padded, den / (dev.n_levels - 1), dev.g_min,
                        dev.g_max, codes, draws["drift"].numpy(), math.log(t_eff / t0) if t_eff > t0 else 0.0, den,
                        dev.read_noise**2, eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
                        eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy(), *pcm)

@@ -42,8 +42,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import prange
 
-from cimflow.sim.read_kernels import _inline, _kernel, _log, absmax
+from cimflow.sim.read_kernels import _inline, _kernel, _log, _threaded, absmax, for_threads
 
 _F = np.float32
 #: the programming-sigma polynomial's coefficients are padded to this many (the spec allows 8)
@@ -244,9 +245,8 @@ def _age_row(g, n, nu, c, drift, den, rn2, w_eff, var, i, noisy):  # noqa: ANN00
             w_eff[i, j] = (g[0, n, j] - g[1, n, j]) / den
 
 
-@_kernel
-def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, stuck, nu, log_ratio, den, read_noise_sq,  # noqa: ANN001, ANN201
-                     group_rows, sums, g0, w_eff, var, state, flicker, moments, curve, growth0, growth):
+def _program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, stuck, nu, log_ratio, den, read_noise_sq,  # noqa: ANN001, ANN202
+                      group_rows, sums, g0, w_eff, var, state, flicker, moments, curve, growth0, growth):
     """A fresh instance of one differential slice, row block by row block of the cells:
 
     - levels: ``l = rint(clamp(weight[o, i] / scale[o], -1, 1) top_level)`` (``weight`` (out,
@@ -267,7 +267,10 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
       (overwritten);
     - at ``t`` (``log_ratio = log(t / t0)``; 0: no drift) the conductances (``G(t0) exp(-nu
       log_ratio)``, or PCM's), ``w_eff`` (in, out) ``(G+ - G-) / den`` and ``var`` (in, out),
-      or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``."""
+      or empty, ``read_noise_sq ((G+ / den)^2 + (G- / den)^2)``.
+
+    Read group by read group (each its own rows and column sums: the same values whatever
+    the order), the groups shared among numba's threads in :data:`program_instance_threads`."""
     rows, m = w_eff.shape
     top, step, g_min, g_max = _F(top_level), _F(step), _F(g_min), _F(g_max)
     den, rn2, c = _F(den), _F(read_noise_sq), _F(-log_ratio)
@@ -276,27 +279,35 @@ def program_instance(weight, scale, top_level, z, coeffs, step, g_min, g_max, st
     has_stuck, want_sums, noisy, pcm = stuck.shape[0] > 0, sums.shape[0] > 0, var.shape[0] > 0, state.shape[0] > 0
     if want_sums:
         sums[:] = 0
-    block = np.empty((_ROWS, m), np.float32)
-    x, q = np.empty(m, np.float32), np.empty(m, np.float32)
-    at = np.empty(m, np.uint32)  # PCM: a row's cell levels as table indices
-    now = np.empty((2, 2, m), np.float32)  # PCM: a row's conductances at t0 (n = 0) and at t (n = 1)
-    for i0 in range(0, rows, _ROWS):
-        n = min(_ROWS, rows - i0)
-        _levels_block(weight, scale, top, i0, n, block)
-        for r in range(n):
-            i = i0 + r
-            _program_row(block, r, z, i, g0, coeffs, step, g_min, g_max)
-            if has_stuck:
-                _stick(g0, stuck, i, g_max, g_min)
-            if pcm:
-                _pcm_row(block, r, g0, nu, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now, at)
-                if want_sums:
-                    _sum_row(now, 0, den, sums, i // group_rows)
-                _age_row(now, 1, now, c, False, den, rn2, w_eff, var, i, noisy)
-            else:
-                if want_sums:
-                    _sum_row(g0, i, den, sums, i // group_rows)
-                _age_row(g0, i, nu, c, drift, den, rn2, w_eff, var, i, noisy)
+    for group in prange((rows + group_rows - 1) // group_rows):  # (each group its own scratch)
+        block = np.empty((_ROWS, m), np.float32)
+        x, q = np.empty(m, np.float32), np.empty(m, np.float32)
+        at = np.empty(m, np.uint32)  # PCM: a row's cell levels as table indices
+        now = np.empty((2, 2, m), np.float32)  # PCM: a row's conductances at t0 (n = 0) and at t (n = 1)
+        end = min(rows, (group + 1) * group_rows)
+        for i0 in range(group * group_rows, end, _ROWS):
+            n = min(_ROWS, end - i0)
+            _levels_block(weight, scale, top, i0, n, block)
+            for r in range(n):
+                i = i0 + r
+                _program_row(block, r, z, i, g0, coeffs, step, g_min, g_max)
+                if has_stuck:
+                    _stick(g0, stuck, i, g_max, g_min)
+                if pcm:
+                    _pcm_row(block, r, g0, nu, flicker, i, moments, curve, g_max, growth0, growth, c, x, q, state, now, at)
+                    if want_sums:
+                        _sum_row(now, 0, den, sums, group)
+                    _age_row(now, 1, now, c, False, den, rn2, w_eff, var, i, noisy)
+                else:
+                    if want_sums:
+                        _sum_row(g0, i, den, sums, group)
+                    _age_row(g0, i, nu, c, drift, den, rn2, w_eff, var, i, noisy)
+
+
+program_instance = _kernel(_program_instance)
+#: :func:`program_instance` with its read groups shared among numba's threads
+#: (:func:`cimflow.sim.read_kernels.for_threads`)
+program_instance_threads = _threaded(_program_instance)
 
 
 @_kernel
@@ -324,4 +335,5 @@ def adc_full_scale(sums, expected, m1, m2, sigmas, width, full):  # noqa: ANN001
                 full[g, j] = top
 
 
-__all__ = ["COEFFICIENTS", "CURVE_HEAD", "LOG", "POLYNOMIAL", "POWER", "adc_full_scale", "column_scales", "program_instance"]
+__all__ = ["COEFFICIENTS", "CURVE_HEAD", "LOG", "POLYNOMIAL", "POWER", "adc_full_scale", "column_scales", "program_instance",
+           "for_threads", "program_instance_threads"]
