@@ -363,3 +363,53 @@ def _parse(read_groups, values, offs, include_last, error):
     except error as err:
         return str(err)
 
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("pooling_factor", [1, 3, 20])
+def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch, lazy, pooling_factor):
+    """At several torch threads the lone reads run in runs of whole bags on numba's threads
+    (table_kernels.lone_bags_threads): the bits of one thread, cached or lazy table, one-hot
+    bags or bags sharing arrays."""
+    from cimflow.sim import table_kernels
+
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    if lazy:
+        monkeypatch.setattr(embedding, "CACHE_CELLS", 0)
+    runs = []
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            layer = table_layer(0.01, 20_000, 16, seed=3)
+            with torch.no_grad():
+                # (uneven bags: the middle of the lookups falls inside one; a lazy table builds, then reads)
+                got = [layer(*lookups(20_000, 301, pooling_factor, seed=s, long=3)) for s in (1, 2, 1)]
+            outs.append(got)
+            runs.append(table_kernels.threads_for(n_threads))
+    finally:
+        torch.set_num_threads(threads)
+    import numba
+
+    assert runs[0] == 1
+    if numba.threading_layer() in ("omp", "tbb") and numba.config.NUMBA_NUM_THREADS > 1:
+        assert runs[1] == 2  # (the threaded runs took part)
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=60), st.integers(1, 9))
+def test_runs_of_bags_cover_the_lookups_at_bag_starts(sizes, parts):
+    from cimflow.sim import table_kernels
+
+    bags = np.repeat(np.arange(len(sizes)), sizes).astype(np.int64)
+    bounds = table_kernels._part_bounds(bags, parts)
+    n = bags.shape[0]
+    assert bounds[0] == 0 and bounds[-1] == n and 2 <= bounds.shape[0] <= parts + 1
+    assert bool((np.diff(bounds) > 0).all())
+    starts = set(np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist())
+    assert all(int(b) in starts for b in bounds[:-1])  # every run begins a bag
+    if parts <= len(sizes) and max(sizes) == min(sizes):  # equal bags: as many runs as asked
+        assert bounds.shape[0] == parts + 1

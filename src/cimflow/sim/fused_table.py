@@ -249,7 +249,7 @@ def pool_flat(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Tensor
     draw = table._read_draw
     planned = (input.contiguous().numpy(), offsets.contiguous().numpy(), table.include_last_offset, table.num_embeddings,
                *_arrays(table), ops.gate, slot_of, values)
-    reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy())
+    reads = k.read_flat(*planned, *ops.readout(tail), fused_read._u64(draw), out.numpy(), k.threads_for(torch.get_num_threads()))
     if reads == -1:
         return None
     if reads >= 0 and table.pool_cache is not None and not table.collect_stats and table.out_dtype == torch.float32:
@@ -298,8 +298,9 @@ def read_prepared(table: CIMEmbeddingBag, input: torch.Tensor, offsets: torch.Te
         return None
     out = torch.zeros(offsets.numel() - int(table.include_last_offset), table.embedding_dim)
     draw = table._read_draw
-    if _kernels().read_flat(input.contiguous().numpy(), offsets.contiguous().numpy(), *layout, *readout, fused_read._u64(draw),
-                            out.numpy()) < 0:
+    k = _kernels()
+    if k.read_flat(input.contiguous().numpy(), offsets.contiguous().numpy(), *layout, *readout, fused_read._u64(draw), out.numpy(),
+                   k.threads_for(torch.get_num_threads())) < 0:
         return None
     table.__dict__["_read_draw"] = draw + 1
     return out

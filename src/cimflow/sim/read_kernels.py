@@ -380,24 +380,32 @@ _THREADS_SAFE: bool | None = None
 _THREADS_PID = 0  # the process that started numba's threading layer
 
 
-def for_threads(serial: Any, threaded: Any, threads: int) -> Any:
-    """The kernel for work at ``threads`` torch threads: ``serial`` at one; at more,
-    ``threaded`` (its :func:`_threaded` twin) with as many of numba's threads, where numba's
-    threading layer is OpenMP or TBB (they take launches from several Python threads at
-    once; numba's fallback "workqueue" aborts the process then, so it is never used), and
-    not in a child forked after the layer started (GNU OpenMP's threads do not survive a
-    fork: numba ends such a child). At one thread the twin would cost more than the serial
-    kernel: an MLP forward ~8 %, numba's OpenMP workers spinning beside it."""
+def threads_for(threads: int) -> int:
+    """How many of numba's threads work at ``threads`` torch threads runs on (set as numba's
+    count where more than one): ``min(threads, numba's pool)``, but one where numba's
+    threading layer is not OpenMP or TBB (they take launches from several Python threads at
+    once; numba's fallback "workqueue" aborts the process then) and in a child forked after
+    the layer started (GNU OpenMP's threads do not survive a fork: numba ends such a child)."""
     global _THREADS_SAFE, _THREADS_PID
     if threads <= 1:
-        return serial
+        return 1
     if _THREADS_SAFE is None:
         _probe(np.zeros(2))  # (starts numba's threading layer)
         _THREADS_SAFE, _THREADS_PID = numba.threading_layer() in ("omp", "tbb"), os.getpid()
     if not _THREADS_SAFE or os.getpid() != _THREADS_PID:
-        return serial
-    numba.set_num_threads(min(threads, getattr(numba.config, "NUMBA_NUM_THREADS", 1)))  # (at most numba's pool)
-    return threaded
+        return 1
+    threads = min(threads, getattr(numba.config, "NUMBA_NUM_THREADS", 1))  # (at most numba's pool)
+    if threads > 1:
+        numba.set_num_threads(threads)
+    return threads
+
+
+def for_threads(serial: Any, threaded: Any, threads: int) -> Any:
+    """The kernel for work at ``threads`` torch threads: ``threaded`` (``serial``'s
+    :func:`_threaded` twin) where :func:`threads_for` gives more than one thread, else
+    ``serial``. (At one thread the twin costs more than the serial kernel: an MLP forward
+    ~8 %, numba's OpenMP workers spinning beside it.)"""
+    return threaded if threads_for(threads) > 1 else serial
 
 
 @_kernel
@@ -495,5 +503,5 @@ def read_scales(adc, planes_scale, gain, w_scale, steps_in, steps_adc, coef, lsb
             lsb[g, j] = r * (w_scale[j] / per_lsb)
 
 
-__all__ = ["absmax", "box_muller", "few_products", "int_readout", "normals", "quantize_rows", "read_scales", "uniforms",
-           "weight_planes"]
+__all__ = ["absmax", "box_muller", "few_products", "for_threads", "int_readout", "int_readout_threads", "normals", "quantize_rows",
+           "read_scales", "threads_for", "uniforms", "weight_planes"]

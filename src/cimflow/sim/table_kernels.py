@@ -13,9 +13,9 @@ the two agree).
 from __future__ import annotations
 
 import numpy as np
-from numba import uint64
+from numba import prange, uint64
 
-from cimflow.sim.read_kernels import _draw_key, _fill, _inline, _kernel, _uniform, prefetch
+from cimflow.sim.read_kernels import _draw_key, _fill, _inline, _kernel, _threaded, _uniform, prefetch, threads_for
 
 #: Reads ahead whose rows a gather asks the caches for (:func:`cimflow.sim.read_kernels.prefetch`).
 _AHEAD = 8
@@ -183,8 +183,7 @@ def _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk, out):  # noq
         _lone_steps(idx[i], bag[j], u0[j], uint64(i) * uint64(n_draws + 1), slots, cell_of, dk, draws, out)
 
 
-@_kernel
-def lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out):  # noqa: ANN001, ANN201
+def _lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, parts):  # noqa: ANN001, ANN202
     """Read every lone read straight from the outcome table, with no plan: the lookups of
     ``idx`` in ``bags`` (non-decreasing) alone in their array within their bag whose row's
     gate is in [0, 1]. Into ``out``: their rows' noise-free values summed per bag, then the
@@ -196,23 +195,70 @@ def lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, 
     bags that also have shared reads: against reading here only the bags with no other read
     (one process, 15 interleaved rounds, 1 thread), 20,480 lookups at pooling 20 of a 10^6-row
     table 0.81 -> 0.62 ms, of a 10^5-row table 1.82 -> 1.52 ms; 10^4 rows, the 26 Criteo-like
-    tables and one-hot tables unchanged."""
+    tables and one-hot tables unchanged. The lookups are read in ``parts`` runs of whole bags
+    (:func:`_part_bounds`), each its own bags' sums: the same bits for any ``parts``, the runs
+    shared among numba's threads in :data:`lone_bags_threads`."""
     n = idx.shape[0]
     taken = np.zeros(n, np.bool_)
     if gate.shape[0] == 0 or base.shape[0] == 0:
         return np.arange(n), 0
+    one_each = True  # every bag one lookup (bags strictly increasing): every lookup alone
+    for i in range(1, n):
+        one_each &= bags[i] != bags[i - 1]
+    bounds = _part_bounds(bags, parts)
+    gates = np.full(n, np.float32(-1.0))  # per lookup read here: its row's gate
+    keys = np.empty(n, np.int64)  # (scratch: each lookup's array)
+    lookup = np.empty(n, np.int64)  # (scratch: each run's lookups whose codes move, from the run's start)
+    read = 0
+    for part in prange(bounds.shape[0] - 1):
+        read += _lone_run(idx, bags, bounds[part], bounds[part + 1], one_each, array_rows, n_arrays, gate, base, slots, cell_of,
+                          key, draw, out, taken, gates, keys, lookup)
+    rest = np.empty(n - read, np.int64)
+    j = 0
+    for i in range(n if read < n else 0):
+        if not taken[i]:
+            rest[j] = i
+            j += 1
+    return rest, read
+
+
+lone_bags = _kernel(_lone_bags)
+#: :func:`lone_bags` with its runs of bags shared among numba's threads
+lone_bags_threads = _threaded(_lone_bags)
+
+
+@_kernel
+def _part_bounds(bags, parts):  # noqa: ANN001, ANN202
+    """``parts`` runs of about equal lookups (of ``bags``, non-decreasing), each of whole
+    bags: the runs' first lookups and the end (fewer runs where bags are few)."""
+    n = bags.shape[0]
+    bounds = np.empty(parts + 1, np.int64)
+    bounds[0] = 0
+    count = 1
+    for p in range(1, parts):
+        b = max(bounds[count - 1], (n * p) // parts)
+        while 0 < b < n and bags[b] == bags[b - 1]:
+            b += 1
+        if b > bounds[count - 1] and b < n:
+            bounds[count] = b
+            count += 1
+    bounds[count] = n
+    return bounds[:count + 1]
+
+
+@_kernel
+def _lone_run(idx, bags, i_start, i_end, one_each, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, taken,  # noqa: ANN001, ANN202
+              gates, keys, lookup):
+    """:func:`lone_bags` of the lookups ``i_start .. i_end`` (whole bags): their lone reads'
+    values and code steps into ``out``, ``taken`` and ``gates`` set for them; returns how many."""
     dim = base.shape[1]
     n_draws = slots.shape[1] if slots.shape[0] > 0 else 0
     dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
     gate2 = gate.reshape(gate.shape[0], 1)  # (for prefetch)
-    gates = np.full(n, np.float32(-1.0))  # per lookup read here: its row's gate
     read = 0
-    one_each = True  # every bag one lookup (bags strictly increasing): every lookup alone
-    for i in range(1, n):
-        one_each &= bags[i] != bags[i - 1]
     if one_each:
-        for i in range(n):
-            if i + _AHEAD < n:
+        for i in range(i_start, i_end):
+            if i + _AHEAD < i_end:
                 ahead = idx[i + _AHEAD]
                 prefetch(gate2, ahead, 0)
                 for d in range(0, dim, 16):
@@ -230,14 +276,13 @@ def lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, 
         shift = _shift_of(array_rows)
         marked = np.full(n_arrays, -1, np.int64)  # per array: the first lookup of the last bag that read it
         count = np.empty(n_arrays, np.int64)  # per array: the bag's lookups in it (valid where marked by the bag)
-        keys = np.empty(n, np.int64)
         acc = np.zeros(dim, np.float32)  # the bag's sum: added to ``out`` once per bag
-        i0 = 0
-        while i0 < n:
+        i0 = i_start
+        while i0 < i_end:
             bag = bags[i0]
             i1 = i0
-            while i1 < n and bags[i1] == bag:  # the bag's lookups per array; their rows asked for
-                if i1 + _AHEAD < n:
+            while i1 < i_end and bags[i1] == bag:  # the bag's lookups per array; their rows asked for
+                if i1 + _AHEAD < i_end:
                     ahead = idx[i1 + _AHEAD]
                     prefetch(gate2, ahead, 0)
                     for d in range(0, dim, 16):
@@ -262,26 +307,20 @@ def lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, 
                 read += lone
             i0 = i1
     if n_draws > 0:  # the first uniforms in a loop with no branch, then the lookups that moved
-        first_u = np.empty(n, np.float32)
-        for i in range(n):
-            first_u[i] = _uniform(dk_lone, uint64(i) * uint64(n_draws + 1))
-        lookup = np.empty(n, np.int64)
+        first_u = np.empty(i_end - i_start, np.float32)
+        for i in range(i_start, i_end):
+            first_u[i - i_start] = _uniform(dk_lone, uint64(i) * uint64(n_draws + 1))
         n_moved = 0
-        for i in range(n):
-            lookup[n_moved] = i
-            n_moved += first_u[i] < gates[i]
+        for i in range(i_start, i_end):
+            lookup[i_start + n_moved] = i
+            n_moved += first_u[i - i_start] < gates[i]
         if n_moved:
+            moved = lookup[i_start:i_start + n_moved]
             bag_of, u0 = np.empty(n_moved, np.int64), np.empty(n_moved, np.float32)
             for j in range(n_moved):
-                bag_of[j], u0[j] = bags[lookup[j]], first_u[lookup[j]]
-            _moved_steps(idx, lookup, bag_of, u0, n_moved, slots, cell_of, dk_lone, out)
-    rest = np.empty(n - read, np.int64)
-    j = 0
-    for i in range(n if read < n else 0):
-        if not taken[i]:
-            rest[j] = i
-            j += 1
-    return rest, read
+                bag_of[j], u0[j] = bags[moved[j]], first_u[moved[j] - i_start]
+            _moved_steps(idx, moved, bag_of, u0, n_moved, slots, cell_of, dk_lone, out)
+    return read
 
 
 @_kernel
@@ -545,7 +584,7 @@ def lone_then_plan(idx, bags, array_rows, n_arrays, group_rows, gate, slot_of, t
     then :func:`plan` of the other lookups and :func:`row_slots` (the shared reads' rows in
     ``table_values`` through ``slot_of``). Returns ``(lone reads, missing, perm, starts,
     first, read_bag, lone, where)``: ``missing`` the lookups with no values to read yet."""
-    rest, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
+    rest, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, 1)
     if rest.shape[0] == 0:  # every lookup read: no reads left
         none = np.empty(0, np.int64)
         return lone_reads, np.int64(0), none, none, none, none, np.empty(0, np.float32), none
@@ -575,19 +614,24 @@ def plan_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, gro
 
 @_kernel
 def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, group_rows, gate, slot_of, table_values,  # noqa: ANN001, ANN201
-              base, slots, cell_of, mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
+              base, slots, cell_of, mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out, parts):
     """:func:`plan_flat` then :func:`pool_bags` into ``out`` (bags, dim; as many bags as
     offsets less ``include_last``) in one call. Returns the number of array reads, -1
     (nothing written) where the input is not valid, -2 (``out`` zero, nothing drawn) where
     some lookup has no values to read: the caller then plans again (:func:`plan_flat`), makes
     the rows missing and reads (:func:`pool_bags`). (The plan is returned only then: six
-    arrays handed to Python cost ~2 us, a small table's whole read ~30 us.)"""
+    arrays handed to Python cost ~2 us, a small table's whole read ~30 us.) The lone reads
+    run on ``parts`` of numba's threads where more than one (:data:`lone_bags_threads`, the
+    same bits)."""
     valid, idx, bags = _checked(values, offsets, include_last, num_rows, out.shape[0])
     if not valid:
         return -1
     # (lone_then_plan's steps written out: returning its eight arrays cost a one-hot table's
     # read of 1,024 lookups ~1 us of its ~11, measured)
-    rest, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out)
+    if parts > 1:  # the lone reads in runs of bags on numba's threads (the same bits)
+        rest, lone_reads = lone_bags_threads(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, parts)
+    else:
+        rest, lone_reads = lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, 1)
     if rest.shape[0] == 0:
         return lone_reads
     perm, starts, first, read_bag, lone = _plan_rest(idx, bags, rest, array_rows, n_arrays, group_rows, gate)
@@ -632,4 +676,5 @@ def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, A
     return first, last, fewest, most, lowest, highest, valid
 
 
-__all__ = ["bag_extents", "lone_bags", "lone_then_plan", "plan", "plan_flat", "pool_bags", "read_flat", "row_slots", "shared_lookups"]
+__all__ = ["bag_extents", "lone_bags", "lone_bags_threads", "lone_then_plan", "plan", "plan_flat", "pool_bags", "read_flat", "row_slots",
+           "shared_lookups", "threads_for"]
