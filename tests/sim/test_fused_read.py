@@ -220,6 +220,17 @@ def test_the_threaded_readout_is_the_serial_one(monkeypatch):
     assert read_kernels.for_threads(serial, threaded, 2) is serial
 
 
+def _inference_and_training(cim, x):
+    """An inference read of ``x`` and a training one: the outputs, then the gradients of the
+    input and both layers' weights (of the squared outputs' sum)."""
+    with torch.no_grad():
+        inference = cim(x)
+    xg = x.clone().requires_grad_(True)
+    y = cim(xg)
+    y.pow(2).sum().backward()
+    return [inference, y.detach(), xg.grad, cim[0].weight.grad, cim[2].weight.grad]
+
+
 def _readout_args(n=40, g=2, m=30):
     gen = np.random.default_rng(7)
     prod = gen.integers(-2000, 2000, (g, n, 2, m)).astype(np.int32)
@@ -281,13 +292,7 @@ def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch):
         for n_threads in (1, 2):
             torch.set_num_threads(n_threads)
             cim = _cim("pcm-hermes-like", monkeypatch, True, seed=4)
-            x = torch.randn(300, 600, generator=torch.Generator().manual_seed(8))
-            with torch.no_grad():
-                inference = cim(x)
-            xg = x.clone().requires_grad_(True)
-            y = cim(xg)
-            y.pow(2).sum().backward()
-            outs.append([inference, y.detach(), xg.grad, cim[0].weight.grad])
+            outs.append(_inference_and_training(cim, torch.randn(300, 600, generator=torch.Generator().manual_seed(8))))
     finally:
         torch.set_num_threads(threads)
     (inference1, y1, *grads1), (inference2, y2, *grads2) = outs
@@ -323,14 +328,8 @@ def test_a_read_in_blocks_of_vectors_is_the_read_in_one_block(monkeypatch):
         if pooled:
             for k, (_, layer) in enumerate(cim_layers(cim)):
                 draw_pool.use_pooled_read_noise(layer.engine, k)
-        x = torch.randn(200, 600, generator=torch.Generator().manual_seed(2))
-        with torch.no_grad():
-            inference = cim(x)
-        xg = x.clone().requires_grad_(True)
-        y = cim(xg)
-        y.pow(2).sum().backward()
-        plan = cim[0].engine.__dict__["_fused_plan"]
-        return [inference, y.detach(), xg.grad, cim[0].weight.grad, cim[2].weight.grad], len(plan.blocks)
+        outs = _inference_and_training(cim, torch.randn(200, 600, generator=torch.Generator().manual_seed(2)))
+        return outs, len(cim[0].engine.__dict__["_fused_plan"].blocks)
 
     for pooled in (False, True):
         whole, one = run(1 << 60, pooled)
