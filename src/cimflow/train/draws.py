@@ -581,9 +581,9 @@ def _cells_compiled(k: Any, eng: CrossbarEngine, weight: torch.Tensor, z: torch.
         pcm = (state.numpy(), draws["1/f"].numpy(), moments, curve, model.noise_growth(t0), model.noise_growth(t_eff))
     program = k.for_threads(k.program_instance, k.program_instance_threads, torch.get_num_threads())
     program(w, scale.numpy(), float(dev.n_levels - 1), z.numpy(), ws.padded, den / (dev.n_levels - 1), dev.g_min,
-                       dev.g_max, codes, draws["drift"].numpy(), math.log(t_eff / t0) if t_eff > t0 else 0.0, den,
-                       dev.read_noise**2, eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
-                       eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy(), *pcm)
+            dev.g_max, codes, draws["drift"].numpy(), math.log(t_eff / t0) if t_eff > t0 else 0.0, den,
+            dev.read_noise**2, eng.grid.group_rows, _NO_CELLS3 if sums is None else sums.numpy(), g0.numpy(),
+            eng.w_eff.view(-1, out)[:rows].numpy(), _NO_CELLS if var is None else var.view(-1, out)[:rows].numpy(), *pcm)
     if sums is None:  # fixed, calibrated (or no ADC): the engine's own law, which reads no weights
         eng.adc_range = eng._initial_adc_range()
     else:  # per array, the largest column sum of |w_eff| (expected: within its moments' bound)
