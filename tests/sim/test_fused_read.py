@@ -279,7 +279,8 @@ def test_a_child_forked_after_threaded_reads_reads_on_one_thread(monkeypatch):
     assert serial and np.array_equal(y, args[10])
     if numba.threading_layer() in ("omp", "tbb"):
         assert threaded is read_kernels.int_readout_threads
-    monkeypatch.setattr(read_kernels, "_THREADS_PID", os.getpid() + 1)  # (as a forked child sees it)
+    monkeypatch.setattr(read_kernels, "_THREADS_SAFE", True)
+    read_kernels._after_fork()  # (what a forked child runs)
     assert read_kernels.for_threads(read_kernels.int_readout, read_kernels.int_readout_threads, 2) is read_kernels.int_readout
 
 

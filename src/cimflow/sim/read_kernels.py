@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from types import FunctionType
 from typing import Any
 
@@ -347,8 +348,8 @@ def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, ma
                                 v += zc[zb + j] * np.sqrt(var)
                             mask[g, n_base + n, j] = abs(v * c[g, j]) <= steps
                         continue
-                    sx = np.float32(scale_x[n_base + n]) if g == groups - 1 else np.float32(1.0)
                     ny = n_base + n
+                    sx = np.float32(scale_x[ny]) if g == groups - 1 else np.float32(1.0)
                     clip = 0
                     if noisy:
                         for j in range(m):
@@ -376,8 +377,20 @@ def _probe(x):  # noqa: ANN001, ANN202
         x[i] = i
 
 
-_THREADS_SAFE: bool | None = None
-_THREADS_PID = 0  # the process that started numba's threading layer
+_THREADS_SAFE: bool | None = None  # numba's threading layer takes concurrent launches (None: not started)
+_SET = threading.local()  # per Python thread: the count last given to numba.set_num_threads (a call costs ~3.5 us)
+
+
+def _after_fork() -> None:
+    """In a child forked after numba's threading layer started: no threads (GNU OpenMP's do
+    not survive a fork; numba ends a child that launches them)."""
+    global _THREADS_SAFE
+    if _THREADS_SAFE is not None:
+        _THREADS_SAFE = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def threads_for(threads: int) -> int:
@@ -385,18 +398,19 @@ def threads_for(threads: int) -> int:
     count where more than one): ``min(threads, numba's pool)``, but one where numba's
     threading layer is not OpenMP or TBB (they take launches from several Python threads at
     once; numba's fallback "workqueue" aborts the process then) and in a child forked after
-    the layer started (GNU OpenMP's threads do not survive a fork: numba ends such a child)."""
-    global _THREADS_SAFE, _THREADS_PID
+    the layer started (:func:`_after_fork`)."""
+    global _THREADS_SAFE
     if threads <= 1:
         return 1
     if _THREADS_SAFE is None:
         _probe(np.zeros(2))  # (starts numba's threading layer)
-        _THREADS_SAFE, _THREADS_PID = numba.threading_layer() in ("omp", "tbb"), os.getpid()
-    if not _THREADS_SAFE or os.getpid() != _THREADS_PID:
+        _THREADS_SAFE = numba.threading_layer() in ("omp", "tbb")
+    if not _THREADS_SAFE:
         return 1
     threads = min(threads, getattr(numba.config, "NUMBA_NUM_THREADS", 1))  # (at most numba's pool)
-    if threads > 1:
+    if threads > 1 and getattr(_SET, "count", 0) != threads:
         numba.set_num_threads(threads)
+        _SET.count = threads
     return threads
 
 
