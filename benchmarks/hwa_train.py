@@ -14,7 +14,10 @@ does per step, each on its own converted copy of the model:
 - ``fresh, new generators`` (``cached_draws=False``): the same with every instance and every
   read's noise drawn from fresh generators, as ``cimflow.program`` and inference do;
 - ``kept instance``: no re-programming (``keep_programmed``: the forward runs on the last
-  instance; read noise, from the pool, is still drawn on every forward).
+  instance; read noise, from the pool, is still drawn on every forward);
+- ``fresh every K steps`` (``hwa_finetune(resample_every=K)``, ``--resample-every``, default
+  4): a fresh instance from the cached draws on one step in K, the kept instance on the
+  others; one sample is K consecutive steps, reported per step (the amortized cost).
 
 The steps are interleaved repetition by repetition (every variant sees the same machine
 state) at each thread count; the script prints min / median / max over the repeats, the
@@ -23,7 +26,7 @@ median process CPU time and its ratio beside them (a loaded machine's wall clock
 counts the waits for a core).
 ``--profile`` adds torch.profiler's top operators of each variant (1 thread).
 
-Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 20] [--threads 1,2] [--profile]
+Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 20] [--threads 1,2] [--resample-every 4] [--profile]
 """
 
 from __future__ import annotations
@@ -77,8 +80,13 @@ def generic_law(name: str) -> Chip:
     return chip_from_dict(data, origin=f"{name}, generic device law")
 
 
-def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], None]]:
-    """One train-step function per variant, each on its own model and optimizer."""
+Steps = dict[str, tuple[Callable[[int], None], int]]  # variant: (function of a sample index, train steps per call)
+
+
+def make_steps(chip: Chip | str, t_max_s: float, every: int = 4) -> Steps:
+    """One function per variant, each on its own model and optimizer, with the number of
+    train steps a call runs (``every`` for the variant that re-programs every ``every``
+    steps, else 1)."""
     torch.manual_seed(0)
     x = torch.rand(256, 784)
     y = torch.randint(0, 10, (256,))
@@ -98,42 +106,50 @@ def make_steps(chip: Chip | str, t_max_s: float) -> dict[str, Callable[[int], No
         cimflow.program(cim, 0)
         opt = torch.optim.Adam(cim.parameters(), lr=1e-4)
         times = torch.Generator().manual_seed(1)
-        draws = InstanceDraws(0) if mode == "cached" else None
+        draws = None if mode == "exact" else InstanceDraws(0)
         if mode != "exact":  # hwa_finetune's default: the training reads' noise from a pool too
             for k, (_, layer) in enumerate(cimflow.sim.cim_layers(cim)):
                 use_pooled_read_noise(layer.engine, k)
 
-        def step(k: int) -> None:
-            if mode == "kept":
-                keep_programmed(cim)
-            else:
+        def train(k: int, fresh: bool) -> None:
+            if fresh:
                 sample_instance(cim, step_seed(0, k), t_max_s, times, draws=draws)
+            else:
+                keep_programmed(cim)
             loss = loss_fn(cim(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             clip_weights(cim, 3.0, count=False)
 
+        def step(k: int) -> None:
+            if mode == "every":  # hwa_finetune(resample_every=every): steps k*every .. k*every + every - 1
+                for n in range(every):
+                    train(k * every + n, n == 0)
+            else:
+                train(k, mode != "kept")
+
         return step
 
-    return {"plain PyTorch": plain_step, "HWA fresh, cached draws": hwa("cached"),
-            "HWA fresh, new generators": hwa("exact"), "HWA kept instance": hwa("kept")}
+    return {"plain PyTorch": (plain_step, 1), "HWA fresh, cached draws": (hwa("cached"), 1),
+            "HWA fresh, new generators": (hwa("exact"), 1), "HWA kept instance": (hwa("kept"), 1),
+            f"HWA fresh every {every} steps": (hwa("every"), every)}
 
 
-def measure(steps: dict[str, Callable[[int], None]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall-clock and process CPU seconds per step of each variant, interleaved repetition
-    by repetition."""
+def measure(steps: Steps, repeats: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and process CPU seconds per train step of each variant (a call's time over
+    its steps), interleaved repetition by repetition."""
     for k in range(3):  # warm-up: allocations, caches, pools
-        for step in steps.values():
+        for step, _ in steps.values():
             step(k)
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for k in range(repeats):
-        for name, step in steps.items():
+        for name, (step, count) in steps.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             step(3 + k)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append((time.perf_counter() - start) / count)
+            cpu[name].append((time.process_time() - start_cpu) / count)
     return wall, cpu
 
 
@@ -153,15 +169,15 @@ def report(times: tuple[dict[str, list[float]], dict[str, list[float]]], threads
     print("target: HWA step <= 2x plain")
 
 
-def profile(steps: dict[str, Callable[[int], None]], rows: int) -> None:
+def profile(steps: Steps, rows: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for name, step in steps.items():
+    for name, (step, count) in steps.items():
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            for k in range(10):
+            for k in range(-(-10 // count)):
                 step(100 + k)
-        print(f"\n--- {name}: top operators over 10 steps (1 thread)")
+        print(f"\n--- {name}: top operators over {count * -(-10 // count)} steps (1 thread)")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
@@ -173,9 +189,13 @@ def main() -> None:
                         help="the preset's own device model, its generic-law variant (generic_law), or both")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--t-max", default="1d", help="drift: log-uniform random time up to this (default 1d)")
+    parser.add_argument("--resample-every", type=int, default=4,
+                        help="the amortized variant re-programs every this many steps (hwa_finetune's resample_every)")
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top operators per variant")
     parser.add_argument("--rows", type=int, default=15, help="operators per profile table")
     args = parser.parse_args()
+    if args.resample_every < 1:
+        parser.error(f"--resample-every must be >= 1, got {args.resample_every}")
     print(machine_line())
     t_max_s = parse_duration(args.t_max)
     preset = load_preset(args.chip)
@@ -189,12 +209,12 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
             load = os.getloadavg()
-            steps = make_steps(chip, t_max_s)
+            steps = make_steps(chip, t_max_s, args.resample_every)
             report(measure(steps, args.repeats), threads, chip.name, load)
         if args.profile:
             torch.set_num_threads(1)
             print(f"\n=== profiles, chip {chip.name!r}")
-            profile(make_steps(chip, t_max_s), args.rows)
+            profile(make_steps(chip, t_max_s, args.resample_every), args.rows)
 
 
 if __name__ == "__main__":
