@@ -135,7 +135,7 @@ def test_shared_reads_add_the_streams_normals():
     table_kernels.pool_bags(idx, perm, starts, first, read_bag, lone, idx, values, np.empty((0, 1), np.float32),
                             np.empty((0, 0, 6), np.float32), np.empty((0, 0), np.int64), np.full(s_count * dim, scale, np.float32),
                             scale, np.ones(s_count * dim, np.float32), 2.0**20, 100.0, weights, 1.0 / scale, np.uint64(77), np.uint64(4),
-                            out)
+                            out, 1)
     z = fused_read.normals(77, 8, (3, s_count * dim))[:, :dim]
     # (numba's disk cache tracks only the defining file: after a change of the stream in
     # sim/read_kernels.py, a stale compiled table kernel fails here; touch sim/table_kernels.py)
@@ -368,9 +368,9 @@ def _parse(read_groups, values, offs, include_last, error):
 @pytest.mark.parametrize("lazy", [False, True])
 @pytest.mark.parametrize("pooling_factor", [1, 3, 20])
 def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch, lazy, pooling_factor):
-    """At several torch threads the lone reads run in runs of whole bags on numba's threads
-    (table_kernels.lone_bags_threads): the bits of one thread, cached or lazy table, one-hot
-    bags or bags sharing arrays."""
+    """At several torch threads the lone and the shared reads run in runs of whole bags on
+    numba's threads (table_kernels.lone_bags_threads, pool_bags_threads): the bits of one
+    thread, cached or lazy table, one-hot bags or bags sharing arrays."""
     from cimflow.sim import table_kernels
 
     monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
@@ -397,6 +397,44 @@ def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch, lazy, pooling_fac
         assert runs[1] == 2  # (the threaded runs took part)
     for a, b in zip(*outs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("noisy", [True, False])
+def test_shared_reads_in_runs_of_bags_are_the_reads_in_one(noisy):
+    """pool_bags's shared reads in 2, 3 or 7 runs of whole bags, each numbering its shared
+    reads from those of the runs before it (the same draw per read): the bits of one run,
+    serial kernel and threaded twin; bags of uneven sizes, lone reads among the shared ones,
+    several passes of partial sums per run."""
+    from cimflow.sim import table_kernels
+
+    rng = np.random.default_rng(5)
+    s_count, dim, rows, array_rows = 2, 8, 4096, 256
+    sizes = rng.integers(1, 40, 400)  # (one-lookup bags: lone reads between the shared ones)
+    bags = np.repeat(np.arange(sizes.shape[0]), sizes).astype(np.int64)
+    idx = rng.integers(0, rows, bags.shape[0]).astype(np.int64)
+    gate = rng.uniform(0.0, 0.5, rows).astype(np.float32)
+    perm, starts, first, read_bag, lone = table_kernels.plan(idx, bags, array_rows, rows // array_rows, 32, gate)
+    shared = int((lone < 0).sum())
+    assert shared > 2 * table_kernels._PASS_VALUES // (s_count * dim) and int((lone >= 0).sum()) > 0
+    sd = s_count * dim
+    values = rng.normal(0.0, 3.0, (rows, 2 * sd if noisy else sd)).astype(np.float32)
+    if noisy:
+        values[:, sd:] = np.abs(values[:, sd:])
+    base = rng.normal(0.0, 1.0, (rows, dim)).astype(np.float32)
+    weights = rng.uniform(0.5, 2.0, (s_count, dim)).astype(np.float32)
+    readout = (np.full(sd, 0.7, np.float32), 1.3, np.ones(sd, np.float32), 127.0, 4.0, weights, 0.01, np.uint64(9), np.uint64(3))
+
+    def read(kernel, parts):
+        out = np.zeros((sizes.shape[0], dim), np.float32)
+        kernel(idx, perm, starts, first, read_bag, lone, idx, values, base, np.empty((0, 0, 6), np.float32),
+               np.empty((0, 0), np.int64), *readout, out, parts)
+        return out
+
+    one = read(table_kernels.pool_bags, 1)
+    assert np.abs(one).sum() > 0
+    for parts in (2, 3, 7):
+        assert np.array_equal(read(table_kernels.pool_bags, parts), one), parts
+    assert np.array_equal(read(table_kernels.pool_bags_threads, 2), one)
 
 
 @settings(max_examples=200, deadline=None)

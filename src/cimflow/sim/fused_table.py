@@ -219,8 +219,10 @@ def _read_planned(table: CIMEmbeddingBag, singles: SingleReads | None, ops: _Ope
     if missing:
         values = _missing_rows(table, singles, idx, perm, starts, lone, where, values)
     if lone.shape[0]:
-        _kernels().pool_bags(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw),
-                             out.numpy())
+        k = _kernels()
+        parts = k.threads_for(torch.get_num_threads())  # the shared reads in runs of bags on numba's threads (the same bits)
+        read = k.pool_bags_threads if parts > 1 else k.pool_bags
+        read(idx, perm, starts, first, read_bag, lone, where, values, *ops.readout(tail), fused_read._u64(draw), out.numpy(), parts)
     return int(lone.shape[0])
 
 

@@ -436,9 +436,8 @@ def shared_lookups(perm, starts, lone, shared):  # noqa: ANN001, ANN201
     return count
 
 
-@_kernel
-def pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slots, cell_of,  # noqa: ANN001, ANN201
-              mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out):
+def _pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slots, cell_of,  # noqa: ANN001, ANN202
+               mult_x, sigma_k, gain_abs, steps, tail, weights, unit, key, draw, out, parts):
     """Read and pool the lookups of rows ``idx`` (int64) in the reads ``perm``, ``starts``,
     ``first``, ``read_bag``, ``lone`` (:func:`plan`'s), accumulating into ``out`` (bags, dim)
     float32.
@@ -454,15 +453,10 @@ def pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slo
     cell times the compensation gain), summed per bag and combined over slices with
     ``weights`` (S, dim) times ``unit``. Randomness: the shared reads' normals are draw ``2
     draw`` of stream ``key`` (shared read r's column c its element ``r S dim + c``, shared
-    reads numbered in :func:`plan`'s order), the lone reads' uniforms draw ``2 draw + 1``."""
-    s_count, dim = weights.shape
-    sd = s_count * dim
-    width = values.shape[1]
-    noisy = width > sd
-    steps = np.float32(steps)
-    tail = np.float32(tail)
-    sigma_k = np.float32(sigma_k)
-    unit = np.float32(unit)
+    reads numbered in :func:`plan`'s order), the lone reads' uniforms draw ``2 draw + 1``.
+    The shared reads are read in ``parts`` runs of whole bags (:func:`_part_bounds` of the
+    reads' bags, each run numbering its shared reads from those before it): the same bits
+    for any ``parts``, the runs shared among numba's threads in :data:`pool_bags_threads`."""
     reads = lone.shape[0]
     # lone reads first, in loops of their own: the noise-free values (:func:`_lone_values`),
     # then the first uniform of every read (draws of their own: elements ``lookup (M + 1) +
@@ -491,8 +485,37 @@ def pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slo
         shared += lone[r] < 0
     if shared == 0:  # (no scratch to make)
         return
-    dk = _draw_key(key, uint64(2) * uint64(draw))
+    bounds = _part_bounds(read_bag, parts if shared >= 2 * parts else 1)  # (too few shared reads to share out: one run)
+    before = np.zeros(bounds.shape[0], np.int64)  # per run: the shared reads of the runs before it
+    for part in range(bounds.shape[0] - 1):
+        count = 0
+        for r in range(bounds[part], bounds[part + 1]):
+            count += lone[r] < 0
+        before[part + 1] = before[part] + count
+    sd = weights.shape[0] * weights.shape[1]
     per_pass = max(1, min(shared, _PASS_VALUES // sd))
+    dk = _draw_key(key, uint64(2) * uint64(draw))
+    for part in prange(bounds.shape[0] - 1):
+        if before[part + 1] > before[part]:
+            _shared_run(perm, starts, read_bag, lone, where, values, bounds[part], bounds[part + 1], before[part], per_pass, mult_x,
+                        sigma_k, gain_abs, steps, tail, weights, unit, dk, out)
+
+
+pool_bags = _kernel(_pool_bags)
+#: :func:`pool_bags` with its shared reads' runs of bags shared among numba's threads
+pool_bags_threads = _threaded(_pool_bags)
+
+
+@_kernel
+def _shared_run(perm, starts, read_bag, lone, where, values, r_start, r_end, converted, per_pass,  # noqa: ANN001, ANN202
+                mult_x, sigma_k, gain_abs, steps, tail, weights, unit, dk, out):
+    """:func:`pool_bags`'s shared reads among the reads ``r_start .. r_end`` (whole bags; the
+    first of them shared read number ``converted``), ``per_pass`` a pass: their partial sums
+    gathered, converted (:func:`_convert`) and pooled into their bags of ``out``."""
+    sd = weights.shape[0] * weights.shape[1]
+    width = values.shape[1]
+    noisy = width > sd
+    steps, tail, sigma_k, unit = np.float32(steps), np.float32(tail), np.float32(sigma_k), np.float32(unit)
     acc = np.empty((per_pass, width), np.float32)
     pass_bag = np.empty(per_pass, np.int64)
     codes = np.empty((per_pass, sd), np.float32)
@@ -500,9 +523,8 @@ def pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slo
     bits = np.empty(4 * (per_pass * sd + 2), np.uint32)  # _fill's scratch (4 per pair is enough)
     bag_codes = np.zeros(sd, np.float32)
     current = -1
-    converted = 0  # shared reads converted before this pass
     filled = 0
-    for r in range(reads):
+    for r in range(r_start, r_end):
         if lone[r] >= 0:
             continue
         if filled == per_pass:  # convert the pass, pool its codes
@@ -524,8 +546,6 @@ def pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, slo
         current = _pool(codes, pass_bag, filled, current, bag_codes, weights, unit, out)
     if current >= 0:
         _flush(bag_codes, current, weights, unit, out)
-
-
 
 
 @_kernel
@@ -621,8 +641,8 @@ def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, gro
     some lookup has no values to read: the caller then plans again (:func:`plan_flat`), makes
     the rows missing and reads (:func:`pool_bags`). (The plan is returned only then: six
     arrays handed to Python cost ~2 us, a small table's whole read ~30 us.) The lone reads
-    run on ``parts`` of numba's threads where more than one (:data:`lone_bags_threads`, the
-    same bits)."""
+    and the shared reads run on ``parts`` of numba's threads where more than one
+    (:data:`lone_bags_threads`, :data:`pool_bags_threads`: the same bits)."""
     valid, idx, bags = _checked(values, offsets, include_last, num_rows, out.shape[0])
     if not valid:
         return -1
@@ -639,8 +659,12 @@ def read_flat(values, offsets, include_last, num_rows, array_rows, n_arrays, gro
     if row_slots(idx, perm, starts, lone, slot_of, table_values, where) != 0:
         out[:] = 0.0
         return -2
-    pool_bags(idx, perm, starts, first, read_bag, lone, where, table_values, base, slots, cell_of, mult_x, sigma_k, gain_abs, steps,
-              tail, weights, unit, key, draw, out)
+    if parts > 1:
+        pool_bags_threads(idx, perm, starts, first, read_bag, lone, where, table_values, base, slots, cell_of, mult_x, sigma_k,
+                          gain_abs, steps, tail, weights, unit, key, draw, out, parts)
+    else:
+        pool_bags(idx, perm, starts, first, read_bag, lone, where, table_values, base, slots, cell_of, mult_x, sigma_k, gain_abs,
+                  steps, tail, weights, unit, key, draw, out, 1)
     return lone_reads + lone.shape[0]
 
 
@@ -676,5 +700,5 @@ def bag_extents(values, offsets, include_last, counts, bags):  # noqa: ANN001, A
     return first, last, fewest, most, lowest, highest, valid
 
 
-__all__ = ["bag_extents", "lone_bags", "lone_bags_threads", "lone_then_plan", "plan", "plan_flat", "pool_bags", "read_flat", "row_slots",
-           "shared_lookups", "threads_for"]
+__all__ = ["bag_extents", "lone_bags", "lone_bags_threads", "lone_then_plan", "plan", "plan_flat", "pool_bags", "pool_bags_threads",
+           "read_flat", "row_slots", "shared_lookups", "threads_for"]
