@@ -332,6 +332,7 @@ def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, ma
             n1 = min(n_vec, n0 + rows_per_chunk)
             zc = np.empty(rows_per_chunk * m + 2, np.float32) if drawn else z  # (scratch of the chunk's own)
             bits = np.empty(2 * rows_per_chunk * m + 8 if drawn else 0, np.uint32)
+            v_row = np.empty(m, np.float32)  # a vector's ADC inputs
             for g in range(groups):
                 first, count = (g * n_total + n_base + n0) * m, (n1 - n0) * m
                 off = first  # where zc holds element first
@@ -350,18 +351,24 @@ def _int_readout(prod, var16, z, key, draw, given, c, steps, lsb, scale_x, y, ma
                         continue
                     ny = n_base + n
                     sx = np.float32(scale_x[ny]) if g == groups - 1 else np.float32(1.0)
-                    clip = 0
+                    # (the ADC's inputs, the clip count and the outputs in loops of their own: in one
+                    # loop, the readout of a Linear 512x512 or an MLP took 12-19 % longer, measured)
                     if noisy:
                         for j in range(m):
                             noise = zc[zb + j] * np.sqrt(_bf16_value(var16[g, n, j]))
-                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + noise) * c[g, j]
-                            clip += abs(v) > steps
-                            y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                            v_row[j] = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO + noise) * c[g, j]
                     else:
                         for j in range(m):
-                            v = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
-                            clip += abs(v) > steps
-                            y[ny, j] = ((y[ny, j] if g > 0 else np.float32(0.0)) + np.rint(min(max(v, neg), steps)) * lsb[g, j]) * sx
+                            v_row[j] = (np.float32(prod[g, n, 0, j]) + np.float32(prod[g, n, 1, j]) * _INV_LO) * c[g, j]
+                    clip = 0
+                    for j in range(m):
+                        clip += abs(v_row[j]) > steps
+                    if g > 0:
+                        for j in range(m):
+                            y[ny, j] = (y[ny, j] + np.rint(min(max(v_row[j], neg), steps)) * lsb[g, j]) * sx
+                    else:
+                        for j in range(m):
+                            y[ny, j] = (np.float32(0.0) + np.rint(min(max(v_row[j], neg), steps)) * lsb[g, j]) * sx
                     clipped += clip
     return clipped > 0
 
