@@ -444,6 +444,31 @@ def test_fused_training_forward_is_the_inference_read_and_pooled_noise_keeps_its
     assert abs(float(y.var()) / var - 1) < 5 * math.sqrt(2 / y.numel())
 
 
+@pytest.mark.parametrize("codes_dtype", [np.int8, np.float32])
+def test_dac_kernel_is_the_torch_quantization(codes_dtype):
+    """The input DAC's kernel: per vector the range max(|x|, eps), the codes rint(x (1 / range
+    steps)) in float32, their squares as bfloat16 bits rounded as torch rounds them (the
+    read-noise variance's input) and the codes again as float32."""
+    from cimflow.sim import read_kernels
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 301, generator=gen) * torch.exp(4 * torch.rand(6, 1, generator=gen))
+    x[1] = 0.0  # an all-zero vector: the range is eps
+    x[2, :5] = torch.tensor([1e-30, -3.0, 2.5, -0.2, 3.0])  # ties and both signs
+    steps, eps = 127.0, 1e-12
+    codes = np.empty(x.shape, codes_dtype)
+    scale = np.empty(x.shape[0], np.float32)
+    squares = np.empty(x.shape, np.int16)
+    floats = np.empty(x.shape, np.float32)
+    read_kernels.quantize_rows(x.numpy(), steps, eps, codes, scale, squares, floats)
+    want_scale = x.abs().amax(dim=1).clamp_min(eps)
+    want = torch.round(x * ((1.0 / want_scale) * steps).unsqueeze(1))
+    assert np.array_equal(scale, want_scale.numpy())
+    assert np.array_equal(codes.astype(np.float32), want.numpy()) and np.array_equal(floats, want.numpy())
+    assert torch.equal(torch.from_numpy(squares).view(torch.bfloat16), want.square().to(torch.bfloat16))
+    assert float(want.abs().max()) == steps and bool((want[1] == 0).all())
+
+
 @pytest.mark.parametrize("shape", [(1, 7, 3), (3, 64, 33)])
 def test_weight_planes_kernel_is_the_torch_split(shape):
     """The operands' kernel gives fastmm.int8_planes' planes and scales exactly, and the cell
