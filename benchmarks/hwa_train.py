@@ -23,7 +23,8 @@ The steps are interleaved repetition by repetition (every variant sees the same 
 state) at each thread count; the script prints min / median / max over the repeats, the
 load average before and after, and each median's ratio to the plain step's median, with the
 median process CPU time and its ratio beside them (a loaded machine's wall clock also
-counts the waits for a core).
+counts the waits for a core). After each table, the programming of a fresh instance alone
+(``sample_instance`` from the cached draws), in ms and ns a cell.
 ``--profile`` adds torch.profiler's top operators of each variant (1 thread).
 
 Run: .venv/bin/python benchmarks/hwa_train.py [--repeats 20] [--threads 1,2] [--resample-every 4] [--profile]
@@ -169,6 +170,26 @@ def report(times: tuple[dict[str, list[float]], dict[str, list[float]]], threads
     print("target: HWA step <= 2x plain")
 
 
+def programming(chip: Chip, t_max_s: float, repeats: int) -> None:
+    """The part of a fresh-instance step that programs it: ``sample_instance`` from the cached
+    draws alone, min / median / max over ``repeats`` instances, and per cell (both cells of
+    every differential pair of every layer)."""
+    cim = cimflow.convert(mlp(), chip)
+    cimflow.program(cim, 0)
+    draws, times = InstanceDraws(0), torch.Generator().manual_seed(1)
+    cells = sum(layer.engine.g_pos.numel() + layer.engine.g_neg.numel() for _, layer in cimflow.sim.cim_layers(cim))
+    seconds = []
+    for k in range(3 + repeats):
+        start = time.perf_counter()
+        sample_instance(cim, step_seed(0, k), t_max_s, times, draws=draws)
+        if k >= 3:  # (after the pools' and buffers' first use)
+            seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    med = statistics.median(seconds)
+    print(f"programming a fresh instance from the cached draws: {1e3 * seconds[0]:.2f} / {1e3 * med:.2f} / "
+          f"{1e3 * seconds[-1]:.2f} ms (min / median / max), {1e9 * med / cells:.1f} ns a cell ({cells:,} cells)")
+
+
 def profile(steps: Steps, rows: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -211,6 +232,7 @@ def main() -> None:
             load = os.getloadavg()
             steps = make_steps(chip, t_max_s, args.resample_every)
             report(measure(steps, args.repeats), threads, chip.name, load)
+            programming(chip, t_max_s, args.repeats)
         if args.profile:
             torch.set_num_threads(1)
             print(f"\n=== profiles, chip {chip.name!r}")
