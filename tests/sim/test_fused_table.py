@@ -399,6 +399,36 @@ def test_a_read_at_two_threads_is_the_read_at_one(monkeypatch, lazy, pooling_fac
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("parts", [1, 2])
+def test_a_lone_read_moves_exactly_when_its_first_uniform_falls_below_its_gate(monkeypatch, parts):
+    """One-lookup bags (every read alone in its array): a read's value leaves its row's
+    noise-free value exactly where the stream's first uniform of the lookup (element i (M +
+    1) of draw 2 draw + 1) falls below the row's gate, P(some draw moves a code), whatever the
+    gate (rows of small and of zero gate among them); at 1 and 2 threads."""
+    monkeypatch.setenv("CIMFLOW_FUSED_READ", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(parts)
+    try:
+        layer = table_layer(0.02, 2000, 6, seed=3)
+        rows = torch.arange(2000).repeat(20)[torch.randperm(40_000, generator=torch.Generator().manual_seed(4))]
+        offsets = torch.arange(rows.numel())
+        with torch.no_grad():
+            layer(rows[:10], offsets[:10])  # (the outcome table made)
+            singles = layer._single_reads()
+            assert singles is not None and singles.slots is not None
+            gate, base = singles.gate[rows], singles.base[rows]
+            draw = layer._read_draw
+            out = layer(rows, offsets)
+    finally:
+        torch.set_num_threads(threads)
+    m = singles.slots.shape[1]
+    first = fused_read.uniforms(layer._read_key, 2 * draw + 1, (rows.numel() * (m + 1),))[:: m + 1]
+    moved = first < gate
+    assert bool((gate <= 1).all()) and bool((gate == 0).any())  # all alone; rows whose noise never moves a code
+    assert int((moved & (gate < 0.05)).sum()) >= 20 and int(moved.sum()) < rows.numel() // 2
+    assert torch.equal((out != base).any(1), moved)
+
+
 @pytest.mark.parametrize("noisy", [True, False])
 def test_shared_reads_in_runs_of_bags_are_the_reads_in_one(noisy):
     """pool_bags's shared reads in 2, 3 or 7 runs of whole bags, each numbering its shared

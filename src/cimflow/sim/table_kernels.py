@@ -306,20 +306,28 @@ def _lone_run(idx, bags, i_start, i_end, one_each, array_rows, n_arrays, gate, b
                 _add_into(acc, bag, out)
                 read += lone
             i0 = i1
-    if n_draws > 0:  # the first uniforms in a loop with no branch, then the lookups that moved
-        first_u = np.empty(i_end - i_start, np.float32)
+    if n_draws > 0:
+        # the lookups whose noise can move a code (gate > 0: a uniform in [0, 1) is below no
+        # other), their first uniforms in a loop with no branch, then those that moved
+        n_live = 0
         for i in range(i_start, i_end):
-            first_u[i - i_start] = _uniform(dk_lone, uint64(i) * uint64(n_draws + 1))
+            lookup[i_start + n_live] = i
+            n_live += gates[i] > np.float32(0.0)
+        first_u = np.empty(n_live, np.float32)
+        for j in range(n_live):
+            first_u[j] = _uniform(dk_lone, uint64(lookup[i_start + j]) * uint64(n_draws + 1))
         n_moved = 0
-        for i in range(i_start, i_end):
+        for j in range(n_live):  # (kept in place: a moved lookup's index and uniform move down)
+            i = lookup[i_start + j]
             lookup[i_start + n_moved] = i
-            n_moved += first_u[i - i_start] < gates[i]
+            first_u[n_moved] = first_u[j]
+            n_moved += first_u[j] < gates[i]
         if n_moved:
             moved = lookup[i_start:i_start + n_moved]
-            bag_of, u0 = np.empty(n_moved, np.int64), np.empty(n_moved, np.float32)
+            bag_of = np.empty(n_moved, np.int64)
             for j in range(n_moved):
-                bag_of[j], u0[j] = bags[moved[j]], first_u[moved[j] - i_start]
-            _moved_steps(idx, moved, bag_of, u0, n_moved, slots, cell_of, dk_lone, out)
+                bag_of[j] = bags[moved[j]]
+            _moved_steps(idx, moved, bag_of, first_u[:n_moved], n_moved, slots, cell_of, dk_lone, out)
     return read
 
 
