@@ -183,6 +183,41 @@ def _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk, out):  # noq
         _lone_steps(idx[i], bag[j], u0[j], uint64(i) * uint64(n_draws + 1), slots, cell_of, dk, draws, out)
 
 
+@_kernel
+def _lone_moves(idx, lookups, gates, bags, slots, cell_of, key, draw, out):  # noqa: ANN001, ANN202
+    """The code steps of lone reads into ``out`` (none without an outcome table's ``slots``):
+    read ``j`` of lookup ``lookups[j]``, its row's gate ``gates[j]`` (P(some draw moves a
+    code); not above 0: no read, or one that never moves) and bag ``bags[j]``. The read's
+    first uniform is element ``lookup (M + 1)`` of draw ``2 draw + 1`` of stream ``key``
+    (the lone reads' own), drawn only where the gate is above 0 (a uniform in [0, 1) is below no
+    other: 68 % of the Criteo-like tables' rows never move a code), in a loop with no branch;
+    the reads whose uniform fell below their gate get :func:`_moved_steps` (listed first:
+    their slots are asked for ``_AHEAD`` reads on)."""
+    n_draws = slots.shape[1]
+    if slots.shape[0] == 0 or n_draws == 0:
+        return
+    dk = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
+    live = np.empty(gates.shape[0], np.int64)
+    n_live = 0
+    for j in range(gates.shape[0]):
+        live[n_live] = j
+        n_live += gates[j] > np.float32(0.0)
+    u0 = np.empty(n_live, np.float32)
+    for k in range(n_live):
+        u0[k] = _uniform(dk, uint64(lookups[live[k]]) * uint64(n_draws + 1))
+    n_moved = 0
+    for k in range(n_live):  # (kept in place: a moved read and its uniform move down)
+        j = live[k]
+        live[n_moved] = j
+        u0[n_moved] = u0[k]
+        n_moved += u0[k] < gates[j]
+    if n_moved:
+        lookup, bag = np.empty(n_moved, np.int64), np.empty(n_moved, np.int64)
+        for k in range(n_moved):
+            lookup[k], bag[k] = lookups[live[k]], bags[live[k]]
+        _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk, out)
+
+
 def _lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, parts):  # noqa: ANN001, ANN202
     """Read every lone read straight from the outcome table, with no plan: the lookups of
     ``idx`` in ``bags`` (non-decreasing) alone in their array within their bag whose row's
@@ -208,11 +243,10 @@ def _lone_bags(idx, bags, array_rows, n_arrays, gate, base, slots, cell_of, key,
     bounds = _part_bounds(bags, parts)
     gates = np.full(n, np.float32(-1.0))  # per lookup read here: its row's gate
     keys = np.empty(n, np.int64)  # (scratch: each lookup's array)
-    lookup = np.empty(n, np.int64)  # (scratch: each run's lookups whose codes move, from the run's start)
     read = 0
     for part in prange(bounds.shape[0] - 1):
         read += _lone_run(idx, bags, bounds[part], bounds[part + 1], one_each, array_rows, n_arrays, gate, base, slots, cell_of,
-                          key, draw, out, taken, gates, keys, lookup)
+                          key, draw, out, taken, gates, keys)
     rest = np.empty(n - read, np.int64)
     j = 0
     for i in range(n if read < n else 0):
@@ -248,12 +282,10 @@ def _part_bounds(bags, parts):  # noqa: ANN001, ANN202
 
 @_kernel
 def _lone_run(idx, bags, i_start, i_end, one_each, array_rows, n_arrays, gate, base, slots, cell_of, key, draw, out, taken,  # noqa: ANN001, ANN202
-              gates, keys, lookup):
+              gates, keys):
     """:func:`lone_bags` of the lookups ``i_start .. i_end`` (whole bags): their lone reads'
     values and code steps into ``out``, ``taken`` and ``gates`` set for them; returns how many."""
     dim = base.shape[1]
-    n_draws = slots.shape[1] if slots.shape[0] > 0 else 0
-    dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
     gate2 = gate.reshape(gate.shape[0], 1)  # (for prefetch)
     read = 0
     if one_each:
@@ -306,28 +338,7 @@ def _lone_run(idx, bags, i_start, i_end, one_each, array_rows, n_arrays, gate, b
                 _add_into(acc, bag, out)
                 read += lone
             i0 = i1
-    if n_draws > 0:
-        # the lookups whose noise can move a code (gate > 0: a uniform in [0, 1) is below no
-        # other), their first uniforms in a loop with no branch, then those that moved
-        n_live = 0
-        for i in range(i_start, i_end):
-            lookup[i_start + n_live] = i
-            n_live += gates[i] > np.float32(0.0)
-        first_u = np.empty(n_live, np.float32)
-        for j in range(n_live):
-            first_u[j] = _uniform(dk_lone, uint64(lookup[i_start + j]) * uint64(n_draws + 1))
-        n_moved = 0
-        for j in range(n_live):  # (kept in place: a moved lookup's index and uniform move down)
-            i = lookup[i_start + j]
-            lookup[i_start + n_moved] = i
-            first_u[n_moved] = first_u[j]
-            n_moved += first_u[j] < gates[i]
-        if n_moved:
-            moved = lookup[i_start:i_start + n_moved]
-            bag_of = np.empty(n_moved, np.int64)
-            for j in range(n_moved):
-                bag_of[j] = bags[moved[j]]
-            _moved_steps(idx, moved, bag_of, first_u[:n_moved], n_moved, slots, cell_of, dk_lone, out)
+    _lone_moves(idx, np.arange(i_start, i_end), gates[i_start:i_end], bags[i_start:i_end], slots, cell_of, key, draw, out)
     return read
 
 
@@ -466,28 +477,12 @@ def _pool_bags(idx, perm, starts, first, read_bag, lone, where, values, base, sl
     reads' bags, each run numbering its shared reads from those before it): the same bits
     for any ``parts``, the runs shared among numba's threads in :data:`pool_bags_threads`."""
     reads = lone.shape[0]
-    # lone reads first, in loops of their own: the noise-free values (:func:`_lone_values`),
-    # then the first uniform of every read (draws of their own: elements ``lookup (M + 1) +
-    # 0 .. M`` of draw ``2 draw + 1``; a loop with no branch), then the code steps of the reads
-    # whose first uniform fell below the row's P(some draw moves) (those reads listed first:
-    # their slots are asked for _AHEAD reads on)
+    # lone reads first: the noise-free values (:func:`_lone_values`), then the code steps of
+    # those that moved (:func:`_lone_moves`: draws of their own, ``2 draw + 1``; a shared
+    # read's ``lone`` -2 is no gate)
     if base.shape[0] > 0:
         _lone_values(idx, first, read_bag, lone, base, out)
-    n_draws = slots.shape[1] if slots.shape[0] > 0 and base.shape[0] > 0 else 0
-    if n_draws > 0:
-        dk_lone = _draw_key(key, uint64(2) * uint64(draw) + uint64(1))
-        first_u = np.empty(reads, np.float32)
-        for r in range(reads):
-            first_u[r] = _uniform(dk_lone, uint64(first[r]) * uint64(n_draws + 1))
-        moved = np.empty(reads, np.int64)
-        n_moved = 0
-        for r in range(reads):
-            moved[n_moved] = r
-            n_moved += first_u[r] < lone[r]  # (a lone read's gate; -2 for a shared read)
-        lookup, bag, u0 = np.empty(n_moved, np.int64), np.empty(n_moved, np.int64), np.empty(n_moved, np.float32)
-        for j in range(n_moved):
-            lookup[j], bag[j], u0[j] = first[moved[j]], read_bag[moved[j]], first_u[moved[j]]
-        _moved_steps(idx, lookup, bag, u0, n_moved, slots, cell_of, dk_lone, out)
+        _lone_moves(idx, first, lone, read_bag, slots, cell_of, key, draw, out)
     shared = 0
     for r in range(reads):
         shared += lone[r] < 0
